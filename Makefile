@@ -1,0 +1,35 @@
+# normbench: `make run` trains the default run on synthetic data, `make test` runs the tests.
+# Both install into .venv first when needed (pip, with constraints.txt pinning torch for this environment).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install run test lint bench sweep-quick clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+run: install
+	$(BIN)/normbench run
+
+test: install
+	$(BIN)/python -m pytest
+
+lint: install
+	$(BIN)/ruff check normbench tests scripts
+	$(BIN)/ruff format --check normbench tests scripts
+
+bench: install
+	$(BIN)/python scripts/bench.py
+
+sweep-quick: install
+	$(BIN)/normbench sweep sweep=quick hydra/launcher=parallel
+
+clean:
+	rm -rf $(VENV) runs multirun .pytest_cache .ruff_cache

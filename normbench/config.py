@@ -1,0 +1,191 @@
+"""Finding, composing and validating configs.
+
+Runs and sweeps go through Hydra's real entry point (`app.py`); this module uses the compose API only for
+read-only work: checking every run of a command *before* anything trains, so that a typo costs a second.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra import compose, initialize_config_dir
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from normbench.data import DATASETS, cifar10_missing
+from normbench.errors import ConfigError, NormbenchError
+from normbench.models import MODELS, build_model, split_name
+from normbench.norms import NORMS, get_norm
+
+PACKAGE_CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+
+
+def config_dir() -> Path:
+    """`configs/` of this checkout, or $NORMBENCH_CONFIG_DIR; found from any working directory."""
+    path = Path(os.environ.get("NORMBENCH_CONFIG_DIR", PACKAGE_CONFIGS)).expanduser().resolve()
+    if not (path / "config.yaml").is_file():
+        raise ConfigError(
+            f"normbench's configs were not found in {path} (no config.yaml there). Install normbench from its "
+            "repository (`make install` does an editable install) or point NORMBENCH_CONFIG_DIR at a copy of configs/."
+        )
+    return path
+
+
+@contextmanager
+def _hydra_errors() -> Iterator[None]:
+    """Hydra's and OmegaConf's composition errors as ConfigError: their messages are already clear."""
+    try:
+        yield
+    except (HydraException, OmegaConfBaseException) as error:
+        message = " ".join(str(error).split())
+        raise ConfigError(f"{message} (`normbench list` shows the config groups and their options.)") from None
+
+
+def compose_config(overrides: list[str], with_hydra: bool = False) -> DictConfig:
+    with _hydra_errors(), initialize_config_dir(str(config_dir()), version_base="1.3"):
+        return compose("config", overrides=overrides, return_hydra_config=with_hydra)
+
+
+def sweep_jobs(overrides: list[str]) -> list[list[str]]:
+    """Every run of a sweep as its own override list, expanded the way Hydra's basic sweeper does,
+    including a `sweep=` preset's `hydra.sweeper.params` (the command line wins on the same key)."""
+    with _hydra_errors():
+        parsed = OverridesParser.create().parse_overrides(overrides)
+        fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
+        preset = compose_config(fixed, with_hydra=True).hydra.sweeper.get("params") or {}
+        given = {o.get_key_element() for o in parsed}
+        from_preset = [f"{key}={value}" for key, value in preset.items() if key not in given]
+        everything = OverridesParser.create().parse_overrides([*from_preset, *overrides])
+        return BasicSweeper.split_arguments(everything, None)[0]
+
+
+def name_runs_by_swept_keys(overrides: list[str]) -> list[str]:
+    """Add the keys that are fixed on the command line to `override_dirname`'s exclude list, so that run
+    directories (and TensorBoard's run names) show only what varies: `batch_size=8,norm=bn`."""
+    with _hydra_errors():
+        parsed = OverridesParser.create().parse_overrides(overrides)
+        fixed = [o.get_key_element() for o in parsed if not o.is_sweep_override()]
+        base = compose_config([], with_hydra=True).hydra.job.config.override_dirname.exclude_keys
+    keys = list(dict.fromkeys([*base, *(k for k in fixed if not k.startswith("hydra"))]))
+    return [*overrides, f"hydra.job.config.override_dirname.exclude_keys=[{','.join(keys)}]"]
+
+
+def _fail(key: str, value: Any, allowed: str) -> ConfigError:
+    return ConfigError(f"{key}={value} is not valid: {allowed}.")
+
+
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def validate(cfg: DictConfig) -> None:
+    """Raise a ConfigError naming the key, its bad value and what is allowed; cheap, runs before training."""
+    if not _positive_int(cfg.batch_size):
+        raise _fail("batch_size", cfg.batch_size, "it must be a whole number >= 1")
+    if not _positive_int(cfg.epochs):
+        raise _fail("epochs", cfg.epochs, "it must be a whole number >= 1")
+    if cfg.max_steps is not None and not _positive_int(cfg.max_steps):
+        raise _fail("max_steps", cfg.max_steps, "it must be a whole number >= 1, or null for no cap")
+    if cfg.budget not in ("epochs", "steps"):
+        raise _fail("budget", cfg.budget, "allowed: epochs (same data seen), steps (same optimizer steps)")
+    if cfg.budget == "steps" and cfg.max_steps is None:
+        raise _fail("max_steps", None, "budget=steps trains for max_steps optimizer steps, so set it (e.g. 2000)")
+    if cfg.threads is not None and not _positive_int(cfg.threads):
+        raise _fail("threads", cfg.threads, "it must be a whole number >= 1, or null for all cores")
+    if not isinstance(cfg.seed, int):
+        raise _fail("seed", cfg.seed, "it must be a whole number")
+    for key in ("eval.batch_size", "log.every"):
+        if not _positive_int(OmegaConf.select(cfg, key)):
+            raise _fail(key, OmegaConf.select(cfg, key), "it must be a whole number >= 1")
+    for key in ("log.hist_every", "eval.precise_bn_batches"):
+        value = OmegaConf.select(cfg, key)
+        if not isinstance(value, int) or value < 0:
+            raise _fail(key, value, "it must be a whole number >= 0 (0 turns it off)")
+    _validate_optim(cfg.optim)
+    if cfg.device not in ("auto", "cpu", "cuda", "mps"):
+        raise _fail("device", cfg.device, "allowed: auto, cpu, cuda, mps")
+    from normbench.train import select_device  # deferred: train imports the whole stack
+
+    select_device(cfg.device)
+    if cfg.model.name not in MODELS:
+        raise _fail("model", cfg.model.name, f"models: {', '.join(MODELS)}")
+    get_norm(cfg.norm.name)
+    train_size = _validate_data(cfg.data)
+    if cfg.batch_size > train_size:
+        raise ConfigError(
+            f"batch_size={cfg.batch_size} is larger than the {train_size} training images of data={cfg.data.name}, "
+            "so an epoch would have no full batch (incomplete batches are dropped). Use a smaller batch_size."
+        )
+    _validate_model(cfg)
+
+
+def _validate_optim(optim: DictConfig) -> None:
+    if optim.name not in ("sgd", "adamw"):
+        raise _fail("optim", optim.name, "optimizers: sgd, adamw")
+    if not isinstance(optim.lr, (int, float)) or not optim.lr > 0:
+        raise _fail("optim.lr", optim.lr, "the learning rate must be a number > 0")
+    if optim.lr_scaling not in ("linear", "sqrt", "none"):
+        raise _fail("optim.lr_scaling", optim.lr_scaling, "allowed: linear, sqrt, none")
+    if not _positive_int(optim.base_batch_size):
+        raise _fail("optim.base_batch_size", optim.base_batch_size, "it must be a whole number >= 1")
+    if optim.schedule not in ("cosine", "constant"):
+        raise _fail("optim.schedule", optim.schedule, "allowed: cosine, constant")
+    if not isinstance(optim.warmup_steps, int) or optim.warmup_steps < 0:
+        raise _fail("optim.warmup_steps", optim.warmup_steps, "it must be a whole number >= 0")
+    if not optim.weight_decay >= 0:
+        raise _fail("optim.weight_decay", optim.weight_decay, "it must be >= 0")
+
+
+def _validate_data(data: DictConfig) -> int:
+    """Check the dataset is there (without loading it); return the number of training images."""
+    if data.name not in DATASETS:
+        raise _fail("data", data.name, f"datasets: {', '.join(DATASETS)}")
+    if data.name == "cifar10":
+        total = 50_000
+        if not data.download and cifar10_missing(Path(data.root).expanduser()):
+            from normbench.data import load_cifar10
+
+            load_cifar10(data.root, download=False)  # raises the full "where and how" message
+    else:
+        total = data.train_size
+    if data.subset is not None and not (_positive_int(data.subset) and data.subset <= total):
+        raise _fail("data.subset", data.subset, f"it must be between 1 and {total} (the training images)")
+    return data.subset or total
+
+
+def _validate_model(cfg: DictConfig) -> None:
+    """Build the model on the meta device (no memory, no compute) and run one training-mode forward of the
+    configured batch size, so shape-dependent refusals surface now rather than at step one."""
+    try:
+        with torch.device("meta"):
+            model = build_model(cfg.model, cfg.norm)
+            model.train()
+            model(torch.empty(cfg.batch_size, 3, 32, 32))
+    except NormbenchError:
+        raise
+    except ValueError as error:
+        if "more than 1 value per channel" in str(error):
+            raise ConfigError(
+                f"batch_size=1 with norm={cfg.norm.name} on model={cfg.model.name}: this model's norms see "
+                f"(N, C) vectors, and in training {cfg.norm.name} takes each feature's mean and variance over "
+                "the batch, here a single value. Use batch_size >= 2, or a norm that works per sample "
+                f"({', '.join(n for n, s in NORMS.items() if not s.batch_statistics and n != 'none')})."
+            ) from None
+        if "spatial element" in str(error):
+            raise ConfigError(
+                f"norm={cfg.norm.name} on model={cfg.model.name}: a feature map reaches the norm as 1×1, and "
+                "InstanceNorm has nothing to average over one position. Use fewer stages (model.widths) or "
+                "another norm."
+            ) from None
+        raise ConfigError(f"model={cfg.model.name} with norm={cfg.norm.name} cannot run: {error}") from None
+    except (TypeError, RuntimeError) as error:
+        name, _ = split_name(cfg.model)
+        raise ConfigError(f"model={name} cannot be built from its config {dict(cfg.model)}: {error}") from None

@@ -1,0 +1,42 @@
+"""Errors a user can fix, and the exit codes normbench documents.
+
+Every `NormbenchError` is printed as one paragraph without a traceback (set NORMBENCH_DEBUG=1 or pass
+`--debug` to see it). The exit code tells scripts what happened:
+
+    0  completed            2  bad input (config, dataset, device)      3  diverged (NaN/inf loss)
+    1  unexpected crash     130  interrupted (SIGINT/SIGTERM), checkpoint saved, `resume=true` continues
+"""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_CRASH = 1
+EXIT_BAD_INPUT = 2
+EXIT_DIVERGED = 3
+EXIT_INTERRUPTED = 130
+
+
+class NormbenchError(Exception):
+    """A problem the user can fix. The message is the whole explanation."""
+
+    exit_code = EXIT_BAD_INPUT
+
+
+class ConfigError(NormbenchError):
+    """An invalid config value, caught before training starts."""
+
+
+class NormError(ConfigError):
+    """A normalization that cannot be built as asked (unknown name, layout or option)."""
+
+
+class DataError(ConfigError):
+    """A dataset that is missing, incomplete or corrupt."""
+
+
+class DivergedError(NormbenchError):
+    exit_code = EXIT_DIVERGED
+
+
+class InterruptedRun(NormbenchError):
+    exit_code = EXIT_INTERRUPTED

@@ -1,0 +1,73 @@
+"""A small Vision Transformer: patches → tokens, pre-norm blocks, mean-pooled tokens → linear head.
+
+Every norm inside sees (N, L, D) token features (the `sequence` layout): LayerNorm normalizes each token
+over its D features, BatchNorm each feature over the batch and all tokens.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, dim: int, heads: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        n, length, dim = x.shape
+        q, k, v = self.qkv(x).view(n, length, 3, self.heads, dim // self.heads).permute(2, 0, 3, 1, 4)
+        out = F.scaled_dot_product_attention(q, k, v)
+        return self.proj(out.transpose(1, 2).reshape(n, length, dim))
+
+
+class Block(nn.Module):
+    """Pre-norm Transformer block: x + attn(norm(x)), then x + mlp(norm(x))."""
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: float, norm_layer: Callable[[int], nn.Module]) -> None:
+        super().__init__()
+        hidden = int(dim * mlp_ratio)
+        self.norm1 = norm_layer(dim)
+        self.attn = SelfAttention(dim, heads)
+        self.norm2 = norm_layer(dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+class ViT(nn.Module):
+    layout = "sequence"
+
+    def __init__(
+        self,
+        norm_layer: Callable[[int], nn.Module],
+        image_size: int = 32,
+        in_channels: int = 3,
+        num_classes: int = 10,
+        patch_size: int = 4,
+        dim: int = 96,
+        depth: int = 4,
+        heads: int = 4,
+        mlp_ratio: float = 2.0,
+    ) -> None:
+        super().__init__()
+        tokens = (image_size // patch_size) ** 2
+        self.patch_embed = nn.Conv2d(in_channels, dim, kernel_size=patch_size, stride=patch_size)
+        self.pos_embed = nn.Parameter(torch.zeros(1, tokens, dim))
+        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        self.blocks = nn.Sequential(*(Block(dim, heads, mlp_ratio, norm_layer) for _ in range(depth)))
+        self.norm = norm_layer(dim)
+        self.head = nn.Linear(dim, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.patch_embed(x).flatten(2).transpose(1, 2) + self.pos_embed  # (N, L, D)
+        x = self.norm(self.blocks(x))
+        return self.head(x.mean(dim=1))

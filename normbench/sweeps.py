@@ -1,0 +1,54 @@
+"""Sweeps through Hydra's multirun: thread budgets for parallel jobs, skipping finished runs, and the
+summary written when a multirun ends (a Hydra callback, so it works under every launcher)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+
+
+def jobs_threads(hydra_cfg: Any) -> int | None:
+    """Torch threads for one job when a launcher runs several at once on this machine.
+
+    Hydra's joblib launcher has no thread option, and n_jobs processes × all-cores threads oversubscribe
+    the CPU (two 2-thread processes on 2 cores halve throughput), so each job gets cores // n_jobs.
+    """
+    from normbench.train import available_cores
+
+    launcher = hydra_cfg.launcher
+    if "joblib" not in str(launcher.get("_target_", "")).lower():
+        return None
+    cores = available_cores()
+    n_jobs = launcher.get("n_jobs", -1) or 1
+    n_jobs = cores if n_jobs < 0 else n_jobs
+    return max(1, cores // n_jobs)
+
+
+def _without(config: dict[str, Any], volatile: tuple[str, ...]) -> dict[str, Any]:
+    return {k: v for k, v in config.items() if k not in volatile}
+
+
+def same_run(stored: dict[str, Any], cfg: DictConfig, volatile: tuple[str, ...]) -> bool:
+    """Whether a stored config describes the same run as `cfg`, ignoring keys that may change on a retry."""
+    if not stored:
+        return True
+    current = OmegaConf.to_container(cfg, resolve=True)
+    return _without(stored, volatile) == _without(current, volatile)  # type: ignore[arg-type]
+
+
+class SweepSummary(Callback):
+    """At the end of a multirun: a table of the grid, and summary.csv / summary.json in the sweep directory."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        from normbench.report import print_tables, write_summary
+
+        sweep_dir = Path(config.hydra.sweep.dir)
+        summary = write_summary(sweep_dir)
+        print_tables(summary)
+        print(
+            f"Summary: {sweep_dir / 'summary.csv'}, {sweep_dir / 'summary.json'}. "
+            f"Figures: normbench report {sweep_dir}. Curves: tensorboard --logdir {sweep_dir}"
+        )

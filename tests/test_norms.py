@@ -1,0 +1,247 @@
+"""Norms against independent computations of their formulas, and the two implementations against each other."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from normbench.errors import NormError
+from normbench.norms import NORMS, build_norm, explain
+from normbench.norms.layers import BatchRenorm
+
+SHAPES = {"vector": (6, 8), "image": (4, 8, 5, 3), "sequence": (3, 7, 8)}
+# The documented axes (norms/__init__.py table), as dims of the input, for an independent computation.
+# "group": (N, G, C/G, ...) view; "token": statistics per (n, l) over D.
+AXES = {
+    ("bn", "vector"): (0,),
+    ("bn", "image"): (0, 2, 3),
+    ("bn", "sequence"): (0, 1),
+    ("ln", "vector"): (1,),
+    ("ln", "image"): (1, 2, 3),
+    ("ln", "sequence"): (2,),
+    ("rms", "vector"): (1,),
+    ("rms", "image"): (1, 2, 3),
+    ("rms", "sequence"): (2,),
+    ("in", "image"): (2, 3),
+    ("in", "sequence"): (1,),
+}
+PAIRS = [(n, lay) for n, spec in NORMS.items() for lay in spec.axes if n != "none"]
+
+
+def channel_view(v: torch.Tensor, layout: str, ndim: int) -> torch.Tensor:
+    """γ/β broadcast: channels at dim 1, except sequences (channels = D, the last dim)."""
+    return v.view(-1) if layout == "sequence" else v.view(1, -1, *([1] * (ndim - 2)))
+
+
+def expected(name: str, layout: str, x: torch.Tensor, eps: float, groups: int = 2) -> torch.Tensor:
+    """Normalization written independently, in float64, from the notes' formulas (γ = 1, β = 0)."""
+    x = x.double()
+    if name == "gn":
+        if layout == "image":
+            n, c = x.shape[:2]
+            g = x.reshape(n, groups, c // groups, *x.shape[2:])
+            dims = tuple(range(2, g.dim()))
+        else:  # per token: (N, L, G, D/G)
+            g = x.reshape(*x.shape[:2], groups, x.shape[2] // groups)
+            dims = (3,)
+        mu = g.mean(dims, keepdim=True)
+        var = ((g - mu) ** 2).mean(dims, keepdim=True)
+        return ((g - mu) / torch.sqrt(var + eps)).reshape(x.shape)
+    dims = AXES[(name, layout)]
+    if name == "rms":
+        return x / torch.sqrt((x**2).mean(dims, keepdim=True) + eps)
+    mu = x.mean(dims, keepdim=True)
+    var = ((x - mu) ** 2).mean(dims, keepdim=True)
+    return (x - mu) / torch.sqrt(var + eps)
+
+
+@pytest.mark.parametrize("impl", ["torch", "reference"])
+@pytest.mark.parametrize(("name", "layout"), [p for p in PAIRS if p[0] != "brn"])
+def test_output_matches_formula_over_documented_axes(name: str, layout: str, impl: str) -> None:
+    torch.manual_seed(0)
+    x = torch.randn(SHAPES[layout]) * 3 + 1.5
+    options = {"groups": 2} if name == "gn" else {}
+    layer = build_norm(name, 8, layout, impl=impl, **options).train()
+    eps = layer.eps
+    torch.testing.assert_close(layer(x).double(), expected(name, layout, x, eps), atol=1e-5, rtol=1e-5)
+
+
+def _pair(name: str, layout: str, **options: object) -> tuple[nn.Module, nn.Module]:
+    extra = {"groups": 2} if name == "gn" else {}
+    fused = build_norm(name, 8, layout, impl="torch", **extra, **options)
+    ref = build_norm(name, 8, layout, impl="reference", **extra, **options)
+    torch.manual_seed(1)
+    with torch.no_grad():  # non-trivial γ, β so their gradients and effect are tested
+        for p in fused.parameters():
+            p.copy_(torch.randn_like(p))
+    ref.load_state_dict(fused.state_dict())  # same keys: a checkpoint moves between implementations
+    return fused, ref
+
+
+TWO_IMPLS = [p for p in PAIRS if p[0] != "brn"]
+
+
+@pytest.mark.parametrize("momentum", [0.1, None])
+@pytest.mark.parametrize("mode", ["train", "eval"])
+@pytest.mark.parametrize(("name", "layout"), TWO_IMPLS)
+def test_reference_matches_torch(name: str, layout: str, mode: str, momentum: float | None) -> None:
+    if momentum is None and name != "bn":
+        pytest.skip("momentum is a BatchNorm option")
+    options = {"momentum": momentum} if name == "bn" else {}
+    fused, ref = _pair(name, layout, **options)
+    assert fused.state_dict().keys() == ref.state_dict().keys()
+    torch.manual_seed(2)
+    for step in range(4):  # several steps: running statistics accumulate the same way
+        fused.train(mode == "train" or step < 3)
+        ref.train(mode == "train" or step < 3)
+        x = torch.randn(SHAPES[layout]) * (1 + step) + step
+        x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
+        y1, y2 = fused(x1), ref(x2)
+        torch.testing.assert_close(y2, y1, atol=1e-5, rtol=1e-5)
+        grad_out = torch.randn_like(y1)
+        y1.backward(grad_out)
+        y2.backward(grad_out)
+        torch.testing.assert_close(x2.grad, x1.grad, atol=1e-4, rtol=1e-4)
+        for (k, p1), (_, p2) in zip(fused.named_parameters(), ref.named_parameters(), strict=True):
+            torch.testing.assert_close(p2.grad, p1.grad, atol=1e-4, rtol=1e-4, msg=k)
+            p1.grad = p2.grad = None
+        for (k, b1), (_, b2) in zip(fused.named_buffers(), ref.named_buffers(), strict=True):
+            torch.testing.assert_close(b2, b1, atol=1e-5, rtol=1e-5, msg=k)
+
+
+def test_state_dict_moves_between_implementations() -> None:
+    fused, ref = _pair("bn", "image")
+    fused.train()(torch.randn(4, 8, 5, 3))
+    ref.load_state_dict(fused.state_dict())
+    x = torch.randn(4, 8, 5, 3)
+    torch.testing.assert_close(ref.eval()(x), fused.eval()(x))
+
+
+def test_notes_worked_example() -> None:
+    """The notes' BatchNorm1d column [1.2, 0.8, -1.0, 0.5]. The notes print variance 0.747 and first value
+    0.954; both are arithmetic slips: the biased variance is 0.691875 and the value 0.991829."""
+    column = torch.tensor([[1.2], [0.8], [-1.0], [0.5]])
+    for impl in ("torch", "reference"):
+        bn = build_norm("bn", 1, "vector", impl=impl).train()
+        out = bn(column).squeeze(1)
+        torch.testing.assert_close(out, torch.tensor([0.991829, 0.510942, -1.653049, 0.150277]), atol=1e-6, rtol=0)
+        # PyTorch convention: running = 0.9 * running + 0.1 * batch, unbiased variance 0.9225.
+        torch.testing.assert_close(bn.running_mean, torch.tensor([0.0375]))
+        torch.testing.assert_close(bn.running_var, torch.tensor([0.99225]))
+    assert column.var(unbiased=False).item() == pytest.approx(0.691875)
+
+
+def test_batch_renorm_is_batch_norm_at_the_start_of_its_warmup() -> None:
+    torch.manual_seed(3)
+    brn = build_norm("brn", 8, "image", warmup_steps=100)
+    bn = build_norm("bn", 8, "image")
+    bn.load_state_dict(brn.state_dict())
+    with torch.no_grad():
+        brn.running_mean.fill_(0.7)  # far from the batch: with r_max=1, d_max=0 it must not matter
+        bn.running_mean.fill_(0.7)
+    x1 = torch.randn(4, 8, 5, 3).requires_grad_()
+    x2 = x1.detach().clone().requires_grad_()
+    y1, y2 = brn(x1), bn(x2)
+    torch.testing.assert_close(y1, y2, atol=1e-5, rtol=1e-5)
+    y1.pow(2).sum().backward()
+    y2.pow(2).sum().backward()
+    torch.testing.assert_close(x1.grad, x2.grad, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(brn.running_mean, bn.running_mean)
+
+
+def test_batch_renorm_corrects_with_clipped_r_and_d() -> None:
+    brn = BatchRenorm(2, eps=0.0, momentum=0.1, r_max=2.0, d_max=0.5, warmup_steps=0)
+    with torch.no_grad():
+        brn.running_mean.copy_(torch.tensor([0.0, 10.0]))
+        brn.running_var.copy_(torch.tensor([1.0, 0.25]))
+    x = torch.tensor([[1.0, 1.0], [3.0, 5.0]])  # batch means 2, 3; batch σ 1, 2
+    y = brn.train()(x)
+    # channel 0: σ_B/σ = 1 → r = 1; (μ_B - μ)/σ = 2 → d = 0.5.  channel 1: 2/0.5 = 4 → r = 2; (3-10)/0.5 → d = -0.5
+    x_hat = torch.tensor([[-1.0, -1.0], [1.0, 1.0]])
+    torch.testing.assert_close(y, x_hat * torch.tensor([1.0, 2.0]) + torch.tensor([0.5, -0.5]))
+    assert brn.clip_limits() == (2.0, 0.5)
+    assert BatchRenorm(2, warmup_steps=4).clip_limits() == (1.0, 0.0)
+
+
+@pytest.mark.parametrize("name", ["in", "gn"])
+def test_instance_and_group_norm_refuse_vector_features(name: str) -> None:
+    with pytest.raises(NormError) as error:
+        build_norm(name, 256, "vector")
+    message = str(error.value)
+    assert f"norm={name} cannot normalize vector features (N, C)" in message
+    assert "single value per sample" in message and "image (N, C, H, W)" in message
+    assert "Norms for vector features: bn, brn, ln, rms" in message
+
+
+def test_refusals_name_the_bad_value_and_what_is_allowed() -> None:
+    with pytest.raises(
+        NormError, match=r"groups=3 does not divide the 32 channels.*Allowed for 32 channels: 1, 2, 4, 8, 16, 32"
+    ):
+        build_norm("gn", 32, "image", groups=3)
+    with pytest.raises(NormError, match=r"Unknown norm 'batchnorm'. Registered norms: bn, brn, gn, in, ln, none, rms"):
+        build_norm("batchnorm", 8, "image")
+    with pytest.raises(NormError, match=r"norm=bn has no option 'groups'. Its options: eps=1e-05, momentum=0.1"):
+        build_norm("bn", 8, "image", groups=2)
+    with pytest.raises(NormError, match=r"impl='fast' is not available. Allowed: torch, reference"):
+        build_norm("ln", 8, "image", impl="fast")
+    with pytest.raises(NormError, match=r"impl='torch' is not available. Allowed: reference"):
+        build_norm("brn", 8, "image", impl="torch")
+
+
+def test_group_norm_paper_identities() -> None:
+    """GN with one group is LN on feature maps; GN with C groups is IN (both with per-channel affine)."""
+    x = torch.randn(2, 8, 4, 4)
+    gn1, ln = build_norm("gn", 8, "image", groups=1), build_norm("ln", 8, "image")
+    gn8, inorm = build_norm("gn", 8, "image", groups=8), build_norm("in", 8, "image")
+    torch.testing.assert_close(gn1(x), ln(x))
+    torch.testing.assert_close(gn8(x), inorm(x), atol=1e-5, rtol=1e-5)
+    assert sum(p.numel() for p in ln.parameters()) == 16  # per channel, not per (C, H, W) position
+
+
+@pytest.mark.parametrize(
+    ("name", "shape", "axes", "stats", "each", "params", "differ"),
+    [  # the notes' table: what each norm averages, on (N, C, H, W) = (2, 8, 4, 4) and (N, C) = (4, 256)
+        ("bn", (2, 8, 4, 4), "N,H,W", 8, 32, 16, True),
+        ("ln", (2, 8, 4, 4), "C,H,W", 2, 128, 16, False),
+        ("in", (2, 8, 4, 4), "H,W", 16, 16, 16, False),
+        ("gn", (2, 8, 4, 4), "C/G,H,W", 8, 32, 16, False),  # groups=4: 2 channels × 16 positions
+        ("bn", (4, 256), "N", 256, 4, 512, True),
+        ("ln", (4, 256), "C", 4, 256, 512, False),
+        ("ln", (2, 5, 8), "D", 10, 8, 16, False),
+    ],
+)
+def test_explain_matches_the_notes_table(name, shape, axes, stats, each, params, differ) -> None:
+    e = explain(name, shape, **({"groups": 4} if name == "gn" else {}))
+    assert (e.axes, e.num_statistics, e.values_per_statistic, e.params, e.batch_statistics) == (
+        axes,
+        stats,
+        each,
+        params,
+        differ,
+    )
+
+
+@pytest.mark.parametrize("name", ["in", "gn"])
+def test_explain_refuses_vector_features_like_the_registry(name: str) -> None:
+    with pytest.raises(NormError) as from_explain:
+        explain(name, (4, 256))
+    with pytest.raises(NormError) as from_registry:
+        build_norm(name, 256, "vector")
+    assert str(from_explain.value) == str(from_registry.value)
+
+
+def test_bn_at_batch_two_only_keeps_the_sign() -> None:
+    """A field fact worth pinning: BN on (N, C) at batch 2 maps every value to ±1 (up to eps)."""
+    bn = build_norm("bn", 16, "vector", eps=1e-12)
+    y = bn(torch.randn(2, 16))
+    torch.testing.assert_close(y.abs(), torch.ones_like(y))
+
+
+def test_reference_bn_refuses_one_value_per_channel_like_torch() -> None:
+    for impl in ("torch", "reference"):
+        with pytest.raises(ValueError, match="Expected more than 1 value per channel when training"):
+            build_norm("bn", 4, "vector", impl=impl).train()(torch.randn(1, 4))
+    copy.deepcopy(build_norm("bn", 4, "vector", impl="reference")).eval()(torch.randn(1, 4))  # eval is fine
