@@ -1,0 +1,91 @@
+"""Runs end to end: every model × norm the registry allows, TensorBoard events, results.json."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from conftest import events
+
+from normbench import results as R
+from normbench.models import MODELS
+from normbench.norms import NORMS
+from normbench.train import Run
+
+ALLOWED = [(m, n) for m, (cls, _) in MODELS.items() for n, spec in NORMS.items() if cls.layout in spec.axes]
+
+
+def test_the_registry_allows_and_refuses_what_the_notes_say() -> None:
+    refused = {(m, n) for m in MODELS for n in NORMS} - set(ALLOWED)
+    assert refused == {("mlp", "in"), ("mlp", "gn")}
+
+
+@pytest.mark.parametrize(("model", "norm"), ALLOWED)
+def test_every_allowed_pair_completes_a_three_step_run(model, norm, tiny, tmp_path) -> None:
+    record = Run(tiny(f"model={model}", f"norm={norm}", "log.activations=false"), tmp_path).execute()
+    assert record["status"] == R.COMPLETED
+    assert record["steps"] == 3
+    assert 0.0 <= record["metrics"]["val_acc"] <= 1.0
+    assert math.isfinite(record["metrics"]["train_loss"])
+    assert R.read_results(tmp_path) == record
+
+
+def test_events_have_the_documented_tags_in_step_order(tiny, tmp_path) -> None:
+    Run(tiny("max_steps=7", "epochs=2", "log.every=3", "data.train_size=48"), tmp_path).execute()  # 6 steps per epoch
+    ea = events(tmp_path)
+    scalars = set(ea.Tags()["scalars"])
+    assert {"train/loss", "train/acc", "val/loss", "val/acc", "lr"} <= scalars
+    loss_steps = [e.step for e in ea.Scalars("train/loss")]
+    assert loss_steps == list(range(1, 8))  # every step, in order, though flushed 3 at a time
+    assert [e.step for e in ea.Scalars("val/acc")] == [6, 7]  # end of epoch 1, and of the budget
+    record = R.read_results(tmp_path)
+    assert [e.value for e in ea.Scalars("val/acc")] == pytest.approx([h["val_acc"] for h in record["history"]])
+
+
+def test_results_record(tiny, tmp_path) -> None:
+    record = Run(tiny("norm=gn", "norm.groups=4", "seed=3"), tmp_path).execute()
+    saved = R.read_results(tmp_path)
+    assert saved["status"] == "completed" and saved["reason"] is None
+    assert set(saved["metrics"]) >= {"train_loss", "train_acc", "val_loss", "val_acc", "best_val_acc"}
+    for key in ("train_acc", "val_acc", "best_val_acc"):
+        assert 0.0 <= saved["metrics"][key] <= 1.0
+    last = saved["history"][-1]
+    assert saved["metrics"]["val_acc"] == last["val_acc"] and saved["metrics"]["train_loss"] == last["train_loss"]
+    assert saved["params"] == 94_986 and saved["steps"] == 3 and saved["examples"] == 24
+    assert saved["wall_s"] > 0 and saved["images_per_s"] > 0
+    assert saved["effective_lr"] == pytest.approx(0.1 * 8 / 128)  # linear scaling from base batch 128
+    assert saved["budget"] == {"unit": "epochs", "total_steps": 3, "epochs": 1, "steps_per_epoch": 8}
+    assert saved["config"]["norm"] == {"name": "gn", "impl": "torch", "groups": 4, "eps": 1e-5, "affine": True}
+    assert saved["config"]["seed"] == 3 and record == saved
+
+
+@pytest.mark.parametrize(
+    ("model", "norm"),
+    [("cnn", "bn"), ("cnn", "ln"), ("cnn", "in"), ("cnn", "gn"), ("cnn", "rms"), ("mlp", "bn"),
+     ("transformer", "ln"), ("transformer", "bn")],
+)  # fmt: skip
+def test_reference_implementation_trains_like_torch(model, norm, tiny, tmp_path) -> None:
+    """Same seed, same data: the formula code and the fused kernels give the same first losses."""
+    runs = [
+        Run(tiny(f"model={model}", f"norm={norm}", f"norm.impl={impl}", "max_steps=5", "log.activations=false"),
+            tmp_path / impl).execute()
+        for impl in ("torch", "reference")
+    ]  # fmt: skip
+    torch_losses, ref_losses = ([p[1] for p in r["curve"]] for r in runs)
+    assert len(torch_losses) == 5
+    assert ref_losses == pytest.approx(torch_losses, rel=1e-3, abs=1e-4)
+
+
+def test_budget_in_steps_and_lr_scaling(tiny, tmp_path) -> None:
+    record = Run(tiny("budget=steps", "max_steps=12", "optim.lr_scaling=sqrt", "batch_size=32"), tmp_path).execute()
+    assert record["steps"] == 12 and record["budget"]["unit"] == "steps" and record["epochs"] == 6
+    assert record["effective_lr"] == pytest.approx(0.1 * (32 / 128) ** 0.5)
+
+
+def test_same_seed_same_metrics(tiny, tmp_path) -> None:
+    a = Run(tiny("max_steps=4"), tmp_path / "a").execute()
+    b = Run(tiny("max_steps=4"), tmp_path / "b").execute()
+    c = Run(tiny("max_steps=4", "seed=1"), tmp_path / "c").execute()
+    strip = lambda r: [{k: v for k, v in h.items() if k != "wall_s"} for h in r["history"]]  # noqa: E731
+    assert strip(a) == strip(b)
+    assert strip(a) != strip(c)
