@@ -106,8 +106,11 @@ def task(cfg: DictConfig) -> dict[str, Any] | None:
         record = Run(cfg, run_dir, console).execute(resume=multirun or bool(cfg.resume))
         if multirun:  # one line per run; the sweep's table comes at the end
             m = record["metrics"]
-            console.print(f"[green]done[/] {run_dir.name}: val acc {m['val_acc']:.4f} (best {m['best_val_acc']:.4f}), "
-                          f"{record['wall_s']:.0f} s", highlight=False)
+            console.print(
+                f"[green]done[/] {run_dir.name}: val acc {m['val_acc']:.4f} (best {m['best_val_acc']:.4f}), "
+                f"{record['wall_s']:.0f} s",
+                highlight=False,
+            )
         else:
             print_summary(record)
         return record

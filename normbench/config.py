@@ -7,6 +7,7 @@ read-only work: checking every run of a command *before* anything trains, so tha
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -45,7 +46,14 @@ def _hydra_errors() -> Iterator[None]:
     try:
         yield
     except (HydraException, OmegaConfBaseException) as error:
-        message = " ".join(str(error).split())
+        message = " ".join((str(error) or str(error.__cause__ or type(error).__name__)).split())
+        unknown = re.match(r"Could not override '([^']+)'", message)
+        if unknown and "not in struct" in str(error.__cause__):
+            # Hydra would suggest `+key=value`, which adds a key that normbench never reads.
+            raise ConfigError(
+                f"Unknown setting '{unknown.group(1)}': normbench has no such key. `normbench run --cfg job` prints "
+                "every key with its value; config groups are chosen with GROUP=NAME (`normbench list`)."
+            ) from None
         raise ConfigError(f"{message} (`normbench list` shows the config groups and their options.)") from None
 
 

@@ -1,0 +1,106 @@
+"""The command line: help, list, explain, Hydra pass-through, and clear errors before training."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import ROOT, normbench
+from typer.testing import CliRunner
+
+from normbench.cli import app
+
+runner = CliRunner()
+
+
+def invoke(*args: str) -> tuple[int, str]:
+    result = runner.invoke(app, list(args), env={"COLUMNS": "200"})
+    return result.exit_code, result.output
+
+
+def test_help_explains_groups_and_gives_examples() -> None:
+    code, out = invoke("--help")
+    assert code == 0 and "model=mlp|cnn|transformer" in out and "norm=bn|brn|ln|in|gn|rms|none" in out
+    code, out = invoke("run", "--help")
+    assert code == 0 and "normbench run model=cnn norm=gn norm.groups=8" in out and "--cfg job" in out
+    code, out = invoke("sweep", "--help")
+    assert code == 0 and "hydra/launcher=parallel" in out and "hydra/launcher=slurm" in out
+
+
+def test_list_names_every_registered_choice() -> None:
+    code, out = invoke("list")
+    assert code == 0
+    for name in ("bn", "brn", "ln", "in", "gn", "rms", "none", "mlp", "cnn", "transformer", "synthetic", "cifar10",
+                 "sgd", "adamw"):  # fmt: skip
+        assert f"│ {name} " in out
+
+
+def test_explain_answers_the_notes_question() -> None:
+    code, out = invoke("explain", "bn", "--shape", "2,8,4,4")
+    assert code == 0
+    assert "N,H,W" in out and "8 means and 8 variances" in out and "│ 32 " in out and "differ" in out
+    code, out = invoke("explain", "gn", "--shape", "2,8,4,4", "--groups", "4")
+    assert code == 0 and "C/G,H,W" in out and "8 means" in out and "identical" in out
+    code, out = invoke("explain", "in", "--shape", "4,256")
+    assert code == 2 and "single value per sample" in out and "Traceback" not in out
+
+
+BAD = [
+    (["norm=batchnorm"], "Could not find 'norm/batchnorm'"),
+    (["model=mlp", "norm=gn"], "norm=gn cannot normalize vector features (N, C)"),
+    (["model=mlp", "norm=in"], "norm=in cannot normalize vector features (N, C)"),
+    (["norm=gn", "norm.groups=3"], "the norm layer 'features.1' (32 channels) cannot be built. norm=gn: groups=3"),
+    (["batch_size=0"], "batch_size=0 is not valid: it must be a whole number >= 1"),
+    (["model=mlp", "batch_size=1"], "batch_size=1 with norm=bn on model=mlp"),
+    (["epochs=0"], "epochs=0 is not valid"),
+    (["max_steps=-5"], "max_steps=-5 is not valid"),
+    (["optim.lr=0"], "optim.lr=0 is not valid: the learning rate must be a number > 0"),
+    (["optim.lr=-0.1"], "optim.lr=-0.1 is not valid"),
+    (["device=cuda"], "device=cuda is not available on this machine. Available: cpu"),
+    (["data=cifar10", "data.root=/nonexistent/cifar"], "CIFAR-10 is missing in /nonexistent/cifar"),
+    (["no_such_key=1"], "Unknown setting 'no_such_key': normbench has no such key"),
+    (["budget=forever"], "budget=forever is not valid: allowed: epochs"),
+    (["batch_size=100000"], "batch_size=100000 is larger than the 10000 training images"),
+]
+
+
+@pytest.mark.parametrize(("overrides", "message"), BAD)
+def test_bad_input_stops_before_training_with_one_paragraph(overrides, message, tmp_path) -> None:
+    code, out = invoke("run", *overrides, f"hydra.run.dir={tmp_path / 'run'}")
+    assert code == 2, out
+    assert message in " ".join(out.split())
+    assert "Traceback" not in out
+    assert "\n\n" not in out.strip()  # one paragraph
+    assert not (tmp_path / "run").exists()  # nothing started
+
+
+def test_a_bad_run_in_a_sweep_stops_the_whole_sweep_before_training(tmp_path) -> None:
+    code, out = invoke("sweep", "model=mlp,cnn", "norm=gn", f"hydra.sweep.dir={tmp_path}")
+    assert code == 2
+    assert "in the run" in out and "model=mlp" in out and "cannot normalize vector features" in " ".join(out.split())
+    assert not any(tmp_path.iterdir())
+
+
+def test_real_process_exit_codes_and_hydra_pass_through(tmp_path) -> None:
+    bad = normbench("run", "model=mlp", "norm=in", cwd=tmp_path)
+    assert bad.returncode == 2 and "Traceback" not in bad.stdout + bad.stderr
+    shown = normbench("run", "norm=gn", "batch_size=16", "--cfg", "job", cwd=tmp_path)
+    assert shown.returncode == 0 and "name: gn" in shown.stdout and "batch_size: 16" in shown.stdout
+    assert not (tmp_path / "runs").exists()  # --cfg prints, trains nothing
+
+
+def test_a_run_from_another_directory_writes_its_outputs(tmp_path) -> None:
+    run_dir = tmp_path / "my-run"
+    done = normbench(
+        "run", "model=mlp", "norm=ln", "max_steps=4", "epochs=1", "data.train_size=64", "data.val_size=32",
+        "batch_size=16", f"hydra.run.dir={run_dir}", cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    record = json.loads((run_dir / "results.json").read_text())
+    assert record["status"] == "completed" and record["steps"] == 4
+    assert (run_dir / ".hydra" / "config.yaml").exists() and list(run_dir.glob("events.out.tfevents.*"))
+    assert "mlp / ln, batch 16: completed" in done.stdout
+    again = normbench("run", "model=mlp", "norm=ln", "max_steps=4", "epochs=1", "data.train_size=64",
+                      "data.val_size=32", "batch_size=16", f"hydra.run.dir={run_dir}", cwd=ROOT)  # fmt: skip
+    assert again.returncode == 2 and "already holds a completed run" in again.stdout
+    assert json.loads((run_dir / "results.json").read_text()) == record  # results never overwritten
