@@ -115,20 +115,26 @@ def task(cfg: DictConfig) -> dict[str, Any] | None:
             print_summary(record)
         return record
     except NormbenchError as error:
-        where = f" in {run_dir.name}" if multirun else ""
-        print_error(error, where)
-        if not (run_dir / R.RESULTS_FILE).exists() or R.read_results(run_dir)["status"] == R.RUNNING:
-            R.write_json(run_dir / R.RESULTS_FILE, failure_record(cfg, R.FAILED, str(error)))
+        print_error(error, f" in {run_dir.name}" if multirun else "")
+        record_failure(cfg, run_dir, str(error))
         if multirun:
             return R.read_results(run_dir)
         raise SystemExit(error.exit_code) from None
     except Exception as error:
+        record_failure(cfg, run_dir, f"{type(error).__name__}: {error}")
         if not multirun:
             raise
         # One broken run must not end the sweep: keep its traceback next to its record.
         (run_dir / "error.txt").write_text(traceback.format_exc())
         print_error(error, f" in {run_dir.name} (traceback in {run_dir / 'error.txt'})")
         return R.read_results(run_dir)
+
+
+def record_failure(cfg: DictConfig, run_dir: Path, reason: str) -> None:
+    """Make sure a failed run has a record, without replacing one the run wrote itself (diverged, ...)."""
+    previous = R.read_results(run_dir)
+    if previous is None or previous["status"] == R.RUNNING:
+        R.write_json(run_dir / R.RESULTS_FILE, failure_record(cfg, R.FAILED, reason))
 
 
 def hydra_main(argv: list[str]) -> int:

@@ -187,8 +187,12 @@ def print_tables(summary: dict[str, Any], console: Console | None = None) -> Non
     console = console or Console()
     for (model, variant), groups in _experiments(summary).items():
         sizes, rows = table_rows(groups)
-        title = f"{model}{' ' + variant if variant else ''}: final validation error % by batch size"
-        table = Table(title=title)
+        console.print(
+            f"[bold]{model}{' ' + variant if variant else ''}[/]: final validation error % by batch size "
+            "(mean ± std over seeds)",
+            highlight=False,
+        )
+        table = Table()
         table.add_column("norm")
         for b in sizes:
             table.add_column(f"B={b}", justify="right")

@@ -1,0 +1,170 @@
+"""Datasets and the data path: CIFAR-10 in its real on-disk format through torchvision's real loader,
+standardization, batched augmentation against a per-image reference, determinism."""
+
+from __future__ import annotations
+
+import hashlib
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torchvision.datasets import CIFAR10
+
+from normbench.data import CIFAR10_MEAN, CIFAR10_STD, Batches, crop, load_cifar10, load_data, make_synthetic
+from normbench.errors import ConfigError, DataError
+
+PER_BATCH = 6  # images per data_batch_i file (the real files hold 10,000)
+
+
+def _md5(path: Path) -> str:
+    return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture
+def cifar_root(tmp_path, monkeypatch) -> tuple[Path, np.ndarray, list[int]]:
+    """A small CIFAR-10 written as the real archive unpacks: pickled dicts with a (N, 3072) uint8 `data`
+    (1024 red, 1024 green, 1024 blue values, row-major) and `labels`, plus `batches.meta`. The checksums
+    torchvision verifies are pointed at these files, so its whole loading path runs unchanged."""
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, size=(6 * PER_BATCH, 3072), dtype=np.uint8)
+    labels = [int(v) for v in rng.integers(0, 10, size=6 * PER_BATCH)]
+    names = [*(f"data_batch_{i}" for i in range(1, 6)), "test_batch"]
+    for i, name in enumerate(names):
+        sl = slice(i * PER_BATCH, (i + 1) * PER_BATCH)
+        entry = {
+            "batch_label": name,
+            "labels": labels[sl],
+            "data": images[sl],
+            "filenames": [f"{j}.png" for j in range(PER_BATCH)],
+        }
+        (folder / name).write_bytes(pickle.dumps(entry, protocol=2))
+    meta = {"label_names": ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"],
+            "num_cases_per_batch": PER_BATCH, "num_vis": 3072}  # fmt: skip
+    (folder / "batches.meta").write_bytes(pickle.dumps(meta, protocol=2))
+    monkeypatch.setattr(CIFAR10, "train_list", [[n, _md5(folder / n)] for n in names[:5]])
+    monkeypatch.setattr(CIFAR10, "test_list", [["test_batch", _md5(folder / "test_batch")]])
+    monkeypatch.setattr(CIFAR10, "meta", {**CIFAR10.meta, "md5": _md5(folder / "batches.meta")})
+    return tmp_path, images, labels
+
+
+def test_cifar10_loads_through_torchvision(cifar_root) -> None:
+    root, images, labels = cifar_root
+    data = load_cifar10(root)
+    n_train = 5 * PER_BATCH
+    assert data.train_images.shape == (n_train, 3, 32, 32) and data.train_images.dtype == torch.uint8
+    assert data.val_images.shape == (PER_BATCH, 3, 32, 32)
+    assert data.train_labels.tolist() == labels[:n_train] and data.val_labels.tolist() == labels[n_train:]
+    expected = torch.from_numpy(images[:n_train].reshape(-1, 3, 32, 32))  # the on-disk channel-planar layout
+    assert torch.equal(data.train_images, expected)
+    assert (data.mean, data.std) == (CIFAR10_MEAN, CIFAR10_STD)
+
+
+def test_cifar10_subset_through_the_config(cifar_root) -> None:
+    root, _, _ = cifar_root
+    cfg = {"name": "cifar10", "root": str(root), "download": False, "subset": 10, "val_subset": 4}
+    data = load_data(cfg)
+    assert len(data.train_labels) == 10 and len(data.val_labels) == 4
+    with pytest.raises(ConfigError, match=r"data.subset=31 must be between 1 and the 30 train images of cifar10"):
+        load_data({**cfg, "subset": 31})
+
+
+def test_missing_cifar10_says_where_and_how(tmp_path) -> None:
+    with pytest.raises(DataError) as error:
+        load_cifar10(tmp_path / "nowhere")
+    message = str(error.value)
+    assert f"CIFAR-10 is missing in {tmp_path / 'nowhere'}" in message
+    assert "cifar-10-batches-py/" in message and "data_batch_1" in message
+    assert "data.download=true" in message and "cifar-10-python.tar.gz" in message
+
+
+def test_incomplete_cifar10_names_the_missing_files(cifar_root) -> None:
+    root, _, _ = cifar_root
+    (root / "cifar-10-batches-py" / "test_batch").unlink()
+    with pytest.raises(DataError, match=r"is incomplete \(missing test_batch\)"):
+        load_cifar10(root)
+
+
+def test_corrupt_cifar10_is_an_error_not_a_traceback(cifar_root) -> None:
+    root, _, _ = cifar_root
+    (root / "cifar-10-batches-py" / "data_batch_2").write_bytes(b"not a pickle")
+    with pytest.raises(DataError, match=r"is corrupt: its files do not match the published checksums"):
+        load_cifar10(root)
+
+
+def test_unreadable_cifar10_with_matching_checksums(cifar_root, monkeypatch) -> None:
+    root, _, _ = cifar_root
+    path = root / "cifar-10-batches-py" / "data_batch_2"
+    path.write_bytes(b"not a pickle")
+    monkeypatch.setattr(CIFAR10, "train_list", [[n, _md5(path.parent / n)] for n, _ in CIFAR10.train_list])
+    with pytest.raises(DataError, match=r"could not be read \(UnpicklingError"):
+        load_cifar10(root)
+
+
+def test_crop_and_flip_match_a_per_image_reference() -> None:
+    torch.manual_seed(0)
+    x = torch.randn(5, 3, 8, 8)
+    padded = F.pad(x, (2, 2, 2, 2))
+    top, left = torch.tensor([0, 4, 2, 1, 3]), torch.tensor([4, 0, 2, 3, 1])
+    flip = torch.tensor([False, True, False, True, True])
+    out = crop(padded, top, left, 8, flip)
+    for i in range(5):
+        window = padded[i, :, top[i] : top[i] + 8, left[i] : left[i] + 8]
+        assert torch.equal(out[i], window.flip(-1) if flip[i] else window)
+
+
+def _batches(data, train: bool, augment: bool, seed: int = 0, batch_size: int = 16) -> Batches:
+    return Batches(data.train_images, data.train_labels, batch_size, data.mean, data.std, torch.device("cpu"),
+                   train=train, augment=augment, seed=seed)  # fmt: skip
+
+
+def test_standardization_uses_the_channel_statistics() -> None:
+    data = make_synthetic(64, 8, seed=1)
+    (x, y), *_ = _batches(data, train=False, augment=True, batch_size=64).epoch()  # eval: no augmentation
+    mean = torch.tensor(data.mean).view(1, 3, 1, 1)
+    std = torch.tensor(data.std).view(1, 3, 1, 1)
+    torch.testing.assert_close(x, (data.train_images.float() / 255 - mean) / std)
+    assert torch.equal(y, data.train_labels)
+    torch.testing.assert_close(x.mean(dim=(0, 2, 3)), torch.zeros(3), atol=1e-4, rtol=0)
+    torch.testing.assert_close(x.std(dim=(0, 2, 3)), torch.ones(3), atol=1e-3, rtol=0)
+
+
+def test_augmentation_is_seeded_reproducible_and_off_in_eval() -> None:
+    data = make_synthetic(64, 8)
+    first = list(_batches(data, train=True, augment=True, seed=5).epoch(0))
+    again = list(_batches(data, train=True, augment=True, seed=5).epoch(0))
+    other_epoch = list(_batches(data, train=True, augment=True, seed=5).epoch(1))
+    plain = list(_batches(data, train=True, augment=False, seed=5).epoch(0))
+    assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(first, again, strict=True))
+    assert not torch.equal(first[0][0], other_epoch[0][0])
+    assert torch.equal(first[0][1], plain[0][1])  # same order, only the pixels are augmented
+    assert not torch.equal(first[0][0], plain[0][0])
+    # Every augmented image is a padded crop (possibly mirrored) of the plain one.
+    x_aug, x_plain = first[0][0][0], F.pad(plain[0][0][0], (4, 4, 4, 4))
+    assert any(
+        torch.equal(x_aug, w) or torch.equal(x_aug, w.flip(-1))
+        for top in range(9) for left in range(9) for w in [x_plain[:, top : top + 32, left : left + 32]]
+    )  # fmt: skip
+
+
+def test_training_drops_the_incomplete_batch_and_can_start_mid_epoch() -> None:
+    data = make_synthetic(50, 8)
+    batches = _batches(data, train=True, augment=True, batch_size=16)
+    assert len(batches) == 3
+    full = list(batches.epoch(2))
+    tail = list(batches.epoch(2, start=1))
+    assert [len(y) for _, y in full] == [16, 16, 16]
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(full[1:], tail, strict=True))
+    assert len(_batches(data, train=False, augment=False, batch_size=16)) == 4  # eval keeps every image
+
+
+def test_synthetic_data_is_deterministic_and_balanced() -> None:
+    a, b = make_synthetic(500, 100, seed=0), make_synthetic(500, 100, seed=0)
+    assert torch.equal(a.train_images, b.train_images) and torch.equal(a.val_labels, b.val_labels)
+    assert not torch.equal(a.train_images, make_synthetic(500, 100, seed=1).train_images)
+    assert a.train_images.shape == (500, 3, 32, 32) and a.train_images.dtype == torch.uint8
+    assert torch.bincount(a.train_labels, minlength=10).min() > 25
