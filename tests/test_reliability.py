@@ -1,0 +1,113 @@
+"""Divergence, interruption by real signals, resume to the same result, atomic files."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import events, normbench
+
+from normbench import results as R
+from normbench.config import compose_config
+from normbench.errors import EXIT_DIVERGED, EXIT_INTERRUPTED, DivergedError
+from normbench.train import CHECKPOINT_FILE, Run
+
+LONG = ["data.train_size=768", "data.val_size=64", "batch_size=16", "epochs=3", "quiet=true", "threads=1",
+        "eval.precise_bn_batches=2", "log.hist_every=10", "log.every=4"]  # fmt: skip
+
+
+def _history(record: dict) -> list[dict]:
+    return [{k: v for k, v in h.items() if k != "wall_s"} for h in record["history"]]
+
+
+def _start(run_dir: Path, *extra: str) -> subprocess.Popen[str]:
+    exe = Path(sys.executable).with_name("normbench")
+    return subprocess.Popen([str(exe), "run", *LONG, *extra, f"hydra.run.dir={run_dir}"], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)  # fmt: skip
+
+
+def _wait_for_training(run_dir: Path, proc: subprocess.Popen[str], timeout: float = 120) -> None:
+    """Until the first epoch's record exists, then a little into the second epoch."""
+    deadline = time.monotonic() + timeout
+    while not (run_dir / R.RESULTS_FILE).exists():
+        assert proc.poll() is None, proc.stdout.read()
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    time.sleep(0.5)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_stops_at_a_step_saves_and_resume_ends_like_an_uninterrupted_run(sig, tmp_path) -> None:
+    reference = Run(compose_config(LONG), tmp_path / "reference").execute()
+
+    run_dir = tmp_path / "run"
+    proc = _start(run_dir)
+    _wait_for_training(run_dir, proc)
+    sent = time.monotonic()
+    proc.send_signal(sig)
+    output, _ = proc.communicate(timeout=30)
+    assert time.monotonic() - sent < 5  # stops within a few seconds, at a step boundary
+    assert proc.returncode == EXIT_INTERRUPTED, output
+    assert "Traceback" not in output and "resume=true" in output
+    record = R.read_results(run_dir)
+    assert record["status"] == "interrupted" and 0 < record["steps"] < reference["steps"]
+    assert (run_dir / CHECKPOINT_FILE).exists()
+    assert [e.step for e in events(run_dir).Scalars("train/loss")] == list(range(1, record["steps"] + 1))
+
+    resumed = normbench("run", *LONG, "resume=true", f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert f"Resuming from step {record['steps']}" in resumed.stdout
+    final = R.read_results(run_dir)
+    assert final["status"] == "completed" and final["steps"] == reference["steps"]
+    assert _history(final) == _history(reference)  # the same metrics, to the last bit, on CPU
+    assert final["metrics"] == reference["metrics"]
+    steps = [e.step for e in events(run_dir).Scalars("train/loss")]
+    assert steps == list(range(1, reference["steps"] + 1))  # no duplicated steps after the resume
+
+
+def test_divergence_stops_the_run_with_its_step(tiny, tmp_path) -> None:
+    run = Run(tiny("norm=none", "optim.lr=1e9", "max_steps=30", "epochs=4", "log.every=5"), tmp_path)
+    with pytest.raises(DivergedError, match=r"The training loss became (nan|inf) at step \d+"):
+        run.execute()
+    record = R.read_results(tmp_path)
+    assert record["status"] == "diverged" and "Lower optim.lr" in record["reason"]
+    step = record["diverged_step"]
+    assert 1 <= step < 30
+    logged = [e.step for e in events(tmp_path).Scalars("train/loss")]
+    assert logged == list(range(1, int(record["reason"].split("at step ")[1].split()[0])))  # flushed up to it
+
+
+def test_divergence_exit_code_in_a_real_process(tmp_path) -> None:
+    done = normbench("run", "norm=none", "optim.lr=1e9", "max_steps=30", "data.train_size=256", "data.val_size=32",
+                     "batch_size=16", "quiet=true", f"hydra.run.dir={tmp_path / 'r'}", cwd=tmp_path)  # fmt: skip
+    assert done.returncode == EXIT_DIVERGED
+    assert "The training loss became" in done.stdout and "Traceback" not in done.stdout + done.stderr
+    assert json.loads((tmp_path / "r" / "results.json").read_text())["status"] == "diverged"
+
+
+def test_checkpoints_hold_everything_a_resume_needs(tiny, tmp_path) -> None:
+    Run(tiny("max_steps=3"), tmp_path).execute()
+    saved = torch.load(tmp_path / CHECKPOINT_FILE, weights_only=False)
+    assert set(saved) == {"model", "optimizer", "scheduler", "progress", "rng"}
+    assert saved["progress"]["step"] == 3 and saved["progress"]["epoch"] == 1
+    assert "features.1.running_mean" in saved["model"]
+
+
+def test_atomic_writes_never_leave_half_a_file(tmp_path) -> None:
+    path = tmp_path / "results.json"
+    R.write_json(path, {"status": "completed"})
+
+    def crash(f) -> None:
+        f.write('{"status": "comp')
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        R.write_atomic(path, crash)
+    assert json.loads(path.read_text()) == {"status": "completed"}
+    assert [p.name for p in tmp_path.iterdir()] == ["results.json"]  # no temporary file left behind
