@@ -71,10 +71,13 @@ class Monitor:
 
     def _capture(self, name: str) -> Any:
         def hook(module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> None:
-            x = inputs[0].detach()
-            if name not in self.captured:  # first call of the step (or validation batch) only
-                bn = channel_stats(x.float(), self.channel_dim) if has_running_stats(module) else None
-                self.captured[name] = (x, output.detach(), bn)
+            if name in self.captured:  # first call of the step (or validation batch) only
+                return
+            x = inputs[0].detach().float()
+            bn = channel_stats(x, self.channel_dim) if has_running_stats(module) else None
+            # Copies now: an in-place activation after the norm (ReLU(inplace=True)) rewrites its output.
+            pre, post = subsample(x, self.most).clone(), subsample(output.detach().float(), self.most).clone()
+            self.captured[name] = (pre, post, bn)
 
         return hook
 
@@ -91,8 +94,7 @@ class Monitor:
 
     def write(self, step: int, prefix: str) -> None:
         for name, (pre, post, bn) in self.captured.items():
-            for kind, tensor in (("pre", pre), ("post", post)):
-                values = subsample(tensor.float(), self.most)
+            for kind, values in (("pre", pre), ("post", post)):
                 stats = torch.stack([values.mean(), values.std()]).tolist()
                 self.histogram(f"{prefix}/{name}/{kind}", values, step)
                 self.board.scalars(

@@ -1,0 +1,106 @@
+"""Activation distributions, BatchNorm's statistics and modes, and HParams, read back with TensorBoard's reader."""
+
+from __future__ import annotations
+
+import torch
+from conftest import events
+from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
+from torch import nn
+
+from normbench.data import make_synthetic
+from normbench.monitor import frozen_buffers, precise_bn
+from normbench.train import Run
+
+CNN_NORMS = ("features.1", "features.5", "features.9")  # conv, norm, relu, pool per stage
+
+
+def test_histograms_of_every_norm_layer_at_the_logging_steps(tiny, tmp_path) -> None:
+    record = Run(tiny("max_steps=4", "data.train_size=64", "log.hist_every=2"), tmp_path).execute()
+    ea = events(tmp_path)
+    histograms = set(ea.Tags()["histograms"])
+    for layer in CNN_NORMS:
+        for kind in ("pre", "post"):
+            train = ea.Histograms(f"act/{layer}/{kind}")
+            assert [h.step for h in train] == [2, 4]
+            assert [h.step for h in ea.Histograms(f"act_eval/{layer}/{kind}")] == [4]
+            assert f"act/{layer}/{kind}_std" in ea.Tags()["scalars"]
+        for stat in ("running_mean", "batch_mean", "running_var", "batch_var"):
+            assert f"bn/{layer}/{stat}" in histograms
+        assert [e.step for e in ea.Scalars(f"bn/{layer}/mean_gap")] == [2, 4]
+    # features.1 sees 8 × 32 × 32 × 32 = 262,144 values: strided down to log.hist_values = 65,536.
+    assert ea.Histograms("act/features.1/pre")[0].histogram_value.num == 65_536
+    # features.9 sees 8 × 128 × 8 × 8 = 65,536 values: all of them.
+    assert ea.Histograms("act/features.9/post")[0].histogram_value.num == 65_536
+    # After BN (γ = 1, β = 0 at the start) the output is standardized per channel.
+    post_std = ea.Scalars("act/features.5/post_std")[0].value
+    assert abs(post_std - 1.0) < 0.05
+    assert record["metrics"]["val_acc"] is not None
+
+
+def test_the_three_ways_to_evaluate_batch_norm(tiny, tmp_path) -> None:
+    record = Run(tiny("max_steps=6", "data.train_size=48", "epochs=2"), tmp_path).execute()
+    ea = events(tmp_path)
+    for tag in ("val/acc", "val/acc_batch_stats", "val/acc_precise_bn"):
+        assert [e.step for e in ea.Scalars(tag)] == [6]
+    metrics = record["metrics"]
+    assert ea.Scalars("val/acc_batch_stats")[0].value == metrics["val_acc_batch_stats"]
+    assert ea.Scalars("val/acc_precise_bn")[0].value == metrics["val_acc_precise_bn"]
+    for key in ("val_acc", "val_acc_batch_stats", "val_acc_precise_bn"):
+        assert 0.0 <= metrics[key] <= 1.0
+
+
+def test_norm_none_is_probed_at_the_same_places_and_has_no_bn_extras(tiny, tmp_path) -> None:
+    record = Run(tiny("norm=none"), tmp_path).execute()
+    ea = events(tmp_path)
+    assert {f"act/{layer}/pre" for layer in CNN_NORMS} <= set(ea.Tags()["histograms"])
+    assert not any(t.startswith("bn/") for t in ea.Tags()["histograms"])
+    assert "val_acc_batch_stats" not in record["metrics"]
+
+
+def test_activation_logging_can_be_turned_off(tiny, tmp_path) -> None:
+    Run(tiny("log.activations=false"), tmp_path).execute()
+    assert events(tmp_path).Tags()["histograms"] == []
+
+
+def test_hparams_entry_and_custom_scalars_in_the_run_directory(tiny, tmp_path) -> None:
+    Run(tiny("norm=gn", "norm.groups=4", "batch_size=16", "data.train_size=64"), tmp_path).execute()
+    assert [p.name for p in tmp_path.iterdir() if p.is_dir()] == []  # no timestamped subfolder
+    ea = events(tmp_path)
+    content = ea.PluginTagToContent("hparams")
+    sessions = [HParamsPluginData.FromString(c) for c in content.values()]
+    start = next(s.session_start_info for s in sessions if s.HasField("session_start_info"))
+    assert start.hparams["norm"].string_value == "gn"
+    assert start.hparams["batch_size"].number_value == 16
+    assert start.hparams["lr"].number_value == 0.1 * 16 / 128
+    assert set(start.hparams) >= {"model", "norm", "batch_size", "lr", "seed", "budget", "steps"}
+    experiment = next(s.experiment for s in sessions if s.HasField("experiment"))
+    assert {m.name.tag for m in experiment.metric_infos} == {
+        "hparam/final_val_acc", "hparam/best_val_acc", "hparam/final_val_loss", "hparam/final_train_loss"}  # fmt: skip
+    assert "hparam/final_val_acc" in ea.Tags()["scalars"]
+    assert ea.PluginTagToContent("custom_scalars")
+
+
+def test_batch_statistic_evaluation_leaves_running_statistics_alone() -> None:
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)).train()
+    model(torch.randn(8, 3, 8, 8))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with frozen_buffers(model):
+        model(torch.randn(8, 3, 8, 8) + 5)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_precise_bn_is_the_cumulative_average_over_training_batches() -> None:
+    from normbench.data import Batches
+
+    data = make_synthetic(64, 8)
+    batches = Batches(data.train_images, data.train_labels, 16, data.mean, data.std, torch.device("cpu"), train=True)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
+    precise = precise_bn(model, batches, epoch=0, num_batches=3)
+    conv = precise[0]
+    outs = [conv(x) for x, _ in list(batches.epoch(10_000))[:3]]
+    with torch.no_grad():
+        means = torch.stack([o.mean(dim=(0, 2, 3)) for o in outs]).mean(0)
+        variances = torch.stack([o.var(dim=(0, 2, 3), unbiased=True) for o in outs]).mean(0)
+    torch.testing.assert_close(precise[1].running_mean, means)
+    torch.testing.assert_close(precise[1].running_var, variances)
+    assert model[1].momentum == 0.1 and int(model[1].num_batches_tracked) == 0  # the original is untouched
