@@ -115,6 +115,17 @@ def make_budget(cfg: DictConfig, train_size: int) -> Budget:
     return Budget("epochs", steps_per_epoch, min(total, cfg.max_steps or total))
 
 
+def make_deterministic() -> None:
+    """Bitwise-repeatable GPU runs, at some speed: CPU runs are repeatable without it.
+
+    cuBLAS needs a fixed workspace (set before its first use), cuDNN must not pick kernels by timing, and
+    PyTorch must refuse ops that have no deterministic kernel.
+    """
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.backends.cudnn.benchmark = False
+    torch.use_deterministic_algorithms(True)
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     torch.manual_seed(seed)
@@ -178,6 +189,8 @@ class Run:
         self.device = select_device(cfg.device)
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
+        if cfg.train.deterministic:
+            make_deterministic()
         seed_everything(cfg.seed)
         self.data = data or load_data(cfg.data)
         self.budget = make_budget(cfg, len(self.data.train_labels))

@@ -1,0 +1,206 @@
+"""normbench's benchmarks (`make bench`): ratios, not absolute goals, so they mean something on any machine.
+
+1. data:     batches/s of normbench's on-device data path vs torchvision's DataLoader with per-sample PIL
+             transforms (same images, same augmentation, batch 128), and the data path's share of a
+             training step of the default cnn.
+2. logging:  training time of the default cnn at batch 128 with activation logging on (default cadence)
+             vs off (`log.activations=false`).
+3. overhead: normbench's own training path (`Run`, default logging) vs a bare hand-written PyTorch loop
+             (same model, norm, data tensors, optimizer, batch size, threads, seed; no logging, no hooks),
+             alternating in one process after warm-up; last line `overhead ratio: X.XX` (median of cases).
+4. switches: train.channels_last (and train.compile with --compile) against the default, per case.
+
+    python scripts/bench.py [--sections data,logging,overhead,switches] [--steps 100] [--reps 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from normbench.config import compose_config
+from normbench.data import Batches, ImageData, make_synthetic
+from normbench.models import build_model
+from normbench.train import Run, select_device
+
+CASES = [("cnn", "bn", 32), ("cnn", "gn", 32), ("cnn", "ln", 32), ("cnn", "in", 32), ("cnn", "bn", 128),
+         ("cnn", "gn", 128), ("cnn", "ln", 128), ("cnn", "in", 128), ("mlp", "bn", 128), ("transformer", "ln", 128)]  # fmt: skip
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def config(model: str, norm: str, batch: int, steps: int, *extra: str):  # noqa: ANN201
+    return compose_config([
+        f"model={model}", f"norm={norm}", f"batch_size={batch}", f"max_steps={steps}", "epochs=1000", "quiet=true",
+        "eval.bn_modes=false", "data.val_size=500", *extra,
+    ])  # fmt: skip
+
+
+def normbench_step(cfg, data: ImageData) -> float:  # noqa: ANN001
+    """Seconds per step of normbench's own training loop (Run.execute; its wall_s excludes validation)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        record = Run(cfg, Path(tmp), data=data).execute()
+    return record["wall_s"] / record["steps"]
+
+
+def bare_step(cfg, data: ImageData, steps: int) -> float:  # noqa: ANN001
+    """Seconds per step of a hand-written loop over the same batches, prepared before the clock starts."""
+    device = select_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg.model, cfg.norm).to(device)
+    if cfg.train.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    lr = cfg.optim.lr * cfg.batch_size / cfg.optim.base_batch_size
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
+    source = Batches(data.train_images, data.train_labels, cfg.batch_size, data.mean, data.std, device, train=True,
+                     augment=True, seed=cfg.seed, channels_last=cfg.train.channels_last)  # fmt: skip
+    batches = list(itertools.islice(itertools.chain.from_iterable(source.epoch(e) for e in itertools.count()), steps))
+    model.train()
+    sync(device)
+    start = time.perf_counter()
+    for x, y in batches:
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    sync(device)
+    return (time.perf_counter() - start) / steps
+
+
+def alternate(reps: int, *timers: Callable[[], float]) -> list[float]:
+    """Median of each timer over `reps` rounds, run in turn (A, B, A, B, ...) after one warm-up round."""
+    for t in timers:
+        t()
+    runs: list[list[float]] = [[] for _ in timers]
+    for _ in range(reps):
+        for i, t in enumerate(timers):
+            runs[i].append(t())
+    return [statistics.median(r) for r in runs]
+
+
+def bench_data(data: ImageData, reps: int) -> None:
+    from PIL import Image
+    from torch.utils.data import DataLoader, Dataset
+    from torchvision import transforms as T
+
+    batch = 128
+    n_batches = len(data.train_labels) // batch
+
+    class PILDataset(Dataset):
+        """The standard torchvision CIFAR pipeline: a PIL image per sample, transformed one at a time."""
+
+        def __init__(self) -> None:
+            self.images = data.train_images.permute(0, 2, 3, 1).numpy()
+            self.transform = T.Compose([T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(), T.ToTensor(),
+                                        T.Normalize(data.mean, data.std)])  # fmt: skip
+
+        def __len__(self) -> int:
+            return len(self.images)
+
+        def __getitem__(self, i: int):  # noqa: ANN204
+            return self.transform(Image.fromarray(self.images[i])), int(data.train_labels[i])
+
+    loader = DataLoader(PILDataset(), batch_size=batch, shuffle=True, drop_last=True, num_workers=0)
+    ours = Batches(data.train_images, data.train_labels, batch, data.mean, data.std, torch.device("cpu"), train=True,
+                   augment=True)  # fmt: skip
+
+    def time_ours() -> float:
+        start = time.perf_counter()
+        for _ in ours.epoch(0):
+            pass
+        return (time.perf_counter() - start) / n_batches
+
+    def time_loader() -> float:
+        start = time.perf_counter()
+        for i, _ in enumerate(loader):
+            if i == 19:
+                break
+        return (time.perf_counter() - start) / 20
+
+    t_ours, t_loader = alternate(reps, time_ours, time_loader)
+    step = bare_step(config("cnn", "bn", batch, 30), data, 30)
+    print(f"data path      {1 / t_ours:9.1f} batches/s ({batch / t_ours:,.0f} images/s)")
+    print(f"DataLoader+PIL {1 / t_loader:9.1f} batches/s ({batch / t_loader:,.0f} images/s)")
+    print(f"data path speed-up over DataLoader: {t_loader / t_ours:.1f}x")
+    print(f"data path share of a default cnn training step at batch {batch}: {100 * t_ours / step:.1f}% "
+          f"({1000 * t_ours:.2f} ms of {1000 * step:.1f} ms)")  # fmt: skip
+
+
+def bench_logging(data: ImageData, steps: int, reps: int) -> None:
+    on = config("cnn", "bn", 128, steps)
+    off = config("cnn", "bn", 128, steps, "log.activations=false")
+    t_on, t_off = alternate(reps, lambda: normbench_step(on, data), lambda: normbench_step(off, data))
+    print(f"logging on  {1000 * t_on:7.1f} ms/step (histograms every {on.log.hist_every} steps)")
+    print(f"logging off {1000 * t_off:7.1f} ms/step")
+    print(f"logging cost ratio: {t_on / t_off:.3f}")
+
+
+def bench_overhead(data: ImageData, steps: int, reps: int) -> float:
+    ratios = []
+    for model, norm, batch in CASES:
+        cfg = config(model, norm, batch, steps)
+        t_nb, t_bare = alternate(reps, lambda: normbench_step(cfg, data), lambda: bare_step(cfg, data, steps))  # noqa: B023
+        ratios.append(t_nb / t_bare)
+        print(f"{model:12s} {norm:3s} b={batch:<4d} normbench {1000 * t_nb:7.1f} ms  bare {1000 * t_bare:7.1f} ms  "
+              f"ratio {t_nb / t_bare:.3f}  ({batch / t_nb:,.0f} images/s)")  # fmt: skip
+    return statistics.median(ratios)
+
+
+def bench_switches(data: ImageData, steps: int, reps: int, compile_: bool) -> None:
+    for model, norm, batch in [("cnn", "bn", 128), ("cnn", "gn", 128), ("cnn", "in", 128)]:
+        base = config(model, norm, batch, steps)
+        last = config(model, norm, batch, steps, "train.channels_last=true")
+        t_base, t_last = alternate(reps, lambda: normbench_step(base, data), lambda: normbench_step(last, data))  # noqa: B023
+        print(f"{model} {norm} b={batch}: channels_last {t_base / t_last:.2f}x the default speed")
+    if compile_:
+        cfg = config("cnn", "bn", 128, steps, "train.compile=true")
+        start = time.perf_counter()
+        first = normbench_step(config("cnn", "bn", 128, 1, "train.compile=true"), data)
+        print(f"torch.compile: first step (compilation) {time.perf_counter() - start:.1f} s")
+        t_comp, t_eager = alternate(reps, lambda: normbench_step(cfg, data),
+                                    lambda: normbench_step(config("cnn", "bn", 128, steps), data))  # fmt: skip
+        print(f"torch.compile: {t_eager / t_comp:.2f}x the eager speed (steady state; first step {first:.1f} s)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sections", default="data,logging,overhead,switches")
+    parser.add_argument("--steps", type=int, default=100, help="steps per timed run (>= log.hist_every)")
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--compile", action="store_true", help="also time torch.compile (tens of seconds)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = select_device("auto")
+    print(f"normbench bench: torch {torch.__version__}, {device}, {torch.get_num_threads()} threads")
+    data = make_synthetic(10_000, 500)
+    sections = args.sections.split(",")
+    if "data" in sections:
+        print("\n== data path (issue: CIFAR-10 fast path)")
+        bench_data(data, args.reps)
+    if "logging" in sections:
+        print("\n== logging cost (activation histograms, BN statistics)")
+        bench_logging(data, args.steps, args.reps)
+    if "switches" in sections:
+        print("\n== speed switches")
+        bench_switches(data, args.steps, args.reps, args.compile)
+    if "overhead" in sections:
+        print("\n== normbench vs a bare PyTorch loop")
+        ratio = bench_overhead(data, args.steps, args.reps)
+        print(f"overhead ratio: {ratio:.2f}")
+
+
+if __name__ == "__main__":
+    main()
