@@ -47,6 +47,7 @@ def _hydra_errors() -> Iterator[None]:
         yield
     except (HydraException, OmegaConfBaseException) as error:
         message = " ".join((str(error) or str(error.__cause__ or type(error).__name__)).split())
+        message = message.split(" Config search path:")[0]  # Hydra's search-path dump helps nobody here
         unknown = re.match(r"Could not override '([^']+)'", message)
         if unknown and "not in struct" in str(error.__cause__):
             # Hydra would suggest `+key=value`, which adds a key that normbench never reads.
@@ -181,11 +182,13 @@ def _validate_model(cfg: DictConfig) -> None:
         raise
     except ValueError as error:
         if "more than 1 value per channel" in str(error):
+            layout = MODELS[cfg.model.name][0].layout
+            per_sample = [n for n, s in NORMS.items() if layout in s.axes and not s.batch_statistics and n != "none"]
             raise ConfigError(
                 f"batch_size=1 with norm={cfg.norm.name} on model={cfg.model.name}: this model's norms see "
                 f"(N, C) vectors, and in training {cfg.norm.name} takes each feature's mean and variance over "
-                "the batch, here a single value. Use batch_size >= 2, or a norm that works per sample "
-                f"({', '.join(n for n, s in NORMS.items() if not s.batch_statistics and n != 'none')})."
+                f"the batch, here a single value. Use batch_size >= 2, or a norm that works per sample "
+                f"({', '.join(per_sample)})."
             ) from None
         if "spatial element" in str(error):
             raise ConfigError(

@@ -149,8 +149,7 @@ class Monitor:
                 extra["val_acc_batch_stats"] = run.evaluate(batch_stat_batches(run))[1]
             if self.precise_bn_batches:
                 precise = precise_bn(model, run.train_batches, run.state.epoch, self.precise_bn_batches)
-                precise.eval()
-                extra["val_acc_precise_bn"] = evaluate_with(run, precise)
+                extra["val_acc_precise_bn"] = run.evaluate(model=precise.eval())[1]
             model.eval()
             self.board.scalars({f"val/{k[4:]}": v for k, v in extra.items()}, step)
         return extra
@@ -209,13 +208,3 @@ def precise_bn(model: nn.Module, batches: Any, epoch: int, num_batches: int) -> 
             break
         model(x)
     return model
-
-
-@torch.no_grad()
-def evaluate_with(run: Run, model: nn.Module) -> float:
-    original = run.model
-    run.model = model
-    try:
-        return run.evaluate()[1]
-    finally:
-        run.model = original

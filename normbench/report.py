@@ -14,7 +14,6 @@ by seed, and writes next to them:
 from __future__ import annotations
 
 import csv
-import json
 import math
 import statistics
 from collections import defaultdict
@@ -342,7 +341,3 @@ def write_report(root: Path) -> tuple[dict[str, Any], list[Path], Path]:
     path = root / "report.md"
     path.write_text(markdown(summary, figures))
     return summary, figures, path
-
-
-def load_summary(root: Path) -> dict[str, Any]:
-    return json.loads((root / "summary.json").read_text())

@@ -3,11 +3,16 @@ summary written when a multirun ends (a Hydra callback, so it works under every 
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
+
+
+def available_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def jobs_threads(hydra_cfg: Any) -> int | None:
@@ -16,8 +21,6 @@ def jobs_threads(hydra_cfg: Any) -> int | None:
     Hydra's joblib launcher has no thread option, and n_jobs processes × all-cores threads oversubscribe
     the CPU (two 2-thread processes on 2 cores halve throughput), so each job gets cores // n_jobs.
     """
-    from normbench.train import available_cores
-
     launcher = hydra_cfg.launcher
     if "joblib" not in str(launcher.get("_target_", "")).lower():
         return None

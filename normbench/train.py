@@ -318,14 +318,16 @@ class Run:
         return loss.detach(), (logits.argmax(dim=1) == y).sum()
 
     @torch.no_grad()
-    def evaluate(self, batches: Batches | None = None) -> tuple[float, float]:
-        """Mean loss and accuracy over `batches` (the validation set), in whatever mode the model is in."""
+    def evaluate(self, batches: Batches | None = None, model: nn.Module | None = None) -> tuple[float, float]:
+        """Mean loss and accuracy of `model` (the run's) over `batches` (the validation set), in whatever
+        mode the model is in."""
         batches = batches or self.val_batches
+        model = model or self.model
         loss_sum = torch.zeros((), device=self.device)
         correct = torch.zeros((), device=self.device)
         for x, y in batches.epoch():
             with self.autocast:
-                logits = self.model(x)
+                logits = model(x)
             loss_sum += F.cross_entropy(logits.float(), y, reduction="sum")
             correct += (logits.argmax(dim=1) == y).sum()
         n = len(batches.labels)
@@ -511,7 +513,3 @@ def _downsample(points: list[list[float]], most: int) -> list[list[float]]:
     size = math.ceil(len(points) / most)
     chunks = [points[i : i + size] for i in range(0, len(points), size)]
     return [[c[-1][0], sum(p[1] for p in c) / len(c)] for c in chunks]
-
-
-def available_cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1

@@ -31,8 +31,11 @@ from normbench.data import Batches, ImageData, make_synthetic
 from normbench.models import build_model
 from normbench.train import Run, select_device
 
-CASES = [("cnn", "bn", 32), ("cnn", "gn", 32), ("cnn", "ln", 32), ("cnn", "in", 32), ("cnn", "bn", 128),
-         ("cnn", "gn", 128), ("cnn", "ln", 128), ("cnn", "in", 128), ("mlp", "bn", 128), ("transformer", "ln", 128)]  # fmt: skip
+CASES = [
+    *(("cnn", norm, batch) for batch in (32, 128) for norm in ("bn", "gn", "ln", "in")),
+    ("mlp", "bn", 128),
+    ("transformer", "ln", 128),
+]
 
 
 def sync(device: torch.device) -> None:
@@ -40,21 +43,21 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def config(model: str, norm: str, batch: int, steps: int, *extra: str):  # noqa: ANN201
+def config(model: str, norm: str, batch: int, steps: int, *extra: str):
     return compose_config([
         f"model={model}", f"norm={norm}", f"batch_size={batch}", f"max_steps={steps}", "epochs=1000", "quiet=true",
         "eval.bn_modes=false", "data.val_size=500", *extra,
     ])  # fmt: skip
 
 
-def normbench_step(cfg, data: ImageData) -> float:  # noqa: ANN001
+def normbench_step(cfg, data: ImageData) -> float:
     """Seconds per step of normbench's own training loop (Run.execute; its wall_s excludes validation)."""
     with tempfile.TemporaryDirectory() as tmp:
         record = Run(cfg, Path(tmp), data=data).execute()
     return record["wall_s"] / record["steps"]
 
 
-def bare_step(cfg, data: ImageData, steps: int) -> float:  # noqa: ANN001
+def bare_step(cfg, data: ImageData, steps: int) -> float:
     """Seconds per step of a hand-written loop over the same batches, prepared before the clock starts."""
     device = select_device(cfg.device)
     torch.manual_seed(cfg.seed)
@@ -108,7 +111,7 @@ def bench_data(data: ImageData, reps: int) -> None:
         def __len__(self) -> int:
             return len(self.images)
 
-        def __getitem__(self, i: int):  # noqa: ANN204
+        def __getitem__(self, i: int):
             return self.transform(Image.fromarray(self.images[i])), int(data.train_labels[i])
 
     loader = DataLoader(PILDataset(), batch_size=batch, shuffle=True, drop_last=True, num_workers=0)

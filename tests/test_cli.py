@@ -46,12 +46,13 @@ def test_explain_answers_the_notes_question() -> None:
 
 
 BAD = [
-    (["norm=batchnorm"], "Could not find 'norm/batchnorm'"),
+    (["norm=batchnorm"], "Could not find 'norm/batchnorm' Available options in 'norm': bn brn gn in ln none rms"),
     (["model=mlp", "norm=gn"], "norm=gn cannot normalize vector features (N, C)"),
     (["model=mlp", "norm=in"], "norm=in cannot normalize vector features (N, C)"),
     (["norm=gn", "norm.groups=3"], "the norm layer 'features.1' (32 channels) cannot be built. norm=gn: groups=3"),
     (["batch_size=0"], "batch_size=0 is not valid: it must be a whole number >= 1"),
-    (["model=mlp", "batch_size=1"], "batch_size=1 with norm=bn on model=mlp"),
+    (["model=mlp", "batch_size=1"], "batch_size=1 with norm=bn on model=mlp: this model's norms see (N, C) vectors"),
+    (["model=mlp", "batch_size=1", "norm=brn"], "or a norm that works per sample (ln, rms)."),
     (["epochs=0"], "epochs=0 is not valid"),
     (["max_steps=-5"], "max_steps=-5 is not valid"),
     (["optim.lr=0"], "optim.lr=0 is not valid: the learning rate must be a number > 0"),
