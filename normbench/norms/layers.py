@@ -64,14 +64,8 @@ class TokenReferenceLayerNorm(PerToken, ReferenceLayerNorm):
     pass
 
 
-class RMSNorm(nn.Module):
-    """RMSNorm with a per-channel γ over the same axes as LayerNorm, on PyTorch's fused kernel."""
-
-    def __init__(self, num_features: int, eps: float = 1e-6, affine: bool = True) -> None:
-        super().__init__()
-        self.num_features = num_features
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(num_features)) if affine else None
+class RMSNorm(ReferenceRMSNorm):
+    """The same RMSNorm (parameters, state_dict) computed by PyTorch's fused kernel."""
 
     def forward(self, x: Tensor) -> Tensor:
         y = F.rms_norm(x, x.shape[1:], eps=self.eps)
