@@ -37,6 +37,10 @@ class DataError(ConfigError):
 class DivergedError(NormbenchError):
     exit_code = EXIT_DIVERGED
 
+    def __init__(self, message: str, step: int) -> None:
+        super().__init__(message)
+        self.step = step  # the first step whose loss was not finite
+
 
 class InterruptedRun(NormbenchError):
     exit_code = EXIT_INTERRUPTED

@@ -350,7 +350,8 @@ class Run:
                     board.flush()
                     raise DivergedError(
                         f"The training loss became {value} at step {first + i} (epoch {s.epoch + 1}); the run "
-                        f"stopped there. Lower optim.lr (effective lr {self.lr:g}) or check the norm settings."
+                        f"stopped there. Lower optim.lr (effective lr {self.lr:g}) or check the norm settings.",
+                        step=first + i,
                     )
                 board.scalar("train/loss", value, first + i)
             board.scalar("lr", self.scheduler.get_last_lr()[0], s.step)
@@ -462,7 +463,7 @@ class Run:
             record = self.finish(board)
             return self.write_record(R.COMPLETED, **record)
         except DivergedError as error:
-            self.write_record(R.DIVERGED, str(error), diverged_step=self.state.step)
+            self.write_record(R.DIVERGED, str(error), diverged_step=error.step)
             raise
         except InterruptedRun as error:
             self.save_checkpoint()
