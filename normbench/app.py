@@ -73,6 +73,20 @@ def failure_record(cfg: DictConfig, status: str, reason: str) -> dict[str, Any]:
     }
 
 
+def check_reuse(run_dir: Path, previous: dict[str, Any], cfg: DictConfig, multirun: bool) -> None:
+    """Refuse to train into a directory that holds another run, or a finished one outside a sweep."""
+    if not same_run(previous.get("config", {}), cfg, VOLATILE_KEYS):
+        raise NormbenchError(
+            f"{run_dir} already holds a different run (its results.json has another config). "
+            "Choose another directory (hydra.run.dir / hydra.sweep.dir)."
+        )
+    if not (multirun or cfg.resume):
+        raise NormbenchError(
+            f"{run_dir} already holds a run with status '{previous['status']}'. Continue it with resume=true, or "
+            "choose another directory (hydra.run.dir=DIR); normbench does not overwrite results."
+        )
+
+
 def task(cfg: DictConfig) -> dict[str, Any] | None:
     """One run. In a multirun a failing run is recorded and returned, so the other runs go on."""
     from normbench.train import Run  # deferred: keeps `--cfg`/`--help` fast
@@ -84,24 +98,17 @@ def task(cfg: DictConfig) -> dict[str, Any] | None:
         cfg.threads = jobs_threads(hydra_cfg)
     previous = R.read_results(run_dir)
     try:
-        if previous is not None and not same_run(previous.get("config", {}), cfg, VOLATILE_KEYS):
-            raise NormbenchError(
-                f"{run_dir} already holds a different run (its results.json has another config). "
-                "Choose another directory (hydra.run.dir / hydra.sweep.dir)."
-            )
-        if previous is not None and previous["status"] == R.COMPLETED:
-            if multirun or cfg.resume:
-                console.print(f"[green]Skipping[/] {run_dir.name}: already completed.", highlight=False)
-                return previous
-            raise NormbenchError(
-                f"{run_dir} already holds a completed run. Pass resume=true to keep it as it is, or choose another "
-                "directory (hydra.run.dir=DIR); normbench does not overwrite results."
-            )
-        if previous is not None and not (multirun or cfg.resume):
-            raise NormbenchError(
-                f"{run_dir} already holds a run with status '{previous['status']}'. Continue it with resume=true, "
-                "or choose another directory (hydra.run.dir=DIR)."
-            )
+        if previous is not None:
+            check_reuse(run_dir, previous, cfg, multirun)
+    except NormbenchError as error:  # the directory is someone else's: leave it exactly as it is
+        print_error(error, f" in {run_dir.name}" if multirun else "")
+        if multirun:
+            return previous
+        raise SystemExit(error.exit_code) from None
+    if previous is not None and previous["status"] == R.COMPLETED:
+        console.print(f"[green]Skipping[/] {run_dir.name}: already completed.", highlight=False)
+        return previous
+    try:
         validate(cfg)
         record = Run(cfg, run_dir, console).execute(resume=multirun or bool(cfg.resume))
         if multirun:  # one line per run; the sweep's table comes at the end

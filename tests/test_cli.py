@@ -103,5 +103,16 @@ def test_a_run_from_another_directory_writes_its_outputs(tmp_path) -> None:
     assert "mlp / ln, batch 16: completed" in done.stdout
     again = normbench("run", "model=mlp", "norm=ln", "max_steps=4", "epochs=1", "data.train_size=64",
                       "data.val_size=32", "batch_size=16", f"hydra.run.dir={run_dir}", cwd=ROOT)  # fmt: skip
-    assert again.returncode == 2 and "already holds a completed run" in again.stdout
+    assert again.returncode == 2 and "already holds a run with status 'completed'" in again.stdout
     assert json.loads((run_dir / "results.json").read_text()) == record  # results never overwritten
+
+
+def test_a_directory_holding_another_run_is_left_untouched(tmp_path) -> None:
+    from normbench import results as R
+
+    run_dir = tmp_path / "r"
+    other = {"status": "running", "config": {"batch_size": 999}, "metrics": {}}
+    R.write_json(run_dir / "results.json", other)
+    done = normbench("run", "max_steps=2", f"hydra.run.dir={run_dir}", "resume=true", cwd=tmp_path)
+    assert done.returncode == 2 and "already holds a different run" in done.stdout
+    assert json.loads((run_dir / "results.json").read_text()) == other
