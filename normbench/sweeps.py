@@ -30,16 +30,24 @@ def jobs_threads(hydra_cfg: Any) -> int | None:
     return max(1, cores // n_jobs)
 
 
-def _without(config: dict[str, Any], volatile: tuple[str, ...]) -> dict[str, Any]:
-    return {k: v for k, v in config.items() if k not in volatile}
+def _flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
 
 
 def same_run(stored: dict[str, Any], cfg: DictConfig, volatile: tuple[str, ...]) -> bool:
-    """Whether a stored config describes the same run as `cfg`, ignoring keys that may change on a retry."""
-    if not stored:
-        return True
-    current = OmegaConf.to_container(cfg, resolve=True)
-    return _without(stored, volatile) == _without(current, volatile)  # type: ignore[arg-type]
+    """Whether a stored config describes the same run as `cfg`: every setting both configs have agrees,
+    except those that may change between attempts. Settings that only one side has are ignored, so a
+    normbench version that adds a setting (with its default) still recognises earlier runs."""
+    old = _flatten(stored)
+    new = _flatten(OmegaConf.to_container(cfg, resolve=True))  # type: ignore[arg-type]
+    common = (old.keys() & new.keys()) - set(volatile)
+    return all(old[k] == new[k] for k in common)
 
 
 class SweepSummary(Callback):

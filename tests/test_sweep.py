@@ -7,6 +7,7 @@ import csv
 import json
 
 from conftest import normbench
+from omegaconf import OmegaConf
 
 from normbench import results as R
 from normbench.report import summarize
@@ -94,3 +95,16 @@ def test_submitit_launcher_runs_jobs_through_its_local_executor(tmp_path) -> Non
     assert {n: r["status"] for n, r in _records(sweep_dir).items()} == {"norm=bn": "completed", "norm=ln": "completed"}
     shown = normbench("run", "hydra/launcher=slurm", "--cfg", "hydra", cwd=tmp_path)
     assert "submitit_launcher.SlurmLauncher" in shown.stdout and "cpus_per_task: 4" in shown.stdout
+
+
+def test_a_run_is_recognised_by_the_settings_both_configs_have(tiny) -> None:
+    from normbench.sweeps import same_run
+
+    cfg = tiny()
+    stored = OmegaConf.to_container(cfg, resolve=True)
+    del stored["train"]["deterministic"]  # written by an older normbench that lacked this setting
+    assert same_run(stored, cfg, ("threads",))
+    stored["threads"] = 7
+    assert same_run(stored, cfg, ("threads",))
+    stored["optim"]["lr"] = 0.5
+    assert not same_run(stored, cfg, ("threads",))
