@@ -81,16 +81,13 @@ def _pair(name: str, layout: str, **options: object) -> tuple[nn.Module, nn.Modu
     return fused, ref
 
 
-TWO_IMPLS = [p for p in PAIRS if p[0] != "brn"]
+TWO_IMPLS = [p for p in PAIRS if p[0] != "brn"]  # Batch Renorm has only the reference implementation
+PARITY = [(*p, {}) for p in TWO_IMPLS] + [("bn", lay, {"momentum": None}) for lay in SHAPES]  # + cumulative BN
 
 
-@pytest.mark.parametrize("momentum", [0.1, None])
 @pytest.mark.parametrize("mode", ["train", "eval"])
-@pytest.mark.parametrize(("name", "layout"), TWO_IMPLS)
-def test_reference_matches_torch(name: str, layout: str, mode: str, momentum: float | None) -> None:
-    if momentum is None and name != "bn":
-        pytest.skip("momentum is a BatchNorm option")
-    options = {"momentum": momentum} if name == "bn" else {}
+@pytest.mark.parametrize(("name", "layout", "options"), PARITY)
+def test_reference_matches_torch(name: str, layout: str, options: dict, mode: str) -> None:
     fused, ref = _pair(name, layout, **options)
     assert fused.state_dict().keys() == ref.state_dict().keys()
     torch.manual_seed(2)
