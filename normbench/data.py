@@ -166,21 +166,21 @@ def make_synthetic(train_size: int, val_size: int, seed: int = 0, difficulty: fl
 def crop(
     images: Tensor, top: Tensor, left: Tensor, size: int, flip: Tensor | None = None, source: Tensor | None = None
 ) -> Tensor:
-    """size×size windows at (top, left), mirrored where `flip`, as one gather over the batch.
+    """size×size windows at (top, left), mirrored where `flip`, gathered in one `torch.take`.
 
     Window i is cut from images[source[i]] (default: images[i]), so many windows can share a source
-    without copying it first.
+    without copying it first. One flat gather is several times faster than 4-way advanced indexing.
     """
-    n, c = len(top), images.shape[1]
+    n, (c, h, w) = len(top), images.shape[1:]
     device = images.device
     span = torch.arange(size, device=device)
     rows = top[:, None] + span
     cols = left[:, None] + span
     if flip is not None:
-        cols = torch.where(flip[:, None], cols.flip(1), cols)
-    batch = (torch.arange(n, device=device) if source is None else source)[:, None, None, None]
-    channel = torch.arange(c, device=device)[None, :, None, None]
-    return images[batch, channel, rows[:, None, :, None], cols[:, None, None, :]]
+        cols = torch.where(flip[:, None], cols.flip(1), cols)  # a mirrored window reads its columns backwards
+    which = torch.arange(n, device=device) if source is None else source
+    plane = which[:, None, None, None] * c + torch.arange(c, device=device)[None, :, None, None]
+    return torch.take(images, plane * (h * w) + rows[:, None, :, None] * w + cols[:, None, None, :])
 
 
 class Batches:

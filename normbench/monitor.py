@@ -86,17 +86,11 @@ class Monitor:
             handle.remove()
         self.handles.clear()
 
-    def histogram(self, tag: str, values: Tensor, step: int) -> None:
-        """A histogram of the finite values (a diverging run has NaNs, which TensorBoard cannot bin)."""
-        finite = values[torch.isfinite(values)]
-        if finite.numel():
-            self.board.writer.add_histogram(tag, finite, step)
-
     def write(self, step: int, prefix: str) -> None:
         for name, (pre, post, bn) in self.captured.items():
             for kind, values in (("pre", pre), ("post", post)):
                 stats = torch.stack([values.mean(), values.std()]).tolist()
-                self.histogram(f"{prefix}/{name}/{kind}", values, step)
+                self.board.histogram(f"{prefix}/{name}/{kind}", values, step)
                 self.board.scalars(
                     {f"{prefix}/{name}/{kind}_mean": stats[0], f"{prefix}/{name}/{kind}_std": stats[1]}, step
                 )
@@ -117,7 +111,7 @@ class Monitor:
             ("running_var", run_var),
             ("batch_var", batch_var),
         ):
-            self.histogram(f"{tag}/{label}", tensor, step)
+            self.board.histogram(f"{tag}/{label}", tensor, step)
         gap_value, ratio_value = torch.stack([gap, ratio]).tolist()
         self.board.scalars({f"{tag}/mean_gap": gap_value, f"{tag}/var_ratio": ratio_value}, step)
 

@@ -104,3 +104,25 @@ def test_precise_bn_is_the_cumulative_average_over_training_batches() -> None:
     torch.testing.assert_close(precise[1].running_mean, means)
     torch.testing.assert_close(precise[1].running_var, variances)
     assert model[1].momentum == 0.1 and int(model[1].num_batches_tracked) == 0  # the original is untouched
+
+
+def test_histograms_are_binned_like_numpy_and_skip_non_finite_values(tmp_path) -> None:
+    import numpy as np
+
+    from normbench.board import Board
+
+    values = torch.tensor([0.0, 1, 1, 2, 3, 3, 3, 4, float("nan"), float("inf")])
+    board = Board(tmp_path)
+    board.histogram("h", values, 1, bins=4)
+    board.histogram("constant", torch.ones(5), 1)
+    board.histogram("empty", torch.tensor([float("nan")]), 1)
+    board.close()
+    ea = events(tmp_path)
+    h = ea.Histograms("h")[0].histogram_value
+    finite = values[torch.isfinite(values)].numpy()
+    counts, edges = np.histogram(finite, bins=4, range=(0, 4))
+    assert (h.min, h.max, h.num, h.sum, h.sum_squares) == (0, 4, 8, 17, 49)
+    assert list(h.bucket) == counts.tolist() and list(h.bucket_limit) == edges[1:].tolist()
+    c = ea.Histograms("constant")[0].histogram_value
+    assert (c.num, list(c.bucket), list(c.bucket_limit)) == (5, [5.0], [1.0])
+    assert "empty" not in ea.Tags()["histograms"]
