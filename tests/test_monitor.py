@@ -126,3 +126,15 @@ def test_histograms_are_binned_like_numpy_and_skip_non_finite_values(tmp_path) -
     c = ea.Histograms("constant")[0].histogram_value
     assert (c.num, list(c.bucket), list(c.bucket_limit)) == (5, [5.0], [1.0])
     assert "empty" not in ea.Tags()["histograms"]
+
+
+def test_channel_statistics_for_each_layout() -> None:
+    from normbench.monitor import channel_stats
+
+    x = torch.randn(4, 6, 5, 5) * 2 + 3
+    mean, var = channel_stats(x, 1)
+    torch.testing.assert_close(mean, x.mean(dim=(0, 2, 3)))
+    torch.testing.assert_close(var, x.var(dim=(0, 2, 3), unbiased=False), atol=1e-4, rtol=1e-4)
+    tokens = torch.randn(3, 7, 6)  # (N, L, D): BN's channels are last
+    mean, var = channel_stats(tokens, -1)
+    torch.testing.assert_close(var, tokens.var(dim=(0, 1), unbiased=False), atol=1e-5, rtol=1e-4)
