@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from rich.console import Console
 
 from normbench.config import compose_config
 from normbench.data import Batches, ImageData, make_synthetic
@@ -53,7 +54,7 @@ def config(model: str, norm: str, batch: int, steps: int, *extra: str):
 def normbench_step(cfg, data: ImageData) -> float:
     """Seconds per step of normbench's own training loop (Run.execute; its wall_s excludes validation)."""
     with tempfile.TemporaryDirectory() as tmp:
-        record = Run(cfg, Path(tmp), data=data).execute()
+        record = Run(cfg, Path(tmp), Console(quiet=True), data=data).execute()
     return record["wall_s"] / record["steps"]
 
 

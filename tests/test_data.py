@@ -168,3 +168,17 @@ def test_synthetic_data_is_deterministic_and_balanced() -> None:
     assert not torch.equal(a.train_images, make_synthetic(500, 100, seed=1).train_images)
     assert a.train_images.shape == (500, 3, 32, 32) and a.train_images.dtype == torch.uint8
     assert torch.bincount(a.train_labels, minlength=10).min() > 25
+
+
+@pytest.mark.parametrize("chunk", [1, 16, 48, 4096])
+def test_chunked_preparation_gives_the_same_batches(chunk) -> None:
+    data = make_synthetic(100, 8)
+    reference = list(_batches(data, train=True, augment=True, seed=3).epoch(1))  # default chunk
+
+    def make() -> Batches:
+        return Batches(data.train_images, data.train_labels, 16, data.mean, data.std, torch.device("cpu"),
+                       train=True, augment=True, seed=3, chunk=chunk)  # fmt: skip
+
+    chunked = list(make().epoch(1))
+    assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(reference, chunked, strict=True))
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(reference[4:], make().epoch(1, start=4), strict=True))
