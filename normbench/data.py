@@ -186,10 +186,10 @@ def crop(
 class Batches:
     """Batches of standardized (and, for training, augmented) images from uint8 tensors on the device.
 
-    Augmentation is the CIFAR standard: a random 32×32 crop of the image zero-padded by `pad` pixels
-    (zero = the mean colour, as padding happens after standardization) and a horizontal flip with
-    probability 1/2. The order and the augmentation of epoch e are drawn up front from (seed, e), so
-    an epoch is reproducible on its own and a resumed run can skip to any batch of it.
+    Augmentation is the CIFAR standard: a random 32×32 crop of the image padded by `pad` pixels of the
+    dataset's mean colour (0 after standardization) and a horizontal flip with probability 1/2. The
+    order and the augmentation of epoch e are drawn up front from (seed, e), so an epoch is reproducible
+    on its own and a resumed run can skip to any batch of it.
     """
 
     def __init__(
@@ -208,10 +208,18 @@ class Batches:
         channels_last: bool = False,
         chunk: int = 1024,
     ) -> None:
-        self.images = images.to(device)
         self.labels = labels.to(device)
         self.batch_size = batch_size
         self.train, self.augment, self.pad, self.seed = train, augment and train, pad, seed
+        self.size = images.shape[-1]
+        if self.augment:
+            # Padded once, in uint8: each batch then only cuts windows, moving one byte per pixel.
+            n, c, h, w = images.shape
+            fill = (torch.tensor(mean) * 255).round().to(torch.uint8).view(1, c, 1, 1)
+            padded = fill.expand(n, c, h + 2 * pad, w + 2 * pad).clone()
+            padded[:, :, pad : pad + h, pad : pad + w] = images
+            images = padded
+        self.images = images.to(device)
         self.mean = torch.tensor(mean, device=device).view(1, -1, 1, 1) * 255
         self.std = torch.tensor(std, device=device).view(1, -1, 1, 1) * 255
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
@@ -226,7 +234,7 @@ class Batches:
 
     def epoch(self, epoch: int = 0, start: int = 0) -> Iterator[tuple[Tensor, Tensor]]:
         """The batches of `epoch`, from batch index `start` on."""
-        n, size = len(self.labels), self.images.shape[-1]
+        n = len(self.labels)
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
         device = self.images.device
         # One draw per epoch, moved to the device once: no host work or transfer per batch.
@@ -240,10 +248,11 @@ class Batches:
             last = min(first + per_chunk, len(self))
             sl = slice(first * batch, min(last * batch, n))
             index = order[sl]
-            x = (self.images[index].float() - self.mean) / self.std
             if self.augment:
-                padded = F.pad(x, (self.pad,) * 4)
-                x = crop(padded, shifts[0, sl], shifts[1, sl], size, flips[sl])
-            x, y = x.contiguous(memory_format=self.memory_format), self.labels[index]
+                pixels = crop(self.images, shifts[0, sl], shifts[1, sl], self.size, flips[sl], source=index)
+            else:
+                pixels = self.images[index]
+            x = ((pixels.float() - self.mean) / self.std).contiguous(memory_format=self.memory_format)
+            y = self.labels[index]
             for i in range(last - first):
                 yield x[i * batch : (i + 1) * batch], y[i * batch : (i + 1) * batch]
