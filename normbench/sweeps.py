@@ -9,6 +9,9 @@ from typing import Any
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
+from rich.console import Console
+
+from normbench.errors import NormbenchError
 
 
 def available_cores() -> int:
@@ -57,9 +60,14 @@ class SweepSummary(Callback):
         from normbench.report import print_tables, write_summary
 
         sweep_dir = Path(config.hydra.sweep.dir)
-        summary = write_summary(sweep_dir)
+        try:
+            summary = write_summary(sweep_dir)
+        except NormbenchError as error:  # no run left a record (the launcher itself failed)
+            Console().print(f"[bold red]No summary:[/] {error}", highlight=False)
+            return
         print_tables(summary)
-        print(
+        Console().print(
             f"Summary: {sweep_dir / 'summary.csv'}, {sweep_dir / 'summary.json'}. "
-            f"Figures: normbench report {sweep_dir}. Curves: tensorboard --logdir {sweep_dir}"
+            f"Figures: normbench report {sweep_dir}. Curves: tensorboard --logdir {sweep_dir}",
+            highlight=False,
         )
