@@ -315,7 +315,7 @@ class Run:
         loss.backward()
         self.optimizer.step()
         self.scheduler.step()
-        return loss.detach(), (logits.argmax(dim=1) == y).sum()
+        return loss.detach().float(), (logits.argmax(dim=1) == y).sum()
 
     @torch.no_grad()
     def evaluate(self, batches: Batches | None = None, model: nn.Module | None = None) -> tuple[float, float]:
@@ -336,14 +336,14 @@ class Run:
     def fit(self, board: Board, progress: Progress | None, task: Any) -> None:
         cfg, s, budget = self.cfg, self.state, self.budget
         pending: list[Tensor] = []  # per-step losses still on the device
-        pending_correct = torch.zeros((), device=self.device)
+        pending_correct = torch.zeros((), device=self.device)  # float32, like the losses: one stack
         flush_every = max(1, cfg.log.every)
 
         def flush() -> None:
             nonlocal pending_correct
             if not pending:
                 return
-            losses = torch.stack(pending).float().tolist()  # the one host sync per `log.every` steps
+            *losses, correct = torch.stack([*pending, pending_correct]).tolist()  # the one host sync
             first = s.step - len(losses) + 1
             for i, value in enumerate(losses):
                 if not math.isfinite(value):
@@ -356,7 +356,7 @@ class Run:
                 board.scalar("train/loss", value, first + i)
             board.scalar("lr", self.scheduler.get_last_lr()[0], s.step)
             s.epoch_loss_sum += sum(losses) * cfg.batch_size
-            s.epoch_correct += pending_correct.item()
+            s.epoch_correct += correct
             s.curve.append([s.examples, sum(losses) / len(losses)])
             pending.clear()
             pending_correct = torch.zeros((), device=self.device)
