@@ -116,3 +116,10 @@ def test_a_directory_holding_another_run_is_left_untouched(tmp_path) -> None:
     done = normbench("run", "max_steps=2", f"hydra.run.dir={run_dir}", "resume=true", cwd=tmp_path)
     assert done.returncode == 2 and "already holds a different run" in done.stdout
     assert json.loads((run_dir / "results.json").read_text()) == other
+
+
+def test_debug_shows_the_traceback(tmp_path) -> None:
+    shown = normbench("run", "--debug", "model=mlp", "norm=in", cwd=tmp_path)
+    assert shown.returncode == 2
+    assert "Traceback" in shown.stderr and "NormError" in shown.stderr
+    assert "norm=in cannot normalize vector features" in shown.stdout
