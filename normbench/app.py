@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 import traceback
 from pathlib import Path
@@ -158,5 +157,4 @@ def hydra_main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("HYDRA_FULL_ERROR", "0")
     sys.exit(hydra_main(sys.argv[1:]))

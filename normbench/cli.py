@@ -149,17 +149,18 @@ def report(
 ) -> None:
     """Tables and figures from a run or sweep directory: validation error vs batch size per norm, loss
     curves per batch size, summary.csv/json and report.md embedding the figures, all written into DIR."""
-    from normbench.report import make_figures, markdown, print_tables, write_summary
+    from normbench.report import print_tables, write_report, write_summary
 
     try:
-        summary = write_summary(directory)
+        if no_figures:
+            summary = write_summary(directory)
+        else:
+            summary, figures, path = write_report(directory)
     except NormbenchError as error:
         raise _fail(error) from None
     print_tables(summary, console)
     if not no_figures:
-        figures = make_figures(summary, directory)
-        (directory / "report.md").write_text(markdown(summary, figures))
-        console.print(f"Wrote {directory / 'report.md'} with {', '.join(p.name for p in figures)}.", highlight=False)
+        console.print(f"Wrote {path} with {', '.join(p.name for p in figures)}.", highlight=False)
 
 
 @app.command("list")
