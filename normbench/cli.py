@@ -118,10 +118,10 @@ def sweep(
     """
     _set_debug(debug)
     from normbench.app import hydra_main
-    from normbench.config import compose_config, name_runs_by_swept_keys, sweep_jobs, validate
+    from normbench.config import compose_config, name_runs_by_swept_keys, override_key, sweep_jobs, validate
 
     args = list(ctx.args)
-    if not any(_key(a) == "sweep" for a in args) and not any("," in a or "(" in a for a in args if "=" in a):
+    if not any(override_key(a) == "sweep" for a in args) and not any("," in a or "(" in a for a in args if "=" in a):
         args = ["sweep=default", *args]  # no grid given: the named default grid
     if _overrides_only(args):
         try:
@@ -129,17 +129,13 @@ def sweep(
             jobs = sweep_jobs(args)
             for job in jobs:
                 try:
-                    validate(compose_config([o for o in job if not _key(o).startswith("hydra")]))
+                    validate(compose_config([o for o in job if not override_key(o).startswith("hydra")]))
                 except NormbenchError as error:
                     raise type(error)(f"in the run {' '.join(job)}: {error}") from None
         except NormbenchError as error:
             raise _fail(error) from None
         console.print(f"Sweeping {len(jobs)} runs.", highlight=False)
     raise typer.Exit(hydra_main(["--multirun", *args]))
-
-
-def _key(override: str) -> str:
-    return override.split("=", 1)[0].lstrip("+~")
 
 
 @app.command()

@@ -76,6 +76,11 @@ def sweep_jobs(overrides: list[str]) -> list[list[str]]:
         return BasicSweeper.split_arguments(everything, None)[0]
 
 
+def override_key(override: str) -> str:
+    """The key of a Hydra override: `+norm.groups=8` -> `norm.groups`."""
+    return override.split("=", 1)[0].lstrip("+~")
+
+
 def name_runs_by_swept_keys(overrides: list[str]) -> list[str]:
     """Add the keys that are fixed on the command line to `override_dirname`'s exclude list, so that run
     directories (and TensorBoard's run names) show only what varies: `batch_size=8,norm=bn`."""

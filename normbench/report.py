@@ -25,6 +25,7 @@ from rich.console import Console
 from rich.table import Table
 
 from normbench import results as R
+from normbench.config import override_key
 from normbench.errors import ConfigError
 
 AXES = ("model", "norm", "batch_size", "seed")  # what a table shows; the rest of an override is a "variant"
@@ -59,10 +60,6 @@ def _overrides(run_dir: Path) -> list[str]:
         return []
 
 
-def _key(override: str) -> str:
-    return override.split("=", 1)[0].lstrip("+~")
-
-
 def collect(root: Path) -> list[dict[str, Any]]:
     """One flat row per run under `root` (with its history and curve), sorted by model, norm, batch size."""
     if not root.exists():
@@ -71,7 +68,11 @@ def collect(root: Path) -> list[dict[str, Any]]:
     if not found:
         raise ConfigError(f"No results.json under {root}: give a run or sweep directory written by normbench.")
     extra = {
-        d: [o for o in _overrides(d) if _key(o) not in (*AXES, *VOLATILE) and not _key(o).startswith("hydra")]
+        d: [
+            o
+            for o in _overrides(d)
+            if override_key(o) not in (*AXES, *VOLATILE) and not override_key(o).startswith("hydra")
+        ]
         for d, _ in found
     }
     common = set.intersection(*(set(v) for v in extra.values())) if extra else set()
