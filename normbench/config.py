@@ -22,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from normbench.data import DATASETS, cifar10_missing
+from normbench.devices import select_device
 from normbench.errors import ConfigError, NormbenchError
 from normbench.models import MODELS, build_model, split_name
 from normbench.norms import NORMS, get_norm
@@ -126,8 +127,6 @@ def validate(cfg: DictConfig) -> None:
     _validate_optim(cfg.optim)
     if cfg.device not in ("auto", "cpu", "cuda", "mps"):
         raise _fail("device", cfg.device, "allowed: auto, cpu, cuda, mps")
-    from normbench.train import select_device  # deferred: train imports the whole stack
-
     select_device(cfg.device)
     if cfg.model.name not in MODELS:
         raise _fail("model", cfg.model.name, f"models: {', '.join(MODELS)}")

@@ -28,6 +28,7 @@ from torch import Tensor, nn
 from normbench import results as R
 from normbench.board import Board
 from normbench.data import Batches, ImageData, load_data
+from normbench.devices import select_device
 from normbench.errors import ConfigError, DivergedError, InterruptedRun
 from normbench.models import build_model, count_parameters
 from normbench.monitor import Monitor
@@ -36,19 +37,6 @@ CHECKPOINT_FILE = "checkpoint.pt"
 
 
 # --- Set-up ---------------------------------------------------------------------------------------------
-
-
-def select_device(name: str) -> torch.device:
-    """`auto` picks CUDA, then Apple's MPS, then the CPU; a named device must be present."""
-    cuda, mps = torch.cuda.is_available(), torch.backends.mps.is_available()
-    if name == "auto":
-        return torch.device("cuda" if cuda else "mps" if mps else "cpu")
-    if name == "cpu" or (name == "cuda" and cuda) or (name == "mps" and mps):
-        return torch.device(name)
-    present = ", ".join(["cpu", *(["cuda"] if cuda else []), *(["mps"] if mps else [])])
-    if name in ("cuda", "mps"):
-        raise ConfigError(f"device={name} is not available on this machine. Available: {present} (or device=auto).")
-    raise ConfigError(f"device={name} is not a device normbench knows. Allowed: auto, cpu, cuda, mps.")
 
 
 def effective_lr(optim: DictConfig, batch_size: int) -> float:

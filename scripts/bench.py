@@ -30,8 +30,9 @@ from rich.console import Console
 
 from normbench.config import compose_config
 from normbench.data import Batches, ImageData, make_synthetic
+from normbench.devices import select_device
 from normbench.models import build_model
-from normbench.train import Run, select_device
+from normbench.train import Run
 
 CASES = [
     *(("cnn", norm, batch) for batch in (32, 128) for norm in ("bn", "gn", "ln", "in")),
