@@ -13,7 +13,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import torch
 from hydra import compose, initialize_config_dir
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -24,8 +23,8 @@ from omegaconf.errors import OmegaConfBaseException
 from normbench.data import DATASETS, cifar10_missing
 from normbench.devices import select_device
 from normbench.errors import ConfigError, NormbenchError
-from normbench.models import MODELS, build_model, split_name
-from normbench.norms import NORMS, get_norm
+from normbench.models import MODELS, check_norm_shapes, split_name
+from normbench.norms import get_norm
 
 PACKAGE_CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
@@ -175,32 +174,12 @@ def _validate_data(data: DictConfig) -> int:
 
 
 def _validate_model(cfg: DictConfig) -> None:
-    """Build the model on the meta device (no memory, no compute) and run one training-mode forward of the
-    configured batch size, so shape-dependent refusals surface now rather than at step one."""
+    """Build the model on the meta device and run one training-mode forward of the configured batch size, each
+    norm layer checking its input shape, so shape-dependent refusals surface now rather than at step one."""
     try:
-        with torch.device("meta"):
-            model = build_model(cfg.model, cfg.norm)
-            model.train()
-            model(torch.empty(cfg.batch_size, 3, 32, 32))
+        check_norm_shapes(cfg.model, cfg.norm, cfg.batch_size)
     except NormbenchError:
         raise
-    except ValueError as error:
-        if "more than 1 value per channel" in str(error):
-            layout = MODELS[cfg.model.name][0].layout
-            per_sample = [n for n, s in NORMS.items() if layout in s.axes and not s.batch_statistics and n != "none"]
-            raise ConfigError(
-                f"batch_size=1 with norm={cfg.norm.name} on model={cfg.model.name}: this model's norms see "
-                f"(N, C) vectors, and in training {cfg.norm.name} takes each feature's mean and variance over "
-                f"the batch, here a single value. Use batch_size >= 2, or a norm that works per sample "
-                f"({', '.join(per_sample)})."
-            ) from None
-        if "spatial element" in str(error):
-            raise ConfigError(
-                f"norm={cfg.norm.name} on model={cfg.model.name}: a feature map reaches the norm as 1×1, and "
-                "InstanceNorm has nothing to average over one position. Use fewer stages (model.widths) or "
-                "another norm."
-            ) from None
-        raise ConfigError(f"model={cfg.model.name} with norm={cfg.norm.name} cannot run: {error}") from None
-    except (TypeError, RuntimeError) as error:
+    except (ValueError, TypeError, RuntimeError) as error:
         name, _ = split_name(cfg.model)
         raise ConfigError(f"model={name} cannot be built from its config {dict(cfg.model)}: {error}") from None

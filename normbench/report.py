@@ -27,6 +27,7 @@ from rich.table import Table
 from normbench import results as R
 from normbench.config import override_key
 from normbench.errors import ConfigError
+from normbench.norms import NORMS
 
 AXES = ("model", "norm", "batch_size", "seed")  # what a table shows; the rest of an override is a "variant"
 VOLATILE = ("resume", "threads", "quiet", "device")
@@ -50,7 +51,6 @@ RUN_COLUMNS = (
     "effective_lr",
     "reason",
 )
-NORM_ORDER = ("bn", "brn", "gn", "ln", "in", "rms", "none")
 
 
 def _overrides(run_dir: Path) -> list[str]:
@@ -110,7 +110,8 @@ def collect(root: Path) -> list[dict[str, Any]]:
 
 
 def _norm_rank(norm: str | None) -> tuple[int, str]:
-    return (NORM_ORDER.index(norm) if norm in NORM_ORDER else len(NORM_ORDER), str(norm))
+    order = list(NORMS)  # registration order
+    return (order.index(norm) if norm in order else len(order), str(norm))
 
 
 def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -4,17 +4,19 @@ never see the norm registry; `build_model` binds the configured norm to the mode
 from __future__ import annotations
 
 import inspect
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from functools import partial
 from typing import Any
 
+import torch
 from torch import nn
 
 from normbench.errors import ConfigError, NormError
 from normbench.models.cnn import CNN
 from normbench.models.mlp import MLP
 from normbench.models.transformer import ViT
-from normbench.norms import build_norm
+from normbench.norms import NORMS, build_norm, get_norm
+from normbench.norms.registry import shape_of
 
 MODELS: dict[str, tuple[type[nn.Module], str]] = {
     "mlp": (MLP, "MLP on flattened images: (Linear → Norm → ReLU) × depth; norms see (N, C) vectors"),
@@ -71,6 +73,47 @@ def build_model(model_cfg: Mapping[str, Any], norm_cfg: Mapping[str, Any], num_c
             f"model={name}: the norm layer '{where}' ({channels} channels) cannot be built. {error} "
             f"This model's norm layers have {', '.join(map(str, widths))} channels."
         ) from None
+
+
+def check_norm_shapes(
+    model_cfg: Mapping[str, Any], norm_cfg: Mapping[str, Any], batch_size: int, image: tuple[int, ...] = (3, 32, 32)
+) -> None:
+    """Refuse a (model, norm, batch size) whose norm layers would get inputs the norm cannot normalize in
+    training, e.g. bn on (1, C) at batch 1. The model is built on the meta device (no memory, no compute) and
+    run once in training mode; each norm layer's input shape goes through the norm's own `check` first."""
+    model_name, _ = split_name(model_cfg)
+    norm_name, norm_options = split_name(norm_cfg)
+    spec = get_norm(norm_name)
+    with torch.device("meta"):
+        model = build_model(model_cfg, norm_cfg).train()
+    layout = MODELS[model_name][0].layout
+
+    def check(layer: str) -> Callable[[nn.Module, tuple[Any, ...]], None]:
+        def pre_hook(module: nn.Module, args: tuple[Any, ...]) -> None:
+            shape = tuple(args[0].shape)
+            problem = spec.shape_problem(shape, module.training, **norm_options)
+            if problem is None:
+                return
+            if spec.batch_statistics:
+                per_sample = [n for n, s in NORMS.items() if not s.batch_statistics and s.normalizes(shape, True)]
+                advice = f"Use batch_size >= 2, or a norm that works per sample ({', '.join(per_sample)})."
+            else:
+                works = [n for n, s in NORMS.items() if s.normalizes(shape, True, **norm_options)]
+                advice = (
+                    f"Use a norm whose statistics average more values here ({', '.join(works)}), "
+                    "or a model config that gives this layer larger inputs."
+                )
+            raise NormError(
+                f"batch_size={batch_size} with norm={norm_name} on model={model_name}: this model's norms see "
+                f"{shape_of(layout)} {layout}s, and its norm layer '{layer}' gets {shape}. {problem} {advice}"
+            )
+
+        return pre_hook
+
+    for name, module in model.named_modules():
+        if getattr(module, NORM_SLOT, False):
+            module.register_forward_pre_hook(check(name))
+    model(torch.empty(batch_size, *image, device="meta"))
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -1,4 +1,5 @@
-"""Layer classes the registry builds: layout adapters, Batch Renormalization and a per-channel RMSNorm.
+"""Layer classes the registry builds: layout adapters, Batch Renormalization, a per-channel RMSNorm, and
+PyTorch's LayerNorm with the `(num_features, eps, affine)` arguments every norm class here takes.
 
 Models see three layouts: `vector` (N, C), `image` (N, C, H, W) and `sequence` (N, L, D). PyTorch's
 norms (and the reference ones) expect the channel axis at dim 1, so sequences are adapted by the two
@@ -52,6 +53,20 @@ class SequenceReferenceInstanceNorm(FeaturesToChannels, ReferenceInstanceNorm):
     pass
 
 
+class LayerNorm(nn.LayerNorm):
+    """nn.LayerNorm over the last axis (C of vectors, D of tokens), with the other norms' `affine` keyword."""
+
+    def __init__(self, num_features: int, eps: float = 1e-5, affine: bool = True) -> None:
+        super().__init__(num_features, eps=eps, elementwise_affine=affine)
+
+
+class ChannelLayerNorm(nn.GroupNorm):
+    """The GroupNorm paper's LN on (N, C, H, W): statistics over C, H, W, γ and β per channel (one group)."""
+
+    def __init__(self, num_features: int, eps: float = 1e-5, affine: bool = True) -> None:
+        super().__init__(1, num_features, eps=eps, affine=affine)
+
+
 class TokenGroupNorm(PerToken, nn.GroupNorm):
     pass
 
@@ -65,9 +80,11 @@ class TokenReferenceLayerNorm(PerToken, ReferenceLayerNorm):
 
 
 class RMSNorm(ReferenceRMSNorm):
-    """The same RMSNorm (parameters, state_dict) computed by PyTorch's fused kernel."""
+    """The same RMSNorm (parameters, state_dict) computed by PyTorch's fused kernel, where it exists."""
 
     def forward(self, x: Tensor) -> Tensor:
+        if not hasattr(F, "rms_norm"):  # torch 2.2 has no fused RMSNorm: compute the formula
+            return super().forward(x)
         y = F.rms_norm(x, x.shape[1:], eps=self.eps)
         return y if self.weight is None else y * per_channel(self.weight, y)
 
