@@ -3,17 +3,26 @@
 from __future__ import annotations
 
 import copy
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import torch
+import yaml
+from conftest import ROOT
 from torch import nn
+from typer.testing import CliRunner
 
+from normbench.cli import app
 from normbench.errors import NormError
-from normbench.norms import NORMS, build_norm, explain
+from normbench.models import check_norm_shapes
+from normbench.norms import NORMS, build_norm, explain, get_norm, on, register_norm
 from normbench.norms.layers import BatchRenorm
 
 SHAPES = {"vector": (6, 8), "image": (4, 8, 5, 3), "sequence": (3, 7, 8)}
-# The documented axes (norms/__init__.py table), as dims of the input, for an independent computation.
+# The documented axes (norms/catalog.py table), as dims of the input, for an independent computation.
 # "group": (N, G, C/G, ...) view; "token": statistics per (n, l) over D.
 AXES = {
     ("bn", "vector"): (0,),
@@ -242,3 +251,130 @@ def test_reference_bn_refuses_one_value_per_channel_like_torch() -> None:
         with pytest.raises(ValueError, match="Expected more than 1 value per channel when training"):
             build_norm("bn", 4, "vector", impl=impl).train()(torch.randn(1, 4))
     copy.deepcopy(build_norm("bn", 4, "vector", impl="reference")).eval()(torch.randn(1, 4))  # eval is fine
+
+
+def test_torch_rms_norm_falls_back_to_the_formula_where_torch_lacks_it(monkeypatch) -> None:
+    """torch 2.2 has no F.rms_norm (pyproject allows it): the torch implementation must still compute RMSNorm."""
+    monkeypatch.delattr(torch.nn.functional, "rms_norm")
+    for layout in SHAPES:
+        x = torch.randn(SHAPES[layout]) * 2 + 0.5
+        layer = build_norm("rms", 8, layout, impl="torch")
+        torch.testing.assert_close(layer(x).double(), expected("rms", layout, x, layer.eps), atol=1e-5, rtol=1e-5)
+
+
+def test_options_and_their_types_are_declared_once_and_agree_with_the_yaml() -> None:
+    bn = get_norm("bn")
+    assert bn.options == {"eps": 1e-5, "momentum": 0.1, "affine": True, "track_running_stats": True, "impl": "torch"}
+    assert bn.option_types == {"eps": float, "momentum": float | None, "affine": bool, "track_running_stats": bool,
+                               "impl": str}  # fmt: skip
+    assert get_norm("gn").option_types["groups"] is int and get_norm("brn").option_types["warmup_steps"] is int
+    assert get_norm("brn").impls == ("reference",) and get_norm("ln").impls == ("torch", "reference")
+    for name, spec in NORMS.items():  # whatever the YAML still states must be the registry's default
+        stated = yaml.safe_load((ROOT / "configs" / "norm" / f"{name}.yaml").read_text())
+        assert stated.pop("name") == name
+        assert stated.items() <= spec.options.items(), name
+        assert set(spec.option_types) == set(spec.options), name
+
+
+SHAPES_TO_CHECK = [(1, 4), (2, 4), (1, 4, 1, 1), (2, 4, 1, 1), (1, 4, 2, 1), (1, 3, 4), (1, 1, 4)]
+LAYOUT_OF = {2: "vector", 3: "sequence", 4: "image"}
+
+
+@pytest.mark.parametrize(
+    ("name", "shape"), [(n, s) for n in ("bn", "in") for s in SHAPES_TO_CHECK if (n, len(s)) != ("in", 2)]
+)
+def test_shape_check_refuses_exactly_what_pytorch_refuses_in_training(name: str, shape: tuple[int, ...]) -> None:
+    channels = shape[2] if len(shape) == 3 else shape[1]
+    layer = build_norm(name, channels, LAYOUT_OF[len(shape)], impl="torch").train()
+    try:
+        layer(torch.randn(shape))
+        torch_refuses = False
+    except ValueError:  # "Expected more than 1 value per channel / spatial element when training"
+        torch_refuses = True
+    if torch_refuses:
+        with pytest.raises(NormError, match=rf"norm={name} cannot normalize .* gives 1 value per statistic"):
+            get_norm(name).check(shape, training=True)
+    else:
+        get_norm(name).check(shape, training=True)
+
+
+def test_shape_check_by_mode_and_by_group() -> None:
+    get_norm("bn").check((1, 4), training=False)  # eval uses running statistics
+    with pytest.raises(NormError, match=r"Norms whose statistics average enough values here: ln, rms\."):
+        get_norm("bn").check((1, 4), training=True)
+    with pytest.raises(NormError, match="gives 1 value per statistic"):
+        get_norm("in").check((2, 8, 1, 1), training=False)  # per-sample statistics in both modes
+    with pytest.raises(NormError, match="over C/G,H,W, which gives 1 value"):
+        get_norm("gn").check((2, 8, 1, 1), training=True)  # default groups=8: one channel per group
+    get_norm("gn").check((2, 8, 1, 1), training=True, groups=4)
+    get_norm("rms").check((1, 1), training=True)  # no variance: one value is fine
+    with pytest.raises(NormError, match="norm=gn cannot normalize vector features"):
+        get_norm("gn").check((4, 8), training=True)
+
+
+def test_model_check_names_model_norm_layer_and_what_is_allowed() -> None:
+    with pytest.raises(NormError) as error:  # six stages halve 32 down to 1x1 at the sixth norm
+        check_norm_shapes({"name": "cnn", "widths": [8] * 6}, {"name": "in"}, batch_size=4)
+    message = str(error.value)
+    # CNN.features holds (conv, norm, relu, pool) per stage: the sixth norm is features.{5 * 4 + 1}.
+    assert "batch_size=4 with norm=in on model=cnn" in message and "'features.21' gets (4, 8, 1, 1)" in message
+    assert "a norm whose statistics average more values here (bn, brn, ln, rms)" in message
+    with pytest.raises(NormError, match=r"Use batch_size >= 2, or a norm that works per sample \(ln, rms\)"):
+        check_norm_shapes({"name": "cnn", "widths": [8] * 6}, {"name": "bn"}, batch_size=1)
+    check_norm_shapes({"name": "cnn", "widths": [8] * 5}, {"name": "in"}, batch_size=1)  # 2x2 maps are enough
+    check_norm_shapes({"name": "transformer"}, {"name": "bn"}, batch_size=1)  # bn averages over the tokens
+
+
+class ScaleNorm(nn.Module):
+    """Nguyen & Salazar (2019): x / ||x|| · g, one learned scalar."""
+
+    def __init__(self, num_features: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.eps, self.g = eps, nn.Parameter(torch.tensor(num_features**0.5))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.g * x / x.norm(dim=-1, keepdim=True).clamp_min(self.eps)
+
+
+@pytest.fixture
+def scale_norm() -> Iterator[str]:
+    @register_norm(
+        "scale", summary="ScaleNorm: x / ||x|| · g over the features", layouts={"vector": on("C", torch=ScaleNorm)}
+    )
+    def build(cls: type[ScaleNorm], num_features: int, *, eps: float = 1e-5) -> nn.Module:
+        return cls(num_features, eps=eps)
+
+    yield "scale"
+    del NORMS["scale"]
+
+
+def test_a_new_norm_is_one_registration(scale_norm: str) -> None:
+    layer = build_norm(scale_norm, 16, "vector", eps=1e-3)
+    x = torch.randn(3, 16)
+    torch.testing.assert_close(layer(x).norm(dim=1), torch.full((3,), 4.0))  # g = sqrt(16)
+    assert get_norm(scale_norm).options == {"eps": 1e-5, "impl": "torch"}
+    with pytest.raises(
+        NormError, match=r"norm=scale cannot normalize image features \(N, C, H, W\).*applies to: vector"
+    ):
+        build_norm(scale_norm, 16, "image")
+    with pytest.raises(NormError, match=r"impl='reference' is not available. Allowed: torch"):
+        build_norm(scale_norm, 16, "vector", impl="reference")
+    e = explain(scale_norm, (4, 16))
+    assert (e.axes, e.num_statistics, e.values_per_statistic, e.params) == ("C", 4, 16, 1)
+    result = CliRunner().invoke(app, ["list"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0 and "│ scale " in result.output and "layouts: vector" in result.output
+
+
+def test_registration_refuses_layouts_that_disagree_on_implementations() -> None:
+    with pytest.raises(NormError, match="same implementations for every layout"):
+        register_norm("odd", summary="", layouts={"vector": on("C", torch=nn.Identity), "image": on("C,H,W")})(
+            lambda cls, n: cls()
+        )
+    assert "odd" not in NORMS
+
+
+def test_the_registry_imports_no_torch() -> None:
+    """`normbench --help`, `list` and `report` read the registry; importing torch would cost them seconds."""
+    code = "import sys, normbench.norms, normbench.cli; assert 'torch' not in sys.modules, 'torch imported'"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=Path(ROOT))
+    assert result.returncode == 0, result.stderr
