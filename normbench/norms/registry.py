@@ -91,7 +91,7 @@ class NormSpec:
     @property
     def option_types(self) -> dict[str, Any]:
         """Option name -> its type annotation as a Python object (`float`, `float | None`, `str`, ...)."""
-        found = {p.name: p.annotation for p in self._keywords()}
+        found = {p.name: Any if p.annotation is p.empty else p.annotation for p in self._keywords()}
         # Annotations are strings under `from __future__ import annotations`: evaluate them where they were written.
         evaluated = {k: eval(a, self.builder.__globals__) if isinstance(a, str) else a for k, a in found.items()}
         return {**evaluated, "impl": str}
