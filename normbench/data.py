@@ -183,7 +183,9 @@ def make_synthetic(
     The same (sizes, seed, difficulty, generator) always gives the same images, whatever the run's seed.
     """
     if generator not in GENERATORS:
-        raise ConfigError(f"data.generator={generator} is not a synthetic generator. Generators: {', '.join(GENERATORS)}.")
+        raise ConfigError(
+            f"data.generator={generator} is not a synthetic generator. Generators: {', '.join(GENERATORS)}."
+        )
     g = torch.Generator().manual_seed(seed)
     n = train_size + val_size
     labels, images = _structure(n, difficulty, g)

@@ -22,7 +22,10 @@ MODELS: dict[str, tuple[type[nn.Module], str]] = {
     "cnn": (CNN, "small VGG-style CNN: (Conv3×3 → Norm → ReLU) stages; norms see (N, C, H, W) maps"),
     "transformer": (ViT, "small Vision Transformer, pre-norm blocks; norms see (N, L, D) tokens"),
     **{
-        f"resnet{cls.depth}": (cls, f"CIFAR ResNet-{cls.depth} of He et al. 2016 (16/32/64 channels, identity shortcuts)")
+        f"resnet{cls.depth}": (
+            cls,
+            f"CIFAR ResNet-{cls.depth} of He et al. 2016 (16/32/64 channels, identity shortcuts)",
+        )
         for cls in (ResNet20, ResNet32, ResNet56)
     },
 }
