@@ -143,16 +143,22 @@ def sweep(
 def report(
     directory: Path = typer.Argument(..., help="A run or sweep directory (a partial sweep works too)."),
     no_figures: bool = typer.Option(False, "--no-figures", help="Only the table and summary files."),
+    reference: str = typer.Option(
+        None, "--reference", help="Draw a published result beside yours, cited (an unknown NAME lists them)."
+    ),
 ) -> None:
     """Tables and figures from a run or sweep directory: validation error vs batch size per norm, loss
-    curves per batch size, summary.csv/json and report.md embedding the figures, all written into DIR."""
+    curves per batch size, summary.csv/json and report.md embedding the figures, all written into DIR.
+    --reference NAME draws a published BN-vs-GN result beside the error-vs-batch figure, with its citation."""
+    from normbench.references import load_reference
     from normbench.report import print_tables, write_report, write_summary
 
     try:
+        published = load_reference(reference) if reference else None
         if no_figures:
             summary = write_summary(directory)
         else:
-            summary, figures, path = write_report(directory)
+            summary, figures, path = write_report(directory, published)
     except NormbenchError as error:
         raise _fail(error) from None
     print_tables(summary, console)

@@ -28,6 +28,7 @@ from normbench import results as R
 from normbench.config import override_key
 from normbench.errors import ConfigError
 from normbench.norms import NORMS
+from normbench.references import Reference
 
 AXES = ("model", "norm", "batch_size", "seed")  # what a table shows; the rest of an override is a "variant"
 VOLATILE = ("resume", "threads", "quiet", "device")
@@ -209,7 +210,7 @@ def _suffix(i: int, n: int) -> str:
     return f"_{i + 1}" if n > 1 else ""
 
 
-def make_figures(summary: dict[str, Any], out_dir: Path) -> list[Path]:
+def make_figures(summary: dict[str, Any], out_dir: Path, reference: Reference | None = None) -> list[Path]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -222,7 +223,8 @@ def make_figures(summary: dict[str, Any], out_dir: Path) -> list[Path]:
     for i, ((model, variant), groups) in enumerate(experiments.items()):
         label = f"{model}{', ' + variant if variant else ''}"
         # Validation error against batch size.
-        fig, ax = plt.subplots(figsize=(6.4, 4.4))
+        fig, axes = plt.subplots(1, 2 if reference else 1, figsize=(12 if reference else 6.4, 4.4), squeeze=False)
+        ax = axes[0][0]
         for norm in sorted({g["norm"] for g in groups}, key=_norm_rank):
             pts = sorted((g["batch_size"], g) for g in groups if g["norm"] == norm and g["val_err_mean"] is not None)
             if not pts:
@@ -239,6 +241,8 @@ def make_figures(summary: dict[str, Any], out_dir: Path) -> list[Path]:
         ax.set_title(f"Validation error vs batch size — {label}")
         ax.grid(alpha=0.3)
         ax.legend()
+        if reference:
+            _draw_reference(axes[0][1], reference, colors, plt)
         fig.tight_layout()
         path = out_dir / f"error_vs_batch{_suffix(i, len(experiments))}.png"
         fig.savefig(path, dpi=110)
@@ -257,6 +261,22 @@ def make_figures(summary: dict[str, Any], out_dir: Path) -> list[Path]:
             )
         )
     return paths
+
+
+def _draw_reference(ax: Any, reference: Reference, colors: dict[str, Any], plt: Any) -> None:
+    """The published points in their own panel beside the user's (their scale is another dataset's)."""
+    for k, norm in enumerate(sorted(reference.points, key=_norm_rank)):
+        sizes, means, stds = reference.error_curve(norm)
+        color = colors.get(norm, plt.get_cmap("tab10")(len(colors) + k))
+        ax.errorbar(sizes, means, yerr=stds, marker="s", ls="--", mfc="none", capsize=3, label=norm, color=color)
+    ax.set_xscale("log", base=2)
+    sizes = sorted({b for by_batch in reference.points.values() for b in by_batch})
+    ax.set_xticks(sizes, [str(s) for s in sizes])
+    ax.set_xlabel("batch size (images per step)")
+    ax.set_ylabel(f"published error (%), {'100 − accuracy' if reference.metric == 'accuracy' else 'as reported'}")
+    ax.set_title(f"Published: {reference.title}", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(title=f"--reference {reference.name}", fontsize=8)
 
 
 def _curves_figure(
@@ -307,7 +327,7 @@ def _curves_figure(
     return path
 
 
-def markdown(summary: dict[str, Any], figures: list[Path]) -> str:
+def markdown(summary: dict[str, Any], figures: list[Path], reference: Reference | None = None) -> str:
     lines = [f"# normbench report: `{summary['root']}`", ""]
     n_done = sum(r["status"] == R.COMPLETED for r in summary["runs"])
     lines += [
@@ -327,6 +347,14 @@ def markdown(summary: dict[str, Any], figures: list[Path]) -> str:
         lines.append("")
     for path in figures:
         lines += [f"![{path.stem}]({path.name})", ""]
+    if reference:
+        lines += [
+            f"## Published reference: {reference.title}",
+            "",
+            f"Drawn beside the error-vs-batch figure (`--reference {reference.name}`). Source: {reference.citation} "
+            f"<{reference.url}>. Setting: {reference.setting}.",
+            "",
+        ]
     failed = [r for r in summary["runs"] if r["status"] != R.COMPLETED]
     if failed:
         lines += ["## Runs that did not complete", ""]
@@ -335,11 +363,11 @@ def markdown(summary: dict[str, Any], figures: list[Path]) -> str:
     return "\n".join(lines)
 
 
-def write_report(root: Path) -> tuple[dict[str, Any], list[Path], Path]:
+def write_report(root: Path, reference: Reference | None = None) -> tuple[dict[str, Any], list[Path], Path]:
     """Summary files, figures and report.md in `root`; returns (summary, figures, report path)."""
     root = root.resolve()
     summary = write_summary(root)
-    figures = make_figures(summary, root)
+    figures = make_figures(summary, root, reference)
     path = root / "report.md"
-    path.write_text(markdown(summary, figures))
+    path.write_text(markdown(summary, figures, reference))
     return summary, figures, path

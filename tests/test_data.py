@@ -197,3 +197,57 @@ def test_chunked_preparation_gives_the_same_batches(chunk) -> None:
     chunked = list(make().epoch(1))
     assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(reference, chunked, strict=True))
     assert all(torch.equal(a[0], b[0]) for a, b in zip(reference[4:], make().epoch(1, start=4), strict=True))
+
+
+def _per_image_stats_accuracy(generator: str) -> float:
+    """Held-out accuracy of a multinomial logistic regression on each image's six channel means and stds."""
+    data = make_synthetic(3000, 2000, seed=0, generator=generator)
+
+    def stats(images: torch.Tensor) -> torch.Tensor:
+        x = images.float() / 255
+        return torch.cat([x.mean(dim=(2, 3)), x.std(dim=(2, 3))], dim=1)
+
+    train, val = stats(data.train_images), stats(data.val_images)
+    mu, sd = train.mean(0), train.std(0)
+    train, val = (train - mu) / sd, (val - mu) / sd
+    torch.manual_seed(0)
+    model = torch.nn.Linear(6, 10)
+    opt = torch.optim.LBFGS(model.parameters(), max_iter=300)
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        loss = F.cross_entropy(model(train), data.train_labels)
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    return (model(val).argmax(1) == data.val_labels).float().mean().item()
+
+
+def test_per_image_statistics_do_not_carry_the_class() -> None:
+    chance = torch.bincount(make_synthetic(3000, 2000, seed=0).val_labels).max().item() / 2000
+    assert _per_image_stats_accuracy("v2") <= chance + 0.05
+    assert _per_image_stats_accuracy("v1") > 0.35  # the old generator's shortcut (issue 14: 44%) is found
+
+
+def test_v2_images_vary_in_lighting_as_specified() -> None:
+    x = make_synthetic(2000, 10, seed=0).train_images.float() / 255
+    means, stds = x.mean(dim=(2, 3)), x.std(dim=(2, 3))
+    # brightness (0.12) and colour cast (0.04) spread the channel means: sqrt(0.12² + 0.04²) ≈ 0.126,
+    # a little less after clipping to [0, 1]; the cast decorrelates the channels only slightly.
+    assert means.std(0).min() > 0.10 and means.std(0).max() < 0.14
+    assert torch.corrcoef(means.T)[0, 1] > 0.8
+    assert 0.17 < stds.mean() < 0.21  # mean per-image std: CIFAR-10's 0.20, less clipping
+    assert stds.log().std(0).min() > 0.25 and stds.log().std(0).max() < 0.36  # contrast: lognormal σ 0.35, clipped
+    assert (stds[:, 0] / stds[:, 1]).sub(1).abs().median() < 0.05  # one contrast factor for all channels
+
+
+def test_v1_is_kept_for_old_results() -> None:
+    a = make_synthetic(200, 20, seed=0, generator="v1")
+    b = make_synthetic(200, 20, seed=0)
+    assert torch.equal(a.train_labels, b.train_labels)  # same structure and labels, other lighting
+    assert not torch.equal(a.train_images, b.train_images)
+    # v1's pixels are 128 + 48 · structure, so its images' mean level sits near 128 with little spread
+    assert (a.train_images.float().mean(dim=(1, 2, 3)) - 128).abs().mean() < 15
+    with pytest.raises(ConfigError, match=r"data.generator=v3 .* Generators: v2, v1"):
+        make_synthetic(8, 8, generator="v3")

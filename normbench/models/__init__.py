@@ -14,6 +14,7 @@ from torch import nn
 from normbench.errors import ConfigError, NormError
 from normbench.models.cnn import CNN
 from normbench.models.mlp import MLP
+from normbench.models.resnet import ResNet20, ResNet32, ResNet56
 from normbench.models.transformer import ViT
 from normbench.norms import NORMS, build_norm, get_norm
 from normbench.norms.registry import shape_of
@@ -22,6 +23,13 @@ MODELS: dict[str, tuple[type[nn.Module], str]] = {
     "mlp": (MLP, "MLP on flattened images: (Linear → Norm → ReLU) × depth; norms see (N, C) vectors"),
     "cnn": (CNN, "small VGG-style CNN: (Conv3×3 → Norm → ReLU) stages; norms see (N, C, H, W) maps"),
     "transformer": (ViT, "small Vision Transformer, pre-norm blocks; norms see (N, L, D) tokens"),
+    **{
+        f"resnet{cls.depth}": (
+            cls,
+            f"CIFAR ResNet-{cls.depth} of He et al. 2016 (16/32/64 channels, identity shortcuts)",
+        )
+        for cls in (ResNet20, ResNet32, ResNet56)
+    },
 }
 
 

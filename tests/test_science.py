@@ -1,0 +1,149 @@
+"""The literature's CIFAR ResNet, the published reference points, and the sweep presets of docs/science.md."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import ROOT, normbench
+
+from normbench import results as R
+from normbench.config import compose_config
+from normbench.models import NORM_SLOT, build_model, count_parameters
+from normbench.norms import NORMS
+from normbench.train import Run
+
+# He et al. 2016, Table 6: parameters of the CIFAR-10 ResNets by depth.
+PAPER_PARAMS = {20: 0.27e6, 32: 0.46e6, 56: 0.85e6}
+IMAGE_NORMS = [n for n, spec in NORMS.items() if "image" in spec.axes]
+
+
+def resnet_parameters(depth: int) -> int:
+    """Counted by hand from §4.2: bias-free 3×3 convs, γ and β per norm channel, a 64→10 linear layer."""
+    n = (depth - 2) // 6
+    convs = 3 * 16 + 16 * 16 * 2 * n + 16 * 32 + 32 * 32 * (2 * n - 1) + 32 * 64 + 64 * 64 * (2 * n - 1)
+    norms = 16 + 2 * n * (16 + 32 + 64)
+    return 9 * convs + 2 * norms + 64 * 10 + 10
+
+
+@pytest.mark.parametrize("depth", [20, 32, 56])
+def test_resnet_parameter_counts_match_the_paper(depth: int) -> None:
+    model = build_model({"name": f"resnet{depth}"}, {"name": "bn"})
+    assert count_parameters(model) == resnet_parameters(depth)
+    assert abs(count_parameters(model) / PAPER_PARAMS[depth] - 1) < 0.02
+    assert resnet_parameters(20) == 269_722
+
+
+@pytest.mark.parametrize("norm", IMAGE_NORMS)
+def test_every_image_norm_builds_in_resnet20_at_its_named_places(norm: str) -> None:
+    model = build_model({"name": "resnet20"}, {"name": norm})
+    slots = [name for name, m in model.named_modules() if getattr(m, NORM_SLOT, False)]
+    assert len(slots) == 19  # the stem's norm and two per block, 3 stages × 3 blocks
+    assert slots[0] == "norm" and "stage2.block1.norm1" in slots and slots[-1] == "stage3.block3.norm2"
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+
+
+def test_option_a_shortcut_is_a_subsampled_zero_padded_identity() -> None:
+    block = build_model({"name": "resnet20"}, {"name": "none"}).stage2.block1
+    x = torch.randn(2, 16, 32, 32)
+    out = block.shortcut(x)
+    assert out.shape == (2, 32, 16, 16)
+    assert torch.equal(out[:, 8:24], x[:, :, ::2, ::2])
+    assert not out[:, :8].any() and not out[:, 24:].any()
+
+
+def test_resnet_layers_keep_the_map_sizes_of_the_paper() -> None:
+    model = build_model({"name": "resnet20"}, {"name": "bn"})
+    sizes = {}
+    for name in ("stage1", "stage2", "stage3"):
+        getattr(model, name).register_forward_hook(lambda m, i, o, name=name: sizes.__setitem__(name, tuple(o.shape)))
+    model(torch.randn(2, 3, 32, 32))
+    assert sizes == {"stage1": (2, 16, 32, 32), "stage2": (2, 32, 16, 16), "stage3": (2, 64, 8, 8)}
+
+
+def test_resnet20_completes_a_three_step_run(tiny, tmp_path) -> None:
+    record = Run(tiny("model=resnet20", "norm=gn"), tmp_path).execute()
+    assert record["status"] == R.COMPLETED and record["steps"] == 3 and record["model"] == "resnet20"
+
+
+# --- Published references -------------------------------------------------------------------------------
+
+
+def test_reference_data_are_the_published_numbers() -> None:
+    refs = json.loads((ROOT / "normbench" / "references.json").read_text())
+    gn_paper = refs["groupnorm-resnet50"]["points"]
+    assert [gn_paper["bn"][b][0] for b in ("32", "16", "8", "4", "2")] == [23.6, 23.7, 24.8, 27.3, 34.7]
+    assert [gn_paper["gn"][b][0] for b in ("32", "16", "8", "4", "2")] == [24.1, 24.2, 24.0, 24.2, 24.1]
+    cifar = refs["cifar10-resnet20"]["points"]  # 5 seeds per point; their means are the sweep's table
+    assert all(len(v) == 5 for norm in cifar.values() for v in norm.values())
+    means = {n: [round(sum(cifar[n][b]) / 5, 1) for b in ("32", "16", "8", "4", "2")] for n in cifar}
+    assert means == {"bn": [86.4, 86.4, 86.1, 84.8, 80.3], "gn": [86.0, 85.7, 85.8, 86.0, 85.8]}
+
+
+@pytest.fixture(scope="module")
+def sweep_dir(tmp_path_factory) -> Path:
+    """Two tiny runs (bn and gn) as a sweep directory holds them."""
+    root = tmp_path_factory.mktemp("sweep")
+    for norm in ("bn", "gn"):
+        cfg = compose_config(["data.train_size=32", "data.val_size=16", "batch_size=8", "max_steps=2", "epochs=1",
+                              "quiet=true", "eval.precise_bn_batches=1", "log.activations=false", "threads=1",
+                              f"norm={norm}"])  # fmt: skip
+        Run(cfg, root / f"norm={norm}").execute()
+    return root
+
+
+def test_report_draws_the_published_points_with_their_citation(sweep_dir, monkeypatch) -> None:
+    import matplotlib.axes
+
+    drawn: list[tuple[list, list]] = []
+    original = matplotlib.axes.Axes.errorbar
+
+    def spy(self, x, y, *args, **kwargs):
+        drawn.append((list(x), list(y)))
+        return original(self, x, y, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "errorbar", spy)
+    from normbench.references import load_reference
+    from normbench.report import write_report
+
+    _, figures, report = write_report(sweep_dir, load_reference("groupnorm-resnet50"))
+    assert ([2, 4, 8, 16, 32], [34.7, 27.3, 24.8, 23.7, 23.6]) in drawn  # BN, as error %, in batch order
+    assert ([2, 4, 8, 16, 32], [24.1, 24.2, 24.0, 24.2, 24.1]) in drawn
+    assert (sweep_dir / "error_vs_batch.png") in figures and (sweep_dir / "error_vs_batch.png").stat().st_size > 0
+    assert "Wu and K. He" in report.read_text() and "arXiv:1803.08494" in report.read_text()
+
+    drawn.clear()
+    write_report(sweep_dir, load_reference("cifar10-resnet20"))
+    bn_at_2 = next(y[0] for x, y in drawn if len(x) == 5 and y[0] > 19)  # 100 − mean accuracy over 5 seeds
+    assert bn_at_2 == pytest.approx(100 - 80.30, abs=0.01)
+
+
+def test_report_command_with_a_reference_and_an_unknown_name(sweep_dir, tmp_path) -> None:
+    done = normbench("report", str(sweep_dir), "--reference", "cifar10-resnet20", cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "BeFranke/GroupNorm" in (sweep_dir / "report.md").read_text()
+    bad = normbench("report", str(sweep_dir), "--reference", "resnet-paper", cwd=tmp_path)
+    assert bad.returncode == 2
+    assert "--reference resnet-paper" in bad.stdout and "groupnorm-resnet50" in bad.stdout
+    assert "cifar10-resnet20" in bad.stdout and "Traceback" not in bad.stdout + bad.stderr
+
+
+# --- Presets --------------------------------------------------------------------------------------------
+
+
+def test_paper_preset_is_the_public_sweep() -> None:
+    cfg = compose_config(["sweep=paper"], with_hydra=True)
+    assert (cfg.model.name, cfg.data.name, cfg.epochs) == ("resnet20", "cifar10", 100)
+    assert (cfg.optim.lr, cfg.optim.base_batch_size, cfg.optim.lr_scaling) == (0.1, 32, "linear")
+    assert dict(cfg.hydra.sweeper.params) == {"norm": "bn,gn", "batch_size": "2,4,8,16,32", "seed": "0,1,2,3,4"}
+
+
+def test_converged_preset_runs_at_a_tiny_scale(tmp_path) -> None:
+    cfg = compose_config(["sweep=converged"], with_hydra=True)
+    assert (cfg.model.name, cfg.data.name) == ("resnet20", "synthetic")
+    assert dict(cfg.hydra.sweeper.params) == {"norm": "bn,gn,ln", "batch_size": "2,32", "seed": "0,1"}
+    tiny = compose_config(["sweep=converged", "batch_size=2", "norm=ln", "max_steps=2", "data.train_size=16",
+                           "data.val_size=8", "eval.precise_bn_batches=1", "threads=1"])  # fmt: skip
+    assert Run(tiny, tmp_path).execute()["status"] == R.COMPLETED
