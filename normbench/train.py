@@ -234,7 +234,7 @@ class Run:
         path = self.run_dir / CHECKPOINT_FILE
         if not path.exists():
             return False
-        payload = torch.load(path, map_location=self.device, weights_only=False)
+        payload = torch.load(path, map_location="cpu", weights_only=False)  # RNG states must stay on the CPU
         self.model.load_state_dict(payload["model"])
         self.optimizer.load_state_dict(payload["optimizer"])
         self.scheduler.load_state_dict(payload["scheduler"])
