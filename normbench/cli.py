@@ -19,7 +19,6 @@ from normbench.errors import NormbenchError
 
 console = Console()
 PASS_THROUGH = {"allow_extra_args": True, "ignore_unknown_options": True}
-HYDRA_DOCS = "https://hydra.cc/docs/advanced/override_grammar/basic/"
 
 app = typer.Typer(
     help=(
@@ -57,6 +56,12 @@ def _set_debug(debug: bool) -> None:
         os.environ["HYDRA_FULL_ERROR"] = "1"
 
 
+def _hydra_args(args: list[str]) -> list[str]:
+    """Hydra's help lists flags that do not work through normbench (-sc, -m): show normbench's version of it.
+    It is chosen here because Hydra composes its help without normbench's primary config."""
+    return [*args, "hydra/hydra_help=normbench"] if "--hydra-help" in args else args
+
+
 def _show_version(show: bool) -> None:
     if show:
         from normbench import __version__
@@ -92,7 +97,7 @@ def _complete_override(ctx: typer.Context, incomplete: str) -> list[str]:
 
 
 OVERRIDES = typer.Argument(
-    None, show_default=False, metavar="[OVERRIDES]...", autocompletion=_complete_override,
+    None, show_default=False, metavar="OVERRIDES", autocompletion=_complete_override,
     help="Hydra overrides and flags, see above.",
 )  # fmt: skip
 DEBUG = typer.Option(False, "--debug", help="Show tracebacks for errors.")
@@ -147,7 +152,7 @@ def run(overrides: list[str] | None = OVERRIDES, debug: bool = DEBUG) -> None:
             _check_objective(cfg)
         except NormbenchError as error:
             raise _fail(error) from None
-    raise typer.Exit(hydra_main(args))
+    raise typer.Exit(hydra_main(_hydra_args(args)))
 
 
 def _has_grid(args: list[str]) -> bool:
@@ -230,7 +235,7 @@ def sweep(overrides: list[str] | None = OVERRIDES, debug: bool = DEBUG) -> None:
             raise _fail(error) from None
         if runs:
             console.print(f"Sweeping {runs} runs.", highlight=False)
-    raise typer.Exit(hydra_main(["--multirun", *args]))
+    raise typer.Exit(hydra_main(["--multirun", *_hydra_args(args)]))
 
 
 @app.command()
