@@ -171,6 +171,13 @@ def _has_grid(args: list[str]) -> bool:
     return any(override_key(a) == "sweep" for a in candidates) or any(o.is_sweep_override() for o in parsed)
 
 
+def _app_overrides(overrides: list[str]) -> list[str]:
+    """The overrides that shape one run's config: Hydra's own keys go, except the search path (user configs)."""
+    from normbench.config import override_key
+
+    return [o for o in overrides if not override_key(o).startswith("hydra") or override_key(o) == "hydra.searchpath"]
+
+
 def _preflight(args: list[str]) -> int:
     """Check every run of the sweep before anything trains; return how many runs a grid has (0: not a grid).
 
@@ -178,19 +185,19 @@ def _preflight(args: list[str]) -> int:
     runs as they go, so the config without the swept keys is checked, and the objective they optimize."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    from normbench.config import compose_config, override_key, sweep_jobs, validate
+    from normbench.config import compose_config, sweep_jobs, validate
 
     parsed = OverridesParser.create().parse_overrides(args)
     fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
     base = compose_config(fixed, with_hydra=True)
     _check_objective(base)
     if base.hydra.runtime.choices["hydra/sweeper"] != "basic":
-        validate(compose_config([o for o in fixed if not override_key(o).startswith("hydra")]))
+        validate(compose_config(_app_overrides(fixed)))
         return 0
     jobs = sweep_jobs(args)
     for job in jobs:
         try:
-            validate(compose_config([o for o in job if not override_key(o).startswith("hydra")]))
+            validate(compose_config(_app_overrides(job)))
         except NormbenchError as error:
             raise type(error)(f"in the run {' '.join(job)}: {error}") from None
     return len(jobs)
