@@ -119,7 +119,7 @@ def run(overrides: list[str] | None = OVERRIDES, debug: bool = DEBUG) -> None:
     ```
     normbench run                           # cnn + bn, synthetic data (~80 s)
     normbench run model=mlp norm=ln max_steps=50       # a quick look
-    normbench run norm=gn norm.groups=8 batch_size=16 optim.lr=0.05
+    normbench run model=cnn norm=gn norm.groups=8 batch_size=16 epochs=2
     normbench run 'model.widths=[16,32]'    # a list: quote it for the shell
     normbench run +hydra.job.env_set.OMP_NUM_THREADS=1  # add a key
     normbench run norm.impl=reference       # the norm written from formulas

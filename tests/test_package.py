@@ -90,7 +90,7 @@ def test_run_help_explains_the_grammar_and_keeps_examples_whole() -> None:
                  "https://hydra.cc/docs/advanced/override_grammar"):  # fmt: skip
         assert text in " ".join(out.split()), text
     assert max(map(len, out.splitlines())) <= 80
-    for example in ("normbench run norm=gn norm.groups=8 batch_size=16 optim.lr=0.05", "normbench run --cfg job"):
+    for example in ("normbench run model=cnn norm=gn norm.groups=8 batch_size=16 epochs=2", "normbench run --cfg job"):
         assert any(example in line for line in out.splitlines()), example  # on one line
 
 
