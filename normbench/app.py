@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import math
 import sys
 import traceback
 from pathlib import Path
@@ -19,13 +20,17 @@ from rich.console import Console
 from rich.table import Table
 
 from normbench import results as R
-from normbench.config import config_dir, validate
+from normbench.config import validate
 from normbench.errors import EXIT_CRASH, NormbenchError
+from normbench.resources import config_dir, load_plugins
 from normbench.sweeps import jobs_threads, same_run
 
 console = Console()
 # Keys that may differ between two attempts at the same run without making it a different run.
 VOLATILE_KEYS = ("resume", "threads", "quiet", "device")
+# What a run returns to optimizing sweepers (sweep.objective), with the worst value it can take: the score of a
+# run that failed or diverged, so that Optuna steers away from it instead of stopping the study.
+OBJECTIVES = {"val_acc": 0.0, "val_loss": math.inf}
 
 
 def print_error(error: BaseException, where: str = "") -> None:
@@ -143,12 +148,28 @@ def record_failure(cfg: DictConfig, run_dir: Path, reason: str) -> None:
         R.write_json(run_dir / R.RESULTS_FILE, failure_record(cfg, R.FAILED, reason))
 
 
+def objective(record: dict[str, Any] | None, name: str) -> float:
+    """The final metric `name` of a completed run; the objective's worst value for any other outcome."""
+    worst = OBJECTIVES[name]
+    if record is None or record["status"] != R.COMPLETED:
+        return worst
+    value = float(record["metrics"][name])
+    return value if math.isfinite(value) else worst
+
+
+def scored_task(cfg: DictConfig) -> float:
+    """`task` as Hydra calls it: optimizing sweepers (Optuna) need a number back. Plugins are loaded here too,
+    because a parallel launcher's worker process starts without them."""
+    load_plugins()
+    return objective(task(cfg), cfg.sweep.objective)
+
+
 def hydra_main(argv: list[str]) -> int:
     """Run Hydra's entry point with `argv` as the command line; return the exit code."""
     saved = sys.argv
     sys.argv = ["normbench", *argv]
     try:
-        hydra.main(config_path=str(config_dir()), config_name="config", version_base="1.3")(task)()
+        hydra.main(config_path=str(config_dir()), config_name="config", version_base="1.3")(scored_task)()
         return 0
     except SystemExit as exit_:
         return exit_.code if isinstance(exit_.code, int) else EXIT_CRASH

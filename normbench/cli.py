@@ -17,20 +17,31 @@ from rich.table import Table
 
 from normbench.errors import NormbenchError
 from normbench.norms import NORMS  # the registry imports no torch: help stays fast
+from normbench.resources import config_dir
 
 console = Console()
 PASS_THROUGH = {"allow_extra_args": True, "ignore_unknown_options": True}
+
+
+def _choices(group: str) -> str:
+    """The options of a config group, read from the configs themselves (the one list of them)."""
+    try:
+        return "|".join(sorted(p.stem for p in (config_dir() / group).glob("*.yaml")))
+    except NormbenchError:
+        return "NAME"
+
 
 app = typer.Typer(
     help=(
         "Compare normalization layers (BatchNorm, LayerNorm, InstanceNorm, GroupNorm, ...) on small MLP, CNN and "
         "Transformer models, across batch sizes, in TensorBoard.\n\n"
-        f"Config groups (pick one with GROUP=NAME): model=mlp|cnn|transformer, norm={'|'.join(NORMS)}, "
-        "data=synthetic|cifar10, optim=sgd|adamw. Any key can be set with KEY=VALUE (Hydra syntax), e.g. "
-        "norm.groups=16 optim.lr=0.05 batch_size=32 epochs=2."
+        f"Config groups (pick one with `GROUP=NAME`): `model={_choices('model')}`, `norm={'|'.join(NORMS)}`, "
+        f"`data={_choices('data')}`, `optim={_choices('optim')}`. Any key can be set with `KEY=VALUE` (Hydra "
+        "syntax), e.g. `norm.groups=16 optim.lr=0.05 batch_size=32 epochs=2`; `normbench run --help` explains the "
+        "grammar."
     ),
     no_args_is_help=True,
-    add_completion=False,
+    rich_markup_mode="markdown",  # paragraphs rewrap to the terminal, examples in code blocks stay whole
     pretty_exceptions_enable=False,
 )
 
@@ -57,86 +68,193 @@ def _set_debug(debug: bool) -> None:
         os.environ["HYDRA_FULL_ERROR"] = "1"
 
 
-@app.command(context_settings=PASS_THROUGH)
-def run(
-    ctx: typer.Context,
-    debug: bool = typer.Option(False, "--debug", help="Show tracebacks for errors."),
+def _hydra_args(args: list[str]) -> list[str]:
+    """Hydra's help lists flags that do not work through normbench (-sc, -m): show normbench's version of it.
+    It is chosen here because Hydra composes its help without normbench's primary config."""
+    return [*args, "hydra/hydra_help=normbench"] if "--hydra-help" in args else args
+
+
+def _show_version(show: bool) -> None:
+    if show:
+        from normbench import __version__
+
+        console.print(f"normbench {__version__}", highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: bool = typer.Option(
+        False, "--version", callback=_show_version, is_eager=True, help="Print the version and exit."
+    ),
 ) -> None:
-    """Train one run. OVERRIDES are Hydra overrides (KEY=VALUE, GROUP=NAME).
+    """Load the user's plugin modules ($NORMBENCH_PLUGINS) before any command looks at the registry."""
+    from normbench.resources import load_plugins
 
-    Examples:
+    try:
+        load_plugins()
+    except NormbenchError as error:
+        raise _fail(error) from None
 
-      normbench run                                       # cnn + bn on synthetic data (~80 s on 2 CPU cores)
 
-      normbench run model=cnn norm=gn norm.groups=8 batch_size=16 epochs=2 optim.lr=0.05
+def _complete_override(ctx: typer.Context, incomplete: str) -> list[str]:
+    """Shell completion of overrides: `norm=<TAB>` offers the options of the config group `norm` as Hydra finds
+    them (normbench's configs, Hydra's and its plugins' groups), other words the groups and the config's keys."""
+    from normbench.completion import candidates
 
-      normbench run model=mlp norm=ln max_steps=50        # a quick look
+    try:
+        return candidates(ctx.params.get("overrides") or [], incomplete)
+    except Exception:  # completion must never print a traceback into the user's command line
+        return []
 
-      normbench run norm.impl=reference                   # the norm written from its formulas
 
-      normbench run --cfg job                             # print the composed config, train nothing
+OVERRIDES = typer.Argument(
+    None, show_default=False, metavar="OVERRIDES", autocompletion=_complete_override,
+    help="Hydra overrides and flags, see above.",
+)  # fmt: skip
+DEBUG = typer.Option(False, "--debug", help="Show tracebacks for errors.")
 
-      normbench run resume=true hydra.run.dir=runs/x      # continue an interrupted run
 
-    Outputs go to the run directory (runs/DATE/TIME_MODEL_NORM_bB, or hydra.run.dir=DIR): TensorBoard events,
-    results.json, checkpoint.pt and the composed config in .hydra/. View with `tensorboard --logdir runs`.
+def _check_objective(cfg: object) -> None:
+    from normbench.app import OBJECTIVES
+    from normbench.errors import ConfigError
+
+    name = cfg.sweep.objective  # type: ignore[attr-defined]
+    if name not in OBJECTIVES:
+        raise ConfigError(f"sweep.objective={name} is not valid: allowed: {', '.join(OBJECTIVES)}.")
+
+
+@app.command(context_settings=PASS_THROUGH)
+def run(overrides: list[str] | None = OVERRIDES, debug: bool = DEBUG) -> None:
+    """Train one run. OVERRIDES change the composed config, in Hydra's override grammar.
+
+    ```
+    normbench run                           # cnn + bn, synthetic data (~80 s)
+    normbench run model=mlp norm=ln max_steps=50       # a quick look
+    normbench run model=cnn norm=gn norm.groups=8 batch_size=16 epochs=2
+    normbench run 'model.widths=[16,32]'    # a list: quote it for the shell
+    normbench run +hydra.job.env_set.OMP_NUM_THREADS=1  # add a key
+    normbench run norm.impl=reference       # the norm written from formulas
+    normbench run --cfg job                 # print the config, train nothing
+    normbench run resume=true hydra.run.dir=runs/x     # continue a run
+    ```
+
+    **Grammar.** `key=value` sets a key (`batch_size=16`, `optim.lr=0.05`, `seed=null`); `group=option`
+    picks a config file of a group (`model=mlp`, `norm=gn`, `data=cifar10`; `normbench list` names them);
+    `+key=value` adds a key the config does not have and `~key` deletes one (`normbench sweep
+    ~hydra.callbacks.sweep_summary` skips the end-of-sweep table). Lists and strings with spaces or
+    commas need quotes for the shell: `'model.widths=[16,32]'`. In `normbench sweep`, a comma list such as
+    `norm=bn,gn` is a sweep axis; `run` takes one value. Hydra's flags pass through: `--cfg job|hydra|all`,
+    `--resolve`, `--info`, `--config-dir DIR` (your own configs beside normbench's), `--hydra-help`.
+    Full grammar: https://hydra.cc/docs/advanced/override_grammar/basic/
+
+    Outputs go to the run directory (`runs/DATE/TIME_MODEL_NORM_bB`, or `hydra.run.dir=DIR`): TensorBoard
+    events, results.json, checkpoint.pt and the composed config in .hydra/. View with
+    `tensorboard --logdir runs`.
     """
     _set_debug(debug)
     from normbench.app import hydra_main
     from normbench.config import compose_config, validate
 
-    args = list(ctx.args)
+    args = list(overrides or [])
     if _overrides_only(args):
         try:
-            validate(compose_config(args))
+            cfg = compose_config(args)
+            validate(cfg)
+            _check_objective(cfg)
         except NormbenchError as error:
             raise _fail(error) from None
-    raise typer.Exit(hydra_main(args))
+    raise typer.Exit(hydra_main(_hydra_args(args)))
+
+
+def _has_grid(args: list[str]) -> bool:
+    """Whether the command line chooses a sweep: a `sweep=` preset, or an override Hydra parses as a sweep
+    (`norm=bn,gn`, `range(...)`, `interval(...)`); a quoted list such as `'model.widths=[16,32]'` is one value."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    from normbench.config import override_key
+
+    candidates = [a for a in args if "=" in a and not a.startswith("-")]
+    try:
+        parsed = OverridesParser.create().parse_overrides(candidates)
+    except HydraException:
+        return True  # not ours to judge: Hydra reports the malformed override itself
+    return any(override_key(a) == "sweep" for a in candidates) or any(o.is_sweep_override() for o in parsed)
+
+
+def _app_overrides(overrides: list[str]) -> list[str]:
+    """The overrides that shape one run's config: Hydra's own keys go, except the search path (user configs)."""
+    from normbench.config import override_key
+
+    return [o for o in overrides if not override_key(o).startswith("hydra") or override_key(o) == "hydra.searchpath"]
+
+
+def _preflight(args: list[str]) -> int:
+    """Check every run of the sweep before anything trains; return how many runs a grid has (0: not a grid).
+
+    Grids (Hydra's basic sweeper) are expanded and each run is checked. Other sweepers (Optuna) choose their
+    runs as they go, so the config without the swept keys is checked, and the objective they optimize."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from normbench.config import compose_config, sweep_jobs, validate
+
+    parsed = OverridesParser.create().parse_overrides(args)
+    fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
+    base = compose_config(fixed, with_hydra=True)
+    _check_objective(base)
+    if base.hydra.runtime.choices["hydra/sweeper"] != "basic":
+        validate(compose_config(_app_overrides(fixed)))
+        return 0
+    jobs = sweep_jobs(args)
+    for job in jobs:
+        try:
+            validate(compose_config(_app_overrides(job)))
+        except NormbenchError as error:
+            raise type(error)(f"in the run {' '.join(job)}: {error}") from None
+    return len(jobs)
 
 
 @app.command(context_settings=PASS_THROUGH)
-def sweep(
-    ctx: typer.Context,
-    debug: bool = typer.Option(False, "--debug", help="Show tracebacks for errors."),
-) -> None:
-    """Run a grid of runs through Hydra's multirun. Comma lists are sweep axes.
+def sweep(overrides: list[str] | None = OVERRIDES, debug: bool = DEBUG) -> None:
+    """Run many runs through Hydra's multirun: comma lists are sweep axes, every combination is one run.
 
-    Examples:
+    ```
+    normbench sweep                       # the default grid: bn, ln, in, gn x batch 2..128
+    normbench sweep sweep=quick           # the same grid, small budget (~15 min)
+    normbench sweep norm=bn,gn batch_size=2,8,32 seed=0,1,2
+    normbench sweep 'batch_size=range(2,10,2)' norm=gn
+    normbench sweep sweep=quick hydra/launcher=parallel  # joblib, this machine
+    normbench sweep sweep=quick hydra/launcher=slurm     # SLURM (submitit)
+    normbench sweep sweep=tune_lr norm=gn  # tune optim.lr with Optuna
+    ```
 
-      normbench sweep                                    # the default grid: bn, ln, in, gn × batch 2 ... 128
+    With no sweep axis and no `sweep=` preset, the default grid runs (quoted lists such as
+    `'model.widths=[16,32]'` are values, not axes). Grids are checked run by run before anything trains.
+    `hydra/sweeper=optuna` (`pip install 'normbench[optuna]'`) optimizes instead of enumerating: each run
+    returns `sweep.objective` (`val_acc`: set `hydra.sweeper.direction=maximize`; `val_loss`: minimize), and a
+    failed run returns the worst value. Override grammar: `normbench run --help`.
 
-      normbench sweep sweep=quick                        # the same grid, small budget (about 15 min on 2 cores)
-
-      normbench sweep norm=bn,gn batch_size=2,8,32 seed=0,1,2
-
-      normbench sweep sweep=quick hydra/launcher=parallel   # jobs in parallel on this machine (joblib)
-
-      normbench sweep sweep=quick hydra/launcher=slurm      # jobs on a SLURM cluster (submitit)
-
-    Each run gets a directory named by its overrides under the sweep directory (multirun/DATE/TIME, or
-    hydra.sweep.dir=DIR). Running the same sweep into the same directory skips completed runs and resumes
+    Each run gets a directory named by its overrides under the sweep directory (`multirun/DATE/TIME`, or
+    `hydra.sweep.dir=DIR`). Running the same sweep into the same directory skips completed runs and resumes
     the others. At the end: a table, summary.csv and summary.json; then `normbench report DIR` for figures.
     """
     _set_debug(debug)
     from normbench.app import hydra_main
-    from normbench.config import compose_config, name_runs_by_swept_keys, override_key, sweep_jobs, validate
+    from normbench.config import name_runs_by_swept_keys
 
-    args = list(ctx.args)
-    if not any(override_key(a) == "sweep" for a in args) and not any("," in a or "(" in a for a in args if "=" in a):
+    args = list(overrides or [])
+    if not _has_grid(args):
         args = ["sweep=default", *args]  # no grid given: the named default grid
     if _overrides_only(args):
         try:
             args = name_runs_by_swept_keys(args)
-            jobs = sweep_jobs(args)
-            for job in jobs:
-                try:
-                    validate(compose_config([o for o in job if not override_key(o).startswith("hydra")]))
-                except NormbenchError as error:
-                    raise type(error)(f"in the run {' '.join(job)}: {error}") from None
+            runs = _preflight(args)
         except NormbenchError as error:
             raise _fail(error) from None
-        console.print(f"Sweeping {len(jobs)} runs.", highlight=False)
-    raise typer.Exit(hydra_main(["--multirun", *args]))
+        if runs:
+            console.print(f"Sweeping {runs} runs.", highlight=False)
+    raise typer.Exit(hydra_main(["--multirun", *_hydra_args(args)]))
 
 
 @app.command()
@@ -229,8 +347,8 @@ def explain(
     console.print(table)
 
 
-def main() -> None:  # pragma: no cover
-    sys.exit(app())
+def main() -> None:
+    sys.exit(app(prog_name="normbench"))
 
 
 if __name__ == "__main__":  # pragma: no cover

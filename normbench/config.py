@@ -6,7 +6,6 @@ read-only work: checking every run of a command *before* anything trains, so tha
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -25,19 +24,7 @@ from normbench.devices import select_device
 from normbench.errors import ConfigError, NormbenchError
 from normbench.models import MODELS, check_norm_shapes, split_name
 from normbench.norms import get_norm
-
-PACKAGE_CONFIGS = Path(__file__).resolve().parent.parent / "configs"
-
-
-def config_dir() -> Path:
-    """`configs/` of this checkout, or $NORMBENCH_CONFIG_DIR; found from any working directory."""
-    path = Path(os.environ.get("NORMBENCH_CONFIG_DIR", PACKAGE_CONFIGS)).expanduser().resolve()
-    if not (path / "config.yaml").is_file():
-        raise ConfigError(
-            f"normbench's configs were not found in {path} (no config.yaml there). Install normbench from its "
-            "repository (`make install` does an editable install) or point NORMBENCH_CONFIG_DIR at a copy of configs/."
-        )
-    return path
+from normbench.resources import config_dir
 
 
 @contextmanager
