@@ -74,8 +74,8 @@ def test_hparams_entry_and_custom_scalars_in_the_run_directory(tiny, tmp_path) -
     assert start.hparams["lr"].number_value == 0.1 * 16 / 128
     assert set(start.hparams) >= {"model", "norm", "batch_size", "lr", "seed", "budget", "steps"}
     experiment = next(s.experiment for s in sessions if s.HasField("experiment"))
-    assert {m.name.tag for m in experiment.metric_infos} == {
-        "val/acc", "val/loss", "train/acc", "train/loss_epoch", "val/acc_batch_stats", "val/acc_precise_bn"}  # fmt: skip
+    assert {m.name.tag for m in experiment.metric_infos} == {"val/acc", "val/loss", "train/acc", "train/loss_epoch",
+                                                            "val/acc_batch_stats", "val/acc_precise_bn"}  # fmt: skip
     assert not any(tag.startswith("hparam/") for tag in ea.Tags()["scalars"])  # metrics read the existing tags
     assert ea.PluginTagToContent("custom_scalars")
 
