@@ -118,9 +118,10 @@ def main() -> None:
     sweep_dir = args.sweep_dir
     if sweep_dir is None:
         sweep_dir = workdir / "sweep"
-        subprocess.run(
-            [str(BIN / "normbench"), "sweep", *SWEEP, f"hydra.sweep.dir={sweep_dir}"], cwd=workdir, check=True
-        )
+        # This checkout's normbench, whatever the environment has installed.
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+        command = [sys.executable, "-m", "normbench.cli", "sweep", *SWEEP, f"hydra.sweep.dir={sweep_dir}"]
+        subprocess.run(command, cwd=workdir, env=env, check=True)
     port = free_port()
     board = subprocess.Popen(
         [str(BIN / "tensorboard"), "--logdir", str(sweep_dir), "--host", "127.0.0.1", "--port", str(port)],
