@@ -69,8 +69,8 @@ def override_key(override: str) -> str:
 
 
 def name_runs_by_swept_keys(overrides: list[str]) -> list[str]:
-    """Add the keys that are fixed on the command line to `override_dirname`'s exclude list, so that run
-    directories (and TensorBoard's run names) show only what varies: `batch_size=8,norm=bn`."""
+    """Add the keys that are fixed on the command line to `override_dirname`'s exclude list, so that run names
+    (`hydra.sweep.subdir`, `sweeps.run_name`) and HParams columns show only what varies: `gn_b008_seed001`."""
     with _hydra_errors():
         parsed = OverridesParser.create().parse_overrides(overrides)
         fixed = [o.get_key_element() for o in parsed if not o.is_sweep_override()]

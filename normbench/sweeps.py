@@ -1,17 +1,94 @@
-"""Sweeps through Hydra's multirun: thread budgets for parallel jobs, skipping finished runs, and the
-summary written when a multirun ends (a Hydra callback, so it works under every launcher)."""
+"""Sweeps through Hydra's multirun: run names, thread budgets for parallel jobs, skipping finished runs, and
+what a Hydra callback writes when a multirun starts (the HParams experiment) and ends (the summary), so that it
+works under every launcher."""
 
 from __future__ import annotations
 
+import itertools
 import os
+import re
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 from rich.console import Console
 
 from normbench.errors import NormbenchError
+
+RUN_NAME_RESOLVER = "normbench_run"
+# Run names: norm first, then batch size, then the other swept keys in key order; labels are the key's last part.
+LABELS = {"batch_size": "b"}
+
+
+def swept_keys(overrides: Sequence[str], exclude: Sequence[str]) -> list[str]:
+    """The keys that tell a sweep's runs apart: those of a job's overrides that `override_dirname` does not
+    exclude (`normbench sweep` excludes the keys fixed on its command line) and that are not Hydra's own."""
+    parsed = OverridesParser.create().parse_overrides(list(overrides))
+    keys = [o.key_or_group for o in parsed if not o.is_delete() and not o.key_or_group.startswith("hydra")]
+    return [k for k in dict.fromkeys(keys) if k not in set(exclude)]
+
+
+def _label(key: str, value: Any) -> str:
+    """`gn`, `b008`, `groups016`, `lr0.05`, `widths032-064`: integers zero-padded to 3 digits so that name order
+    is numeric order (up to 999); a top-level string (a config group's choice) stands alone."""
+    if isinstance(value, list | tuple):
+        text = "-".join(_label("", v) for v in value)
+    elif isinstance(value, bool):
+        text = str(value).lower()
+    elif isinstance(value, int):
+        text = f"{value:03d}"
+    else:
+        text = str(value)
+        if "." not in key and isinstance(value, str):
+            return re.sub(r"[^\w.+-]", "-", text)
+    return re.sub(r"[^\w.+-]", "-", LABELS.get(key, key.rsplit(".", 1)[-1]) + text)
+
+
+def run_name(norm: str, batch_size: int, overrides: Sequence[str], exclude: Sequence[str]) -> str:
+    """A sweep run's directory name, e.g. `gn_b008` or `gn_b008_groups016_seed001`: never empty, so a sweep
+    of one run still gets its own directory. Registered as the `normbench_run` resolver of `hydra.sweep.subdir`."""
+    parsed = {o.key_or_group: o.value() for o in OverridesParser.create().parse_overrides(list(overrides))}
+    others = sorted(k for k in swept_keys(overrides, exclude) if k not in ("norm", "batch_size"))
+    return "_".join([norm, _label("batch_size", batch_size), *(_label(k, parsed[k]) for k in others)])
+
+
+# Registered on import: the task module imports this one, so every launcher's job process (joblib, submitit)
+# has the resolver before Hydra resolves `hydra.sweep.subdir` there.
+OmegaConf.register_new_resolver(RUN_NAME_RESOLVER, run_name, replace=True)
+
+
+def in_sweep() -> bool:
+    """Whether this process runs a job of a Hydra multirun (whose experiment is at the sweep root)."""
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def job_swept_keys() -> list[str]:
+    """The swept keys of the running Hydra job (none outside Hydra, e.g. in tests that build a Run directly)."""
+    if not HydraConfig.initialized():
+        return []
+    hydra_cfg = HydraConfig.get()
+    return swept_keys(hydra_cfg.overrides.task, hydra_cfg.job.config.override_dirname.exclude_keys)
+
+
+def grid(overrides: Sequence[str], preset: Mapping[str, Any]) -> list[list[str]]:
+    """Every job of a multirun as its override list, as Hydra's basic sweeper expands it: a preset's
+    `hydra.sweeper.params` first, the command line winning on the same key, then the Cartesian product."""
+    parser = OverridesParser.create()
+    given = {o.key_or_group for o in parser.parse_overrides(list(overrides))}
+    lines = [f"{key}={value}" for key, value in preset.items() if key not in given] + list(overrides)
+    axes = [
+        [f"{o.get_key_element()}={v}" for v in o.sweep_string_iterator()] if o.is_sweep_override() else [o.input_line]
+        for o in parser.parse_overrides(lines)
+    ]
+    return [list(job) for job in itertools.product(*axes)]
 
 
 def available_cores() -> int:
@@ -54,9 +131,29 @@ def same_run(stored: dict[str, Any], cfg: DictConfig, volatile: tuple[str, ...])
 
 
 class SweepSummary(Callback):
-    """At the end of a multirun: a table of the grid, and summary.csv / summary.json in the sweep directory."""
+    """At the start of a multirun, the HParams experiment of its grid in the sweep directory; at the end, a
+    table of the grid, summary.csv / summary.json, and how to open it in TensorBoard."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from hydra import compose  # inside the running app: composes with its config source
+
+        from normbench.board import run_hparams, write_experiment
+        from normbench.train import effective_lr
+
+        hydra_cfg = config.hydra
+        exclude = hydra_cfg.job.config.override_dirname.exclude_keys
+        runs = []
+        for job in grid(hydra_cfg.overrides.task, hydra_cfg.sweeper.get("params") or {}):
+            try:
+                cfg = compose("config", overrides=[o for o in job if not o.lstrip("+~").startswith("hydra")])
+            except (HydraException, OmegaConfBaseException):  # that run fails and is recorded; the others go on
+                continue
+            runs.append(run_hparams(cfg, effective_lr(cfg.optim, cfg.batch_size), swept_keys(job, exclude)))
+        if runs:
+            write_experiment(Path(hydra_cfg.sweep.dir), runs)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        from normbench.board import tensorboard_hint
         from normbench.report import print_tables, write_summary
 
         sweep_dir = Path(config.hydra.sweep.dir)
@@ -67,7 +164,8 @@ class SweepSummary(Callback):
             return
         print_tables(summary)
         Console().print(
-            f"Summary: {sweep_dir / 'summary.csv'}, {sweep_dir / 'summary.json'}. "
-            f"Figures: normbench report {sweep_dir}. Curves: tensorboard --logdir {sweep_dir}",
+            f"Summary: {sweep_dir / 'summary.csv'}, {sweep_dir / 'summary.json'}. Figures: normbench report "
+            f"{sweep_dir}.\n{tensorboard_hint(sweep_dir, [r['run'] for r in summary['runs']])}",
             highlight=False,
+            soft_wrap=True,
         )

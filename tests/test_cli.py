@@ -49,7 +49,7 @@ BAD = [
     (["norm=batchnorm"], "Could not find 'norm/batchnorm' Available options in 'norm': bn brn gn in ln none rms"),
     (["model=mlp", "norm=gn"], "norm=gn cannot normalize vector features (N, C)"),
     (["model=mlp", "norm=in"], "norm=in cannot normalize vector features (N, C)"),
-    (["norm=gn", "norm.groups=3"], "the norm layer 'features.1' (32 channels) cannot be built. norm=gn: groups=3"),
+    (["norm=gn", "norm.groups=3"], "the norm layer 'stage1.norm' (32 channels) cannot be built. norm=gn: groups=3"),
     (["batch_size=0"], "batch_size=0 is not valid: it must be a whole number >= 1"),
     (["model=mlp", "batch_size=1"], "batch_size=1 with norm=bn on model=mlp: this model's norms see (N, C) vectors"),
     (["model=mlp", "batch_size=1", "norm=brn"], "or a norm that works per sample (ln, rms)."),

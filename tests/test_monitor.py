@@ -11,7 +11,7 @@ from normbench.data import make_synthetic
 from normbench.monitor import frozen_buffers, precise_bn
 from normbench.train import Run
 
-CNN_NORMS = ("features.1", "features.5", "features.9")  # conv, norm, relu, pool per stage
+CNN_NORMS = ("stage1.norm", "stage2.norm", "stage3.norm")
 
 
 def test_histograms_of_every_norm_layer_at_the_logging_steps(tiny, tmp_path) -> None:
@@ -27,12 +27,12 @@ def test_histograms_of_every_norm_layer_at_the_logging_steps(tiny, tmp_path) -> 
         for stat in ("running_mean", "batch_mean", "running_var", "batch_var"):
             assert f"bn/{layer}/{stat}" in histograms
         assert [e.step for e in ea.Scalars(f"bn/{layer}/mean_gap")] == [2, 4]
-    # features.1 sees 8 × 32 × 32 × 32 = 262,144 values: strided down to log.hist_values = 65,536.
-    assert ea.Histograms("act/features.1/pre")[0].histogram_value.num == 65_536
-    # features.9 sees 8 × 128 × 8 × 8 = 65,536 values: all of them.
-    assert ea.Histograms("act/features.9/post")[0].histogram_value.num == 65_536
+    # stage1.norm sees 8 × 32 × 32 × 32 = 262,144 values: strided down to log.hist_values = 65,536.
+    assert ea.Histograms("act/stage1.norm/pre")[0].histogram_value.num == 65_536
+    # stage3.norm sees 8 × 128 × 8 × 8 = 65,536 values: all of them.
+    assert ea.Histograms("act/stage3.norm/post")[0].histogram_value.num == 65_536
     # After BN (γ = 1, β = 0 at the start) the output is standardized per channel.
-    post_std = ea.Scalars("act/features.5/post_std")[0].value
+    post_std = ea.Scalars("act/stage2.norm/post_std")[0].value
     assert abs(post_std - 1.0) < 0.05
     assert record["metrics"]["val_acc"] is not None
 
@@ -74,9 +74,9 @@ def test_hparams_entry_and_custom_scalars_in_the_run_directory(tiny, tmp_path) -
     assert start.hparams["lr"].number_value == 0.1 * 16 / 128
     assert set(start.hparams) >= {"model", "norm", "batch_size", "lr", "seed", "budget", "steps"}
     experiment = next(s.experiment for s in sessions if s.HasField("experiment"))
-    assert {m.name.tag for m in experiment.metric_infos} == {
-        "hparam/final_val_acc", "hparam/best_val_acc", "hparam/final_val_loss", "hparam/final_train_loss"}  # fmt: skip
-    assert "hparam/final_val_acc" in ea.Tags()["scalars"]
+    assert {m.name.tag for m in experiment.metric_infos} == {"val/acc", "val/loss", "train/acc", "train/loss_epoch",
+                                                            "val/acc_batch_stats", "val/acc_precise_bn"}  # fmt: skip
+    assert not any(tag.startswith("hparam/") for tag in ea.Tags()["scalars"])  # metrics read the existing tags
     assert ea.PluginTagToContent("custom_scalars")
 
 

@@ -96,7 +96,7 @@ def test_checkpoints_hold_everything_a_resume_needs(tiny, tmp_path) -> None:
     saved = torch.load(tmp_path / CHECKPOINT_FILE, weights_only=False)
     assert set(saved) == {"model", "optimizer", "scheduler", "progress", "rng"}
     assert saved["progress"]["step"] == 3 and saved["progress"]["epoch"] == 1
-    assert "features.1.running_mean" in saved["model"]
+    assert "stage1.norm.running_mean" in saved["model"]
 
 
 def test_atomic_writes_never_leave_half_a_file(tmp_path) -> None:

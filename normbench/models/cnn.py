@@ -1,13 +1,18 @@
-"""A small VGG-style CNN for 3×32×32 images: stages of (Conv3×3 → Norm → ReLU) × convs, then 2×2 max-pool."""
+"""A small VGG-style CNN for 3×32×32 images: stages of (Conv3×3 → Norm → ReLU) × convs, then 2×2 max-pool.
+
+Modules are named by their place (`stage2.norm`, `head.fc`), so TensorBoard tags and state_dict keys say
+where a layer sits rather than its index in a flat list.
+"""
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 
-from torch import Tensor, nn
+from torch import nn
 
 
-class CNN(nn.Module):
+class CNN(nn.Sequential):
     layout = "image"  # norms see (N, C, H, W) feature maps
 
     def __init__(
@@ -18,17 +23,18 @@ class CNN(nn.Module):
         widths: Sequence[int] = (32, 64, 128),
         convs_per_stage: int = 1,
     ) -> None:
-        super().__init__()
-        layers: list[nn.Module] = []
+        stages: OrderedDict[str, nn.Module] = OrderedDict()
         channels = in_channels
-        for width in widths:
-            for _ in range(convs_per_stage):
+        for s, width in enumerate(widths, start=1):
+            stage: OrderedDict[str, nn.Module] = OrderedDict()
+            for c in range(1, convs_per_stage + 1):
+                suffix = str(c) if convs_per_stage > 1 else ""  # `norm` for one conv per stage, else norm1, norm2
                 # The norm's β makes a conv bias redundant; keep it anyway so norm=none stays a fair baseline.
-                layers += [nn.Conv2d(channels, width, 3, padding=1), norm_layer(width), nn.ReLU(inplace=True)]
+                stage[f"conv{suffix}"] = nn.Conv2d(channels, width, 3, padding=1)
+                stage[f"norm{suffix}"] = norm_layer(width)
+                stage[f"relu{suffix}"] = nn.ReLU(inplace=True)
                 channels = width
-            layers.append(nn.MaxPool2d(2))
-        self.features = nn.Sequential(*layers)
-        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, num_classes))
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.head(self.features(x))
+            stage["pool"] = nn.MaxPool2d(2)
+            stages[f"stage{s}"] = nn.Sequential(stage)
+        head = OrderedDict(pool=nn.AdaptiveAvgPool2d(1), flatten=nn.Flatten(), fc=nn.Linear(channels, num_classes))
+        super().__init__(OrderedDict(**stages, head=nn.Sequential(head)))

@@ -1,13 +1,17 @@
-"""A multilayer perceptron on flattened images: (Linear → Norm → ReLU) × depth, then a linear head."""
+"""A multilayer perceptron on flattened images: (Linear → Norm → ReLU) × depth, then a linear head.
+
+Modules are named by their place (`layer2.norm`, `head`), so TensorBoard tags say where a layer sits.
+"""
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable
 
-from torch import Tensor, nn
+from torch import nn
 
 
-class MLP(nn.Module):
+class MLP(nn.Sequential):
     layout = "vector"  # norms see (N, C) features
 
     def __init__(
@@ -18,14 +22,12 @@ class MLP(nn.Module):
         width: int = 512,
         depth: int = 3,
     ) -> None:
-        super().__init__()
-        blocks: list[nn.Module] = [nn.Flatten()]
+        layers: OrderedDict[str, nn.Module] = OrderedDict(flatten=nn.Flatten())
         features = in_features
-        for _ in range(depth):
-            blocks += [nn.Linear(features, width), norm_layer(width), nn.ReLU(inplace=True)]
+        for i in range(1, depth + 1):
+            layers[f"layer{i}"] = nn.Sequential(
+                OrderedDict(fc=nn.Linear(features, width), norm=norm_layer(width), relu=nn.ReLU(inplace=True))
+            )
             features = width
-        self.features = nn.Sequential(*blocks)
-        self.head = nn.Linear(features, num_classes)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.head(self.features(x))
+        layers["head"] = nn.Linear(features, num_classes)
+        super().__init__(layers)

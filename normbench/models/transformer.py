@@ -1,7 +1,8 @@
 """A small Vision Transformer: patches → tokens, pre-norm blocks, mean-pooled tokens → linear head.
 
 Every norm inside sees (N, L, D) token features (the `sequence` layout): LayerNorm normalizes each token
-over its D features, BatchNorm each feature over the batch and all tokens.
+over its D features, BatchNorm each feature over the batch and all tokens. Norm layers are named by their
+place: `block2.attn_norm`, `block2.mlp_norm`, the final `norm`.
 """
 
 from __future__ import annotations
@@ -33,14 +34,14 @@ class Block(nn.Module):
     def __init__(self, dim: int, heads: int, mlp_ratio: float, norm_layer: Callable[[int], nn.Module]) -> None:
         super().__init__()
         hidden = int(dim * mlp_ratio)
-        self.norm1 = norm_layer(dim)
+        self.attn_norm = norm_layer(dim)
         self.attn = SelfAttention(dim, heads)
-        self.norm2 = norm_layer(dim)
+        self.mlp_norm = norm_layer(dim)
         self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
 
     def forward(self, x: Tensor) -> Tensor:
-        x = x + self.attn(self.norm1(x))
-        return x + self.mlp(self.norm2(x))
+        x = x + self.attn(self.attn_norm(x))
+        return x + self.mlp(self.mlp_norm(x))
 
 
 class ViT(nn.Module):
@@ -63,11 +64,16 @@ class ViT(nn.Module):
         self.patch_embed = nn.Conv2d(in_channels, dim, kernel_size=patch_size, stride=patch_size)
         self.pos_embed = nn.Parameter(torch.zeros(1, tokens, dim))
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
-        self.blocks = nn.Sequential(*(Block(dim, heads, mlp_ratio, norm_layer) for _ in range(depth)))
+        # Blocks are named block1 … blockN (tags read `block2.attn_norm`), not indices of a container.
+        self.depth = depth
+        for i in range(1, depth + 1):
+            self.add_module(f"block{i}", Block(dim, heads, mlp_ratio, norm_layer))
         self.norm = norm_layer(dim)
         self.head = nn.Linear(dim, num_classes)
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.patch_embed(x).flatten(2).transpose(1, 2) + self.pos_embed  # (N, L, D)
-        x = self.norm(self.blocks(x))
+        for i in range(1, self.depth + 1):
+            x = getattr(self, f"block{i}")(x)
+        x = self.norm(x)
         return self.head(x.mean(dim=1))

@@ -1,0 +1,153 @@
+"""Screenshots of TensorBoard for the README: a tiny real sweep (2 norms × 2 batch sizes), TensorBoard on loopback,
+and headless Chromium driven over the DevTools protocol, writing docs/tensorboard/*.png.
+
+    .venv/bin/python scripts/screenshots.py                       # train the tiny sweep, then shoot
+    .venv/bin/python scripts/screenshots.py --sweep-dir DIR       # shoot an existing sweep
+
+Needs `chromium-headless-shell` (or Debian's `chromium`) on PATH: `apt-get install -y chromium-headless-shell`.
+Chromium is driven through `--remote-debugging-pipe` (file descriptors 3 and 4), so no WebSocket library is
+needed. Line charts draw after data arrive, so each page gets real seconds (`--wait`), not a virtual time budget.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+SWEEP = ["norm=bn,gn", "batch_size=4,32", "epochs=3", "data.train_size=768", "data.val_size=256",
+         "eval.precise_bn_batches=4", "log.hist_every=24", "quiet=true", "hydra/launcher=parallel"]  # fmt: skip
+# (file, TensorBoard page): loss and accuracy coloured by norm, the HParams table, one layer's activations.
+PAGES = [
+    (
+        "timeseries.png",
+        "?tagFilter=" + quote("^(train|val)/") + "&runColorGroup=" + quote("regex:^([^_]+)_") + "#timeseries",
+    ),
+    ("hparams.png", "#hparams"),
+    ("histograms.png", "#histograms&tagFilter=" + quote("^act/stage2\\.norm/(pre|post)$")),
+    ("custom_scalars.png", "#custom_scalars"),
+]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Chromium:
+    """Headless Chromium over the DevTools protocol on a pipe: JSON messages separated by NUL bytes."""
+
+    def __init__(self, width: int, height: int) -> None:
+        exe = shutil.which("chromium-headless-shell") or shutil.which("chromium")
+        if exe is None:
+            sys.exit("No chromium-headless-shell or chromium on PATH (apt-get install -y chromium-headless-shell).")
+        self.profile = tempfile.mkdtemp(prefix="normbench-chromium-")
+        to_child, self.commands = os.pipe()
+        self.replies, from_child = os.pipe()
+
+        def pipes_at_3_and_4() -> None:  # where --remote-debugging-pipe expects them
+            high = [os.dup(to_child), os.dup(from_child)]  # the pipes may themselves sit at 3 or 4
+            os.dup2(high[0], 3)
+            os.dup2(high[1], 4)
+
+        flags = ["--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--remote-debugging-pipe",
+                 f"--user-data-dir={self.profile}", f"--window-size={width},{height}"]  # fmt: skip
+        self.process = subprocess.Popen(
+            [exe, *flags], preexec_fn=pipes_at_3_and_4, close_fds=False, stderr=subprocess.DEVNULL
+        )
+        os.close(to_child)
+        os.close(from_child)
+        self.buffer, self.next_id, self.session = b"", 0, None
+        target = self.call("Target.createTarget", url="about:blank")["targetId"]
+        self.session = self.call("Target.attachToTarget", targetId=target, flatten=True)["sessionId"]
+        self.call("Emulation.setDeviceMetricsOverride", width=width, height=height, deviceScaleFactor=1, mobile=False)
+
+    def call(self, method: str, **params: Any) -> dict[str, Any]:
+        self.next_id += 1
+        message = {"id": self.next_id, "method": method, "params": params}
+        if self.session:
+            message["sessionId"] = self.session
+        os.write(self.commands, json.dumps(message).encode() + b"\0")
+        while True:
+            while b"\0" not in self.buffer:
+                chunk = os.read(self.replies, 1 << 20)
+                if not chunk:
+                    raise RuntimeError(f"Chromium closed its DevTools pipe during {method}")
+                self.buffer += chunk
+            raw, self.buffer = self.buffer.split(b"\0", 1)
+            reply = json.loads(raw)
+            if reply.get("id") == self.next_id:
+                if "error" in reply:
+                    raise RuntimeError(f"{method}: {reply['error']}")
+                return reply["result"]
+
+    def screenshot(self, url: str, path: Path, wait: float) -> None:
+        self.call("Page.navigate", url=url)
+        time.sleep(wait)  # real time: TensorBoard fetches data and draws charts after the page has loaded
+        path.write_bytes(base64.b64decode(self.call("Page.captureScreenshot", format="png")["data"]))
+
+    def close(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=10)
+        os.close(self.commands)
+        os.close(self.replies)
+        shutil.rmtree(self.profile, ignore_errors=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sweep-dir", type=Path, help="an existing sweep to show (default: train a tiny one)")
+    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "tensorboard")
+    parser.add_argument("--wait", type=float, default=15.0, help="seconds each page gets to draw")
+    args = parser.parse_args()
+    workdir = Path(tempfile.mkdtemp(prefix="normbench-screens-"))
+    sweep_dir = args.sweep_dir
+    if sweep_dir is None:
+        sweep_dir = workdir / "sweep"
+        # This checkout's normbench, whatever the environment has installed.
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+        command = [sys.executable, "-m", "normbench.cli", "sweep", *SWEEP, f"hydra.sweep.dir={sweep_dir}"]
+        subprocess.run(command, cwd=workdir, env=env, check=True)
+    port = free_port()
+    board = subprocess.Popen(
+        [str(BIN / "tensorboard"), "--logdir", str(sweep_dir), "--host", "127.0.0.1", "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    chromium = None
+    try:
+        for _ in range(120):  # bounded: until TensorBoard answers
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/data/runs", timeout=2)
+                break
+            except OSError:
+                time.sleep(0.5)
+        chromium = Chromium(1400, 900)
+        args.out.mkdir(parents=True, exist_ok=True)
+        for name, page in PAGES:
+            chromium.screenshot(f"http://127.0.0.1:{port}/{page}", args.out / name, args.wait)
+            print(f"wrote {args.out / name}")
+    finally:
+        if chromium is not None:
+            chromium.close()
+        board.terminate()
+        board.wait(timeout=10)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
