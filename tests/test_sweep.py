@@ -9,7 +9,7 @@ import json
 from conftest import normbench
 from omegaconf import OmegaConf
 
-from normbench import results as R
+from normbench.record import RunRecord
 from normbench.report import summarize
 
 GRID = ["norm=bn,gn", "batch_size=4,8", "max_steps=3", "epochs=1", "data.train_size=64", "data.val_size=32",
@@ -18,7 +18,7 @@ RUNS = {"batch_size=4,norm=bn", "batch_size=4,norm=gn", "batch_size=8,norm=bn", 
 
 
 def _records(sweep_dir):
-    return {d.name: R.read_results(d) for d in sweep_dir.iterdir() if (d / "results.json").exists()}
+    return {d.name: RunRecord.read(d) for d in sweep_dir.iterdir() if (d / "results.json").exists()}
 
 
 def test_joblib_sweep_summary_report_and_rerun(tmp_path) -> None:
@@ -28,13 +28,13 @@ def test_joblib_sweep_summary_report_and_rerun(tmp_path) -> None:
     assert "Sweeping 4 runs." in first.stdout and "Joblib.Parallel" in first.stdout + first.stderr
     records = _records(sweep_dir)
     assert set(records) == RUNS  # one directory per run, named by what varies
-    assert all(r["status"] == "completed" and r["threads"] == 1 for r in records.values())  # 2 cores / 2 jobs
+    assert all(r.status == "completed" and r.threads == 1 for r in records.values())  # 2 cores / 2 jobs
 
     with (sweep_dir / "summary.csv").open() as f:
         rows = {row["run"]: row for row in csv.DictReader(f)}
     assert set(rows) == RUNS
     for name, record in records.items():
-        assert float(rows[name]["val_acc"]) == record["metrics"]["val_acc"]
+        assert float(rows[name]["val_acc"]) == record.metrics.val_acc
     summary = json.loads((sweep_dir / "summary.json").read_text())
     assert len(summary["groups"]) == 4 and all(g["completed"] == 1 for g in summary["groups"])
 
@@ -44,7 +44,7 @@ def test_joblib_sweep_summary_report_and_rerun(tmp_path) -> None:
         assert (sweep_dir / name).stat().st_size > 10_000
     assert (sweep_dir / "error_vs_batch.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     markdown = (sweep_dir / "report.md").read_text()
-    bn4 = 100 * (1 - records["batch_size=4,norm=bn"]["metrics"]["val_acc"])
+    bn4 = 100 * (1 - records["batch_size=4,norm=bn"].metrics.val_acc)
     assert f"| bn | {bn4:.1f} |" in markdown and "![error_vs_batch](error_vs_batch.png)" in markdown
 
     stamps = {n: (sweep_dir / n / "results.json").stat().st_mtime_ns for n in RUNS}
@@ -61,9 +61,9 @@ def test_a_failing_run_is_recorded_and_the_others_complete(tmp_path) -> None:
     done = normbench("sweep", *GRID, f"hydra.sweep.dir={sweep_dir}", cwd=tmp_path)  # the basic launcher
     assert done.returncode == 0, done.stdout + done.stderr
     records = _records(sweep_dir)
-    assert records.pop("batch_size=4,norm=gn")["status"] == "failed"
+    assert records.pop("batch_size=4,norm=gn").status == "failed"
     assert (broken / "error.txt").exists()
-    assert [r["status"] for r in records.values()] == ["completed"] * 3
+    assert [r.status for r in records.values()] == ["completed"] * 3
     summary = summarize(sweep_dir)
     assert {r["run"]: r["status"] for r in summary["runs"]}["batch_size=4,norm=gn"] == "failed"
     assert "failed" in done.stdout
@@ -71,7 +71,7 @@ def test_a_failing_run_is_recorded_and_the_others_complete(tmp_path) -> None:
     (broken / "checkpoint.pt").unlink()  # mended: the rerun redoes only that run
     again = normbench("sweep", *GRID, f"hydra.sweep.dir={sweep_dir}", cwd=tmp_path)
     assert again.stdout.count("Skipping") == 3
-    assert all(r["status"] == "completed" for r in _records(sweep_dir).values())
+    assert all(r.status == "completed" for r in _records(sweep_dir).values())
 
 
 def test_seeds_are_aggregated_not_separate_settings(tmp_path) -> None:
@@ -81,7 +81,7 @@ def test_seeds_are_aggregated_not_separate_settings(tmp_path) -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     summary = summarize(sweep_dir)
     (group,) = summary["groups"]
-    errors = [1 - r["metrics"]["val_acc"] for r in _records(sweep_dir).values()]
+    errors = [1 - r.metrics.val_acc for r in _records(sweep_dir).values()]
     assert group["completed"] == 3 and group["seeds"] == [0, 1, 2]
     assert group["val_err_mean"] == sum(errors) / 3
 
@@ -92,7 +92,7 @@ def test_submitit_launcher_runs_jobs_through_its_local_executor(tmp_path) -> Non
     done = normbench("sweep", "norm=bn,ln", "batch_size=8", *GRID[2:], "hydra/launcher=submitit_local",
                      f"hydra.sweep.dir={sweep_dir}", cwd=tmp_path)  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
-    assert {n: r["status"] for n, r in _records(sweep_dir).items()} == {"norm=bn": "completed", "norm=ln": "completed"}
+    assert {n: r.status for n, r in _records(sweep_dir).items()} == {"norm=bn": "completed", "norm=ln": "completed"}
     shown = normbench("run", "hydra/launcher=slurm", "--cfg", "hydra", cwd=tmp_path)
     assert "submitit_launcher.SlurmLauncher" in shown.stdout and "cpus_per_task: 4" in shown.stdout
 
