@@ -121,3 +121,30 @@ def test_same_seed_same_metrics(tiny, tmp_path) -> None:
     strip = lambda r: [replace(h, wall_s=0) for h in r.history]  # noqa: E731
     assert strip(a) == strip(b)
     assert strip(a) != strip(c)
+
+
+def test_channels_last_gives_the_same_outputs_in_another_memory_format(tiny, tmp_path) -> None:
+    default = run(tiny("max_steps=4", "log.hist_every=2"), tmp_path / "default")
+    last = run(tiny("max_steps=4", "log.hist_every=2", "train.channels_last=true"), tmp_path / "last")
+    assert (default.memory_format, last.memory_format) == ("contiguous", "channels_last")
+    assert last.status == R.COMPLETED and last.steps == default.steps and len(last.history) == len(default.history)
+    assert [p[1] for p in last.curve] == pytest.approx([p[1] for p in default.curve], rel=1e-4)
+    a, b = events(tmp_path / "default"), events(tmp_path / "last")
+    assert a.Tags()["scalars"] == b.Tags()["scalars"] and a.Tags()["histograms"] == b.Tags()["histograms"]
+    for tag in a.Tags()["histograms"]:
+        assert [(h.step, h.histogram_value.num) for h in a.Histograms(tag)] == [
+            (h.step, h.histogram_value.num) for h in b.Histograms(tag)
+        ]
+
+
+# The suite's one torch.compile test: compilation on CPU takes 20-50 s, so the smallest model (mlp) only.
+def test_compiled_training_logs_activations_at_its_training_steps(tiny, tmp_path) -> None:
+    """dynamo ignores hooks added after compilation: the probed steps must still show up in TensorBoard."""
+    record = run(tiny("model=mlp", "train.compile=true", "max_steps=4", "log.hist_every=2"), tmp_path)
+    assert record.status == R.COMPLETED and math.isfinite(record.metrics.train_loss)
+    ea = events(tmp_path)
+    for layer in ("features.2", "features.5", "features.8"):  # the mlp's norm layers
+        for kind in ("pre", "post"):
+            assert [h.step for h in ea.Histograms(f"act/{layer}/{kind}")] == [2, 4]
+        assert [e.step for e in ea.Scalars(f"bn/{layer}/mean_gap")] == [2, 4]
+    assert [e.step for e in ea.Scalars("train/loss")] == [1, 2, 3, 4]
