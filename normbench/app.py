@@ -10,7 +10,6 @@ import math
 import sys
 import traceback
 from pathlib import Path
-from typing import Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -19,9 +18,10 @@ from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
 
-from normbench import results as R
+from normbench import record as R
 from normbench.config import validate
 from normbench.errors import EXIT_CRASH, NormbenchError
+from normbench.record import RunRecord
 from normbench.resources import config_dir, load_plugins
 from normbench.sweeps import jobs_threads, same_run
 
@@ -38,69 +38,55 @@ def print_error(error: BaseException, where: str = "") -> None:
     console.print(prefix + str(error), highlight=False, soft_wrap=True)
 
 
-def print_summary(record: dict[str, Any]) -> None:
-    m = record["metrics"]
-    table = Table(title=f"{record['model']} / {record['norm']}, batch {record['batch_size']}: {record['status']}")
+def print_summary(record: RunRecord) -> None:
+    m = record.metrics
+    table = Table(title=f"{record.model} / {record.norm}, batch {record.batch_size}: {record.status}")
     table.add_column("metric")
     table.add_column("value", justify="right")
     rows = [
-        ("val acc (final / best)", f"{m['val_acc']:.4f} / {m['best_val_acc']:.4f}"),
-        ("val loss", f"{m['val_loss']:.4f}"),
-        ("train acc / loss", f"{m['train_acc']:.4f} / {m['train_loss']:.4f}"),
+        ("val acc (final / best)", f"{m.val_acc:.4f} / {m.best_val_acc:.4f}"),
+        ("val loss", f"{m.val_loss:.4f}"),
+        ("train acc / loss", f"{m.train_acc:.4f} / {m.train_loss:.4f}"),
         *(
-            (f"val acc, {k[8:].replace('_', ' ')}", f"{m[k]:.4f}")
-            for k in ("val_acc_batch_stats", "val_acc_precise_bn")
-            if m.get(k) is not None
+            (f"val acc, {label}", f"{value:.4f}")
+            for label, value in (("batch stats", m.val_acc_batch_stats), ("precise bn", m.val_acc_precise_bn))
+            if value is not None
         ),
-        ("steps / epochs", f"{record['steps']} / {record['epochs']}"),
-        ("effective lr", f"{record['effective_lr']:.4g}"),
-        ("parameters", f"{record['params']:,}"),
-        ("throughput", f"{record['images_per_s']:.0f} images/s on {record['device']} ({record['threads']} threads)"),
-        ("wall time", f"{record['wall_s']:.1f} s"),
+        ("steps / epochs", f"{record.steps} / {record.epochs}"),
+        ("effective lr", f"{record.effective_lr:.4g}"),
+        ("parameters", f"{record.params:,}"),
+        ("throughput", f"{record.images_per_s:.0f} images/s on {record.device} ({record.threads} threads)"),
+        ("wall time", f"{record.wall_s:.1f} s"),
     ]
     for row in rows:
         table.add_row(*row)
     console.print(table)
 
 
-def failure_record(cfg: DictConfig, status: str, reason: str) -> dict[str, Any]:
-    """The record of a run that failed before training started (e.g. an invalid value in a sweep)."""
-    return {
-        "status": status,
-        "reason": reason,
-        "metrics": {},
-        "model": cfg.model.name,
-        "norm": cfg.norm.name,
-        "batch_size": cfg.batch_size,
-        "seed": cfg.seed,
-        "config": OmegaConf.to_container(cfg, resolve=True),
-    }
-
-
-def check_reuse(run_dir: Path, previous: dict[str, Any], cfg: DictConfig, multirun: bool) -> None:
+def check_reuse(run_dir: Path, previous: RunRecord, cfg: DictConfig, multirun: bool) -> None:
     """Refuse to train into a directory that holds another run, or a finished one outside a sweep."""
-    if not same_run(previous.get("config", {}), cfg, VOLATILE_KEYS):
+    if not same_run(previous.config, cfg, VOLATILE_KEYS):
         raise NormbenchError(
             f"{run_dir} already holds a different run (its results.json has another config). "
             "Choose another directory (hydra.run.dir / hydra.sweep.dir)."
         )
     if not (multirun or cfg.resume):
         raise NormbenchError(
-            f"{run_dir} already holds a run with status '{previous['status']}'. Continue it with resume=true, or "
+            f"{run_dir} already holds a run with status '{previous.status}'. Continue it with resume=true, or "
             "choose another directory (hydra.run.dir=DIR); normbench does not overwrite results."
         )
 
 
-def task(cfg: DictConfig) -> dict[str, Any] | None:
+def task(cfg: DictConfig) -> RunRecord | None:
     """One run. In a multirun a failing run is recorded and returned, so the other runs go on."""
-    from normbench.train import Run  # deferred: keeps `--cfg`/`--help` fast
+    from normbench.train import run  # deferred: keeps `--cfg`/`--help` fast
 
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
     if multirun and cfg.threads is None:
         cfg.threads = jobs_threads(hydra_cfg)
-    previous = R.read_results(run_dir)
+    previous = RunRecord.read(run_dir)
     try:
         if previous is not None:
             check_reuse(run_dir, previous, cfg, multirun)
@@ -109,17 +95,17 @@ def task(cfg: DictConfig) -> dict[str, Any] | None:
         if multirun:
             return previous
         raise SystemExit(error.exit_code) from None
-    if previous is not None and previous["status"] == R.COMPLETED:
+    if previous is not None and previous.status == R.COMPLETED:
         console.print(f"[green]Skipping[/] {run_dir.name}: already completed.", highlight=False)
         return previous
     try:
         validate(cfg)
-        record = Run(cfg, run_dir, console).execute(resume=multirun or bool(cfg.resume))
+        record = run(cfg, run_dir, console=console, resume=multirun or bool(cfg.resume))
         if multirun:  # one line per run; the sweep's table comes at the end
-            m = record["metrics"]
+            m = record.metrics
             console.print(
-                f"[green]done[/] {run_dir.name}: val acc {m['val_acc']:.4f} (best {m['best_val_acc']:.4f}), "
-                f"{record['wall_s']:.0f} s",
+                f"[green]done[/] {run_dir.name}: val acc {m.val_acc:.4f} (best {m.best_val_acc:.4f}), "
+                f"{record.wall_s:.0f} s",
                 highlight=False,
             )
         else:
@@ -129,7 +115,7 @@ def task(cfg: DictConfig) -> dict[str, Any] | None:
         print_error(error, f" in {run_dir.name}" if multirun else "")
         record_failure(cfg, run_dir, str(error))
         if multirun:
-            return R.read_results(run_dir)
+            return RunRecord.read(run_dir)
         raise SystemExit(error.exit_code) from None
     except Exception as error:
         record_failure(cfg, run_dir, f"{type(error).__name__}: {error}")
@@ -138,22 +124,22 @@ def task(cfg: DictConfig) -> dict[str, Any] | None:
         # One broken run must not end the sweep: keep its traceback next to its record.
         (run_dir / "error.txt").write_text(traceback.format_exc())
         print_error(error, f" in {run_dir.name} (traceback in {run_dir / 'error.txt'})")
-        return R.read_results(run_dir)
+        return RunRecord.read(run_dir)
 
 
 def record_failure(cfg: DictConfig, run_dir: Path, reason: str) -> None:
     """Make sure a failed run has a record, without replacing one the run wrote itself (diverged, ...)."""
-    previous = R.read_results(run_dir)
-    if previous is None or previous["status"] == R.RUNNING:
-        R.write_json(run_dir / R.RESULTS_FILE, failure_record(cfg, R.FAILED, reason))
+    previous = RunRecord.read(run_dir)
+    if previous is None or previous.status == R.RUNNING:
+        RunRecord.of(OmegaConf.to_container(cfg, resolve=True), R.FAILED, reason).write(run_dir)
 
 
-def objective(record: dict[str, Any] | None, name: str) -> float:
+def objective(record: RunRecord | None, name: str) -> float:
     """The final metric `name` of a completed run; the objective's worst value for any other outcome."""
     worst = OBJECTIVES[name]
-    if record is None or record["status"] != R.COMPLETED:
+    if record is None or record.status != R.COMPLETED:
         return worst
-    value = float(record["metrics"][name])
+    value = float(getattr(record.metrics, name))
     return value if math.isfinite(value) else worst
 
 

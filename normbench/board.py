@@ -28,7 +28,7 @@ from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
 from torch import Tensor
 from torch.utils.tensorboard import SummaryWriter
 
-from normbench import results as R
+from normbench import record as R
 
 HValue = str | float | bool
 # HParams columns: the last value of each of these tags in a run.

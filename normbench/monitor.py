@@ -1,40 +1,31 @@
 """What normalization does inside the network, written to TensorBoard.
 
-* Activation distributions: forward hooks on every norm layer (an identity under `norm=none`, so runs
-  with and without normalization compare layer by layer) record the layer's input and output as
-  histograms `act/<layer>/pre|post` and their mean/std as scalars, every `log.hist_every` training steps
-  and on the first validation batch of each epoch (`act_eval/...`). Hooks are attached only for the
-  step that logs, tensors are subsampled to `log.hist_values` values on the device, and copied to the
-  host only then.
-* BatchNorm's two modes: at the same steps, each BN-family layer's running mean/var against the
-  current batch's statistics (`bn/<layer>/...`); after each epoch the validation accuracy three ways:
-  eval mode with running statistics (the default `val/acc`), train mode with batch statistics
-  (`val/acc_batch_stats`), and with population statistics re-estimated over `eval.precise_bn_batches`
-  training batches with frozen weights (`val/acc_precise_bn`, PreciseBN, Wu & Johnson 2021).
+Forward hooks on every norm layer (an identity under `norm=none`, so runs with and without normalization
+compare layer by layer) record the layer's input and output as histograms `act/<layer>/pre|post` and their
+mean/std as scalars, every `log.hist_every` training steps and on the first validation batch of each epoch
+(`act_eval/...`). At the training steps, each BN-family layer's running mean/var is set against the current
+batch's statistics (`bn/<layer>/...`). Hooks are attached only for the step that logs, tensors are subsampled
+to `log.hist_values` values on the device, and copied to the host only then.
+
+Hooks run only in eager mode: a compiled forward ignores hooks added after compilation, so the training loop
+runs the eager module on the steps this monitor probes (`due`).
 """
 
 from __future__ import annotations
 
-import copy
 import math
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from normbench.board import Board
+from normbench.evaluation import has_running_stats
 from normbench.models import NORM_SLOT
-
-if TYPE_CHECKING:
-    from normbench.train import Run
 
 
 def norm_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
     return [(name, m) for name, m in model.named_modules() if getattr(m, NORM_SLOT, False)]
-
-
-def has_running_stats(module: nn.Module) -> bool:
-    return getattr(module, "running_mean", None) is not None and hasattr(module, "momentum")
 
 
 def subsample(x: Tensor, most: int) -> Tensor:
@@ -56,20 +47,20 @@ def channel_stats(x: Tensor, channel_dim: int) -> tuple[Tensor, Tensor]:
 
 
 class Monitor:
-    def __init__(self, model: nn.Module, board: Board, cfg: Any, device: torch.device) -> None:
-        self.model, self.board, self.device = model, board, device
-        self.every = cfg.log.hist_every
-        self.most = cfg.log.hist_values
-        self.precise_bn_batches = cfg.eval.precise_bn_batches
-        self.bn_modes = cfg.eval.bn_modes
+    """Activation and BN statistics of `model`'s norm layers, every `every` steps (0: never), at most `most`
+    values per histogram."""
+
+    def __init__(self, model: nn.Module, board: Board, every: int, most: int) -> None:
+        self.model, self.board, self.every, self.most = model, board, every, most
         self.layers = norm_layers(model)
-        self.bn_layers = [(n, m) for n, m in self.layers if has_running_stats(m)]
         # Sequences put BN's channels last (N, L, D); images and vectors at dim 1.
         self.channel_dim = -1 if getattr(model, "layout", "") == "sequence" else 1
         self.handles: list[Any] = []
-        self.captured: dict[str, tuple[Tensor, Tensor]] = {}
+        self.captured: dict[str, tuple[Tensor, Tensor, tuple[Tensor, Tensor] | None]] = {}
 
-    # -- hooks --
+    def due(self, step: int) -> bool:
+        """Whether training step `step` is probed: then the loop calls `attach` before it, `write` after it."""
+        return bool(self.every) and step % self.every == 0
 
     def attach(self) -> None:
         for name, module in self.layers:
@@ -92,7 +83,9 @@ class Monitor:
             handle.remove()
         self.handles.clear()
 
-    def write(self, step: int, prefix: str) -> None:
+    def write(self, step: int, prefix: str = "act") -> None:
+        """Detach the hooks and write what they captured at `step`."""
+        self.detach()
         for name, (pre, post, bn) in self.captured.items():
             for kind, values in (("pre", pre), ("post", post)):
                 stats = torch.stack([values.mean(), values.std()]).tolist()
@@ -121,90 +114,13 @@ class Monitor:
         gap_value, ratio_value = torch.stack([gap, ratio]).tolist()
         self.board.scalars({f"{tag}/mean_gap": gap_value, f"{tag}/var_ratio": ratio_value}, step)
 
-    # -- called by the training loop --
-
-    def before_step(self, step: int) -> None:
-        if self.every and step % self.every == 0:
-            self.attach()
-
-    def after_step(self, step: int) -> None:
-        if self.handles:
-            self.detach()
-            self.write(step, "act")
-
-    def end_epoch(self, run: Run, step: int) -> dict[str, float]:
-        """Validation-time activations and, for BN-family models, the two other ways to evaluate BN."""
-        model = run.model
-        model.eval()
+    @torch.no_grad()
+    def probe_eval(self, x: Tensor, step: int) -> None:
+        """Validation-time activations: one forward of the validation batch `x` in eval mode."""
+        self.model.eval()
         self.attach()
-        with torch.no_grad():
-            x, _ = next(iter(run.val_batches.epoch()))
-            model(x)
-        self.detach()
+        self.model(x)
         self.write(step, "act_eval")
-        extra: dict[str, float] = {}
-        if self.bn_layers and self.bn_modes:
-            with frozen_buffers(model):
-                model.train()
-                extra["val_acc_batch_stats"] = run.evaluate(batch_stat_batches(run))[1]
-            if self.precise_bn_batches:
-                precise = precise_bn(model, run.train_batches, run.state.epoch, self.precise_bn_batches)
-                extra["val_acc_precise_bn"] = run.evaluate(model=precise.eval())[1]
-            model.eval()
-            self.board.scalars({f"val/{k[4:]}": v for k, v in extra.items()}, step)
-        return extra
 
     def close(self) -> None:
         self.detach()
-
-
-class frozen_buffers:
-    """Restore every buffer (BN running statistics) on exit: a train-mode pass must not change them."""
-
-    def __init__(self, model: nn.Module) -> None:
-        self.model = model
-
-    def __enter__(self) -> None:
-        self.saved = {k: v.clone() for k, v in self.model.named_buffers()}
-
-    def __exit__(self, *exc: Any) -> None:
-        with torch.no_grad():
-            for k, v in self.model.named_buffers():
-                v.copy_(self.saved[k])
-
-
-def batch_stat_batches(run: Run) -> Any:
-    """Validation batches of the training batch size: batch statistics depend on it."""
-    from normbench.data import Batches
-
-    b = run.val_batches
-    size = min(run.cfg.batch_size, len(b.labels))
-    return Batches(
-        b.images,
-        b.labels,
-        size,
-        run.data.mean,
-        run.data.std,
-        b.images.device,
-        train=False,
-        channels_last=run.cfg.train.channels_last,
-    )
-
-
-@torch.no_grad()
-def precise_bn(model: nn.Module, batches: Any, epoch: int, num_batches: int) -> nn.Module:
-    """A copy of `model` whose BN statistics are the cumulative average over `num_batches` training
-    batches (momentum=None) with the weights frozen, instead of the exponential average of training."""
-    model = copy.deepcopy(model)
-    layers = [m for m in model.modules() if has_running_stats(m)]
-    for m in layers:
-        m.running_mean.zero_()
-        m.running_var.fill_(1)
-        m.num_batches_tracked.zero_()
-        m.momentum = None
-    model.train()
-    for i, (x, _) in enumerate(batches.epoch(epoch + 10_000)):  # a draw of its own, not training's order
-        if i >= num_batches:
-            break
-        model(x)
-    return model

@@ -21,13 +21,15 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from rich.console import Console
 from rich.table import Table
 
-from normbench import results as R
-from normbench.config import override_key
+from normbench import record as R
 from normbench.errors import ConfigError
+from normbench.files import write_json
 from normbench.norms import NORMS
+from normbench.record import find_records
 from normbench.references import Reference
 
 AXES = ("model", "norm", "batch_size", "seed")  # what a table shows; the rest of an override is a "variant"
@@ -61,48 +63,50 @@ def _overrides(run_dir: Path) -> list[str]:
         return []
 
 
+def _variant_overrides(run_dir: Path) -> list[str]:
+    """The run's overrides of keys other than the table's axes, the volatile ones and Hydra's own."""
+    overrides = _overrides(run_dir)
+    keys = [o.key_or_group for o in OverridesParser.create().parse_overrides(overrides)]
+    return [
+        o for o, k in zip(overrides, keys, strict=True) if k not in (*AXES, *VOLATILE) and not k.startswith("hydra")
+    ]
+
+
 def collect(root: Path) -> list[dict[str, Any]]:
     """One flat row per run under `root` (with its history and curve), sorted by model, norm, batch size."""
     if not root.exists():
         raise ConfigError(f"{root} does not exist: give a run or sweep directory (it holds results.json files).")
-    found = list(R.find_results(root))
+    found = list(find_records(root))
     if not found:
         raise ConfigError(f"No results.json under {root}: give a run or sweep directory written by normbench.")
-    extra = {
-        d: [
-            o
-            for o in _overrides(d)
-            if override_key(o) not in (*AXES, *VOLATILE) and not override_key(o).startswith("hydra")
-        ]
-        for d, _ in found
-    }
+    extra = {d: _variant_overrides(d) for d, _ in found}
     common = set.intersection(*(set(v) for v in extra.values())) if extra else set()
     rows = []
     for run_dir, rec in found:
-        m = rec.get("metrics") or {}
-        val_acc = m.get("val_acc") if rec["status"] == R.COMPLETED else None
+        m = rec.metrics
+        val_acc = m.val_acc if rec.status == R.COMPLETED else None
         rows.append(
             {
                 "run": str(run_dir.relative_to(root)) if run_dir != root else ".",
-                "status": rec["status"],
-                "model": rec.get("model"),
-                "norm": rec.get("norm"),
-                "batch_size": rec.get("batch_size"),
-                "seed": rec.get("seed"),
+                "status": rec.status,
+                "model": rec.model,
+                "norm": rec.norm,
+                "batch_size": rec.batch_size,
+                "seed": rec.seed,
                 "variant": ",".join(o for o in extra[run_dir] if o not in common),
                 "val_acc": val_acc,
                 "val_err": None if val_acc is None else 1 - val_acc,
-                "val_loss": m.get("val_loss"),
-                "best_val_acc": m.get("best_val_acc"),
-                "train_loss": m.get("train_loss"),
-                "steps": rec.get("steps"),
-                "epochs": rec.get("epochs"),
-                "wall_s": rec.get("wall_s"),
-                "images_per_s": rec.get("images_per_s"),
-                "effective_lr": rec.get("effective_lr"),
-                "reason": rec.get("reason"),
-                "history": rec.get("history", []),
-                "curve": rec.get("curve", []),
+                "val_loss": m.val_loss,
+                "best_val_acc": m.best_val_acc,
+                "train_loss": m.train_loss,
+                "steps": rec.steps,
+                "epochs": rec.epochs,
+                "wall_s": rec.wall_s,
+                "images_per_s": rec.images_per_s,
+                "effective_lr": rec.effective_lr,
+                "reason": rec.reason,
+                "history": rec.history,
+                "curve": rec.curve,
             }
         )
     return sorted(
@@ -152,7 +156,7 @@ def write_summary(root: Path) -> dict[str, Any]:
         writer.writeheader()
         writer.writerows(summary["runs"])
     compact = {**summary, "runs": [{k: r[k] for k in RUN_COLUMNS} for r in summary["runs"]]}
-    R.write_json(root / "summary.json", compact)
+    write_json(root / "summary.json", compact)
     return summary
 
 
@@ -306,8 +310,8 @@ def _curves_figure(
                     [p[0] for p in r["curve"]], [p[1] for p in r["curve"]], color=color, lw=1, alpha=0.8, label=name
                 )
             ax.plot(
-                [h["examples"] for h in r["history"]],
-                [h["val_loss"] for h in r["history"]],
+                [h.examples for h in r["history"]],
+                [h.val_loss for h in r["history"]],
                 color=color,
                 ls="--",
                 marker=".",

@@ -138,7 +138,7 @@ class SweepSummary(Callback):
         from hydra import compose  # inside the running app: composes with its config source
 
         from normbench.board import run_hparams, write_experiment
-        from normbench.train import effective_lr
+        from normbench.setup import effective_lr
 
         hydra_cfg = config.hydra
         exclude = hydra_cfg.job.config.override_dirname.exclude_keys

@@ -5,7 +5,7 @@
              training step of the default cnn.
 2. logging:  training time of the default cnn at batch 128 with activation logging on (default cadence)
              vs off (`log.activations=false`).
-3. overhead: normbench's own training path (`Run`, default logging) vs a bare hand-written PyTorch loop
+3. overhead: normbench's own training path (`train.run`, default logging) vs a bare hand-written PyTorch loop
              (same model, norm, data stream, optimizer, batch size, threads, seed; no logging, no hooks),
              alternating in one process after warm-up, best of --reps rounds; last line
              `overhead ratio: X.XX` (median over cases).
@@ -32,7 +32,8 @@ from normbench.config import compose_config
 from normbench.data import Batches, ImageData, make_synthetic
 from normbench.devices import select_device
 from normbench.models import build_model
-from normbench.train import Run
+from normbench.setup import build_optimizer, effective_lr
+from normbench.train import run
 
 CASES = [
     *(("cnn", norm, batch) for batch in (32, 128) for norm in ("bn", "gn", "ln", "in")),
@@ -54,10 +55,10 @@ def config(model: str, norm: str, batch: int, steps: int, *extra: str):
 
 
 def normbench_step(cfg, data: ImageData) -> float:
-    """Seconds per step of normbench's own training loop (Run.execute; its wall_s excludes validation)."""
+    """Seconds per step of normbench's own training loop (`train.run`; its wall_s excludes validation)."""
     with tempfile.TemporaryDirectory() as tmp:
-        record = Run(cfg, Path(tmp), Console(quiet=True), data=data).execute()
-    return record["wall_s"] / record["steps"]
+        record = run(cfg, Path(tmp), console=Console(quiet=True), data=data)
+    return record.wall_s / record.steps
 
 
 def bare_step(cfg, data: ImageData, steps: int) -> float:
@@ -73,8 +74,7 @@ def bare_step(cfg, data: ImageData, steps: int) -> float:
     model = build_model(cfg.model, cfg.norm).to(device)
     if cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    lr = cfg.optim.lr * cfg.batch_size / cfg.optim.base_batch_size
-    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
+    opt = build_optimizer(model, cfg.optim, effective_lr(cfg.optim, cfg.batch_size))  # the run's own optimizer
     source = Batches(data.train_images, data.train_labels, cfg.batch_size, data.mean, data.std, device, train=True,
                      augment=True, seed=cfg.seed, channels_last=cfg.train.channels_last)  # fmt: skip
     batches = itertools.islice(itertools.chain.from_iterable(source.epoch(e) for e in itertools.count()), steps)

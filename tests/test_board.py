@@ -20,7 +20,7 @@ import torch
 from conftest import normbench
 from omegaconf import OmegaConf
 
-from normbench import results as R
+from normbench import record as R
 from normbench.board import LAYOUT, Board, bn_tag, run_hparams, tensorboard_hint, write_experiment
 from normbench.config import compose_config, name_runs_by_swept_keys, sweep_jobs
 from normbench.sweeps import swept_keys

@@ -108,11 +108,11 @@ def test_a_run_from_another_directory_writes_its_outputs(tmp_path) -> None:
 
 
 def test_a_directory_holding_another_run_is_left_untouched(tmp_path) -> None:
-    from normbench import results as R
+    from normbench.files import write_json
 
     run_dir = tmp_path / "r"
     other = {"status": "running", "config": {"batch_size": 999}, "metrics": {}}
-    R.write_json(run_dir / "results.json", other)
+    write_json(run_dir / "results.json", other)
     done = normbench("run", "max_steps=2", f"hydra.run.dir={run_dir}", "resume=true", cwd=tmp_path)
     assert done.returncode == 2 and "already holds a different run" in done.stdout
     assert json.loads((run_dir / "results.json").read_text()) == other

@@ -8,14 +8,14 @@ from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
 from torch import nn
 
 from normbench.data import make_synthetic
-from normbench.monitor import frozen_buffers, precise_bn
-from normbench.train import Run
+from normbench.evaluation import frozen_buffers, precise_bn
+from normbench.train import run
 
 CNN_NORMS = ("stage1.norm", "stage2.norm", "stage3.norm")
 
 
 def test_histograms_of_every_norm_layer_at_the_logging_steps(tiny, tmp_path) -> None:
-    record = Run(tiny("max_steps=4", "data.train_size=64", "log.hist_every=2"), tmp_path).execute()
+    record = run(tiny("max_steps=4", "data.train_size=64", "log.hist_every=2"), tmp_path)
     ea = events(tmp_path)
     histograms = set(ea.Tags()["histograms"])
     for layer in CNN_NORMS:
@@ -34,36 +34,44 @@ def test_histograms_of_every_norm_layer_at_the_logging_steps(tiny, tmp_path) -> 
     # After BN (γ = 1, β = 0 at the start) the output is standardized per channel.
     post_std = ea.Scalars("act/stage2.norm/post_std")[0].value
     assert abs(post_std - 1.0) < 0.05
-    assert record["metrics"]["val_acc"] is not None
+    assert record.metrics.val_acc is not None
 
 
 def test_the_three_ways_to_evaluate_batch_norm(tiny, tmp_path) -> None:
-    record = Run(tiny("max_steps=6", "data.train_size=48", "epochs=2"), tmp_path).execute()
+    record = run(tiny("max_steps=6", "data.train_size=48", "epochs=2"), tmp_path)
     ea = events(tmp_path)
     for tag in ("val/acc", "val/acc_batch_stats", "val/acc_precise_bn"):
         assert [e.step for e in ea.Scalars(tag)] == [6]
-    metrics = record["metrics"]
-    assert ea.Scalars("val/acc_batch_stats")[0].value == metrics["val_acc_batch_stats"]
-    assert ea.Scalars("val/acc_precise_bn")[0].value == metrics["val_acc_precise_bn"]
-    for key in ("val_acc", "val_acc_batch_stats", "val_acc_precise_bn"):
-        assert 0.0 <= metrics[key] <= 1.0
+    m = record.metrics
+    assert ea.Scalars("val/acc_batch_stats")[0].value == m.val_acc_batch_stats
+    assert ea.Scalars("val/acc_precise_bn")[0].value == m.val_acc_precise_bn
+    for value in (m.val_acc, m.val_acc_batch_stats, m.val_acc_precise_bn):
+        assert 0.0 <= value <= 1.0
+
+
+def test_bn_modes_follow_eval_bn_modes_not_activation_logging(tiny, tmp_path) -> None:
+    without_histograms = run(tiny("log.activations=false"), tmp_path / "a").metrics
+    assert without_histograms.val_acc_batch_stats is not None and without_histograms.val_acc_precise_bn is not None
+    off = run(tiny("eval.bn_modes=false"), tmp_path / "b").metrics
+    assert off.val_acc_batch_stats is None and off.val_acc_precise_bn is None
+    assert "val/acc_batch_stats" not in events(tmp_path / "b").Tags()["scalars"]
 
 
 def test_norm_none_is_probed_at_the_same_places_and_has_no_bn_extras(tiny, tmp_path) -> None:
-    record = Run(tiny("norm=none"), tmp_path).execute()
+    record = run(tiny("norm=none"), tmp_path)
     ea = events(tmp_path)
     assert {f"act/{layer}/pre" for layer in CNN_NORMS} <= set(ea.Tags()["histograms"])
     assert not any(t.startswith("bn/") for t in ea.Tags()["histograms"])
-    assert "val_acc_batch_stats" not in record["metrics"]
+    assert record.metrics.val_acc_batch_stats is None and "val/acc_batch_stats" not in ea.Tags()["scalars"]
 
 
 def test_activation_logging_can_be_turned_off(tiny, tmp_path) -> None:
-    Run(tiny("log.activations=false"), tmp_path).execute()
+    run(tiny("log.activations=false"), tmp_path)
     assert events(tmp_path).Tags()["histograms"] == []
 
 
 def test_hparams_entry_and_custom_scalars_in_the_run_directory(tiny, tmp_path) -> None:
-    Run(tiny("norm=gn", "norm.groups=4", "batch_size=16", "data.train_size=64"), tmp_path).execute()
+    run(tiny("norm=gn", "norm.groups=4", "batch_size=16", "data.train_size=64"), tmp_path)
     assert [p.name for p in tmp_path.iterdir() if p.is_dir()] == []  # no timestamped subfolder
     ea = events(tmp_path)
     content = ea.PluginTagToContent("hparams")

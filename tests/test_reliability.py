@@ -7,23 +7,27 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
 from conftest import events, normbench
 
-from normbench import results as R
+from normbench import record as R
+from normbench.checkpoint import CHECKPOINT_FILE
 from normbench.config import compose_config
 from normbench.errors import EXIT_DIVERGED, EXIT_INTERRUPTED, DivergedError
-from normbench.train import CHECKPOINT_FILE, Run
+from normbench.files import write_atomic, write_json
+from normbench.record import RunRecord
+from normbench.train import run
 
 LONG = ["data.train_size=768", "data.val_size=64", "batch_size=16", "epochs=3", "quiet=true", "threads=1",
         "eval.precise_bn_batches=2", "log.hist_every=10", "log.every=4"]  # fmt: skip
 
 
-def _history(record: dict) -> list[dict]:
-    return [{k: v for k, v in h.items() if k != "wall_s"} for h in record["history"]]
+def _history(record: RunRecord) -> list[R.Epoch]:
+    return [replace(h, wall_s=0) for h in record.history]
 
 
 def _start(run_dir: Path, *extra: str) -> subprocess.Popen[str]:
@@ -44,7 +48,7 @@ def _wait_for_training(run_dir: Path, proc: subprocess.Popen[str], timeout: floa
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_a_signal_stops_at_a_step_saves_and_resume_ends_like_an_uninterrupted_run(sig, tmp_path) -> None:
-    reference = Run(compose_config(LONG), tmp_path / "reference").execute()
+    reference = run(compose_config(LONG), tmp_path / "reference")
 
     run_dir = tmp_path / "run"
     proc = _start(run_dir)
@@ -55,30 +59,30 @@ def test_a_signal_stops_at_a_step_saves_and_resume_ends_like_an_uninterrupted_ru
     assert time.monotonic() - sent < 5  # stops within a few seconds, at a step boundary
     assert proc.returncode == EXIT_INTERRUPTED, output
     assert "Traceback" not in output and "resume=true" in output
-    record = R.read_results(run_dir)
-    assert record["status"] == "interrupted" and 0 < record["steps"] < reference["steps"]
+    record = RunRecord.read(run_dir)
+    assert record.status == "interrupted" and 0 < record.steps < reference.steps
     assert (run_dir / CHECKPOINT_FILE).exists()
-    assert [e.step for e in events(run_dir).Scalars("train/loss")] == list(range(1, record["steps"] + 1))
+    assert [e.step for e in events(run_dir).Scalars("train/loss")] == list(range(1, record.steps + 1))
 
     resumed = normbench("run", *LONG, "resume=true", f"hydra.run.dir={run_dir}", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
-    assert f"Resuming from step {record['steps']}" in resumed.stdout
-    final = R.read_results(run_dir)
-    assert final["status"] == "completed" and final["steps"] == reference["steps"]
+    assert f"Resuming from step {record.steps}" in resumed.stdout
+    final = RunRecord.read(run_dir)
+    assert final.status == "completed" and final.steps == reference.steps
     assert _history(final) == _history(reference)  # the same metrics, to the last bit, on CPU
-    assert final["metrics"] == reference["metrics"]
+    assert final.metrics == reference.metrics
     steps = [e.step for e in events(run_dir).Scalars("train/loss")]
-    assert steps == list(range(1, reference["steps"] + 1))  # no duplicated steps after the resume
+    assert steps == list(range(1, reference.steps + 1))  # no duplicated steps after the resume
 
 
 def test_divergence_stops_the_run_with_its_step(tiny, tmp_path) -> None:
-    run = Run(tiny("norm=none", "optim.lr=1e9", "max_steps=30", "epochs=4", "log.every=5"), tmp_path)
+    cfg = tiny("norm=none", "optim.lr=1e9", "max_steps=30", "epochs=4", "log.every=5")
     with pytest.raises(DivergedError, match=r"The training loss became (nan|inf) at step \d+"):
-        run.execute()
-    record = R.read_results(tmp_path)
-    assert record["status"] == "diverged" and "Lower optim.lr" in record["reason"]
-    step = record["diverged_step"]
-    assert 1 <= step < 30 and f"at step {step} " in record["reason"]
+        run(cfg, tmp_path)
+    record = RunRecord.read(tmp_path)
+    assert record.status == "diverged" and "Lower optim.lr" in record.reason
+    step = record.diverged_step
+    assert 1 <= step < 30 and f"at step {step} " in record.reason
     logged = [e.step for e in events(tmp_path).Scalars("train/loss")]
     assert logged == list(range(1, step))  # every finite loss before it was flushed to TensorBoard
 
@@ -92,22 +96,23 @@ def test_divergence_exit_code_in_a_real_process(tmp_path) -> None:
 
 
 def test_checkpoints_hold_everything_a_resume_needs(tiny, tmp_path) -> None:
-    Run(tiny("max_steps=3"), tmp_path).execute()
-    saved = torch.load(tmp_path / CHECKPOINT_FILE, weights_only=False)
+    run(tiny("max_steps=3"), tmp_path)
+    saved = torch.load(tmp_path / CHECKPOINT_FILE, weights_only=True)  # plain data: no code runs on load
     assert set(saved) == {"model", "optimizer", "scheduler", "progress", "rng"}
     assert saved["progress"]["step"] == 3 and saved["progress"]["epoch"] == 1
+    assert saved["progress"]["history"][0]["val_acc"] == RunRecord.read(tmp_path).metrics.val_acc
     assert "stage1.norm.running_mean" in saved["model"]
 
 
 def test_atomic_writes_never_leave_half_a_file(tmp_path) -> None:
     path = tmp_path / "results.json"
-    R.write_json(path, {"status": "completed"})
+    write_json(path, {"status": "completed"})
 
     def crash(f) -> None:
         f.write('{"status": "comp')
         raise OSError("disk full")
 
     with pytest.raises(OSError, match="disk full"):
-        R.write_atomic(path, crash)
+        write_atomic(path, crash)
     assert json.loads(path.read_text()) == {"status": "completed"}
     assert [p.name for p in tmp_path.iterdir()] == ["results.json"]  # no temporary file left behind

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import math
+from dataclasses import replace
 
 import pytest
 from conftest import events
 
-from normbench import results as R
+import normbench
+from normbench import record as R
 from normbench.models import MODELS
 from normbench.norms import NORMS
-from normbench.train import Run
+from normbench.record import Budget, RunRecord
+from normbench.train import run
 
 ALLOWED = [(m, n) for m, (cls, _) in MODELS.items() for n, spec in NORMS.items() if cls.layout in spec.axes]
 
@@ -26,29 +30,29 @@ RUNS = [(m, n, impl) for m, n in ALLOWED for impl in ("torch", "reference") if (
 @pytest.mark.parametrize(("model", "norm", "impl"), RUNS)
 def test_every_allowed_pair_completes_a_three_step_run(model, norm, impl, tiny, tmp_path) -> None:
     overrides = (f"model={model}", f"norm={norm}", f"norm.impl={impl}", "log.activations=false")
-    record = Run(tiny(*overrides), tmp_path).execute()
-    assert record["status"] == R.COMPLETED
-    assert record["steps"] == 3
-    assert 0.0 <= record["metrics"]["val_acc"] <= 1.0
-    assert math.isfinite(record["metrics"]["train_loss"])
-    assert R.read_results(tmp_path) == record
+    record = run(tiny(*overrides), tmp_path)
+    assert record.status == R.COMPLETED
+    assert record.steps == 3
+    assert 0.0 <= record.metrics.val_acc <= 1.0
+    assert math.isfinite(record.metrics.train_loss)
+    assert RunRecord.read(tmp_path) == record
 
 
 def test_events_have_the_documented_tags_in_step_order(tiny, tmp_path) -> None:
-    Run(tiny("max_steps=7", "epochs=2", "log.every=3", "data.train_size=48"), tmp_path).execute()  # 6 steps per epoch
+    run(tiny("max_steps=7", "epochs=2", "log.every=3", "data.train_size=48"), tmp_path)  # 6 steps per epoch
     ea = events(tmp_path)
     scalars = set(ea.Tags()["scalars"])
     assert {"train/loss", "train/acc", "val/loss", "val/acc", "lr"} <= scalars
     loss_steps = [e.step for e in ea.Scalars("train/loss")]
     assert loss_steps == list(range(1, 8))  # every step, in order, though flushed 3 at a time
     assert [e.step for e in ea.Scalars("val/acc")] == [6, 7]  # end of epoch 1, and of the budget
-    record = R.read_results(tmp_path)
-    assert [e.value for e in ea.Scalars("val/acc")] == pytest.approx([h["val_acc"] for h in record["history"]])
+    record = RunRecord.read(tmp_path)
+    assert [e.value for e in ea.Scalars("val/acc")] == pytest.approx([h.val_acc for h in record.history])
 
 
 def test_results_record(tiny, tmp_path) -> None:
-    record = Run(tiny("norm=gn", "norm.groups=4", "seed=3"), tmp_path).execute()
-    saved = R.read_results(tmp_path)
+    record = run(tiny("norm=gn", "norm.groups=4", "seed=3"), tmp_path)
+    saved = json.loads((tmp_path / "results.json").read_text())  # the file itself, as other tools read it
     assert saved["status"] == "completed" and saved["reason"] is None
     assert set(saved["metrics"]) >= {"train_loss", "train_acc", "val_loss", "val_acc", "best_val_acc"}
     for key in ("train_acc", "val_acc", "best_val_acc"):
@@ -60,7 +64,31 @@ def test_results_record(tiny, tmp_path) -> None:
     assert saved["effective_lr"] == pytest.approx(0.1 * 8 / 128)  # linear scaling from base batch 128
     assert saved["budget"] == {"unit": "epochs", "total_steps": 3, "epochs": 1, "steps_per_epoch": 8}
     assert saved["config"]["norm"] == {"name": "gn", "impl": "torch", "groups": 4, "eps": 1e-5, "affine": True}
-    assert saved["config"]["seed"] == 3 and record == saved
+    assert saved["config"]["seed"] == 3
+    assert saved["normbench_version"] == normbench.__version__ and saved["torch"]
+    assert saved["memory_format"] == "contiguous" and saved["hparams"]["norm"] == "gn"
+    assert RunRecord.read(tmp_path) == record
+    assert record.budget == Budget(unit="epochs", total_steps=3, epochs=1, steps_per_epoch=8)
+
+
+def test_records_of_older_versions_still_read(tmp_path) -> None:
+    """A record without the fields added since (normbench_version, the BN extras) and with one since removed."""
+    old = {
+        "status": "completed", "reason": None, "metrics": {"val_acc": 0.5, "best_val_acc": 0.6},
+        "model": "cnn", "norm": "bn", "batch_size": 8, "seed": 0, "steps": 3,
+        "budget": {"unit": "epochs", "total_steps": 3, "epochs": 1, "steps_per_epoch": 8},
+        "history": [{"epoch": 1, "step": 3, "examples": 24, "train_loss": 2.0, "train_acc": 0.1, "val_loss": 2.1,
+                     "val_acc": 0.5, "lr": 0.01, "wall_s": 0.2}],
+        "torch": "2.2.0", "a_key_no_longer_written": 1,
+    }  # fmt: skip
+    (tmp_path / "results.json").write_text(json.dumps(old))
+    record = RunRecord.read(tmp_path)
+    assert record.metrics.val_acc == 0.5 and record.metrics.train_loss is None
+    assert record.budget.steps_per_epoch == 8 and record.history[0].val_loss == 2.1
+    assert record.history[0].val_acc_batch_stats is None and record.normbench_version is None
+    assert record.config == {} and record.curve == []
+    (tmp_path / "results.json").write_text('{"status": "comp')  # half a file: no record, not a crash
+    assert RunRecord.read(tmp_path) is None
 
 
 @pytest.mark.parametrize(
@@ -71,25 +99,52 @@ def test_results_record(tiny, tmp_path) -> None:
 def test_reference_implementation_trains_like_torch(model, norm, tiny, tmp_path) -> None:
     """Same seed, same data: the formula code and the fused kernels give the same first losses."""
     runs = [
-        Run(tiny(f"model={model}", f"norm={norm}", f"norm.impl={impl}", "max_steps=5", "log.activations=false"),
-            tmp_path / impl).execute()
+        run(tiny(f"model={model}", f"norm={norm}", f"norm.impl={impl}", "max_steps=5", "log.activations=false"),
+            tmp_path / impl)
         for impl in ("torch", "reference")
     ]  # fmt: skip
-    torch_losses, ref_losses = ([p[1] for p in r["curve"]] for r in runs)
+    torch_losses, ref_losses = ([p[1] for p in r.curve] for r in runs)
     assert len(torch_losses) == 5
     assert ref_losses == pytest.approx(torch_losses, rel=1e-3, abs=1e-4)
 
 
 def test_budget_in_steps_and_lr_scaling(tiny, tmp_path) -> None:
-    record = Run(tiny("budget=steps", "max_steps=12", "optim.lr_scaling=sqrt", "batch_size=32"), tmp_path).execute()
-    assert record["steps"] == 12 and record["budget"]["unit"] == "steps" and record["epochs"] == 6
-    assert record["effective_lr"] == pytest.approx(0.1 * (32 / 128) ** 0.5)
+    record = run(tiny("budget=steps", "max_steps=12", "optim.lr_scaling=sqrt", "batch_size=32"), tmp_path)
+    assert record.steps == 12 and record.budget.unit == "steps" and record.epochs == 6
+    assert record.effective_lr == pytest.approx(0.1 * (32 / 128) ** 0.5)
 
 
 def test_same_seed_same_metrics(tiny, tmp_path) -> None:
-    a = Run(tiny("max_steps=4"), tmp_path / "a").execute()
-    b = Run(tiny("max_steps=4"), tmp_path / "b").execute()
-    c = Run(tiny("max_steps=4", "seed=1"), tmp_path / "c").execute()
-    strip = lambda r: [{k: v for k, v in h.items() if k != "wall_s"} for h in r["history"]]  # noqa: E731
+    a = run(tiny("max_steps=4"), tmp_path / "a")
+    b = run(tiny("max_steps=4"), tmp_path / "b")
+    c = run(tiny("max_steps=4", "seed=1"), tmp_path / "c")
+    strip = lambda r: [replace(h, wall_s=0) for h in r.history]  # noqa: E731
     assert strip(a) == strip(b)
     assert strip(a) != strip(c)
+
+
+def test_channels_last_gives_the_same_outputs_in_another_memory_format(tiny, tmp_path) -> None:
+    default = run(tiny("max_steps=4", "log.hist_every=2"), tmp_path / "default")
+    last = run(tiny("max_steps=4", "log.hist_every=2", "train.channels_last=true"), tmp_path / "last")
+    assert (default.memory_format, last.memory_format) == ("contiguous", "channels_last")
+    assert last.status == R.COMPLETED and last.steps == default.steps and len(last.history) == len(default.history)
+    assert [p[1] for p in last.curve] == pytest.approx([p[1] for p in default.curve], rel=1e-4)
+    a, b = events(tmp_path / "default"), events(tmp_path / "last")
+    assert a.Tags()["scalars"] == b.Tags()["scalars"] and a.Tags()["histograms"] == b.Tags()["histograms"]
+    for tag in a.Tags()["histograms"]:
+        assert [(h.step, h.histogram_value.num) for h in a.Histograms(tag)] == [
+            (h.step, h.histogram_value.num) for h in b.Histograms(tag)
+        ]
+
+
+# The suite's one torch.compile test: compilation on CPU takes 20-50 s, so the smallest model (mlp) only.
+def test_compiled_training_logs_activations_at_its_training_steps(tiny, tmp_path) -> None:
+    """dynamo ignores hooks added after compilation: the probed steps must still show up in TensorBoard."""
+    record = run(tiny("model=mlp", "train.compile=true", "max_steps=4", "log.hist_every=2"), tmp_path)
+    assert record.status == R.COMPLETED and math.isfinite(record.metrics.train_loss)
+    ea = events(tmp_path)
+    for layer in ("features.2", "features.5", "features.8"):  # the mlp's norm layers
+        for kind in ("pre", "post"):
+            assert [h.step for h in ea.Histograms(f"act/{layer}/{kind}")] == [2, 4]
+        assert [e.step for e in ea.Scalars(f"bn/{layer}/mean_gap")] == [2, 4]
+    assert [e.step for e in ea.Scalars("train/loss")] == [1, 2, 3, 4]

@@ -9,11 +9,11 @@ import pytest
 import torch
 from conftest import ROOT, normbench
 
-from normbench import results as R
+from normbench import record as R
 from normbench.config import compose_config
 from normbench.models import NORM_SLOT, build_model, count_parameters
 from normbench.norms import NORMS
-from normbench.train import Run
+from normbench.train import run
 
 # He et al. 2016, Table 6: parameters of the CIFAR-10 ResNets by depth.
 PAPER_PARAMS = {20: 0.27e6, 32: 0.46e6, 56: 0.85e6}
@@ -64,8 +64,8 @@ def test_resnet_layers_keep_the_map_sizes_of_the_paper() -> None:
 
 
 def test_resnet20_completes_a_three_step_run(tiny, tmp_path) -> None:
-    record = Run(tiny("model=resnet20", "norm=gn"), tmp_path).execute()
-    assert record["status"] == R.COMPLETED and record["steps"] == 3 and record["model"] == "resnet20"
+    record = run(tiny("model=resnet20", "norm=gn"), tmp_path)
+    assert record.status == R.COMPLETED and record.steps == 3 and record.model == "resnet20"
 
 
 # --- Published references -------------------------------------------------------------------------------
@@ -90,7 +90,7 @@ def sweep_dir(tmp_path_factory) -> Path:
         cfg = compose_config(["data.train_size=32", "data.val_size=16", "batch_size=8", "max_steps=2", "epochs=1",
                               "quiet=true", "eval.precise_bn_batches=1", "log.activations=false", "threads=1",
                               f"norm={norm}"])  # fmt: skip
-        Run(cfg, root / f"norm={norm}").execute()
+        run(cfg, root / f"norm={norm}")
     return root
 
 
@@ -146,4 +146,4 @@ def test_converged_preset_runs_at_a_tiny_scale(tmp_path) -> None:
     assert dict(cfg.hydra.sweeper.params) == {"norm": "bn,gn,ln", "batch_size": "2,32", "seed": "0,1"}
     tiny = compose_config(["sweep=converged", "batch_size=2", "norm=ln", "max_steps=2", "data.train_size=16",
                            "data.val_size=8", "eval.precise_bn_batches=1", "threads=1"])  # fmt: skip
-    assert Run(tiny, tmp_path).execute()["status"] == R.COMPLETED
+    assert run(tiny, tmp_path).status == R.COMPLETED

@@ -10,7 +10,7 @@ from conftest import events, normbench
 from omegaconf import OmegaConf
 from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
 
-from normbench import results as R
+from normbench.record import RunRecord
 from normbench.report import summarize
 
 GRID = ["norm=bn,gn", "batch_size=4,8", "max_steps=3", "epochs=1", "data.train_size=64", "data.val_size=32",
@@ -19,7 +19,7 @@ RUNS = {"bn_b004", "gn_b004", "bn_b008", "gn_b008"}
 
 
 def _records(sweep_dir):
-    return {d.name: R.read_results(d) for d in sweep_dir.iterdir() if (d / "results.json").exists()}
+    return {d.name: RunRecord.read(d) for d in sweep_dir.iterdir() if (d / "results.json").exists()}
 
 
 def test_joblib_sweep_summary_report_and_rerun(tmp_path) -> None:
@@ -32,13 +32,13 @@ def test_joblib_sweep_summary_report_and_rerun(tmp_path) -> None:
     content = events(sweep_dir).PluginTagToContent("hparams")  # the grid's HParams experiment, at the root
     infos = HParamsPluginData.FromString(content["_hparams_/experiment"]).experiment.hparam_infos
     assert {i.name for i in infos if i.differs} == {"norm", "batch_size", "lr"}
-    assert all(r["status"] == "completed" and r["threads"] == 1 for r in records.values())  # 2 cores / 2 jobs
+    assert all(r.status == "completed" and r.threads == 1 for r in records.values())  # 2 cores / 2 jobs
 
     with (sweep_dir / "summary.csv").open() as f:
         rows = {row["run"]: row for row in csv.DictReader(f)}
     assert set(rows) == RUNS
     for name, record in records.items():
-        assert float(rows[name]["val_acc"]) == record["metrics"]["val_acc"]
+        assert float(rows[name]["val_acc"]) == record.metrics.val_acc
     summary = json.loads((sweep_dir / "summary.json").read_text())
     assert len(summary["groups"]) == 4 and all(g["completed"] == 1 for g in summary["groups"])
 
@@ -48,7 +48,7 @@ def test_joblib_sweep_summary_report_and_rerun(tmp_path) -> None:
         assert (sweep_dir / name).stat().st_size > 10_000
     assert (sweep_dir / "error_vs_batch.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     markdown = (sweep_dir / "report.md").read_text()
-    bn4 = 100 * (1 - records["bn_b004"]["metrics"]["val_acc"])
+    bn4 = 100 * (1 - records["bn_b004"].metrics.val_acc)
     assert f"| bn | {bn4:.1f} |" in markdown and "![error_vs_batch](error_vs_batch.png)" in markdown
 
     stamps = {n: (sweep_dir / n / "results.json").stat().st_mtime_ns for n in RUNS}
@@ -65,9 +65,9 @@ def test_a_failing_run_is_recorded_and_the_others_complete(tmp_path) -> None:
     done = normbench("sweep", *GRID, f"hydra.sweep.dir={sweep_dir}", cwd=tmp_path)  # the basic launcher
     assert done.returncode == 0, done.stdout + done.stderr
     records = _records(sweep_dir)
-    assert records.pop("gn_b004")["status"] == "failed"
+    assert records.pop("gn_b004").status == "failed"
     assert (broken / "error.txt").exists()
-    assert [r["status"] for r in records.values()] == ["completed"] * 3
+    assert [r.status for r in records.values()] == ["completed"] * 3
     summary = summarize(sweep_dir)
     assert {r["run"]: r["status"] for r in summary["runs"]}["gn_b004"] == "failed"
     assert "failed" in done.stdout
@@ -75,7 +75,7 @@ def test_a_failing_run_is_recorded_and_the_others_complete(tmp_path) -> None:
     (broken / "checkpoint.pt").unlink()  # mended: the rerun redoes only that run
     again = normbench("sweep", *GRID, f"hydra.sweep.dir={sweep_dir}", cwd=tmp_path)
     assert again.stdout.count("Skipping") == 3
-    assert all(r["status"] == "completed" for r in _records(sweep_dir).values())
+    assert all(r.status == "completed" for r in _records(sweep_dir).values())
 
 
 def test_seeds_are_aggregated_not_separate_settings(tmp_path) -> None:
@@ -85,7 +85,7 @@ def test_seeds_are_aggregated_not_separate_settings(tmp_path) -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     summary = summarize(sweep_dir)
     (group,) = summary["groups"]
-    errors = [1 - r["metrics"]["val_acc"] for r in _records(sweep_dir).values()]
+    errors = [1 - r.metrics.val_acc for r in _records(sweep_dir).values()]
     assert group["completed"] == 3 and group["seeds"] == [0, 1, 2]
     assert sorted(_records(sweep_dir)) == ["gn_b008_seed000", "gn_b008_seed001", "gn_b008_seed002"]
     assert group["val_err_mean"] == sum(errors) / 3
@@ -97,7 +97,7 @@ def test_submitit_launcher_runs_jobs_through_its_local_executor(tmp_path) -> Non
     done = normbench("sweep", "norm=bn,ln", "batch_size=8", *GRID[2:], "hydra/launcher=submitit_local",
                      f"hydra.sweep.dir={sweep_dir}", cwd=tmp_path)  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
-    assert {n: r["status"] for n, r in _records(sweep_dir).items()} == {"bn_b008": "completed", "ln_b008": "completed"}
+    assert {n: r.status for n, r in _records(sweep_dir).items()} == {"bn_b008": "completed", "ln_b008": "completed"}
     shown = normbench("run", "hydra/launcher=slurm", "--cfg", "hydra", cwd=tmp_path)
     assert "submitit_launcher.SlurmLauncher" in shown.stdout and "cpus_per_task: 4" in shown.stdout
 

@@ -1,0 +1,154 @@
+"""Construction of a run: from a composed config to the model, optimizer, schedule, budget and batches.
+
+Nothing here trains. The config has been checked at composition (types, ranges, cross-key rules such as
+budget=steps needing max_steps, or a batch no larger than the training set), so the builders do not check again.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from omegaconf import DictConfig
+from torch import nn
+
+from normbench.data import Batches, ImageData, load_data
+from normbench.devices import select_device
+from normbench.evaluation import has_running_stats
+from normbench.models import build_model, count_parameters
+from normbench.record import Budget
+
+
+def effective_lr(optim: DictConfig, batch_size: int) -> float:
+    """optim.lr is the rate at optim.base_batch_size, scaled to the run's batch size.
+
+    linear: lr · B / base (Goyal et al. 2017, the GroupNorm paper's setting); sqrt: lr · sqrt(B / base);
+    none: lr as given.
+    """
+    ratio = batch_size / optim.base_batch_size
+    scale = {"linear": ratio, "sqrt": math.sqrt(ratio), "none": 1.0}[optim.lr_scaling]
+    return float(optim.lr * scale)
+
+
+# Each optimizer from its parameter groups, the effective lr and the `optim` config group.
+OPTIMIZERS: dict[str, Callable[[list[dict[str, Any]], float, DictConfig], torch.optim.Optimizer]] = {
+    "sgd": lambda groups, lr, o: torch.optim.SGD(groups, lr=lr, momentum=o.momentum, nesterov=o.nesterov),
+    "adamw": lambda groups, lr, o: torch.optim.AdamW(groups, lr=lr, betas=tuple(o.betas)),
+}
+
+
+def build_optimizer(model: nn.Module, optim: DictConfig, lr: float) -> torch.optim.Optimizer:
+    # Weight decay on weight matrices and kernels only: decaying γ, β and biases fights the normalization.
+    decay = [p for p in model.parameters() if p.dim() > 1]
+    no_decay = [p for p in model.parameters() if p.dim() <= 1]
+    groups = [{"params": decay, "weight_decay": optim.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return OPTIMIZERS[optim.name](groups, lr, optim)
+
+
+def lr_lambda(schedule: str, warmup_steps: int, total_steps: int) -> Callable[[int], float]:
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        if schedule == "constant":
+            return 1.0
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
+
+
+def make_budget(cfg: DictConfig, train_size: int) -> Budget:
+    """Steps per epoch count full batches only (incomplete ones are dropped); max_steps caps an epoch budget."""
+    steps_per_epoch = train_size // cfg.batch_size
+    total = cfg.max_steps if cfg.budget == "steps" else min(cfg.epochs * steps_per_epoch, cfg.max_steps or math.inf)
+    return Budget(cfg.budget, total, math.ceil(total / steps_per_epoch), steps_per_epoch)
+
+
+def make_deterministic() -> None:
+    """Bitwise-repeatable GPU runs, at some speed: CPU runs are repeatable without it.
+
+    cuBLAS needs a fixed workspace (set before its first use), cuDNN must not pick kernels by timing, and
+    PyTorch must refuse ops that have no deterministic kernel.
+    """
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.backends.cudnn.benchmark = False
+    torch.use_deterministic_algorithms(True)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+@dataclass
+class Setup:
+    """What a run is built from. `forward` is the module the training step calls: `model` itself, or its
+    compiled version (evaluation and probed steps use `model`, eager)."""
+
+    device: torch.device
+    model: nn.Module
+    forward: Callable[..., torch.Tensor]
+    params: int
+    lr: float
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    budget: Budget
+    autocast: AbstractContextManager[Any]
+    memory_format: str
+    train_batches: Batches
+    val_batches: Batches
+    # BN-family models with eval.bn_modes: validation batches of the training batch size (batch statistics
+    # depend on it); None otherwise.
+    val_at_train_batch_size: Batches | None
+
+
+def set_up(cfg: DictConfig, data: ImageData | None = None) -> Setup:
+    """Build everything in a fixed order from the seed, so that the same config gives the same run."""
+    device = select_device(cfg.device)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    if cfg.train.deterministic:
+        make_deterministic()
+    seed_everything(cfg.seed)
+    data = data or load_data(cfg.data)
+    budget = make_budget(cfg, len(data.train_labels))
+    model = build_model(cfg.model, cfg.norm, data.num_classes).to(device)
+    channels_last = cfg.train.channels_last
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    lr = effective_lr(cfg.optim, cfg.batch_size)
+    optimizer = build_optimizer(model, cfg.optim, lr)
+    schedule = lr_lambda(cfg.optim.schedule, cfg.optim.warmup_steps, budget.total_steps)
+    amp = cfg.train.amp and device.type == "cuda"
+    common = dict(mean=data.mean, std=data.std, device=device, channels_last=channels_last)
+    train_batches = Batches(
+        data.train_images, data.train_labels, cfg.batch_size, train=True, augment=cfg.data.augment, seed=cfg.seed,
+        **common,
+    )  # fmt: skip
+    val_batches = Batches(data.val_images, data.val_labels, cfg.eval.batch_size, train=False, **common)
+    bn_modes = cfg.eval.bn_modes and any(has_running_stats(m) for m in model.modules())
+    # The validation images already on the device, cut into batches of the training batch size.
+    small = min(cfg.batch_size, len(val_batches.labels))
+    return Setup(
+        device=device,
+        model=model,
+        forward=torch.compile(model) if cfg.train.compile else model,
+        params=count_parameters(model),
+        lr=lr,
+        optimizer=optimizer,
+        scheduler=torch.optim.lr_scheduler.LambdaLR(optimizer, schedule),
+        budget=budget,
+        autocast=torch.autocast("cuda", dtype=torch.bfloat16) if amp else nullcontext(),
+        memory_format="channels_last" if channels_last else "contiguous",
+        train_batches=train_batches,
+        val_batches=val_batches,
+        val_at_train_batch_size=(
+            Batches(val_batches.images, val_batches.labels, small, train=False, **common) if bn_modes else None
+        ),
+    )
