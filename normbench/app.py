@@ -19,13 +19,12 @@ from rich.console import Console
 from rich.table import Table
 
 from normbench import results as R
+from normbench import schema
 from normbench.config import config_dir, validate
 from normbench.errors import EXIT_CRASH, NormbenchError
 from normbench.sweeps import jobs_threads, same_run
 
 console = Console()
-# Keys that may differ between two attempts at the same run without making it a different run.
-VOLATILE_KEYS = ("resume", "threads", "quiet", "device")
 
 
 def print_error(error: BaseException, where: str = "") -> None:
@@ -74,7 +73,7 @@ def failure_record(cfg: DictConfig, status: str, reason: str) -> dict[str, Any]:
 
 def check_reuse(run_dir: Path, previous: dict[str, Any], cfg: DictConfig, multirun: bool) -> None:
     """Refuse to train into a directory that holds another run, or a finished one outside a sweep."""
-    if not same_run(previous.get("config", {}), cfg, VOLATILE_KEYS):
+    if not same_run(previous.get("config", {}), cfg, schema.VOLATILE):
         raise NormbenchError(
             f"{run_dir} already holds a different run (its results.json has another config). "
             "Choose another directory (hydra.run.dir / hydra.sweep.dir)."
@@ -145,6 +144,7 @@ def record_failure(cfg: DictConfig, run_dir: Path, reason: str) -> None:
 
 def hydra_main(argv: list[str]) -> int:
     """Run Hydra's entry point with `argv` as the command line; return the exit code."""
+    schema.register()
     saved = sys.argv
     sys.argv = ["normbench", *argv]
     try:

@@ -27,9 +27,9 @@ from rich.table import Table
 from normbench import results as R
 from normbench.config import override_key
 from normbench.errors import ConfigError
+from normbench.schema import VOLATILE
 
 AXES = ("model", "norm", "batch_size", "seed")  # what a table shows; the rest of an override is a "variant"
-VOLATILE = ("resume", "threads", "quiet", "device")
 RUN_COLUMNS = (
     "run",
     "status",
