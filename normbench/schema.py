@@ -27,7 +27,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import typing
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from functools import cache
@@ -173,7 +173,7 @@ class AdamW(OptimConfig):
     name: str = "adamw"
     lr: float = setting(2.0e-3, gt=0)
     lr_scaling: LrScaling = LrScaling.sqrt
-    betas: list[float] = setting([0.9, 0.999], ge=0, lt=1)
+    betas: list[float] = setting([0.9, 0.999], ge=0, lt=1)  # noqa: RUF009 (setting() returns a field)
     weight_decay: float = setting(0.05, ge=0)
 
 
@@ -213,7 +213,7 @@ class Config:
     max_steps: int | None = setting(None, ge=1, null="no cap")
     budget: Budget = Budget.epochs
     seed: int = 0
-    device: Device = setting(Device.auto, volatile=True)
+    device: Device = setting(Device.auto, volatile=True)  # noqa: RUF009 (setting() returns a field)
     threads: int | None = setting(None, ge=1, null="all cores, divided among parallel sweep jobs", volatile=True)
     resume: bool = setting(False, volatile=True)  # continue from the run directory's checkpoint
     quiet: bool = setting(False, volatile=True)  # no live progress bar
@@ -374,11 +374,9 @@ def _show(value: Any) -> str:
 
 
 def _in_range(value: Any, m: typing.Mapping[str, Any]) -> bool:
+    ge, gt, lt = m.get("ge"), m.get("gt"), m.get("lt")
     items = value if isinstance(value, list) else [value]
-    return all(
-        (m.get("ge") is None or v >= m["ge"]) and (m.get("gt") is None or v > m["gt"]) and (m.get("lt") is None or v < m["lt"])
-        for v in items
-    )
+    return all((ge is None or v >= ge) and (gt is None or v > gt) and (lt is None or v < lt) for v in items)
 
 
 def _check_node(node: DictConfig, prefix: str = "") -> None:
@@ -443,4 +441,3 @@ def check(cfg: DictConfig) -> None:
             f"batch_size={cfg.batch_size} is larger than the {train_images} training images of data={data.name}, "
             "so an epoch would have no full batch (incomplete batches are dropped). Use a smaller batch_size."
         )
-
