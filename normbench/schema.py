@@ -305,7 +305,7 @@ def __getattr__(name: str) -> type:
     # Derived classes are found by name, so that configs holding them pickle (Hydra's joblib launcher
     # sends the ConfigStore to its workers).
     group, _, option = name.partition("_")
-    schema = group_schemas().get(group.lower(), {}).get(option)
+    schema = group_schemas()[group.lower()].get(option) if group in ("Model", "Norm") else None
     if schema is None or schema.__name__ != name:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     return schema
