@@ -14,8 +14,10 @@ import pytest
 import yaml
 from conftest import ROOT, normbench
 from omegaconf import OmegaConf
+from typer.testing import CliRunner
 
 from normbench import schema
+from normbench.cli import app
 from normbench.config import _compose, compose_config, sweep_jobs
 from normbench.errors import ConfigError
 
@@ -80,21 +82,34 @@ def test_compose_config_refuses_with_one_paragraph_naming_key_and_value(override
     assert named in one_paragraph(str(refused.value))
 
 
-def test_the_command_refuses_every_bad_value_in_a_real_process_and_writes_nothing(tmp_path) -> None:
-    def attempt(case: tuple[int, list[str]]) -> tuple[list[str], subprocess.CompletedProcess[str], Path]:
-        i, overrides = case
-        cwd = tmp_path / str(i)
-        cwd.mkdir()
-        return overrides, normbench("run", *overrides, cwd=cwd), cwd
+@pytest.mark.parametrize(("overrides", "named"), BAD)
+def test_the_command_refuses_every_bad_value_and_writes_nothing(overrides, named, tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    done = CliRunner().invoke(app, ["run", *overrides], env={"COLUMNS": "200"})
+    assert done.exit_code == 2, done.output
+    assert named in one_paragraph(done.output)
+    assert not any(tmp_path.iterdir())  # no run directory, no outputs/, no log
 
-    named = {" ".join(o): n for o, n in BAD}
-    with ThreadPoolExecutor(max_workers=4) as pool:  # about 5 s of start-up each: torch, Hydra
-        results = list(pool.map(attempt, enumerate(o for o, _ in BAD)))
-    for overrides, done, cwd in results:
-        assert done.returncode == 2, (overrides, done.stdout, done.stderr)
-        assert done.stderr == "", (overrides, done.stderr)
-        assert named[" ".join(overrides)] in one_paragraph(done.stdout), (overrides, done.stdout)
-        assert not any(cwd.iterdir()), overrides  # no run directory, no outputs/, no log
+
+# One row per kind of refusal, in real processes (about 5 s of start-up each: torch, Hydra).
+REAL = ["batch_size=abc", "train.compile=maybe", "optim.lr=fast", "budget=forever", "data.val_size=0",
+        "budget=steps", "+no_such_key=1"]  # fmt: skip
+
+
+def test_a_real_process_refuses_each_kind_of_bad_value_and_writes_nothing(tmp_path) -> None:
+    def attempt(override: str) -> tuple[str, subprocess.CompletedProcess[str], Path]:
+        cwd = tmp_path / override.strip("+")
+        cwd.mkdir()
+        return override, normbench("run", override, cwd=cwd), cwd
+
+    named = {o: n for (o, *_), n in BAD}
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        results = list(pool.map(attempt, REAL))
+    for override, done, cwd in results:
+        assert done.returncode == 2, (override, done.stdout, done.stderr)
+        assert done.stderr == "", (override, done.stderr)
+        assert named[override] in one_paragraph(done.stdout), (override, done.stdout)
+        assert not any(cwd.iterdir()), override
 
 
 def test_model_defaults_are_the_model_classes_signature_defaults() -> None:
