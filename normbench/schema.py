@@ -237,7 +237,7 @@ VOLATILE: tuple[str, ...] = tuple(_volatile(Config))
 # --- the derived part: models and norms -----------------------------------------------------------------
 
 # Model constructor arguments that the data fixes (3×32×32 images, 10 classes) or the norm registry fills.
-FIXED_MODEL_ARGS = ("self", "norm_layer", "num_classes", "in_channels", "in_features", "image_size")
+FIXED_MODEL_ARGS = ("norm_layer", "num_classes", "in_channels", "in_features", "image_size")
 
 
 def _config_type(hint: Any) -> Any:
@@ -255,7 +255,8 @@ def _derived(group: str, option: str, base: type, options: dict[str, tuple[Any, 
     """The dataclass `Group_option` extending `base` with one field per option (key -> (type, default))."""
     name = f"{group.capitalize()}_{option}"
     fields: list[tuple[str, Any, Any]] = [("name", str, field(default=option))]
-    fields += [(key, _config_type(hint), setting(default)) for key, (hint, default) in options.items()]
+    for key, (hint, default) in options.items():
+        fields.append((key, _config_type(hint), setting(MISSING if default is inspect.Parameter.empty else default)))
     cls = dataclasses.make_dataclass(name, fields, bases=(base,), namespace={"__module__": __name__})
     cls.__doc__ = doc
     return cls
@@ -267,7 +268,7 @@ def _model_schemas() -> dict[str, type]:
     schemas = {}
     for model, (cls, text) in MODELS.items():
         hints = typing.get_type_hints(cls.__init__)
-        params = inspect.signature(cls.__init__).parameters.values()
+        params = inspect.signature(cls).parameters.values()
         options = {p.name: (hints[p.name], p.default) for p in params if p.name not in FIXED_MODEL_ARGS}
         schemas[model] = _derived("model", model, ModelConfig, options, text)
     return schemas
@@ -311,6 +312,7 @@ def __getattr__(name: str) -> type:
     return schema
 
 
+@cache  # once per process; Hydra's launchers hand the ConfigStore to their workers
 def register() -> None:
     """Put the schema into Hydra's ConfigStore: `schema` (the root) and `schema/GROUP/OPTION`."""
     store = ConfigStore.instance()
@@ -320,12 +322,13 @@ def register() -> None:
             store.store(group=f"schema/{group}", name=option, node=schema)
 
 
-def _exclude_from_run_names(*keys: str) -> list[str]:
+def _volatile_and(*keys: str) -> list[str]:
     return [*keys, *VOLATILE]
 
 
-# Used by config.yaml's hydra.job.config.override_dirname.exclude_keys: volatile keys never name a run.
-OmegaConf.register_new_resolver("normbench.unnamed", _exclude_from_run_names, replace=True)
+# config.yaml's hydra.job.config.override_dirname.exclude_keys: volatile keys never name a run directory.
+# Registered on import: every process that composes (also a launcher's worker) imports this module first.
+OmegaConf.register_new_resolver("normbench.volatile_and", _volatile_and, replace=True)
 
 
 # --- checks ---------------------------------------------------------------------------------------------
@@ -339,18 +342,16 @@ def describe(schema: type, key: str) -> str:
     optional = type(None) in args
     if optional:
         (hint,) = [a for a in args if a is not type(None)]
-    words = type_words(hint)
     m = f.metadata
-    bounds = [f">= {m['ge']}" if m.get("ge") is not None else "", f"> {m['gt']}" if m.get("gt") is not None else ""]
-    if m.get("lt") is not None:
-        bounds.append(f"< {m['lt']}")
-    text = f"{words} {' and '.join(b for b in bounds if b)}".strip()
+    limits = [f"{op} {m[k]}" for k, op in (("ge", ">="), ("gt", ">"), ("lt", "<")) if m.get(k) is not None]
+    text = f"{type_words(hint)} {' and '.join(limits)}".strip()
     if optional:
         text += f", or null ({m['null']})" if m.get("null") else ", or null"
     return text
 
 
 def type_words(hint: Any) -> str:
+    """A type in words: "a whole number", "a list of numbers", "one of epochs, steps"."""
     if typing.get_origin(hint) is list:
         return f"a list of {type_words(typing.get_args(hint)[0]).removeprefix('a ')}s"
     if isinstance(hint, type) and issubclass(hint, Enum):
@@ -391,7 +392,7 @@ def _check_node(node: DictConfig, prefix: str = "") -> None:
         if key not in fields:
             raise unknown_key(full, schema)
         value = node[key]
-        if isinstance(value, DictConfig):
+        if isinstance(value, DictConfig) and dataclasses.is_dataclass(OmegaConf.get_type(value)):
             _check_node(value, f"{full}.")
         elif value is not None and not _in_range(_plain(value), fields[key].metadata):
             raise _fail(full, value, "it must be " + describe(schema, key))

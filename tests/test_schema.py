@@ -115,9 +115,9 @@ def test_a_real_process_refuses_each_kind_of_bad_value_and_writes_nothing(tmp_pa
 def test_model_defaults_are_the_model_classes_signature_defaults() -> None:
     from normbench.models import MODELS
 
-    data_given = {"self", "norm_layer", "num_classes", "in_channels", "in_features", "image_size"}
+    data_given = {"norm_layer", "num_classes", "in_channels", "in_features", "image_size"}
     for name, (cls, _) in MODELS.items():
-        params = inspect.signature(cls.__init__).parameters.values()
+        params = inspect.signature(cls).parameters.values()
         expected = {p.name: p.default for p in params if p.name not in data_given}
         composed = OmegaConf.to_container(compose_config([f"model={name}", "norm=ln"]).model)
         assert composed.pop("name") == name
