@@ -132,7 +132,10 @@ def test_norm_defaults_are_the_builders_keyword_defaults() -> None:
         expected = {p.name: p.default for p in params if p.kind is p.KEYWORD_ONLY}
         composed = OmegaConf.to_container(_compose([f"norm={name}"]).norm)  # the schema alone: no model built
         assert composed.pop("name") == name
+        impl = composed.pop("impl")
+        assert impl == expected.pop("impl", impl), name  # a registry may add impl itself, outside the signature
         assert composed == expected, name
+    assert _compose(["norm=brn"]).norm.impl == "reference"  # PyTorch has no Batch Renormalization kernel
 
 
 def test_group_yaml_files_only_select_their_schema() -> None:
