@@ -165,6 +165,7 @@ def list_() -> None:
     from normbench.data import DATASETS
     from normbench.models import MODELS
     from normbench.norms import NORMS
+    from normbench.schema import group_schemas
 
     table = Table(title="normbench: what can be chosen", show_lines=False)
     table.add_column("group")
@@ -177,8 +178,8 @@ def list_() -> None:
         table.add_row("model", name, text)
     for name, text in DATASETS.items():
         table.add_row("data", name, text)
-    table.add_row("optim", "sgd", "SGD with momentum; lr scaled linearly with batch size from optim.base_batch_size")
-    table.add_row("optim", "adamw", "AdamW; lr scaled with sqrt of batch size")
+    for name, optim in group_schemas()["optim"].items():
+        table.add_row("optim", name, optim.__doc__)
     console.print(table)
 
 

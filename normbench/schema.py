@@ -159,7 +159,7 @@ class OptimConfig:
 
 @dataclass
 class SGD(OptimConfig):
-    """SGD with momentum."""
+    """SGD with momentum; lr scaled linearly with batch size from optim.base_batch_size"""
 
     name: str = "sgd"
     lr: float = setting(0.1, gt=0)
@@ -170,6 +170,8 @@ class SGD(OptimConfig):
 
 @dataclass
 class AdamW(OptimConfig):
+    """AdamW; lr scaled with the square root of batch size from optim.base_batch_size"""
+
     name: str = "adamw"
     lr: float = setting(2.0e-3, gt=0)
     lr_scaling: LrScaling = LrScaling.sqrt
