@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 from normbench import record as R
+from normbench import schema
 from normbench.config import validate
 from normbench.errors import EXIT_CRASH, NormbenchError
 from normbench.record import RunRecord
@@ -26,8 +27,6 @@ from normbench.resources import config_dir, load_plugins
 from normbench.sweeps import jobs_threads, same_run
 
 console = Console()
-# Keys that may differ between two attempts at the same run without making it a different run.
-VOLATILE_KEYS = ("resume", "threads", "quiet", "device")
 # What a run returns to optimizing sweepers (sweep.objective), with the worst value it can take: the score of a
 # run that failed or diverged, so that Optuna steers away from it instead of stopping the study.
 OBJECTIVES = {"val_acc": 0.0, "val_loss": math.inf}
@@ -65,7 +64,7 @@ def print_summary(record: RunRecord) -> None:
 
 def check_reuse(run_dir: Path, previous: RunRecord, cfg: DictConfig, multirun: bool) -> None:
     """Refuse to train into a directory that holds another run, or a finished one outside a sweep."""
-    if not same_run(previous.config, cfg, VOLATILE_KEYS):
+    if not same_run(previous.config, cfg, schema.VOLATILE):
         raise NormbenchError(
             f"{run_dir} already holds a different run (its results.json has another config). "
             "Choose another directory (hydra.run.dir / hydra.sweep.dir)."
@@ -152,6 +151,7 @@ def scored_task(cfg: DictConfig) -> float:
 
 def hydra_main(argv: list[str]) -> int:
     """Run Hydra's entry point with `argv` as the command line; return the exit code."""
+    schema.register()
     saved = sys.argv
     sys.argv = ["normbench", *argv]
     try:

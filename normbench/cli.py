@@ -115,15 +115,6 @@ OVERRIDES = typer.Argument(
 DEBUG = typer.Option(False, "--debug", help="Show tracebacks for errors.")
 
 
-def _check_objective(cfg: object) -> None:
-    from normbench.app import OBJECTIVES
-    from normbench.errors import ConfigError
-
-    name = cfg.sweep.objective  # type: ignore[attr-defined]
-    if name not in OBJECTIVES:
-        raise ConfigError(f"sweep.objective={name} is not valid: allowed: {', '.join(OBJECTIVES)}.")
-
-
 @app.command(context_settings=PASS_THROUGH)
 def run(overrides: list[str] | None = OVERRIDES, debug: bool = DEBUG) -> None:
     """Train one run. OVERRIDES change the composed config, in Hydra's override grammar.
@@ -154,14 +145,12 @@ def run(overrides: list[str] | None = OVERRIDES, debug: bool = DEBUG) -> None:
     """
     _set_debug(debug)
     from normbench.app import hydra_main
-    from normbench.config import compose_config, validate
+    from normbench.config import compose_config
 
     args = list(overrides or [])
     if _overrides_only(args):
         try:
-            cfg = compose_config(args)
-            validate(cfg)
-            _check_objective(cfg)
+            compose_config(args)  # validated: refuses what the run would refuse
         except NormbenchError as error:
             raise _fail(error) from None
     raise typer.Exit(hydra_main(_hydra_args(args)))
@@ -197,19 +186,17 @@ def _preflight(args: list[str]) -> int:
     runs as they go, so the config without the swept keys is checked, and the objective they optimize."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    from normbench.config import compose_config, sweep_jobs, validate
+    from normbench.config import _compose, compose_config, sweep_jobs
 
     parsed = OverridesParser.create().parse_overrides(args)
     fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
-    base = compose_config(fixed, with_hydra=True)
-    _check_objective(base)
-    if base.hydra.runtime.choices["hydra/sweeper"] != "basic":
-        validate(compose_config(_app_overrides(fixed)))
+    if _compose(fixed, with_hydra=True).hydra.runtime.choices["hydra/sweeper"] != "basic":
+        compose_config(_app_overrides(fixed))  # validated, objective included
         return 0
     jobs = sweep_jobs(args)
     for job in jobs:
         try:
-            validate(compose_config(_app_overrides(job)))
+            compose_config(_app_overrides(job))
         except NormbenchError as error:
             raise type(error)(f"in the run {' '.join(job)}: {error}") from None
     return len(jobs)
@@ -289,6 +276,7 @@ def list_() -> None:
     """The registered norms, models, datasets and optimizers, with one line each."""
     from normbench.data import DATASETS
     from normbench.models import MODELS
+    from normbench.schema import group_schemas
 
     table = Table(title="normbench: what can be chosen", show_lines=False)
     table.add_column("group")
@@ -301,8 +289,8 @@ def list_() -> None:
         table.add_row("model", name, text)
     for name, text in DATASETS.items():
         table.add_row("data", name, text)
-    table.add_row("optim", "sgd", "SGD with momentum; lr scaled linearly with batch size from optim.base_batch_size")
-    table.add_row("optim", "adamw", "AdamW; lr scaled with sqrt of batch size")
+    for name, optim in group_schemas()["optim"].items():
+        table.add_row("optim", name, optim.__doc__)
     console.print(table)
 
 

@@ -2,65 +2,118 @@
 
 Runs and sweeps go through Hydra's real entry point (`app.py`); this module uses the compose API only for
 read-only work: checking every run of a command *before* anything trains, so that a typo costs a second.
+The schema itself (types, defaults, ranges, cross-key rules) is `normbench.schema`; `validate` adds what
+only this machine can tell (device present, dataset on disk, model buildable at this batch size).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 from hydra import compose, initialize_config_dir
-from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import Override
 from hydra.errors import HydraException
-from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf import DictConfig
+from omegaconf.errors import (
+    ConfigAttributeError,
+    ConfigKeyError,
+    ConfigTypeError,
+    OmegaConfBaseException,
+    ValidationError,
+)
 
-from normbench.data import DATASETS, cifar10_missing
-from normbench.devices import select_device
+from normbench import schema
 from normbench.errors import ConfigError, NormbenchError
-from normbench.models import MODELS, check_norm_shapes, split_name
-from normbench.norms import get_norm
 from normbench.resources import config_dir
+
+
+def _schema_error(error: OmegaConfBaseException) -> ConfigError | None:
+    """OmegaConf's refusal of a value or key, as a paragraph in the schema's words; None if it is not one."""
+    key = error.full_key
+    parent = error.object_type
+    if not key:
+        return None
+    if isinstance(error, (ConfigKeyError, ConfigAttributeError)):
+        return schema.unknown_key(key, parent)
+    if isinstance(error, ConfigTypeError) and "deletion" in str(error) and dataclasses.is_dataclass(parent):
+        return ConfigError(
+            f"~{key} is not allowed: every key of the schema keeps a value. Set it instead; it must be "
+            f"{schema.describe(parent, key.rpartition('.')[2])}."
+        )
+    if not isinstance(error, ValidationError):
+        return None
+    value = getattr(error, "value", "?")
+    if parent is list:  # an item of a list: say what the list holds
+        lst = re.sub(r"\[\d+\]$", "", key)
+        return ConfigError(f"{key}={value} is not valid: {lst} must be {schema.type_words(error.ref_type)}.")
+    if dataclasses.is_dataclass(parent):
+        return ConfigError(f"{key}={value} is not valid: it must be {schema.describe(parent, key.rpartition('.')[2])}.")
+    return None
 
 
 @contextmanager
 def _hydra_errors() -> Iterator[None]:
-    """Hydra's and OmegaConf's composition errors as ConfigError: their messages are already clear."""
+    """Hydra's and OmegaConf's composition errors as ConfigError: a refused value names its key and what the
+    schema allows; Hydra's other messages (an unknown group option, ...) are already clear."""
     try:
         yield
     except (HydraException, OmegaConfBaseException) as error:
+        cause = error if isinstance(error, OmegaConfBaseException) else error.__cause__
+        if isinstance(cause, OmegaConfBaseException) and (mapped := _schema_error(cause)):
+            raise mapped from None
         message = " ".join((str(error) or str(error.__cause__ or type(error).__name__)).split())
         message = message.split(" Config search path:")[0]  # Hydra's search-path dump helps nobody here
-        unknown = re.match(r"Could not override '([^']+)'", message)
-        if unknown and "not in struct" in str(error.__cause__):
-            # Hydra would suggest `+key=value`, which adds a key that normbench never reads.
-            raise ConfigError(
-                f"Unknown setting '{unknown.group(1)}': normbench has no such key. `normbench run --cfg job` prints "
-                "every key with its value; config groups are chosen with GROUP=NAME (`normbench list`)."
-            ) from None
+        unknown = re.match(r"Could not (?:override|append to config)[^']*'([^']+)'", message)
+        if unknown:
+            raise schema.unknown_key(unknown.group(1), None) from None
         raise ConfigError(f"{message} (`normbench list` shows the config groups and their options.)") from None
 
 
-def compose_config(overrides: list[str], with_hydra: bool = False) -> DictConfig:
+def _compose(overrides: list[str], with_hydra: bool = False) -> DictConfig:
+    schema.register()
     with _hydra_errors(), initialize_config_dir(str(config_dir()), version_base="1.3"):
         return compose("config", overrides=overrides, return_hydra_config=with_hydra)
 
 
+def compose_config(overrides: list[str]) -> DictConfig:
+    """The config these overrides describe, validated (`validate`): what every consumer gets."""
+    cfg = _compose(overrides)
+    validate(cfg)
+    return cfg
+
+
 def sweep_jobs(overrides: list[str]) -> list[list[str]]:
-    """Every run of a sweep as its own override list, expanded the way Hydra's basic sweeper does,
-    including a `sweep=` preset's `hydra.sweeper.params` (the command line wins on the same key)."""
+    """Every run of a sweep as its own override list: the product of the swept keys' values, as Hydra's
+    basic sweeper expands it, including a `sweep=` preset's `hydra.sweeper.params` (the command line wins)."""
     with _hydra_errors():
         parsed = OverridesParser.create().parse_overrides(overrides)
         fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
-        preset = compose_config(fixed, with_hydra=True).hydra.sweeper.get("params") or {}
+        preset = _compose(fixed, with_hydra=True).hydra.sweeper.get("params") or {}
         given = {o.get_key_element() for o in parsed}
         from_preset = [f"{key}={value}" for key, value in preset.items() if key not in given]
         everything = OverridesParser.create().parse_overrides([*from_preset, *overrides])
-        return BasicSweeper.split_arguments(everything, None)[0]
+    axes: dict[str, list[str]] = {}  # a key given twice: the last one counts, as in Hydra
+    for override in everything:
+        axes[override.get_key_element()] = _values(override)
+    return [list(job) for job in itertools.product(*axes.values())]
+
+
+def _values(override: Override) -> list[str]:
+    key = override.get_key_element()
+    if not override.is_sweep_override():
+        return [f"{key}={override.get_value_element_as_str()}"]
+    if not override.is_discrete_sweep():
+        raise ConfigError(
+            f"{override.input_line}: normbench sweeps lists of values (a,b,c), choice() and range(); "
+            "interval() needs a sweeper plugin that samples it."
+        )
+    return [f"{key}={value}" for value in override.sweep_string_iterator()]
 
 
 def override_key(override: str) -> str:
@@ -74,95 +127,31 @@ def name_runs_by_swept_keys(overrides: list[str]) -> list[str]:
     with _hydra_errors():
         parsed = OverridesParser.create().parse_overrides(overrides)
         fixed = [o.get_key_element() for o in parsed if not o.is_sweep_override()]
-        base = compose_config([], with_hydra=True).hydra.job.config.override_dirname.exclude_keys
+    base = _compose([], with_hydra=True).hydra.job.config.override_dirname.exclude_keys
     keys = list(dict.fromkeys([*base, *(k for k in fixed if not k.startswith("hydra"))]))
     return [*overrides, f"hydra.job.config.override_dirname.exclude_keys=[{','.join(keys)}]"]
 
 
-def _fail(key: str, value: Any, allowed: str) -> ConfigError:
-    return ConfigError(f"{key}={value} is not valid: {allowed}.")
-
-
-def _positive_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
-
-
 def validate(cfg: DictConfig) -> None:
-    """Raise a ConfigError naming the key, its bad value and what is allowed; cheap, runs before training."""
-    if not _positive_int(cfg.batch_size):
-        raise _fail("batch_size", cfg.batch_size, "it must be a whole number >= 1")
-    if not _positive_int(cfg.epochs):
-        raise _fail("epochs", cfg.epochs, "it must be a whole number >= 1")
-    if cfg.max_steps is not None and not _positive_int(cfg.max_steps):
-        raise _fail("max_steps", cfg.max_steps, "it must be a whole number >= 1, or null for no cap")
-    if cfg.budget not in ("epochs", "steps"):
-        raise _fail("budget", cfg.budget, "allowed: epochs (same data seen), steps (same optimizer steps)")
-    if cfg.budget == "steps" and cfg.max_steps is None:
-        raise _fail("max_steps", None, "budget=steps trains for max_steps optimizer steps, so set it (e.g. 2000)")
-    if cfg.threads is not None and not _positive_int(cfg.threads):
-        raise _fail("threads", cfg.threads, "it must be a whole number >= 1, or null for all cores")
-    if not isinstance(cfg.seed, int):
-        raise _fail("seed", cfg.seed, "it must be a whole number")
-    for key in ("eval.batch_size", "log.every"):
-        if not _positive_int(OmegaConf.select(cfg, key)):
-            raise _fail(key, OmegaConf.select(cfg, key), "it must be a whole number >= 1")
-    for key in ("log.hist_every", "eval.precise_bn_batches"):
-        value = OmegaConf.select(cfg, key)
-        if not isinstance(value, int) or value < 0:
-            raise _fail(key, value, "it must be a whole number >= 0 (0 turns it off)")
-    _validate_optim(cfg.optim)
-    if cfg.device not in ("auto", "cpu", "cuda", "mps"):
-        raise _fail("device", cfg.device, "allowed: auto, cpu, cuda, mps")
+    """Raise a ConfigError naming the key, its bad value and what is allowed; cheap, runs before training.
+    Every config goes through here: `compose_config` for tests and scripts, the Hydra task for runs."""
+    schema.check(cfg)
+    from normbench.devices import select_device  # deferred: this module is imported without torch
+
     select_device(cfg.device)
-    if cfg.model.name not in MODELS:
-        raise _fail("model", cfg.model.name, f"models: {', '.join(MODELS)}")
-    get_norm(cfg.norm.name)
-    train_size = _validate_data(cfg.data)
-    if cfg.batch_size > train_size:
-        raise ConfigError(
-            f"batch_size={cfg.batch_size} is larger than the {train_size} training images of data={cfg.data.name}, "
-            "so an epoch would have no full batch (incomplete batches are dropped). Use a smaller batch_size."
-        )
+    if cfg.data.name == "cifar10" and not cfg.data.download:
+        from normbench.data import cifar10_missing, load_cifar10
+
+        if cifar10_missing(Path(cfg.data.root).expanduser()):
+            load_cifar10(cfg.data.root, download=False)  # raises the full "where and how" message
     _validate_model(cfg)
-
-
-def _validate_optim(optim: DictConfig) -> None:
-    if optim.name not in ("sgd", "adamw"):
-        raise _fail("optim", optim.name, "optimizers: sgd, adamw")
-    if not isinstance(optim.lr, (int, float)) or not optim.lr > 0:
-        raise _fail("optim.lr", optim.lr, "the learning rate must be a number > 0")
-    if optim.lr_scaling not in ("linear", "sqrt", "none"):
-        raise _fail("optim.lr_scaling", optim.lr_scaling, "allowed: linear, sqrt, none")
-    if not _positive_int(optim.base_batch_size):
-        raise _fail("optim.base_batch_size", optim.base_batch_size, "it must be a whole number >= 1")
-    if optim.schedule not in ("cosine", "constant"):
-        raise _fail("optim.schedule", optim.schedule, "allowed: cosine, constant")
-    if not isinstance(optim.warmup_steps, int) or optim.warmup_steps < 0:
-        raise _fail("optim.warmup_steps", optim.warmup_steps, "it must be a whole number >= 0")
-    if not optim.weight_decay >= 0:
-        raise _fail("optim.weight_decay", optim.weight_decay, "it must be >= 0")
-
-
-def _validate_data(data: DictConfig) -> int:
-    """Check the dataset is there (without loading it); return the number of training images."""
-    if data.name not in DATASETS:
-        raise _fail("data", data.name, f"datasets: {', '.join(DATASETS)}")
-    if data.name == "cifar10":
-        total = 50_000
-        if not data.download and cifar10_missing(Path(data.root).expanduser()):
-            from normbench.data import load_cifar10
-
-            load_cifar10(data.root, download=False)  # raises the full "where and how" message
-    else:
-        total = data.train_size
-    if data.subset is not None and not (_positive_int(data.subset) and data.subset <= total):
-        raise _fail("data.subset", data.subset, f"it must be between 1 and {total} (the training images)")
-    return data.subset or total
 
 
 def _validate_model(cfg: DictConfig) -> None:
     """Build the model on the meta device and run one training-mode forward of the configured batch size, each
     norm layer checking its input shape, so shape-dependent refusals surface now rather than at step one."""
+    from normbench.models import check_norm_shapes, split_name
+
     try:
         check_norm_shapes(cfg.model, cfg.norm, cfg.batch_size)
     except NormbenchError:

@@ -126,10 +126,6 @@ MEAN_STD = 0.202  # E[per-image std]
 CONTRAST_SPREAD = 0.35  # σ of log(per-image contrast): the least constrained figure, see docs/science.md
 BRIGHTNESS_SPREAD = 0.12  # σ of the per-image brightness offset, common to the channels
 CAST_SPREAD = 0.04  # σ of the per-image, per-channel colour cast
-GENERATORS = {
-    "v2": "class in spatial structure only; brightness, contrast and colour cast drawn per image (default)",
-    "v1": "normbench ≤ 0.x: per-image channel statistics carry the class (44% from them alone); for old results",
-}
 
 
 def _smooth_noise(n: int, grid: int, size: int, generator: torch.Generator) -> Tensor:
@@ -182,10 +178,6 @@ def make_synthetic(
     vary; `"v1"` is the earlier generator, whose per-image channel statistics still carry the class.
     The same (sizes, seed, difficulty, generator) always gives the same images, whatever the run's seed.
     """
-    if generator not in GENERATORS:
-        raise ConfigError(
-            f"data.generator={generator} is not a synthetic generator. Generators: {', '.join(GENERATORS)}."
-        )
     g = torch.Generator().manual_seed(seed)
     n = train_size + val_size
     labels, images = _structure(n, difficulty, g)

@@ -31,9 +31,9 @@ from normbench.files import write_json
 from normbench.norms import NORMS
 from normbench.record import find_records
 from normbench.references import Reference
+from normbench.schema import VOLATILE
 
 AXES = ("model", "norm", "batch_size", "seed")  # what a table shows; the rest of an override is a "variant"
-VOLATILE = ("resume", "threads", "quiet", "device")
 RUN_COLUMNS = (
     "run",
     "status",

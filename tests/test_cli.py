@@ -55,12 +55,12 @@ BAD = [
     (["model=mlp", "batch_size=1", "norm=brn"], "or a norm that works per sample (ln, rms)."),
     (["epochs=0"], "epochs=0 is not valid"),
     (["max_steps=-5"], "max_steps=-5 is not valid"),
-    (["optim.lr=0"], "optim.lr=0 is not valid: the learning rate must be a number > 0"),
+    (["optim.lr=0"], "optim.lr=0 is not valid: it must be a number > 0"),
     (["optim.lr=-0.1"], "optim.lr=-0.1 is not valid"),
     (["device=cuda"], "device=cuda is not available on this machine. Available: cpu"),
     (["data=cifar10", "data.root=/nonexistent/cifar"], "CIFAR-10 is missing in /nonexistent/cifar"),
     (["no_such_key=1"], "Unknown setting 'no_such_key': normbench has no such key"),
-    (["budget=forever"], "budget=forever is not valid: allowed: epochs"),
+    (["budget=forever"], "budget=forever is not valid: it must be one of epochs, steps"),
     (["batch_size=100000"], "batch_size=100000 is larger than the 10000 training images"),
 ]
 

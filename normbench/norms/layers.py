@@ -124,9 +124,12 @@ class BatchRenorm(ReferenceBatchNorm):
         super().__init__(num_features, eps, momentum, affine, track_running_stats=True)
         self.r_max, self.d_max, self.warmup_steps = r_max, d_max, warmup_steps
 
-    def clip_limits(self) -> tuple[float, float]:
-        """The current (r_max, d_max), opened linearly over the warm-up."""
-        done = 1.0 if self.warmup_steps <= 0 else min(1.0, int(self.num_batches_tracked) / self.warmup_steps)
+    def clip_limits(self) -> tuple[Tensor, Tensor]:
+        """The current (r_max, d_max), opened linearly over the warm-up. Tensors, not Python numbers: no host
+        sync per step on a GPU, and shapes can be checked on the meta device."""
+        done = (self.num_batches_tracked / max(self.warmup_steps, 1)).clamp(max=1.0)
+        if self.warmup_steps <= 0:
+            done = torch.ones_like(done)
         return 1.0 + (self.r_max - 1.0) * done, self.d_max * done
 
     def forward(self, x: Tensor) -> Tensor:
@@ -137,8 +140,8 @@ class BatchRenorm(ReferenceBatchNorm):
         with torch.no_grad():
             r_max, d_max = self.clip_limits()
             sigma = torch.sqrt(self.running_var + self.eps)
-            r = (sigma_batch / sigma).clamp(1.0 / r_max, r_max)
-            d = ((mean - self.running_mean) / sigma).clamp(-d_max, d_max)
+            r = torch.clamp(sigma_batch / sigma, 1.0 / r_max, r_max)
+            d = torch.clamp((mean - self.running_mean) / sigma, -d_max, d_max)
         x_hat = (x - per_channel(mean, x)) / per_channel(sigma_batch, x) * per_channel(r, x)
         x_hat = x_hat + per_channel(d, x)
         self.update_running_stats(mean.detach(), var.detach(), n)
