@@ -29,7 +29,7 @@ import inspect
 import typing
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from enum import StrEnum
+from enum import Enum, StrEnum
 from functools import cache
 from typing import Any, ClassVar
 
