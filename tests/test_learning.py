@@ -74,7 +74,8 @@ def data() -> ImageData:
 def test_every_allowed_pair_beats_chance_within_48_steps(model, norm, data, tmp_path) -> None:
     try:
         cfg = compose_config([
-            f"model={model}", f"norm={norm}", *SMALL.get(model, []), *WIDER.get((model, norm), []), "device=cpu", "threads=1", "quiet=true",
+            f"model={model}", f"norm={norm}", *SMALL.get(model, []), *WIDER.get((model, norm), []),
+            "device=cpu", "threads=1", "quiet=true",
             f"batch_size={BATCH}", "epochs=1", f"data.train_size={TRAIN}", f"data.val_size={VAL}",
             "data.augment=false", f"eval.batch_size={VAL}", "eval.bn_modes=false", "log.activations=false",
             "optim=adamw", "optim.lr=1e-2", "optim.lr_scaling=none",
