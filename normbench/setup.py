@@ -6,6 +6,7 @@ budget=steps needing max_steps, or a batch no larger than the training set), so 
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import random
@@ -20,7 +21,7 @@ from torch import nn
 
 from normbench.data import Batches, ImageData, load_data
 from normbench.devices import select_device
-from normbench.evaluation import has_running_stats
+from normbench.evaluation import PreciseBNPlan, has_running_stats, plan_precise_bn
 from normbench.models import build_model, count_parameters
 from normbench.record import Budget
 
@@ -86,6 +87,13 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def rebatched(batches: Batches, batch_size: int) -> Batches:
+    """The same images, augmentation and draws (sharing the tensors, no copy) in batches of `batch_size`."""
+    other = copy.copy(batches)
+    other.batch_size = batch_size
+    return other
+
+
 @dataclass
 class Setup:
     """What a run is built from. `forward` is the module the training step calls: `model` itself, or its
@@ -104,13 +112,17 @@ class Setup:
     train_batches: Batches
     val_batches: Batches
     # BN-family models with eval.bn_modes: validation batches of the training batch size (batch statistics
-    # depend on it); None otherwise.
+    # depend on it), and PreciseBN's training batches of its own batch size with its plan; None otherwise.
     val_at_train_batch_size: Batches | None
+    precise_bn_batches: Batches | None = None
+    precise_bn: PreciseBNPlan | None = None
 
 
 def set_up(cfg: DictConfig, data: ImageData | None = None) -> Setup:
     """Build everything in a fixed order from the seed, so that the same config gives the same run."""
     device = select_device(cfg.device)
+    if device.type == "cuda" and device.index is None:  # the current device: a sweep job's own GPU (sweeps.py)
+        device = torch.device("cuda", torch.cuda.current_device())
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     if cfg.train.deterministic:
@@ -135,6 +147,8 @@ def set_up(cfg: DictConfig, data: ImageData | None = None) -> Setup:
     bn_modes = cfg.eval.bn_modes and any(has_running_stats(m) for m in model.modules())
     # The validation images already on the device, cut into batches of the training batch size.
     small = min(cfg.batch_size, len(val_batches.labels))
+    precise = plan_precise_bn(cfg.eval.precise_bn_images, cfg.eval.precise_bn_batch_size, len(data.train_labels))
+    precise = precise if bn_modes else None
     return Setup(
         device=device,
         model=model,
@@ -151,4 +165,7 @@ def set_up(cfg: DictConfig, data: ImageData | None = None) -> Setup:
         val_at_train_batch_size=(
             Batches(val_batches.images, val_batches.labels, small, train=False, **common) if bn_modes else None
         ),
+        # The training images already on the device (padded when augmented), in PreciseBN's batch size.
+        precise_bn_batches=rebatched(train_batches, precise.batch_size) if precise else None,
+        precise_bn=precise,
     )
