@@ -7,21 +7,27 @@ budget=steps needing max_steps, or a batch no larger than the training set), so 
 from __future__ import annotations
 
 import copy
+import dataclasses
+import hashlib
+import json
 import math
 import os
 import random
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from normbench import data as data_module
 from normbench.data import Batches, ImageData, load_data
 from normbench.devices import select_device
 from normbench.evaluation import PreciseBNPlan, has_running_stats, plan_precise_bn
+from normbench.files import write_atomic
 from normbench.models import build_model, count_parameters
 from normbench.record import Budget
 
@@ -62,6 +68,36 @@ def lr_lambda(schedule: str, warmup_steps: int, total_steps: int) -> Callable[[i
         return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
     return factor
+
+
+# Synthetic sets at least this large are made once and then read from the cache (12,000 images take 5-8 s to
+# make on 2 cores, about a tenth of the default run, and every job of a sweep made them again).
+CACHE_FROM_IMAGES = 4096
+
+
+def cached_data(cfg: DictConfig) -> ImageData:
+    """`load_data(cfg)`, kept for synthetic sets in $NORMBENCH_DATA/synthetic (default ~/.cache/normbench).
+
+    The file is named by a hash of the data config, data.py's source and torch's version, so a change to the
+    generator never reads stale images. Anything unreadable is made again."""
+    spec = OmegaConf.to_container(cfg, resolve=True)
+    if cfg.name != "synthetic" or cfg.train_size + cfg.val_size < CACHE_FROM_IMAGES:
+        return load_data(spec)  # type: ignore[arg-type]
+    source = Path(data_module.__file__).read_bytes()
+    key = hashlib.sha256(json.dumps(spec, sort_keys=True).encode() + source + torch.__version__.encode())
+    path = Path(os.environ.get("NORMBENCH_DATA", "~/.cache/normbench")).expanduser() / "synthetic"
+    path = path / f"{key.hexdigest()[:20]}.pt"
+    try:
+        return ImageData(**torch.load(path, weights_only=True))
+    except Exception:  # missing, partial or from elsewhere: make it
+        data = load_data(spec)  # type: ignore[arg-type]
+        write_atomic(path, lambda f: torch.save(_compact(data), f), binary=True)
+        return data
+
+
+def _compact(data: ImageData) -> dict[str, Any]:
+    # Each split its own storage: a slice saved as it is drags the whole array into the file.
+    return {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in dataclasses.asdict(data).items()}
 
 
 def make_budget(cfg: DictConfig, train_size: int) -> Budget:
@@ -128,7 +164,7 @@ def set_up(cfg: DictConfig, data: ImageData | None = None) -> Setup:
     if cfg.train.deterministic:
         make_deterministic()
     seed_everything(cfg.seed)
-    data = data or load_data(cfg.data)
+    data = data or cached_data(cfg.data)
     budget = make_budget(cfg, len(data.train_labels))
     model = build_model(cfg.model, cfg.norm, data.num_classes).to(device)
     channels_last = cfg.train.channels_last

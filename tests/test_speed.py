@@ -115,3 +115,22 @@ def test_a_multirun_gives_its_jobs_gpus_by_hydra_job_number(monkeypatch, tmp_pat
     code = hydra_main(["--multirun", *grid, f"hydra.sweep.dir={tmp_path}", "~hydra.callbacks.sweep_summary"])
     assert code == 0
     assert chosen == [0, 1, 2, 0]
+
+
+def test_synthetic_data_is_made_once_then_read_from_the_cache(tiny, tmp_path, monkeypatch) -> None:
+    from normbench import setup as setup_module
+    from normbench.data import load_data
+
+    monkeypatch.setenv("NORMBENCH_DATA", str(tmp_path))
+    monkeypatch.setattr(setup_module, "CACHE_FROM_IMAGES", 0)
+    cfg = tiny().data
+    made = setup_module.cached_data(cfg)
+    assert len(list((tmp_path / "synthetic").glob("*.pt"))) == 1
+    monkeypatch.setattr(setup_module, "load_data", lambda spec: pytest.fail("made again instead of read"))
+    read = setup_module.cached_data(cfg)
+    fresh = load_data(OmegaConf.to_container(cfg))
+    for split in ("train_images", "train_labels", "val_images", "val_labels"):
+        assert torch.equal(getattr(read, split), getattr(fresh, split)) and torch.equal(
+            getattr(made, split), getattr(fresh, split)
+        )
+    assert (read.mean, read.std, read.name) == (fresh.mean, fresh.std, fresh.name)
