@@ -24,7 +24,7 @@ from normbench.config import validate
 from normbench.errors import EXIT_CRASH, NormbenchError
 from normbench.record import RunRecord
 from normbench.resources import config_dir, load_plugins
-from normbench.sweeps import jobs_threads, same_run
+from normbench.sweeps import assign_job_gpu, jobs_threads, same_run
 
 console = Console()
 # What a run returns to optimizing sweepers (sweep.objective), with the worst value it can take: the score of a
@@ -85,6 +85,8 @@ def task(cfg: DictConfig) -> RunRecord | None:
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
     if multirun and cfg.threads is None:
         cfg.threads = jobs_threads(hydra_cfg)
+    if multirun:
+        assign_job_gpu(hydra_cfg)
     previous = RunRecord.read(run_dir)
     try:
         if previous is not None:

@@ -96,6 +96,26 @@ def jobs_threads(hydra_cfg: Any) -> int | None:
     return max(1, cores // n_jobs)
 
 
+def job_gpu(hydra_cfg: Any) -> int | None:
+    """The CUDA device of a multirun's job: job i on GPU i mod n of the n visible ones, so that parallel jobs
+    spread over the machine's GPUs instead of all landing on cuda:0. CUDA_VISIBLE_DEVICES chooses which GPUs
+    (and SLURM sets it per job, leaving each job its one GPU). None without CUDA."""
+    import torch
+
+    if not torch.cuda.is_available() or torch.cuda.device_count() == 0:
+        return None
+    return int(hydra_cfg.job.num) % torch.cuda.device_count()
+
+
+def assign_job_gpu(hydra_cfg: Any) -> None:
+    """Make the job's GPU the current CUDA device: `device=cuda` (and `auto`) then train there."""
+    gpu = job_gpu(hydra_cfg)
+    if gpu is not None:
+        import torch
+
+        torch.cuda.set_device(gpu)
+
+
 def _flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in config.items():

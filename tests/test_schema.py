@@ -36,7 +36,7 @@ BAD = [
     (["resume=maybe"], "resume=maybe"),
     (["train.compile=maybe"], "train.compile=maybe"),
     (["eval.batch_size=0"], "eval.batch_size=0"),
-    (["eval.precise_bn_batches=-1"], "eval.precise_bn_batches=-1"),
+    (["eval.precise_bn_images=-1"], "eval.precise_bn_images=-1"),
     (["log.every=0"], "log.every=0"),
     (["log.hist_every=-1"], "log.hist_every=-1"),
     (["log.hist_values=0"], "log.hist_values=0"),

@@ -88,7 +88,7 @@ def sweep_dir(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("sweep")
     for norm in ("bn", "gn"):
         cfg = compose_config(["data.train_size=32", "data.val_size=16", "batch_size=8", "max_steps=2", "epochs=1",
-                              "quiet=true", "eval.precise_bn_batches=1", "log.activations=false", "threads=1",
+                              "quiet=true", "eval.precise_bn_images=8", "log.activations=false", "threads=1",
                               f"norm={norm}"])  # fmt: skip
         run(cfg, root / f"norm={norm}")
     return root
@@ -145,5 +145,5 @@ def test_converged_preset_runs_at_a_tiny_scale(tmp_path) -> None:
     assert (cfg.model.name, cfg.data.name) == ("resnet20", "synthetic")
     assert dict(cfg.hydra.sweeper.params) == {"norm": "bn,gn,ln", "batch_size": "2,32", "seed": "0,1"}
     tiny = compose_config(["sweep=converged", "batch_size=2", "norm=ln", "max_steps=2", "data.train_size=16",
-                           "data.val_size=8", "eval.precise_bn_batches=1", "threads=1"])  # fmt: skip
+                           "data.val_size=8", "eval.precise_bn_images=8", "threads=1"])  # fmt: skip
     assert run(tiny, tmp_path).status == R.COMPLETED

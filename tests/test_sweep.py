@@ -15,7 +15,7 @@ from normbench.record import RunRecord
 from normbench.report import summarize
 
 GRID = ["norm=bn,gn", "batch_size=4,8", "max_steps=3", "epochs=1", "data.train_size=64", "data.val_size=32",
-        "eval.precise_bn_batches=2", "quiet=true"]  # fmt: skip
+        "eval.precise_bn_images=16", "quiet=true"]  # fmt: skip
 RUNS = {"bn_b004", "gn_b004", "bn_b008", "gn_b008"}
 
 
