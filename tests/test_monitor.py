@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from conftest import events
 from tensorboard.plugins.hparams.api_pb2 import Status
@@ -9,6 +10,7 @@ from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
 from torch import nn
 
 from normbench.data import make_synthetic
+from normbench.errors import DivergedError
 from normbench.evaluation import frozen_buffers, precise_bn
 from normbench.train import run
 
@@ -98,6 +100,15 @@ def test_hparams_session_and_custom_scalars_in_the_run_directory(tiny, tmp_path)
                                                             "val/acc_batch_stats", "val/acc_precise_bn"}  # fmt: skip
     assert not any(tag.startswith("hparam/") for tag in ea.Tags()["scalars"])  # metrics read the existing tags
     assert ea.PluginTagToContent("custom_scalars")
+
+
+def test_a_diverged_run_has_its_hparams_row_with_a_failure_status(tiny, tmp_path) -> None:
+    with pytest.raises(DivergedError):
+        run(tiny("norm=none", "optim.lr=1e9", "max_steps=30", "epochs=4", "log.every=5"), tmp_path)
+    sessions = [HParamsPluginData.FromString(c) for c in events(tmp_path).PluginTagToContent("hparams").values()]
+    start = next(s.session_start_info for s in sessions if s.HasField("session_start_info"))
+    assert start.hparams["norm"].string_value == "none" and start.hparams["lr"].number_value == 1e9 * 8 / 128
+    assert [s.session_end_info.status for s in sessions if s.HasField("session_end_info")] == [Status.STATUS_FAILURE]
 
 
 def test_batch_statistic_evaluation_leaves_running_statistics_alone() -> None:
