@@ -158,7 +158,7 @@ def test_compiled_training_logs_activations_at_its_training_steps(tiny, tmp_path
     record = run(tiny("model=mlp", "train.compile=true", "max_steps=4", "log.hist_every=2"), tmp_path)
     assert record.status == R.COMPLETED and math.isfinite(record.metrics.train_loss)
     ea = events(tmp_path)
-    for layer in ("features.2", "features.5", "features.8"):  # the mlp's norm layers
+    for layer in ("layer1.norm", "layer2.norm", "layer3.norm"):  # the mlp's norm layers
         for kind in ("pre", "post"):
             assert [h.step for h in ea.Histograms(f"act/{layer}/{kind}")] == [8, 16, 32]  # steps 1, 2, 4
         assert [e.step for e in ea.Scalars(f"bn/{layer}/mean/gap")] == [8, 16, 32]
