@@ -78,6 +78,7 @@ def check_reuse(run_dir: Path, previous: RunRecord, cfg: DictConfig, multirun: b
 
 def task(cfg: DictConfig) -> RunRecord | None:
     """One run. In a multirun a failing run is recorded and returned, so the other runs go on."""
+    from normbench.board import tensorboard_hint  # deferred, like train: both import torch
     from normbench.train import run  # deferred: keeps `--cfg`/`--help` fast
 
     hydra_cfg = HydraConfig.get()
@@ -111,6 +112,7 @@ def task(cfg: DictConfig) -> RunRecord | None:
             )
         else:
             print_summary(record)
+            console.print(tensorboard_hint(run_dir), highlight=False, soft_wrap=True)
         return record
     except NormbenchError as error:
         print_error(error, f" in {run_dir.name}" if multirun else "")
