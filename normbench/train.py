@@ -10,10 +10,8 @@ the device except when scalars are flushed every `log.every` steps. Losses are k
 from __future__ import annotations
 
 import math
-import signal
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,31 +33,7 @@ from normbench.monitor import Monitor
 from normbench.progress import ProgressBar
 from normbench.record import Epoch, Metrics, RunRecord
 from normbench.setup import Setup, set_up
-
-
-@dataclass
-class StopRequest:
-    """Set by SIGINT/SIGTERM; the loop stops at the next step boundary. A second Ctrl-C ends at once."""
-
-    signum: int | None = None
-
-    def handle(self, signum: int, frame: Any) -> None:
-        self.signum = signum
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-
-    @contextmanager
-    def installed(self) -> Iterator[StopRequest]:
-        previous = {}
-        try:
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                previous[sig] = signal.signal(sig, self.handle)
-        except ValueError:  # not the main thread (some launchers): signals stay with the launcher
-            pass
-        try:
-            yield self
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
+from normbench.signals import StopRequest
 
 
 @dataclass
@@ -75,6 +49,7 @@ class RunState:
     epoch_correct: float = 0.0
     epoch_seen: int = 0
     best_val_acc: float = 0.0
+    attempt: int = 1  # the processes that trained the run: a resume is the next attempt
     history: list[Epoch] = field(default_factory=list)
     curve: list[list[float]] = field(default_factory=list)  # [examples seen, mean train loss] per flush
 
@@ -97,6 +72,7 @@ def run(
     checkpoint = Checkpoint(run_dir, setup.model, setup.optimizer, setup.scheduler, setup.device)
     saved = checkpoint.load() if resume else None
     state = R.from_dict(RunState, saved) if saved is not None else RunState()
+    state.attempt += saved is not None
     run_dir.mkdir(parents=True, exist_ok=True)
     # A resumed run drops the events the interrupted process wrote after its checkpoint.
     board = Board(run_dir, purge_step=state.step + 1 if saved is not None else None)
@@ -118,10 +94,7 @@ def run(
             while state.step < setup.budget.total_steps:
                 train_epoch(setup, state, board, monitor, bar, stop, cfg.log.every)
                 if stop.signum is not None:
-                    raise InterruptedRun(
-                        f"Interrupted by {signal.Signals(stop.signum).name} at step {state.step}. A checkpoint is "
-                        f"saved; continue with `normbench run resume=true hydra.run.dir={run_dir}`."
-                    )
+                    raise InterruptedRun(stop.reason(state.step, state.attempt, run_dir))
                 epoch = end_epoch(setup, state, board, monitor, cfg.eval.precise_bn_batches)
                 checkpoint.save(asdict(state))
                 record(R.RUNNING)
@@ -135,8 +108,13 @@ def run(
         raise
     except InterruptedRun as error:
         checkpoint.save(asdict(state))
-        record(R.INTERRUPTED, str(error))
-        raise
+        record(R.REQUEUED if stop.requeue else R.INTERRUPTED, str(error))
+        refusal = stop.hand_back()  # under submitit: requeues the job and exits here
+        if refusal is None:
+            raise
+        reason = stop.not_requeued(str(error), refusal)
+        record(R.INTERRUPTED, reason)
+        raise InterruptedRun(reason) from None
     except BaseException as error:
         record(R.FAILED, f"{type(error).__name__}: {error}")
         raise
@@ -282,6 +260,7 @@ def make_record(
         steps=s.step,
         epochs=len(s.history),
         examples=s.examples,
+        attempt=s.attempt,
         wall_s=round(s.wall_s, 3),
         images_per_s=round(s.examples / s.wall_s, 1) if s.wall_s > 0 else None,
         effective_lr=setup.lr,
