@@ -170,7 +170,7 @@ def test_a_sweep_runs_as_slurm_jobs_with_only_the_partition_set(partition, tmp_p
     records = dict(find_records(sweep_dir))
     assert sorted(r.norm for r in records.values()) == ["bn", "gn"]
     assert all(r.status == "completed" and r.attempt == 1 for r in records.values())
-    tasks = sorted((sweep_dir / ".submitit").glob("*_*"))
+    tasks = sorted((sweep_dir / ".submitit").glob("[0-9]*_*"))
     assert len(tasks) == 2
     for task in tasks:
         log = next(task.glob("*_log.out")).read_text()
