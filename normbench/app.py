@@ -25,7 +25,7 @@ from normbench.errors import EXIT_CRASH, NormbenchError
 from normbench.record import RunRecord
 from normbench.resources import config_dir, load_plugins
 from normbench.slurm import job_started
-from normbench.sweeps import jobs_threads, same_run
+from normbench.sweeps import assign_job_gpu, jobs_threads, same_run
 
 console = Console()
 # What a run returns to optimizing sweepers (sweep.objective), with the worst value it can take: the score of a
@@ -79,6 +79,7 @@ def check_reuse(run_dir: Path, previous: RunRecord, cfg: DictConfig, multirun: b
 
 def task(cfg: DictConfig) -> RunRecord | None:
     """One run. In a multirun a failing run is recorded and returned, so the other runs go on."""
+    from normbench.board import tensorboard_hint  # deferred, like train: both import torch
     from normbench.train import run  # deferred: keeps `--cfg`/`--help` fast
 
     hydra_cfg = HydraConfig.get()
@@ -87,6 +88,8 @@ def task(cfg: DictConfig) -> RunRecord | None:
     job_started(run_dir.name)  # a submitit job: its log and SLURM job name
     if multirun and cfg.threads is None:
         cfg.threads = jobs_threads(hydra_cfg)
+    if multirun:
+        assign_job_gpu(hydra_cfg)
     previous = RunRecord.read(run_dir)
     try:
         if previous is not None:
@@ -111,6 +114,7 @@ def task(cfg: DictConfig) -> RunRecord | None:
             )
         else:
             print_summary(record)
+            console.print(tensorboard_hint(run_dir), highlight=False, soft_wrap=True)
         return record
     except NormbenchError as error:
         print_error(error, f" in {run_dir.name}" if multirun else "")

@@ -186,11 +186,11 @@ def _preflight(args: list[str]) -> int:
     runs as they go, so the config without the swept keys is checked, and the objective they optimize."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    from normbench.config import _compose, compose_config, sweep_jobs
+    from normbench.config import compose_config, compose_unchecked, sweep_jobs
 
     parsed = OverridesParser.create().parse_overrides(args)
     fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
-    if _compose(fixed, with_hydra=True).hydra.runtime.choices["hydra/sweeper"] != "basic":
+    if compose_unchecked(fixed, with_hydra=True).hydra.runtime.choices["hydra/sweeper"] != "basic":
         compose_config(_app_overrides(fixed))  # validated, objective included
         return 0
     jobs = sweep_jobs(args)
