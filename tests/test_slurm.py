@@ -29,12 +29,12 @@ from normbench.slurm import gpus, signal_delay
 from normbench.train import run
 
 LONG = ["data.train_size=768", "data.val_size=64", "batch_size=16", "epochs=3", "quiet=true", "threads=1",
-        "eval.precise_bn_batches=2", "log.hist_every=10", "log.every=4"]  # fmt: skip
+        "eval.precise_bn_images=32", "log.hist_every=10", "device=cpu", "log.every=4"]  # fmt: skip
 TINY_SWEEP = ["batch_size=8", "data.train_size=64", "data.val_size=32", "max_steps=3", "epochs=1", "quiet=true",
-              "threads=1", "eval.precise_bn_batches=2"]  # fmt: skip
+              "threads=1", "eval.precise_bn_images=16", "device=cpu"]  # fmt: skip
 # About 3 minutes of training on one loaded core, epochs of about a minute: longer than a 1-minute limit.
 LIMITED = ["model=cnn", "batch_size=32", "data.train_size=8192", "data.val_size=256", "epochs=3", "quiet=true",
-           "threads=1"]  # fmt: skip
+           "threads=1", "device=cpu"]  # fmt: skip
 SETUP = Path(os.environ.get("NORMBENCH_SLURM_SETUP", ROOT.parent / "shared" / "slurm" / "setup.sh"))
 
 
