@@ -24,6 +24,7 @@ from normbench.config import validate
 from normbench.errors import EXIT_CRASH, NormbenchError
 from normbench.record import RunRecord
 from normbench.resources import config_dir, load_plugins
+from normbench.slurm import job_started
 from normbench.sweeps import assign_job_gpu, jobs_threads, same_run
 
 console = Console()
@@ -84,6 +85,7 @@ def task(cfg: DictConfig) -> RunRecord | None:
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    job_started(run_dir.name)  # a submitit job: its log and SLURM job name
     if multirun and cfg.threads is None:
         cfg.threads = jobs_threads(hydra_cfg)
     if multirun:

@@ -17,6 +17,7 @@ from normbench.files import write_json
 
 RESULTS_FILE = "results.json"
 COMPLETED, FAILED, DIVERGED, INTERRUPTED, RUNNING = "completed", "failed", "diverged", "interrupted", "running"
+REQUEUED = "requeued"  # stopped with a checkpoint ahead of a time limit or preemption; the scheduler runs it again
 
 T = TypeVar("T")
 
@@ -93,6 +94,7 @@ class RunRecord:
     steps: int = 0
     epochs: int = 0  # epochs completed
     examples: int = 0
+    attempt: int = 1  # the processes that trained the run so far (a resume, a requeue: the next attempt)
     wall_s: float = 0.0  # training time, validation excluded
     images_per_s: float | None = None
     effective_lr: float | None = None

@@ -10,10 +10,9 @@ the device except when scalars are flushed every `log.every` steps. Losses are k
 from __future__ import annotations
 
 import math
-import signal
 import time
-from collections.abc import Callable, Iterator
-from contextlib import closing, contextmanager
+from collections.abc import Callable
+from contextlib import closing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,32 +35,8 @@ from normbench.progress import ProgressBar
 from normbench.record import Epoch, Metrics, RunRecord
 from normbench.schema import XAxis
 from normbench.setup import Setup, effective_lr, set_up
+from normbench.signals import StopRequest
 from normbench.sweeps import in_sweep, job_swept_keys
-
-
-@dataclass
-class StopRequest:
-    """Set by SIGINT/SIGTERM; the loop stops at the next step boundary. A second Ctrl-C ends at once."""
-
-    signum: int | None = None
-
-    def handle(self, signum: int, frame: Any) -> None:
-        self.signum = signum
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-
-    @contextmanager
-    def installed(self) -> Iterator[StopRequest]:
-        previous = {}
-        try:
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                previous[sig] = signal.signal(sig, self.handle)
-        except ValueError:  # not the main thread (some launchers): signals stay with the launcher
-            pass
-        try:
-            yield self
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
 
 
 @dataclass
@@ -77,6 +52,7 @@ class RunState:
     epoch_correct: float = 0.0
     epoch_seen: int = 0
     best_val_acc: float = 0.0
+    attempt: int = 1  # the processes that trained the run: a resume is the next attempt
     history: list[Epoch] = field(default_factory=list)
     curve: list[list[float]] = field(default_factory=list)  # [examples seen, mean train loss] per flush
 
@@ -108,6 +84,7 @@ def run(
         raise
     config = OmegaConf.to_container(cfg, resolve=True)
     state = R.from_dict(RunState, saved) if saved is not None else RunState()
+    state.attempt += saved is not None
     run_dir.mkdir(parents=True, exist_ok=True)
     board = Board(run_dir, x_per_step, resumed_at=state.step if saved is not None else None)
     board.start_session(hparams, experiment=not in_sweep())
@@ -130,10 +107,7 @@ def run(
             while state.step < setup.budget.total_steps:
                 train_epoch(setup, state, board, monitor, bar, stop, cfg.log.every)
                 if stop.signum is not None:
-                    raise InterruptedRun(
-                        f"Interrupted by {signal.Signals(stop.signum).name} at step {state.step}. A checkpoint is "
-                        f"saved; continue with `normbench run resume=true hydra.run.dir={run_dir}`."
-                    )
+                    raise InterruptedRun(stop.reason(state.step, state.attempt, run_dir))
                 epoch = end_epoch(setup, state, board, monitor, cfg.eval.bn_modes_every)
                 checkpoint.save(asdict(state))
                 record(R.RUNNING)
@@ -147,8 +121,13 @@ def run(
         raise
     except InterruptedRun as error:
         checkpoint.save(asdict(state))
-        record(R.INTERRUPTED, str(error))
-        raise
+        record(R.REQUEUED if stop.requeue else R.INTERRUPTED, str(error))
+        refusal = stop.hand_back()  # under submitit: requeues the job and exits here
+        if refusal is None:
+            raise
+        reason = stop.not_requeued(str(error), refusal)
+        record(R.INTERRUPTED, reason)
+        raise InterruptedRun(reason) from None
     except BaseException as error:
         record(R.FAILED, f"{type(error).__name__}: {error}")
         raise
@@ -298,6 +277,7 @@ def make_record(
         steps=s.step,
         epochs=len(s.history),
         examples=s.examples,
+        attempt=s.attempt,
         wall_s=round(s.wall_s, 3),
         images_per_s=round(s.examples / s.wall_s, 1) if s.wall_s > 0 else None,
         effective_lr=setup.lr,

@@ -1,0 +1,82 @@
+"""How a run stops early: at the next step boundary, with a checkpoint, whoever asked.
+
+SIGINT and SIGTERM (Ctrl-C, `kill`, `scancel`) end the run `interrupted`. SIGUSR2 is a scheduler's warning that
+the job is about to reach its time limit or be preempted (submitit's pre-timeout signal): the run ends
+`requeued`, and then the handler normbench replaced for the run gets the signal after all. Under submitit that
+handler requeues the job and exits the process; the next attempt resumes from the checkpoint.
+"""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+REQUEUE_SIGNAL = signal.SIGUSR2  # submitit's default (its SUBMITIT_PREEMPT_SIGNAL)
+
+
+@dataclass
+class StopRequest:
+    """Set by a signal; the loop stops at the next step boundary. A second Ctrl-C ends at once."""
+
+    signum: int | None = None
+    replaced: dict[int, Any] = field(default_factory=dict)  # the handlers in place before the run's
+
+    @property
+    def requeue(self) -> bool:
+        return self.signum == REQUEUE_SIGNAL
+
+    def handle(self, signum: int, frame: Any) -> None:
+        self.signum = signum
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    @contextmanager
+    def installed(self) -> Iterator[StopRequest]:
+        try:
+            for sig in (*STOP_SIGNALS, REQUEUE_SIGNAL):
+                self.replaced[sig] = signal.signal(sig, self.handle)
+        except ValueError:  # not the main thread (some launchers): signals stay with the launcher
+            pass
+        try:
+            yield self
+        finally:
+            for sig, handler in self.replaced.items():
+                signal.signal(sig, handler)
+
+    def reason(self, step: int, attempt: int, run_dir: Path) -> str:
+        """What the record and the console say about the stop."""
+        name = signal.Signals(self.signum).name if self.signum is not None else "a signal"
+        if self.requeue:
+            return (
+                f"Stopped by {name} (a time limit or preemption ahead) at step {step} of attempt {attempt}. A "
+                "checkpoint is saved; the requeued job resumes from it (by hand: `normbench run resume=true "
+                f"hydra.run.dir={run_dir}`)."
+            )
+        return (
+            f"Interrupted by {name} at step {step}. A checkpoint is saved; continue with `normbench run resume=true "
+            f"hydra.run.dir={run_dir}`."
+        )
+
+    def hand_back(self) -> str | None:
+        """After the checkpoint, give a requeue request to the handler the run replaced (submitit's requeues the
+        job and exits the process). Returns why the job was not requeued, or None (also when no one handles it)."""
+        handler: Callable[[int, Any], Any] | Any = self.replaced.get(REQUEUE_SIGNAL)
+        if not (self.requeue and callable(handler)):
+            return None
+        try:
+            handler(self.signum, None)
+        except Exception as refusal:  # submitit: UncompletedJobError("Job not requeued because: ...")
+            return str(refusal)
+        return None
+
+    def not_requeued(self, stopped: str, refusal: str) -> str:
+        """The reason of a run the scheduler will not run again: it needs more time than the launcher allows."""
+        return (
+            f"{stopped} The job was not requeued ({refusal}): the run needs more than hydra.launcher.timeout_min "
+            "× (max_num_timeout + 1) minutes. Raise hydra.launcher.max_num_timeout or timeout_min and run the same "
+            "sweep into the same directory (hydra.sweep.dir=...): it resumes from the checkpoint."
+        )

@@ -1,0 +1,196 @@
+"""SLURM: the pre-timeout signal path without a cluster, and sweeps on a real single-node cluster.
+
+The cluster tests (`-m slurm`) start SLURM with ../shared/slurm/setup.sh (beside the repository, as in CI;
+$NORMBENCH_SLURM_SETUP names another copy) and skip, saying why, where it cannot run: not root, no setup
+script, setup failing. The time-limit test is also `slow`: `pytest -m slow tests/test_slurm.py` (~10 min).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, normbench
+
+from normbench import record as R
+from normbench.config import compose_config
+from normbench.errors import EXIT_INTERRUPTED, InterruptedRun
+from normbench.record import RunRecord, find_records
+from normbench.slurm import gpus, signal_delay
+from normbench.train import run
+
+LONG = ["data.train_size=768", "data.val_size=64", "batch_size=16", "epochs=3", "quiet=true", "threads=1",
+        "eval.precise_bn_images=32", "log.hist_every=10", "device=cpu", "log.every=4"]  # fmt: skip
+TINY_SWEEP = ["batch_size=8", "data.train_size=64", "data.val_size=32", "max_steps=3", "epochs=1", "quiet=true",
+              "threads=1", "eval.precise_bn_images=16", "device=cpu"]  # fmt: skip
+# About 3 minutes of training on one loaded core, epochs of about a minute: longer than a 1-minute limit.
+LIMITED = ["model=cnn", "batch_size=32", "data.train_size=8192", "data.val_size=256", "epochs=3", "quiet=true",
+           "threads=1", "device=cpu"]  # fmt: skip
+SETUP = Path(os.environ.get("NORMBENCH_SLURM_SETUP", ROOT.parent / "shared" / "slurm" / "setup.sh"))
+
+
+def _history(record: RunRecord) -> list[R.Epoch]:
+    return [replace(h, wall_s=0) for h in record.history]
+
+
+def _wait_for_training(run_dir: Path, proc: subprocess.Popen[str], timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not (run_dir / R.RESULTS_FILE).exists():
+        assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    time.sleep(0.5)
+
+
+# --- Without a cluster ----------------------------------------------------------------------------------
+
+
+def test_preset_helpers_ask_for_gpus_only_for_cuda_and_signal_within_the_limit() -> None:
+    assert [gpus(d) for d in ("cpu", "auto", "mps", "cuda", "cuda:1")] == [0, 0, 0, 1, 1]
+    assert [signal_delay(t) for t in (1, 2, 10, 20, 120, 2880)] == [15, 15, 60, 120, 120, 120]
+
+
+def test_preset_composes_without_gpus_for_cpu_runs_and_with_one_for_cuda(tmp_path) -> None:
+    shown = normbench("run", "hydra/launcher=slurm", "--cfg", "all", "--resolve", "-p", "hydra.launcher",
+                      cwd=tmp_path)  # fmt: skip
+    assert shown.returncode == 0, shown.stderr
+    assert "gpus_per_node: 0" in shown.stdout and "signal_delay_s: 120" in shown.stdout
+    assert "normbench_slurm" not in shown.stdout and "cpus_per_task: 2" in shown.stdout
+    cuda = normbench("run", "hydra/launcher=slurm", "device=cuda", "hydra.launcher.timeout_min=1", "--cfg", "all",
+                     "--resolve", "-p", "hydra.launcher", cwd=tmp_path)  # fmt: skip
+    assert "gpus_per_node: 1" in cuda.stdout and "signal_delay_s: 15" in cuda.stdout
+
+
+def test_usr2_checkpoints_at_a_step_records_requeued_and_the_next_attempt_ends_like_an_uninterrupted_run(
+    tmp_path,
+) -> None:
+    reference = run(compose_config(LONG), tmp_path / "reference")
+    run_dir = tmp_path / "run"
+    exe = Path(sys.executable).with_name("normbench")
+    proc = subprocess.Popen([str(exe), "run", *LONG, f"hydra.run.dir={run_dir}"], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    _wait_for_training(run_dir, proc)
+    sent = time.monotonic()
+    proc.send_signal(signal.SIGUSR2)  # without submitit: nobody requeues, the run stops like an interrupt
+    output, _ = proc.communicate(timeout=30)
+    assert time.monotonic() - sent < 15, output  # a step, a checkpoint, the exit (loaded machine)
+    assert proc.returncode == EXIT_INTERRUPTED, output
+    record = RunRecord.read(run_dir)
+    assert record.status == "requeued" and record.attempt == 1, record.reason
+    assert "SIGUSR2" in record.reason and "attempt 1" in record.reason
+    assert 0 < record.steps < reference.steps and record.steps % 48 != 0  # mid-epoch (48 steps an epoch)
+
+    resumed = normbench("run", *LONG, "resume=true", f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    final = RunRecord.read(run_dir)
+    assert final.status == "completed" and final.attempt == 2
+    assert _history(final) == _history(reference) and final.metrics == reference.metrics
+
+
+def test_a_job_that_may_not_be_requeued_again_says_so(tmp_path) -> None:
+    """The handler before the run's (submitit's) gets the signal after the checkpoint; when it refuses to
+    requeue, as submitit does after max_num_timeout requeues, the record says why and what to change."""
+    calls: list[int] = []
+
+    def submitit_like(signum: int, frame: object) -> None:
+        calls.append(signum)
+        raise RuntimeError("Job not requeued because: timed-out too many times.")
+
+    def signal_once_training() -> None:
+        deadline = time.monotonic() + 120
+        while not (tmp_path / R.RESULTS_FILE).exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGUSR2)
+
+    previous = signal.signal(signal.SIGUSR2, submitit_like)
+    sender = threading.Thread(target=signal_once_training)
+    try:
+        sender.start()
+        with pytest.raises(InterruptedRun, match="not requeued"):
+            run(compose_config([*LONG, "epochs=20"]), tmp_path)
+    finally:
+        sender.join()
+        signal.signal(signal.SIGUSR2, previous)
+    assert calls == [signal.SIGUSR2]
+    record = RunRecord.read(tmp_path)
+    assert record.status == "interrupted" and "timed-out too many times" in record.reason
+    assert "max_num_timeout" in record.reason and record.steps > 0
+
+
+# --- On a real cluster ----------------------------------------------------------------------------------
+
+
+def _cluster_up() -> bool:
+    if shutil.which("scontrol") is None:
+        return False
+    ping = subprocess.run(["scontrol", "ping"], capture_output=True, text=True, timeout=30)
+    return "UP" in ping.stdout
+
+
+@pytest.fixture(scope="module")
+def partition() -> Iterator[str]:
+    """The `debug` partition of a running single-node cluster: started here, stopped after the tests."""
+    if _cluster_up():
+        yield "debug"
+        return
+    if os.geteuid() != 0:
+        pytest.skip("starting SLURM needs root (apt, munge, slurmctld)")
+    if not SETUP.is_file():
+        pytest.skip(f"no SLURM setup script at {SETUP} (shared/ beside the repository)")
+    if shutil.which("sbatch") is None and shutil.which("apt-get") is None:
+        pytest.skip("SLURM is not installed and there is no apt-get to install it")
+    started = subprocess.run(["bash", str(SETUP)], capture_output=True, text=True, timeout=600)
+    if started.returncode != 0:
+        pytest.skip(f"{SETUP} failed: {(started.stdout + started.stderr)[-500:]}")
+    yield "debug"
+    subprocess.run(["bash", str(SETUP.with_name("teardown.sh"))], capture_output=True, timeout=120)
+
+
+def _job_name(job_id: str) -> str:
+    shown = subprocess.run(["scontrol", "show", "job", job_id], capture_output=True, text=True, timeout=30).stdout
+    return next(word.split("=", 1)[1] for word in shown.split() if word.startswith("JobName="))
+
+
+@pytest.mark.slurm
+def test_a_sweep_runs_as_slurm_jobs_with_only_the_partition_set(partition, tmp_path) -> None:
+    sweep_dir = tmp_path / "sweep"
+    done = normbench("sweep", "norm=bn,gn", *TINY_SWEEP, "hydra/launcher=slurm",
+                     f"hydra.launcher.partition={partition}", f"hydra.sweep.dir={sweep_dir}", cwd=tmp_path,
+                     timeout=600)  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    records = dict(find_records(sweep_dir))
+    assert sorted(r.norm for r in records.values()) == ["bn", "gn"]
+    assert all(r.status == "completed" and r.attempt == 1 for r in records.values())
+    tasks = sorted((sweep_dir / ".submitit").glob("[0-9]*_*"))
+    assert len(tasks) == 2
+    for task in tasks:
+        log = next(task.glob("*_log.out")).read_text()
+        assert "Job completed successfully" in log  # submitit's logger survives Hydra's disabled job logging
+        assert _job_name(task.name.split("_")[0]) in {f"normbench-{d.name}" for d in records}
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_a_run_longer_than_the_time_limit_completes_through_requeues(partition, tmp_path) -> None:
+    reference = run(compose_config(LIMITED), tmp_path / "reference")
+    sweep_dir = tmp_path / "sweep"
+    started = time.monotonic()
+    done = normbench("sweep", "norm=bn", *LIMITED, "hydra/launcher=slurm", f"hydra.launcher.partition={partition}",
+                     "hydra.launcher.timeout_min=1", f"hydra.sweep.dir={sweep_dir}", cwd=tmp_path,
+                     timeout=1800)  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    [(_, record)] = find_records(sweep_dir)
+    print(f"{record.attempt} attempts, {time.monotonic() - started:.0f} s; alone: {reference.wall_s:.0f} s")
+    assert record.status == "completed" and record.attempt >= 3
+    assert _history(record) == _history(reference) and record.metrics == reference.metrics
+    logs = "".join(p.read_text() for p in (sweep_dir / ".submitit").rglob("*_log.*"))
+    assert "Caught signal SIGUSR2" in logs and "Requeued job" in logs
