@@ -84,7 +84,7 @@ def test_batch_statistics_validation_normalizes_each_batch_with_its_own_statisti
     model.eval()
     running = evaluate(model, val)[1]
     assert running < 0.8  # the running statistics give other predictions: the test can tell the modes apart
-    batch_stats, precise = bn_mode_accuracies(model, val, small, small, 0, 0)
+    batch_stats, precise = bn_mode_accuracies(model, val, small, None, None)
     assert (batch_stats, precise) == (1.0, None)
     assert not model.training and float(bn.running_mean[0]) == 3.0  # left in eval mode, statistics untouched
 
@@ -143,16 +143,16 @@ def test_the_monitor_probes_every_norm_layer_of_the_mlp_and_the_transformer(mode
     assert len(layers) >= 3
     for layer in layers:
         for kind in ("pre", "post"):
-            assert [h.step for h in ea.Histograms(f"act/{layer}/{kind}")] == [2, 4]
+            assert [h.step for h in ea.Histograms(f"act/{layer}/{kind}")] == [1, 2, 4]  # the first step too
             assert [h.step for h in ea.Histograms(f"act_eval/{layer}/{kind}")] == [4]
-        assert [x for x, _ in bn_scalar(ea, layer, "ratio")] == [2, 4]
+        assert [x for x, _ in bn_scalar(ea, layer, "ratio")] == [1, 2, 4]
         assert all(0 < v < 100 for _, v in bn_scalar(ea, layer, "ratio"))
 
 
 # --- Resume after a kill that came after the last checkpoint -------------------------------------------
 
 KILLED = ["device=cpu", "model.widths=[8,16]", "data.train_size=1536", "data.val_size=32", "batch_size=16",
-          "epochs=2", "quiet=true", "threads=1", "eval.precise_bn_batches=0", "log.every=1", "log.hist_every=4",
+          "epochs=2", "quiet=true", "threads=1", "eval.precise_bn_images=16", "log.every=1", "log.hist_every=4",
           "log.x_axis=steps"]  # fmt: skip
 
 

@@ -71,7 +71,12 @@ def test_precise_bn_estimate_equals_an_independent_computation(tiny) -> None:
 )
 def test_bn_modes_run_at_the_end_and_every_n_epochs(tiny, tmp_path, every, with_bn_modes) -> None:
     cfg = tiny(
-        "epochs=3", "max_steps=null", "data.train_size=32", "log.activations=false", f"eval.bn_modes_every={every}"
+        "epochs=3",
+        "max_steps=null",
+        "data.train_size=32",
+        "log.activations=false",
+        f"eval.bn_modes_every={every}",
+        "log.x_axis=steps",
     )
     record = run(cfg, tmp_path)
     assert [e.val_acc_batch_stats is not None for e in record.history] == with_bn_modes
