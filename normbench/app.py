@@ -111,6 +111,8 @@ def train(cfg: DictConfig, hydra_cfg: DictConfig, run_dir: Path, multirun: bool)
         validate(cfg)
         try:
             rundir.write_hydra_files(run_dir, cfg, hydra_cfg)
+            if multirun or cfg.resume:
+                rundir.verify_checkpoint(run_dir)
             record = run(cfg, run_dir, console=console, resume=multirun or bool(cfg.resume))
         except OSError as error:
             raise rundir.io_error(error, run_dir) from None

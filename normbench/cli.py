@@ -17,7 +17,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from normbench.errors import EXIT_INTERRUPTED, EXIT_SWEEP_INCOMPLETE, NormbenchError
+from normbench.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_SWEEP_INCOMPLETE, NormbenchError
 from normbench.norms import NORMS  # the registry imports no torch: help stays fast
 from normbench.resources import config_dir
 
@@ -335,24 +335,44 @@ def report(
     reference: str = typer.Option(
         None, "--reference", help="Draw a published result beside yours, cited (an unknown NAME lists them)."
     ),
+    out: Path = typer.Option(None, "--out", help="Write the summary, figures and report.md here instead of DIR."),
+    skip_bad: bool = typer.Option(
+        False, "--skip-bad", help="Exit 0 even if some results.json cannot be read (they are still listed)."
+    ),
 ) -> None:
     """Tables and figures from a run or sweep directory: validation error vs batch size per norm, loss
-    curves per batch size, summary.csv/json and report.md embedding the figures, all written into DIR.
-    --reference NAME draws a published BN-vs-GN result beside the error-vs-batch figure, with its citation."""
+    curves per batch size, summary.csv/json and report.md embedding the figures, written into DIR (or --out).
+    --reference NAME draws a published BN-vs-GN result beside the error-vs-batch figure, with its citation.
+    A results.json that is not a readable record is listed as unreadable and the exit code is 2 (--skip-bad: 0)."""
     from normbench.references import load_reference
     from normbench.report import print_tables, write_report, write_summary
 
     try:
         published = load_reference(reference) if reference else None
-        if no_figures:
-            summary = write_summary(directory)
-        else:
-            summary, figures, path = write_report(directory, published)
+        try:
+            if no_figures:
+                summary = write_summary(directory, out)
+            else:
+                summary, figures, path = write_report(directory, published, out)
+        except OSError as error:
+            target = out or directory
+            raise NormbenchError(
+                f"Cannot write the report into {target}: {error.strerror or error} ({error.filename or target}). "
+                "Give a writable directory with --out DIR."
+            ) from None
     except NormbenchError as error:
         raise _fail(error) from None
     print_tables(summary, console)
     if not no_figures:
         console.print(f"Wrote {path} with {', '.join(p.name for p in figures)}.", highlight=False)
+    if summary["unreadable"] and not skip_bad:
+        console.print(
+            f"[bold red]Error:[/] {len(summary['unreadable'])} results.json could not be read (listed above); "
+            "the table leaves them out. Pass --skip-bad to accept that.",
+            highlight=False,
+            soft_wrap=True,
+        )
+        raise typer.Exit(EXIT_BAD_INPUT)
 
 
 @app.command("list")

@@ -34,6 +34,7 @@ LOCK_FILE = ".normbench.lock"
 HYDRA_DIR = ".hydra"
 CHECKPOINT_FILE = "checkpoint.pt"  # the name checkpoint.py writes; repeated here so that this module needs no torch
 ELSEWHERE = "choose another directory (hydra.run.dir=DIR for a run, hydra.sweep.dir=DIR for a sweep)"
+ELSEWHERE_ = ELSEWHERE[0].upper() + ELSEWHERE[1:]  # at the start of a sentence
 
 
 def io_error(error: OSError, where: Path) -> RunDirError:
@@ -49,10 +50,10 @@ def io_error(error: OSError, where: Path) -> RunDirError:
         errno.EROFS: f"{name} is on a read-only file system: normbench cannot write the run there; {ELSEWHERE}.",
         errno.EACCES: f"Permission denied writing {name}: {ELSEWHERE}, or make it writable.",
         errno.EPERM: f"Permission denied writing {name}: {ELSEWHERE}, or make it writable.",
-        errno.ENOTDIR: f"{where} cannot be a run directory: a part of that path is a file. {ELSEWHERE.capitalize()}.",
-        errno.EEXIST: f"{where} is a file, not a directory. {ELSEWHERE.capitalize()}.",
+        errno.ENOTDIR: f"{where} cannot be a run directory: a part of that path is a file. {ELSEWHERE_}.",
+        errno.EEXIST: f"{where} is a file, not a directory. {ELSEWHERE_}.",
     }
-    text = reasons.get(error.errno, f"Cannot write {name}: {error.strerror or error}. {ELSEWHERE.capitalize()}.")
+    text = reasons.get(error.errno, f"Cannot write {name}: {error.strerror or error}. {ELSEWHERE_}.")
     return RunDirError(text)
 
 
@@ -67,10 +68,10 @@ def prepare(run_dir: Path) -> None:
     """Make sure `run_dir` is, or can be made, a writable directory; create it (empty) if it is missing. Called
     by the CLI before Hydra, whose own `mkdir` would otherwise end in a traceback."""
     if run_dir.exists() and not run_dir.is_dir():
-        raise RunDirError(f"{run_dir} is a file, not a directory. {ELSEWHERE.capitalize()}.")
+        raise RunDirError(f"{run_dir} is a file, not a directory. {ELSEWHERE_}.")
     for parent in run_dir.parents:
         if parent.exists() and not parent.is_dir():
-            raise RunDirError(f"{run_dir} is below {parent}, which is a file. {ELSEWHERE.capitalize()}.")
+            raise RunDirError(f"{run_dir} is below {parent}, which is a file. {ELSEWHERE_}.")
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         probe = run_dir / f".normbench.write-test.{os.getpid()}"
@@ -126,23 +127,55 @@ def check(run_dir: Path, cfg: DictConfig, resume: bool, multirun: bool) -> RunRe
                 f"{run_dir} already holds a different run: {describe(differ)}. normbench does not overwrite "
                 f"results: {ELSEWHERE}, or rerun with that run's settings."
             )
+    has_checkpoint = (run_dir / CHECKPOINT_FILE).exists()
     if previous is not None:
         if not (multirun or resume):
             raise RunDirError(
                 f"{run_dir} already holds a run with status '{previous.status}'. Continue it with resume=true, "
                 f"or {ELSEWHERE}; normbench does not overwrite results."
             )
+        if resume and not multirun and not has_checkpoint and previous.status != R.COMPLETED:
+            raise RunDirError(
+                f"resume=true, but {run_dir} holds no checkpoint to continue from (its run stopped with status "
+                f"'{previous.status}' after {previous.steps} steps, before any checkpoint). Remove that directory "
+                f"and run again, or drop resume=true and {ELSEWHERE}."
+            )
         return previous
-    entries = [p.name for p in run_dir.iterdir()] if run_dir.is_dir() else []
-    if (run_dir / CHECKPOINT_FILE).exists() and not (multirun or resume):
+    if has_checkpoint and not (multirun or resume):
         raise RunDirError(f"{run_dir} holds a checkpoint but no record. Continue it with resume=true, or {ELSEWHERE}.")
-    missing = not (run_dir / CHECKPOINT_FILE).exists()
-    if resume and not multirun and missing and [e for e in entries if e != LOCK_FILE]:
+    entries = sorted(p.name for p in run_dir.iterdir() if p.name != LOCK_FILE) if run_dir.is_dir() else []
+    if resume and not multirun and not has_checkpoint and entries:
         raise RunDirError(
-            f"resume=true, but {run_dir} holds no checkpoint to continue from (it holds "
-            f"{', '.join(sorted(entries)[:5])}). Drop resume=true and {ELSEWHERE}, or remove that directory."
+            f"resume=true, but {run_dir} holds no checkpoint to continue from (it holds {', '.join(entries[:5])}). "
+            f"Drop resume=true and {ELSEWHERE}, or remove that directory."
         )
     return None
+
+
+def verify_checkpoint(run_dir: Path) -> None:
+    """Refuse a checkpoint a resume cannot load (empty, truncated, not normbench's) with a message, before the
+    run is built; loading it twice costs a moment, a traceback half-way into a resume costs the user's trust."""
+    import torch
+
+    path = run_dir / CHECKPOINT_FILE
+    if not path.exists():
+        return
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+        missing = {"model", "optimizer", "scheduler", "progress", "rng"} - set(payload)
+    except Exception as error:  # torch raises RuntimeError, UnpicklingError, EOFError, ... for a damaged file
+        why = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else 'empty'}"
+    else:
+        why = f"it lacks {', '.join(sorted(missing))}" if missing else ""
+    if why:
+        raise CheckpointError(
+            f"{path} cannot be loaded to resume the run ({why}; {path.stat().st_size} bytes). Move it away to "
+            f"start the run from step 0 in this directory, or {ELSEWHERE}."
+        )
+
+
+class CheckpointError(RunDirError):
+    """A checkpoint that exists but cannot be loaded."""
 
 
 def describe(differ: dict[str, tuple[object, object]]) -> str:
