@@ -30,8 +30,10 @@ def write_atomic(path: Path, write: Callable[[Any], None], binary: bool = False)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as error:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(error, OSError) and error.filename is None:
+            error.filename = str(path)  # a failed write on a descriptor names no file: name the target
         raise
 
 
