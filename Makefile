@@ -25,7 +25,7 @@ lint: install
 	$(BIN)/ruff format --check normbench tests scripts
 
 bench: install
-	$(BIN)/python scripts/bench.py
+	$(BIN)/python scripts/bench.py $(BENCH)
 
 sweep-quick: install
 	$(BIN)/normbench sweep sweep=quick hydra/launcher=parallel

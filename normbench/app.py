@@ -26,7 +26,7 @@ from normbench.config import validate
 from normbench.errors import EXIT_CRASH, EXIT_INTERRUPTED, InterruptedRun, NormbenchError
 from normbench.record import RunRecord
 from normbench.resources import config_dir, load_plugins
-from normbench.sweeps import STOP, jobs_threads
+from normbench.sweeps import STOP, assign_job_gpu, jobs_threads
 
 console = Console()
 # What a run returns to optimizing sweepers (sweep.objective), with the worst value it can take: the score of a
@@ -77,6 +77,7 @@ def task(cfg: DictConfig) -> RunRecord | None:
             return not_started(run_dir)
         if cfg.threads is None:
             cfg.threads = jobs_threads(hydra_cfg)
+        assign_job_gpu(hydra_cfg)
     try:
         claim = rundir.claim(run_dir, cfg, resume=bool(cfg.resume), multirun=multirun)
     except NormbenchError as error:  # the directory is someone else's: leave it exactly as it is
@@ -133,7 +134,7 @@ def train(cfg: DictConfig, hydra_cfg: DictConfig, run_dir: Path, multirun: bool)
         # The sweep's resume command is printed by `normbench sweep`: the same sweep command.
         console.print(f"[yellow]Interrupted[/] {run_dir.name}: checkpoint saved.", highlight=False)
         STOP.signum = STOP.signum or signal.SIGTERM
-        record = RunRecord.read(run_dir)
+        record = read_quietly(run_dir)
         if STOP.main:
             raise SystemExit(EXIT_INTERRUPTED) from None
         return record

@@ -173,12 +173,12 @@ def _fix_dir(args: list[str], key: str) -> tuple[list[str], Path]:
     a read-only place is refused before anything trains."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    from normbench.config import _compose, override_key
+    from normbench.config import compose_unchecked, override_key
     from normbench.rundir import prepare
 
     parsed = OverridesParser.create().parse_overrides(args)
     fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
-    node = _compose(fixed, with_hydra=True).hydra
+    node = compose_unchecked(fixed, with_hydra=True).hydra
     directory = Path(str(node.run.dir if key == "hydra.run.dir" else node.sweep.dir))
     prepare(directory)
     return [*(a for a in args if override_key(a) != key), f"{key}={_hydra_value(str(directory))}"], directory
@@ -216,11 +216,11 @@ def _preflight(args: list[str]) -> int:
     without the swept keys is checked, and the objective they optimize."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    from normbench.config import _compose, compose_config, sweep_jobs
+    from normbench.config import compose_config, compose_unchecked, sweep_jobs
 
     parsed = OverridesParser.create().parse_overrides(args)
     fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
-    hydra_node = _compose(fixed, with_hydra=True).hydra
+    hydra_node = compose_unchecked(fixed, with_hydra=True).hydra
     if hydra_node.runtime.choices["hydra/sweeper"] != "basic":
         compose_config(_app_overrides(fixed))  # validated, objective included
         return 0

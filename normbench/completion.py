@@ -11,6 +11,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig, OmegaConf
 
+from normbench import schema
 from normbench.resources import config_dir
 
 HYDRA_GROUPS = ("hydra/launcher", "hydra/sweeper")  # Hydra's own groups that a normbench user picks
@@ -19,9 +20,14 @@ HYDRA_GROUPS = ("hydra/launcher", "hydra/sweeper")  # Hydra's own groups that a 
 def candidates(args: list[str], incomplete: str) -> list[str]:
     """What may follow the overrides `args` on the command line, starting with `incomplete`."""
     key, is_value, value = incomplete.partition("=")
+    schema.register()  # the YAML options extend the schema's nodes
     with initialize_config_dir(str(config_dir()), version_base="1.3"):
         loader = GlobalHydra.instance().config_loader()
-        groups = [g for g in _groups(loader, "") if not g.startswith("hydra") or g.startswith(HYDRA_GROUPS)]
+        groups = [
+            g
+            for g in _groups(loader, "")
+            if not g.startswith(("hydra", "schema")) or g.startswith(HYDRA_GROUPS)  # schema/: not chosen by users
+        ]
         if is_value and key in groups:
             return [f"{key}={option}" for option in loader.get_group_options(key) if option.startswith(value)]
         cfg = compose("config", overrides=_valid(args))

@@ -11,9 +11,10 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -75,7 +76,8 @@ def _hydra_errors() -> Iterator[None]:
         raise ConfigError(f"{message} (`normbench list` shows the config groups and their options.)") from None
 
 
-def _compose(overrides: list[str], with_hydra: bool = False) -> DictConfig:
+def compose_unchecked(overrides: list[str], with_hydra: bool = False) -> DictConfig:
+    """The composition without `validate`: for reading Hydra's settings (with_hydra) or the schema's defaults."""
     schema.register()
     with _hydra_errors(), initialize_config_dir(str(config_dir()), version_base="1.3"):
         return compose("config", overrides=overrides, return_hydra_config=with_hydra)
@@ -83,23 +85,27 @@ def _compose(overrides: list[str], with_hydra: bool = False) -> DictConfig:
 
 def compose_config(overrides: list[str]) -> DictConfig:
     """The config these overrides describe, validated (`validate`): what every consumer gets."""
-    cfg = _compose(overrides)
+    cfg = compose_unchecked(overrides)
     validate(cfg)
     return cfg
 
 
 def sweep_jobs(overrides: list[str]) -> list[list[str]]:
-    """Every run of a sweep as its own override list: the product of the swept keys' values, as Hydra's
-    basic sweeper expands it, including a `sweep=` preset's `hydra.sweeper.params` (the command line wins)."""
+    """Every run of a sweep as its own override list, including a `sweep=` preset's `hydra.sweeper.params`."""
     with _hydra_errors():
         parsed = OverridesParser.create().parse_overrides(overrides)
         fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
-        preset = _compose(fixed, with_hydra=True).hydra.sweeper.get("params") or {}
-        given = {o.get_key_element() for o in parsed}
-        from_preset = [f"{key}={value}" for key, value in preset.items() if key not in given]
-        everything = OverridesParser.create().parse_overrides([*from_preset, *overrides])
+        return expand_grid(overrides, compose_unchecked(fixed, with_hydra=True).hydra.sweeper.get("params") or {})
+
+
+def expand_grid(overrides: Sequence[str], preset: Mapping[str, Any]) -> list[list[str]]:
+    """The product of the swept keys' values, as Hydra's basic sweeper expands it: a preset's
+    `hydra.sweeper.params` first, the command line winning on the same key."""
+    parser = OverridesParser.create()
+    given = {o.get_key_element() for o in parser.parse_overrides(list(overrides))}
+    from_preset = [f"{key}={value}" for key, value in preset.items() if key not in given]
     axes: dict[str, list[str]] = {}  # a key given twice: the last one counts, as in Hydra
-    for override in everything:
+    for override in parser.parse_overrides([*from_preset, *overrides]):
         axes[override.get_key_element()] = _values(override)
     return [list(job) for job in itertools.product(*axes.values())]
 
@@ -127,7 +133,7 @@ def name_runs_by_swept_keys(overrides: list[str]) -> list[str]:
     with _hydra_errors():
         parsed = OverridesParser.create().parse_overrides(overrides)
         fixed = [o.get_key_element() for o in parsed if not o.is_sweep_override()]
-    base = _compose([], with_hydra=True).hydra.job.config.override_dirname.exclude_keys
+    base = compose_unchecked([], with_hydra=True).hydra.job.config.override_dirname.exclude_keys
     keys = list(dict.fromkeys([*base, *(k for k in fixed if not k.startswith("hydra"))]))
     return [*overrides, f"hydra.job.config.override_dirname.exclude_keys=[{','.join(keys)}]"]
 

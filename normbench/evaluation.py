@@ -2,15 +2,18 @@
 
 `evaluate` is the plain one: mean loss and accuracy in whatever mode the model is in (eval mode: BN uses its
 running statistics, the default `val/acc`). For BN-family models, `bn_mode_accuracies` adds validation in train
-mode, each batch of the training batch size normalized with its own statistics (`val/acc_batch_stats`), and with
-population statistics re-estimated over training batches with frozen weights (`val/acc_precise_bn`, PreciseBN,
-Wu & Johnson 2021). Comparing the three separates noisy batch statistics from poor running estimates.
+mode, each batch of the training batch size normalized with its own statistics (`val/acc_batch_stats`: the
+training batch size is the point, it is what BN sees in training), and with population statistics re-estimated
+over a fixed number of training images with frozen weights (`val/acc_precise_bn`, PreciseBN, Wu & Johnson 2021).
+PreciseBN counts images, not batches, and uses its own batch size, so that runs at batch 2 and at batch 128 are
+estimated from the same images. Comparing the three separates noisy batch statistics from poor running estimates.
 """
 
 from __future__ import annotations
 
 import copy
 from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
 from types import TracebackType
 
 import torch
@@ -42,23 +45,58 @@ def evaluate(
     return loss_sum.item() / n, correct.item() / n
 
 
+PRECISE_BN_DRAW = 10_000  # the epoch number of PreciseBN's draw of training images: not one that training uses
+
+
+@dataclass(frozen=True)
+class PreciseBNPlan:
+    """How PreciseBN re-estimates BN statistics: `batches` batches of `batch_size` training images."""
+
+    batch_size: int
+    batches: int
+    requested: int  # eval.precise_bn_images
+
+    @property
+    def images(self) -> int:
+        return self.batch_size * self.batches
+
+    @property
+    def warning(self) -> str | None:
+        """Said in the record when fewer images were used than asked for (fvcore's PreciseBN checks this too)."""
+        if self.images >= self.requested:
+            return None
+        return (
+            f"PreciseBN used {self.images} training images, fewer than eval.precise_bn_images={self.requested} "
+            f"(the training set, in whole batches of {self.batch_size}): its statistics are less precise."
+        )
+
+
+def plan_precise_bn(images: int, batch_size: int, available: int) -> PreciseBNPlan | None:
+    """`images` training images in batches of `batch_size`, both cut to the `available` images (a batch is at
+    least 2 images: BN needs two to have a variance); None when `images` is 0 (PreciseBN off)."""
+    if not images:
+        return None
+    batch = min(available, max(2, min(batch_size, images)))
+    return PreciseBNPlan(batch, max(1, min(images, available) // batch), images)
+
+
 def bn_mode_accuracies(
     model: nn.Module,
     val: Batches,
     val_at_train_batch_size: Batches,
-    train: Batches,
-    epoch: int,
-    precise_bn_batches: int,
+    precise_bn_batches: Batches | None,
+    plan: PreciseBNPlan | None,
     autocast: AbstractContextManager[object] | None = None,
 ) -> tuple[float, float | None]:
-    """Validation accuracy with batch statistics (the running statistics are left as they were), and with
-    PreciseBN statistics over `precise_bn_batches` training batches (None when 0). Leaves `model` in eval mode."""
+    """Validation accuracy with batch statistics of the training batch size (the running statistics are left as
+    they were), and with PreciseBN statistics over `plan.batches` batches of `precise_bn_batches` (None without a
+    plan). Leaves `model` in eval mode."""
     with frozen_buffers(model):
         model.train()
         batch_stats = evaluate(model, val_at_train_batch_size, autocast)[1]
     precise = None
-    if precise_bn_batches:
-        precise = evaluate(precise_bn(model, train, epoch, precise_bn_batches).eval(), val, autocast)[1]
+    if precise_bn_batches is not None and plan is not None:
+        precise = evaluate(precise_bn(model, precise_bn_batches, plan.batches).eval(), val, autocast)[1]
     model.eval()
     return batch_stats, precise
 
@@ -81,9 +119,10 @@ class frozen_buffers:
 
 
 @torch.no_grad()
-def precise_bn(model: nn.Module, batches: Batches, epoch: int, num_batches: int) -> nn.Module:
-    """A copy of `model` whose BN statistics are the cumulative average over `num_batches` training
-    batches (momentum=None) with the weights frozen, instead of the exponential average of training."""
+def precise_bn(model: nn.Module, batches: Batches, num_batches: int) -> nn.Module:
+    """A copy of `model` whose BN statistics are the cumulative average over the first `num_batches` batches of
+    `batches` (momentum=None) with the weights frozen, instead of the exponential average of training. The draw
+    is the same at every call, so successive estimates differ only by the weights."""
     model = copy.deepcopy(model)
     for m in model.modules():
         if has_running_stats(m):
@@ -92,7 +131,7 @@ def precise_bn(model: nn.Module, batches: Batches, epoch: int, num_batches: int)
             m.num_batches_tracked.zero_()
             m.momentum = None
     model.train()
-    for i, (x, _) in enumerate(batches.epoch(epoch + 10_000)):  # a draw of its own, not training's order
+    for i, (x, _) in enumerate(batches.epoch(PRECISE_BN_DRAW)):
         if i >= num_batches:
             break
         model(x)

@@ -105,6 +105,8 @@ class RunRecord:
     torch: str | None = None
     normbench_version: str | None = None
     diverged_step: int | None = None  # the first step whose loss was not finite
+    precise_bn_images: int | None = None  # training images PreciseBN re-estimated BN statistics from
+    warnings: list[str] = field(default_factory=list)  # what makes a number less trustworthy than asked for
     hparams: dict[str, Any] | None = None  # the run's HParams entry in TensorBoard, once completed
     history: list[Epoch] = field(default_factory=list)
     curve: list[list[float]] = field(default_factory=list)  # [examples seen, mean train loss], at most 400 points

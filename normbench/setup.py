@@ -6,21 +6,28 @@ budget=steps needing max_steps, or a batch no larger than the training set), so 
 
 from __future__ import annotations
 
+import copy
+import dataclasses
+import hashlib
+import json
 import math
 import os
 import random
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from normbench import data as data_module
 from normbench.data import Batches, ImageData, load_data
 from normbench.devices import select_device
-from normbench.evaluation import has_running_stats
+from normbench.evaluation import PreciseBNPlan, has_running_stats, plan_precise_bn
+from normbench.files import write_atomic
 from normbench.models import build_model, count_parameters
 from normbench.record import Budget
 
@@ -63,6 +70,36 @@ def lr_lambda(schedule: str, warmup_steps: int, total_steps: int) -> Callable[[i
     return factor
 
 
+# Synthetic sets at least this large are made once and then read from the cache (12,000 images take 5-8 s to
+# make on 2 cores, about a tenth of the default run, and every job of a sweep made them again).
+CACHE_FROM_IMAGES = 4096
+
+
+def cached_data(cfg: DictConfig) -> ImageData:
+    """`load_data(cfg)`, kept for synthetic sets in $NORMBENCH_DATA/synthetic (default ~/.cache/normbench).
+
+    The file is named by a hash of the data config, data.py's source and torch's version, so a change to the
+    generator never reads stale images. Anything unreadable is made again."""
+    spec = OmegaConf.to_container(cfg, resolve=True)
+    if cfg.name != "synthetic" or cfg.train_size + cfg.val_size < CACHE_FROM_IMAGES:
+        return load_data(spec)  # type: ignore[arg-type]
+    source = Path(data_module.__file__).read_bytes()
+    key = hashlib.sha256(json.dumps(spec, sort_keys=True).encode() + source + torch.__version__.encode())
+    path = Path(os.environ.get("NORMBENCH_DATA", "~/.cache/normbench")).expanduser() / "synthetic"
+    path = path / f"{key.hexdigest()[:20]}.pt"
+    try:
+        return ImageData(**torch.load(path, weights_only=True))
+    except Exception:  # missing, partial or from elsewhere: make it
+        data = load_data(spec)  # type: ignore[arg-type]
+        write_atomic(path, lambda f: torch.save(_compact(data), f), binary=True)
+        return data
+
+
+def _compact(data: ImageData) -> dict[str, Any]:
+    # Each split its own storage: a slice saved as it is drags the whole array into the file.
+    return {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in dataclasses.asdict(data).items()}
+
+
 def make_budget(cfg: DictConfig, train_size: int) -> Budget:
     """Steps per epoch count full batches only (incomplete ones are dropped); max_steps caps an epoch budget."""
     steps_per_epoch = train_size // cfg.batch_size
@@ -86,6 +123,13 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def rebatched(batches: Batches, batch_size: int) -> Batches:
+    """The same images, augmentation and draws (sharing the tensors, no copy) in batches of `batch_size`."""
+    other = copy.copy(batches)
+    other.batch_size = batch_size
+    return other
+
+
 @dataclass
 class Setup:
     """What a run is built from. `forward` is the module the training step calls: `model` itself, or its
@@ -104,19 +148,23 @@ class Setup:
     train_batches: Batches
     val_batches: Batches
     # BN-family models with eval.bn_modes: validation batches of the training batch size (batch statistics
-    # depend on it); None otherwise.
+    # depend on it), and PreciseBN's training batches of its own batch size with its plan; None otherwise.
     val_at_train_batch_size: Batches | None
+    precise_bn_batches: Batches | None = None
+    precise_bn: PreciseBNPlan | None = None
 
 
 def set_up(cfg: DictConfig, data: ImageData | None = None) -> Setup:
     """Build everything in a fixed order from the seed, so that the same config gives the same run."""
     device = select_device(cfg.device)
+    if device.type == "cuda" and device.index is None:  # the current device: a sweep job's own GPU (sweeps.py)
+        device = torch.device("cuda", torch.cuda.current_device())
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     if cfg.train.deterministic:
         make_deterministic()
     seed_everything(cfg.seed)
-    data = data or load_data(cfg.data)
+    data = data or cached_data(cfg.data)
     budget = make_budget(cfg, len(data.train_labels))
     model = build_model(cfg.model, cfg.norm, data.num_classes).to(device)
     channels_last = cfg.train.channels_last
@@ -135,6 +183,8 @@ def set_up(cfg: DictConfig, data: ImageData | None = None) -> Setup:
     bn_modes = cfg.eval.bn_modes and any(has_running_stats(m) for m in model.modules())
     # The validation images already on the device, cut into batches of the training batch size.
     small = min(cfg.batch_size, len(val_batches.labels))
+    precise = plan_precise_bn(cfg.eval.precise_bn_images, cfg.eval.precise_bn_batch_size, len(data.train_labels))
+    precise = precise if bn_modes else None
     return Setup(
         device=device,
         model=model,
@@ -151,4 +201,7 @@ def set_up(cfg: DictConfig, data: ImageData | None = None) -> Setup:
         val_at_train_batch_size=(
             Batches(val_batches.images, val_batches.labels, small, train=False, **common) if bn_modes else None
         ),
+        # The training images already on the device (padded when augmented), in PreciseBN's batch size.
+        precise_bn_batches=rebatched(train_batches, precise.batch_size) if precise else None,
+        precise_bn=precise,
     )

@@ -5,11 +5,10 @@ works under every launcher."""
 from __future__ import annotations
 
 import contextlib
-import itertools
 import os
 import re
 import signal
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from rich.console import Console
 
-from normbench.errors import NormbenchError
+from normbench.errors import ConfigError, NormbenchError
 
 RUN_NAME_RESOLVER = "normbench_run"
 # Run names: norm first, then batch size, then the other swept keys in key order; labels are the key's last part.
@@ -80,19 +79,6 @@ def job_swept_keys() -> list[str]:
     return swept_keys(hydra_cfg.overrides.task, hydra_cfg.job.config.override_dirname.exclude_keys)
 
 
-def grid(overrides: Sequence[str], preset: Mapping[str, Any]) -> list[list[str]]:
-    """Every job of a multirun as its override list, as Hydra's basic sweeper expands it: a preset's
-    `hydra.sweeper.params` first, the command line winning on the same key, then the Cartesian product."""
-    parser = OverridesParser.create()
-    given = {o.key_or_group for o in parser.parse_overrides(list(overrides))}
-    lines = [f"{key}={value}" for key, value in preset.items() if key not in given] + list(overrides)
-    axes = [
-        [f"{o.get_key_element()}={v}" for v in o.sweep_string_iterator()] if o.is_sweep_override() else [o.input_line]
-        for o in parser.parse_overrides(lines)
-    ]
-    return [list(job) for job in itertools.product(*axes)]
-
-
 def available_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
@@ -110,6 +96,26 @@ def jobs_threads(hydra_cfg: Any) -> int | None:
     n_jobs = launcher.get("n_jobs", -1) or 1
     n_jobs = cores if n_jobs < 0 else n_jobs
     return max(1, cores // n_jobs)
+
+
+def job_gpu(hydra_cfg: Any) -> int | None:
+    """The CUDA device of a multirun's job: job i on GPU i mod n of the n visible ones, so that parallel jobs
+    spread over the machine's GPUs instead of all landing on cuda:0. CUDA_VISIBLE_DEVICES chooses which GPUs
+    (and SLURM sets it per job, leaving each job its one GPU). None without CUDA."""
+    import torch
+
+    if not torch.cuda.is_available() or torch.cuda.device_count() == 0:
+        return None
+    return int(hydra_cfg.job.num) % torch.cuda.device_count()
+
+
+def assign_job_gpu(hydra_cfg: Any) -> None:
+    """Make the job's GPU the current CUDA device: `device=cuda` (and `auto`) then train there."""
+    gpu = job_gpu(hydra_cfg)
+    if gpu is not None:
+        import torch
+
+        torch.cuda.set_device(gpu)
 
 
 def _flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -197,12 +203,17 @@ class SweepSummary(Callback):
         from hydra import compose  # inside the running app: composes with its config source
 
         from normbench.board import run_hparams, write_experiment
+        from normbench.config import expand_grid
         from normbench.setup import effective_lr
 
         hydra_cfg = config.hydra
         exclude = hydra_cfg.job.config.override_dirname.exclude_keys
         runs = []
-        for job in grid(hydra_cfg.overrides.task, hydra_cfg.sweeper.get("params") or {}):
+        try:
+            jobs = expand_grid(hydra_cfg.overrides.task, hydra_cfg.sweeper.get("params") or {})
+        except ConfigError:  # not a grid (an optimizing sweeper's intervals): no experiment up front
+            return
+        for job in jobs:
             try:
                 cfg = compose("config", overrides=[o for o in job if not o.lstrip("+~").startswith("hydra")])
             except (HydraException, OmegaConfBaseException):  # that run fails and is recorded; the others go on

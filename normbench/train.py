@@ -122,7 +122,7 @@ def run(
                         f"Interrupted by {signal.Signals(stop.signum).name} at step {state.step}. A checkpoint is "
                         f"saved; continue with `normbench run resume=true hydra.run.dir={run_dir}`."
                     )
-                epoch = end_epoch(setup, state, board, monitor, cfg.eval.precise_bn_batches)
+                epoch = end_epoch(setup, state, board, monitor, cfg.eval.bn_modes_every)
                 checkpoint.save(asdict(state))
                 record(R.RUNNING)
                 bar.print(
@@ -227,8 +227,9 @@ def train_epoch(
     s.wall_s += time.perf_counter() - started
 
 
-def end_epoch(setup: Setup, state: RunState, board: Board, monitor: Monitor | None, precise_bn_batches: int) -> Epoch:
-    """Validate (three ways for BN-family models), log, and move `state` to the next epoch."""
+def end_epoch(setup: Setup, state: RunState, board: Board, monitor: Monitor | None, bn_modes_every: int) -> Epoch:
+    """Validate, log, and move `state` to the next epoch. BN-family models are also validated with batch
+    statistics and with PreciseBN at the end of training, and every `bn_modes_every` epochs (0: only at the end)."""
     s, model = state, setup.model
     train_loss = s.epoch_loss_sum / max(1, s.epoch_seen)
     train_acc = s.epoch_correct / max(1, s.epoch_seen)
@@ -238,10 +239,12 @@ def end_epoch(setup: Setup, state: RunState, board: Board, monitor: Monitor | No
     if monitor is not None:
         monitor.probe_eval(next(iter(setup.val_batches.epoch()))[0], s.step)
     batch_stats = precise = None
-    if setup.val_at_train_batch_size is not None:
+    last = s.step >= setup.budget.total_steps
+    due = last or (bn_modes_every > 0 and (s.epoch + 1) % bn_modes_every == 0)
+    if setup.val_at_train_batch_size is not None and due:
         batch_stats, precise = bn_mode_accuracies(
-            model, setup.val_batches, setup.val_at_train_batch_size, setup.train_batches, s.epoch,
-            precise_bn_batches, setup.autocast,
+            model, setup.val_batches, setup.val_at_train_batch_size, setup.precise_bn_batches, setup.precise_bn,
+            setup.autocast,
         )  # fmt: skip
         board.scalar("val/acc_batch_stats", batch_stats, s.step)
         if precise is not None:
@@ -297,6 +300,8 @@ def make_record(
         normbench_version=__version__,
         history=list(s.history),
         curve=_downsample(s.curve, 400),
+        precise_bn_images=setup.precise_bn.images if setup.precise_bn else None,
+        warnings=[w for w in [setup.precise_bn and setup.precise_bn.warning] if w],
         **values,
     )
 

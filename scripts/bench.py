@@ -10,15 +10,23 @@
              alternating in one process after warm-up, best of --reps rounds; last line
              `overhead ratio: X.XX` (median over cases).
 4. switches: train.channels_last (and train.compile with --compile) against the default, per case.
+5. e2e:      process wall time of `normbench run` over its own training loop time (`wall_s` of results.json),
+             for the default run and a small-batch run (batch 8, 2 epochs of 4,096 images).
+6. sweep:    a sweep's wall time over the sum of its runs' training loops divided by the parallel jobs
+             (`--sweep`, default the quick sweep with hydra/launcher=parallel: long, so not in the default set).
 
-    python scripts/bench.py [--sections data,logging,overhead,switches] [--steps 100] [--reps 3]
+    python scripts/bench.py [--sections data,logging,overhead,switches,e2e,sweep] [--steps 100] [--reps 3]
 """
 
 from __future__ import annotations
 
 import argparse
 import itertools
+import os
+import shlex
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -32,10 +40,12 @@ from normbench.config import compose_config
 from normbench.data import Batches, ImageData, make_synthetic
 from normbench.devices import select_device
 from normbench.models import build_model
+from normbench.record import find_records
 from normbench.setup import build_optimizer, effective_lr
 from normbench.train import run
 
 CASES = [
+    *(("cnn", norm, batch) for batch in (2, 8) for norm in ("bn", "gn")),
     *(("cnn", norm, batch) for batch in (32, 128) for norm in ("bn", "gn", "ln", "in")),
     ("mlp", "bn", 128),
     ("transformer", "ln", 128),
@@ -189,18 +199,53 @@ def bench_switches(data: ImageData, steps: int, reps: int, compile_: bool) -> No
         print(f"torch.compile: {t_eager / t_comp:.2f}x the eager speed (steady state; first step {first:.1f} s)")
 
 
+E2E = {"default run": [], "small batches": ["batch_size=8", "epochs=2", "data.subset=4096"]}
+NORMBENCH = str(Path(sys.executable).with_name("normbench"))
+
+
+def bench_e2e() -> None:
+    for name, overrides in E2E.items():
+        with tempfile.TemporaryDirectory() as tmp:
+            start = time.perf_counter()
+            subprocess.run([NORMBENCH, "run", *overrides, "quiet=true", f"hydra.run.dir={tmp}"], check=True,
+                           stdout=subprocess.DEVNULL)  # fmt: skip
+            wall = time.perf_counter() - start
+            (_, record), *_ = find_records(Path(tmp))
+        print(f"{name:14s} process {wall:6.1f} s, training loop {record.wall_s:6.1f} s: "
+              f"end-to-end ratio {wall / record.wall_s:.2f}  ({' '.join(overrides) or 'no overrides'})")  # fmt: skip
+
+
+def bench_sweep(overrides: list[str]) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
+        subprocess.run([NORMBENCH, "sweep", *overrides, f"hydra.sweep.dir={tmp}"], check=True,
+                       stdout=subprocess.DEVNULL)  # fmt: skip
+        wall = time.perf_counter() - start
+        records = [r for _, r in find_records(Path(tmp))]
+    # configs/hydra/launcher/parallel.yaml runs 2 jobs at once unless hydra.launcher.n_jobs says otherwise
+    n_jobs = next((int(o.split("=")[1]) for o in overrides if o.startswith("hydra.launcher.n_jobs=")), None)
+    n_jobs = n_jobs or (2 if "hydra/launcher=parallel" in overrides else 1)
+    loops = sum(r.wall_s for r in records)
+    print(f"sweep {' '.join(overrides)}: {len(records)} runs, {n_jobs} parallel jobs")
+    print(f"wall {wall:.0f} s, training loops {loops:.0f} s in all, {loops / n_jobs:.0f} s per job slot: "
+          f"sweep efficiency ratio {wall / (loops / n_jobs):.2f}")  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sections", default="data,logging,overhead,switches")
+    parser.add_argument("--sections", default="data,logging,overhead,switches,e2e")
     parser.add_argument("--steps", type=int, default=100, help="steps per timed run (>= log.hist_every)")
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--compile", action="store_true", help="also time torch.compile (tens of seconds)")
+    parser.add_argument("--sweep", default="sweep=quick hydra/launcher=parallel", help="the sweep section's sweep")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     device = select_device("auto")
-    print(f"normbench bench: torch {torch.__version__}, {device}, {torch.get_num_threads()} threads")
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    print(f"normbench bench: torch {torch.__version__}, {device}, {torch.get_num_threads()} threads, "
+          f"{os.cpu_count()} cores, load average {load}")  # fmt: skip
     data = make_synthetic(10_000, 500)
     sections = args.sections.split(",")
     if "data" in sections:
@@ -216,6 +261,12 @@ def main() -> None:
         print("\n== normbench vs a bare PyTorch loop")
         ratio = bench_overhead(data, args.steps, args.reps)
         print(f"overhead ratio: {ratio:.2f}")
+    if "e2e" in sections:
+        print("\n== end to end: a whole `normbench run` vs its training loop")
+        bench_e2e()
+    if "sweep" in sections:
+        print("\n== sweep efficiency")
+        bench_sweep(shlex.split(args.sweep))
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ from urllib.parse import quote
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 SWEEP = ["norm=bn,gn", "batch_size=4,32", "epochs=3", "data.train_size=768", "data.val_size=256",
-         "eval.precise_bn_batches=4", "log.hist_every=24", "quiet=true", "hydra/launcher=parallel"]  # fmt: skip
+         "eval.precise_bn_images=128", "log.hist_every=24", "quiet=true", "hydra/launcher=parallel"]  # fmt: skip
 # (file, TensorBoard page): loss and accuracy coloured by norm, the HParams table, one layer's activations.
 PAGES = [
     (

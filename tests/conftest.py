@@ -1,4 +1,9 @@
-"""Shared helpers: tiny configs that train in well under a second, and a reader for TensorBoard events."""
+"""Shared helpers: tiny configs that train in well under a second, and a reader for TensorBoard events.
+
+The suite pins `device=cpu` (in TINY and in every `normbench run`/`sweep` subprocess started through
+`normbench`): its bit-exact checks (same seed, resume) hold for CPU kernels; on a CUDA or MPS host `device=auto`
+would pick non-deterministic ones. Tests that start runs some other way pass `device=cpu` themselves.
+"""
 
 from __future__ import annotations
 
@@ -16,8 +21,8 @@ from normbench.config import compose_config
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = [
-    "data.train_size=64", "data.val_size=32", "batch_size=8", "max_steps=3", "epochs=1", "quiet=true",
-    "eval.batch_size=32", "eval.precise_bn_batches=2", "log.hist_every=2", "log.every=1", "threads=1",
+    "device=cpu", "data.train_size=64", "data.val_size=32", "batch_size=8", "max_steps=3", "epochs=1", "quiet=true",
+    "eval.batch_size=32", "eval.precise_bn_images=16", "log.hist_every=2", "log.every=1", "threads=1",
 ]  # fmt: skip
 
 
@@ -35,8 +40,10 @@ def events(run_dir: Path) -> EventAccumulator:
 
 
 def normbench(*args: str, cwd: Path, timeout: float = 240, **env: str) -> subprocess.CompletedProcess[str]:
-    """The real `normbench` command in a subprocess."""
+    """The real `normbench` command in a subprocess; runs and sweeps on the CPU (see above)."""
     exe = Path(sys.executable).with_name("normbench")
+    if args[:1] in (("run",), ("sweep",)):
+        args = (args[0], "device=cpu", *args[1:])  # first: a test's own device=... still wins
     return subprocess.run(
         [str(exe), *args], cwd=cwd, capture_output=True, text=True, timeout=timeout,
         env={**os.environ, "COLUMNS": "200", **env},

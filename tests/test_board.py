@@ -22,7 +22,7 @@ from omegaconf import OmegaConf
 
 from normbench import record as R
 from normbench.board import LAYOUT, Board, bn_tag, run_hparams, tensorboard_hint, write_experiment
-from normbench.config import compose_config, name_runs_by_swept_keys, sweep_jobs
+from normbench.config import compose_unchecked, name_runs_by_swept_keys, sweep_jobs
 from normbench.sweeps import swept_keys
 
 
@@ -30,7 +30,7 @@ def _run_names(*overrides: str) -> list[str]:
     """Each run's directory name, resolved from the composed config exactly as Hydra resolves it in a job."""
     names = []
     for job in sweep_jobs(name_runs_by_swept_keys(list(overrides))):
-        cfg = compose_config(job, with_hydra=True)
+        cfg = compose_unchecked(job, with_hydra=True)
         names.append(OmegaConf.select(cfg, "hydra.sweep.subdir"))
     return names
 

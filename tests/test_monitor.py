@@ -99,13 +99,14 @@ def test_batch_statistic_evaluation_leaves_running_statistics_alone() -> None:
 
 def test_precise_bn_is_the_cumulative_average_over_training_batches() -> None:
     from normbench.data import Batches
+    from normbench.evaluation import PRECISE_BN_DRAW
 
     data = make_synthetic(64, 8)
     batches = Batches(data.train_images, data.train_labels, 16, data.mean, data.std, torch.device("cpu"), train=True)
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
-    precise = precise_bn(model, batches, epoch=0, num_batches=3)
+    precise = precise_bn(model, batches, num_batches=3)
     conv = precise[0]
-    outs = [conv(x) for x, _ in list(batches.epoch(10_000))[:3]]
+    outs = [conv(x) for x, _ in list(batches.epoch(PRECISE_BN_DRAW))[:3]]
     with torch.no_grad():
         means = torch.stack([o.mean(dim=(0, 2, 3)) for o in outs]).mean(0)
         variances = torch.stack([o.var(dim=(0, 2, 3), unbiased=True) for o in outs]).mean(0)

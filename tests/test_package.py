@@ -114,11 +114,12 @@ def test_a_plugin_module_adds_a_norm_to_an_installed_normbench(tmp_path) -> None
     mine = tmp_path / "mine"
     (mine / "norm").mkdir(parents=True)
     (mine / "scaled.py").write_text(
-        "from torch import nn\nfrom normbench.norms import register_norm\n\n"
-        "@register_norm('scaledln', summary='LayerNorm under another name', axes={'vector': 'C'})\n"
-        "def scaled(num_features, layout, *, eps=1e-5, impl='torch'):\n    return nn.LayerNorm(num_features, eps=eps)\n"
+        "from normbench.norms import on, register_norm\n\n"
+        "@register_norm('scaledln', summary='LayerNorm under another name',\n"
+        "               layouts={'vector': on('C', torch='torch.nn.LayerNorm')})\n"
+        "def scaled(cls, num_features: int, *, eps: float = 1e-5):\n    return cls(num_features, eps=eps)\n"
     )
-    (mine / "norm" / "scaledln.yaml").write_text("name: scaledln\nimpl: torch\neps: 1.0e-5\n")
+    (mine / "norm" / "scaledln.yaml").write_text("defaults:\n  - /schema/norm/scaledln@_here_\n")
     env = {"NORMBENCH_PLUGINS": str(mine / "scaled.py")}
     done = normbench("run", "--config-dir", str(mine), "model=mlp", "norm=scaledln", "max_steps=2", *TINY_RUN,
                      f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path, **env)  # fmt: skip

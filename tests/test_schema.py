@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 
 from normbench import schema
 from normbench.cli import app
-from normbench.config import _compose, compose_config, sweep_jobs
+from normbench.config import compose_config, compose_unchecked, sweep_jobs
 from normbench.errors import ConfigError
 
 # (overrides, the key and value the message must name). Every kind of refusal: a wrong type (int, float, bool,
@@ -36,7 +36,7 @@ BAD = [
     (["resume=maybe"], "resume=maybe"),
     (["train.compile=maybe"], "train.compile=maybe"),
     (["eval.batch_size=0"], "eval.batch_size=0"),
-    (["eval.precise_bn_batches=-1"], "eval.precise_bn_batches=-1"),
+    (["eval.precise_bn_images=-1"], "eval.precise_bn_images=-1"),
     (["log.every=0"], "log.every=0"),
     (["log.hist_every=-1"], "log.hist_every=-1"),
     (["log.hist_values=0"], "log.hist_values=0"),
@@ -130,12 +130,12 @@ def test_norm_defaults_are_the_builders_keyword_defaults() -> None:
     for name, spec in NORMS.items():
         params = inspect.signature(spec.builder).parameters.values()
         expected = {p.name: p.default for p in params if p.kind is p.KEYWORD_ONLY}
-        composed = OmegaConf.to_container(_compose([f"norm={name}"]).norm)  # the schema alone: no model built
+        composed = OmegaConf.to_container(compose_unchecked([f"norm={name}"]).norm)  # the schema alone: no model built
         assert composed.pop("name") == name
         impl = composed.pop("impl")
         assert impl == expected.pop("impl", impl), name  # a registry may add impl itself, outside the signature
         assert composed == expected, name
-    assert _compose(["norm=brn"]).norm.impl == "reference"  # PyTorch has no Batch Renormalization kernel
+    assert compose_unchecked(["norm=brn"]).norm.impl == "reference"  # PyTorch has no Batch Renormalization kernel
 
 
 def test_group_yaml_files_only_select_their_schema() -> None:
@@ -156,7 +156,7 @@ def test_closed_sets_compare_and_serialize_as_plain_strings() -> None:
 
 def test_volatile_keys_come_from_the_schema_and_never_name_a_run() -> None:
     assert set(schema.VOLATILE) == {"device", "threads", "resume", "quiet", "log.activations"}
-    exclude = _compose([], with_hydra=True).hydra.job.config.override_dirname.exclude_keys
+    exclude = compose_unchecked([], with_hydra=True).hydra.job.config.override_dirname.exclude_keys
     assert set(schema.VOLATILE) <= set(exclude) and {"sweep", "hydra/launcher"} <= set(exclude)
 
 

@@ -10,7 +10,7 @@ import torch
 from conftest import ROOT, normbench
 
 from normbench import record as R
-from normbench.config import compose_config
+from normbench.config import compose_config, compose_unchecked
 from normbench.models import NORM_SLOT, build_model, count_parameters
 from normbench.norms import NORMS
 from normbench.train import run
@@ -88,7 +88,7 @@ def sweep_dir(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("sweep")
     for norm in ("bn", "gn"):
         cfg = compose_config(["data.train_size=32", "data.val_size=16", "batch_size=8", "max_steps=2", "epochs=1",
-                              "quiet=true", "eval.precise_bn_batches=1", "log.activations=false", "threads=1",
+                              "quiet=true", "eval.precise_bn_images=8", "log.activations=false", "threads=1",
                               f"norm={norm}"])  # fmt: skip
         run(cfg, root / f"norm={norm}")
     return root
@@ -134,16 +134,16 @@ def test_report_command_with_a_reference_and_an_unknown_name(sweep_dir, tmp_path
 
 
 def test_paper_preset_is_the_public_sweep() -> None:
-    cfg = compose_config(["sweep=paper"], with_hydra=True)
+    cfg = compose_unchecked(["sweep=paper"], with_hydra=True)
     assert (cfg.model.name, cfg.data.name, cfg.epochs) == ("resnet20", "cifar10", 100)
     assert (cfg.optim.lr, cfg.optim.base_batch_size, cfg.optim.lr_scaling) == (0.1, 32, "linear")
     assert dict(cfg.hydra.sweeper.params) == {"norm": "bn,gn", "batch_size": "2,4,8,16,32", "seed": "0,1,2,3,4"}
 
 
 def test_converged_preset_runs_at_a_tiny_scale(tmp_path) -> None:
-    cfg = compose_config(["sweep=converged"], with_hydra=True)
+    cfg = compose_unchecked(["sweep=converged"], with_hydra=True)
     assert (cfg.model.name, cfg.data.name) == ("resnet20", "synthetic")
     assert dict(cfg.hydra.sweeper.params) == {"norm": "bn,gn,ln", "batch_size": "2,32", "seed": "0,1"}
     tiny = compose_config(["sweep=converged", "batch_size=2", "norm=ln", "max_steps=2", "data.train_size=16",
-                           "data.val_size=8", "eval.precise_bn_batches=1", "threads=1"])  # fmt: skip
+                           "data.val_size=8", "eval.precise_bn_images=8", "threads=1"])  # fmt: skip
     assert run(tiny, tmp_path).status == R.COMPLETED
