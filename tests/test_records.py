@@ -21,11 +21,11 @@ from conftest import events, normbench
 from normbench.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_SWEEP_INCOMPLETE
 from normbench.record import RunRecord
 
-SMALL = ["data.train_size=64", "data.val_size=32", "batch_size=8", "threads=1", "log.activations=false",
-         "quiet=true", "max_steps=3", "epochs=1", "eval.precise_bn_batches=2"]  # fmt: skip
+SMALL = ["device=cpu", "data.train_size=64", "data.val_size=32", "batch_size=8", "threads=1", "log.activations=false",
+         "quiet=true", "max_steps=3", "epochs=1", "eval.precise_bn_images=16"]  # fmt: skip
 # Long enough for a signal to land mid-run: 3 epochs of 48 steps per run, a checkpoint at each epoch's end.
-SLOW = ["data.train_size=384", "data.val_size=32", "batch_size=8", "threads=1", "log.activations=false",
-        "quiet=true", "epochs=3", "eval.precise_bn_batches=2", "model=mlp"]  # fmt: skip
+SLOW = ["device=cpu", "data.train_size=384", "data.val_size=32", "batch_size=8", "threads=1", "log.activations=false",
+        "quiet=true", "epochs=3", "eval.precise_bn_images=16", "model=mlp"]  # fmt: skip
 EXE = str(Path(sys.executable).with_name("normbench"))
 
 

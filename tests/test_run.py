@@ -87,8 +87,9 @@ def test_records_of_older_versions_still_read(tmp_path) -> None:
     assert record.budget.steps_per_epoch == 8 and record.history[0].val_loss == 2.1
     assert record.history[0].val_acc_batch_stats is None and record.normbench_version is None
     assert record.config == {} and record.curve == []
-    (tmp_path / "results.json").write_text('{"status": "comp')  # half a file: no record, not a crash
-    assert RunRecord.read(tmp_path) is None
+    (tmp_path / "results.json").write_text('{"status": "comp')  # half a file: refused by name, not a crash
+    with pytest.raises(UnreadableRecord, match="not valid JSON"):
+        RunRecord.read(tmp_path)
 
 
 @pytest.mark.parametrize(
