@@ -13,7 +13,7 @@ import normbench
 from normbench import record as R
 from normbench.models import MODELS
 from normbench.norms import NORMS
-from normbench.record import Budget, RunRecord
+from normbench.record import Budget, RunRecord, UnreadableRecord
 from normbench.train import run
 
 ALLOWED = [(m, n) for m, (cls, _) in MODELS.items() for n, spec in NORMS.items() if cls.layout in spec.axes]
