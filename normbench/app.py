@@ -105,6 +105,7 @@ def not_started(run_dir: Path) -> None:
 
 def train(cfg: DictConfig, hydra_cfg: DictConfig, run_dir: Path, multirun: bool) -> RunRecord | None:
     """Train the claimed run; turn every outcome into a record, a message and (outside a sweep) an exit code."""
+    from normbench.board import tensorboard_hint  # deferred, like train: both import torch
     from normbench.train import run  # deferred: keeps `--cfg`/`--help` fast
 
     where = f" in {run_dir.name}" if multirun else ""
@@ -126,6 +127,7 @@ def train(cfg: DictConfig, hydra_cfg: DictConfig, run_dir: Path, multirun: bool)
             )
         else:
             print_summary(record)
+            console.print(tensorboard_hint(run_dir), highlight=False, soft_wrap=True)
         return record
     except InterruptedRun as error:
         if not multirun:

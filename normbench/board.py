@@ -126,11 +126,18 @@ def write_experiment(log_dir: Path, runs: Sequence[Mapping[str, HValue]]) -> Non
 
 
 class Board:
-    """The TensorBoard events of one run. Every method takes `x`, the caller's x value (examples seen or steps)."""
+    """The TensorBoard events of one run. Every method takes `x`, the caller's x value; `x(step)` is the x of a
+    training step: step · `x_per_step` (the batch size for examples seen: incomplete batches are dropped, so that
+    is exact; 1 for steps)."""
 
-    def __init__(self, log_dir: Path, purge_step: int | None = None) -> None:
-        # purge_step (in x units): a resumed run drops what the interrupted process wrote after its checkpoint.
-        self.writer = SummaryWriter(str(log_dir), purge_step=purge_step)
+    def __init__(self, log_dir: Path, x_per_step: int = 1, resumed_at: int | None = None) -> None:
+        self.x_per_step = x_per_step
+        # A run resumed at step `resumed_at` drops what the interrupted process wrote after its checkpoint.
+        purge = None if resumed_at is None else self.x(resumed_at + 1)
+        self.writer = SummaryWriter(str(log_dir), purge_step=purge)
+
+    def x(self, step: int) -> int:
+        return step * self.x_per_step
 
     def scalar(self, tag: str, value: float, x: int) -> None:
         self.writer.add_scalar(tag, value, x)
@@ -181,14 +188,6 @@ class Board:
         self.writer.file_writer.add_summary(
             _summary(metadata.SESSION_END_INFO_TAG, plugin_data_pb2.HParamsPluginData(session_end_info=end))
         )
-
-    def hparams(self, hparams: Mapping[str, HValue], metrics: Mapping[str, float], step: int) -> None:
-        """Until the training loop calls start_session/end_session itself (issue 13): the old end-of-run call,
-        as a session that starts and ends at once. The metrics are read from the existing tags instead."""
-        from normbench.sweeps import in_sweep
-
-        self.start_session(hparams, experiment=not in_sweep())
-        self.end_session(R.COMPLETED)
 
     def flush(self) -> None:
         self.writer.flush()

@@ -73,7 +73,8 @@ def _set_debug(debug: bool) -> None:
 def _hydra_args(args: list[str]) -> list[str]:
     """Hydra's help lists flags that do not work through normbench (-sc, -m): show normbench's version of it.
     It is chosen here because Hydra composes its help without normbench's primary config."""
-    return [*args, "hydra/hydra_help=normbench"] if "--hydra-help" in args else args
+    # First: Hydra's argparse refuses overrides on both sides of a flag.
+    return ["hydra/hydra_help=normbench", *args] if "--hydra-help" in args else args
 
 
 def _show_version(show: bool) -> None:

@@ -2,10 +2,13 @@
 
 Forward hooks on every norm layer (an identity under `norm=none`, so runs with and without normalization
 compare layer by layer) record the layer's input and output as histograms `act/<layer>/pre|post` and their
-mean/std as scalars, every `log.hist_every` training steps and on the first validation batch of each epoch
-(`act_eval/...`). At the training steps, each BN-family layer's running mean/var is set against the current
-batch's statistics (`bn/<layer>/...`). Hooks are attached only for the step that logs, tensors are subsampled
-to `log.hist_values` values on the device, and copied to the host only then.
+mean/std as scalars, at the first training step (the starting distribution, even in a run shorter than
+`log.hist_every`), every `log.hist_every` steps, and on the first validation batch of each epoch (`act_eval/...`).
+At the training steps, each BN-family layer's running mean/var is set against the current batch's statistics:
+`bn/<layer>/mean/batch|running|gap` and `bn/<layer>/var/batch|running|ratio`, side by side in TensorBoard.
+Everything is written at the board's x of the step (examples seen or steps, `log.x_axis`). Hooks are attached
+only for the step that logs, tensors are subsampled to `log.hist_values` values on the device, and copied to the
+host only then.
 
 Hooks run only in eager mode: a compiled forward ignores hooks added after compilation, so the training loop
 runs the eager module on the steps this monitor probes (`due`).
@@ -19,7 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from normbench.board import Board
+from normbench.board import Board, bn_tag
 from normbench.evaluation import has_running_stats
 from normbench.models import NORM_SLOT
 
@@ -60,7 +63,7 @@ class Monitor:
 
     def due(self, step: int) -> bool:
         """Whether training step `step` is probed: then the loop calls `attach` before it, `write` after it."""
-        return bool(self.every) and step % self.every == 0
+        return bool(self.every) and (step == 1 or step % self.every == 0)
 
     def attach(self) -> None:
         for name, module in self.layers:
@@ -84,39 +87,36 @@ class Monitor:
         self.handles.clear()
 
     def write(self, step: int, prefix: str = "act") -> None:
-        """Detach the hooks and write what they captured at `step`."""
+        """Detach the hooks and write what they captured at training step `step`."""
         self.detach()
+        x = self.board.x(step)
         for name, (pre, post, bn) in self.captured.items():
             for kind, values in (("pre", pre), ("post", post)):
                 stats = torch.stack([values.mean(), values.std()]).tolist()
-                self.board.histogram(f"{prefix}/{name}/{kind}", values, step)
+                self.board.histogram(f"{prefix}/{name}/{kind}", values, x)
                 self.board.scalars(
-                    {f"{prefix}/{name}/{kind}_mean": stats[0], f"{prefix}/{name}/{kind}_std": stats[1]}, step
+                    {f"{prefix}/{name}/{kind}_mean": stats[0], f"{prefix}/{name}/{kind}_std": stats[1]}, x
                 )
             if bn is not None and prefix == "act":
-                self.write_bn(name, dict(self.layers)[name], bn, step)
+                self.write_bn(name, dict(self.layers)[name], bn, x)
         self.captured.clear()
 
-    def write_bn(self, name: str, module: nn.Module, batch: tuple[Tensor, Tensor], step: int) -> None:
+    def write_bn(self, name: str, module: nn.Module, batch: tuple[Tensor, Tensor], x: int) -> None:
         """Running statistics against this batch's: the gap BN pays for at eval time."""
         batch_mean, batch_var = batch
         run_mean, run_var = module.running_mean.float(), module.running_var.float()
         gap = ((batch_mean - run_mean).abs() / torch.sqrt(run_var + module.eps)).mean()
         ratio = (batch_var / run_var.clamp_min(1e-12)).mean()
-        tag = f"bn/{name}"
-        for label, tensor in (
-            ("running_mean", run_mean),
-            ("batch_mean", batch_mean),
-            ("running_var", run_var),
-            ("batch_var", batch_var),
-        ):
-            self.board.histogram(f"{tag}/{label}", tensor, step)
+        for statistic, batch_value, running in (("mean", batch_mean, run_mean), ("var", batch_var, run_var)):
+            self.board.histogram(bn_tag(name, statistic, "batch"), batch_value, x)
+            self.board.histogram(bn_tag(name, statistic, "running"), running, x)
         gap_value, ratio_value = torch.stack([gap, ratio]).tolist()
-        self.board.scalars({f"{tag}/mean_gap": gap_value, f"{tag}/var_ratio": ratio_value}, step)
+        self.board.scalars({bn_tag(name, "mean", "gap"): gap_value, bn_tag(name, "var", "ratio"): ratio_value}, x)
 
     @torch.no_grad()
     def probe_eval(self, x: Tensor, step: int) -> None:
-        """Validation-time activations: one forward of the validation batch `x` in eval mode."""
+        """Validation-time activations after training step `step`: one forward of the validation batch `x` in
+        eval mode."""
         self.model.eval()
         self.attach()
         self.model(x)

@@ -13,7 +13,7 @@ import math
 import signal
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,7 +26,7 @@ from torch import Tensor
 
 from normbench import __version__
 from normbench import record as R
-from normbench.board import Board
+from normbench.board import Board, run_hparams
 from normbench.checkpoint import Checkpoint
 from normbench.data import ImageData
 from normbench.errors import DivergedError, InterruptedRun
@@ -34,7 +34,9 @@ from normbench.evaluation import bn_mode_accuracies, evaluate
 from normbench.monitor import Monitor
 from normbench.progress import ProgressBar
 from normbench.record import Epoch, Metrics, RunRecord
-from normbench.setup import Setup, set_up
+from normbench.schema import XAxis
+from normbench.setup import Setup, effective_lr, set_up
+from normbench.sweeps import in_sweep, job_swept_keys
 
 
 @dataclass
@@ -92,14 +94,23 @@ def run(
 ) -> RunRecord:
     """Train to the end of the budget; write the record whatever happens. Raises the run's error."""
     console = console or Console()
-    setup = set_up(cfg, data)
+    # The run's HParams row: started now, ended with its status, so every run has one whatever happens.
+    hparams = run_hparams(cfg, effective_lr(cfg.optim, cfg.batch_size), job_swept_keys())
+    x_per_step = cfg.batch_size if cfg.log.x_axis == XAxis.examples else 1
+    try:
+        setup = set_up(cfg, data)
+        checkpoint = Checkpoint(run_dir, setup.model, setup.optimizer, setup.scheduler, setup.device)
+        saved = checkpoint.load() if resume else None
+    except Exception:  # a run that cannot start (its record says why) still gets its row
+        with closing(Board(run_dir, x_per_step)) as board:
+            board.start_session(hparams, experiment=not in_sweep())
+            board.end_session(R.FAILED)
+        raise
     config = OmegaConf.to_container(cfg, resolve=True)
-    checkpoint = Checkpoint(run_dir, setup.model, setup.optimizer, setup.scheduler, setup.device)
-    saved = checkpoint.load() if resume else None
     state = R.from_dict(RunState, saved) if saved is not None else RunState()
     run_dir.mkdir(parents=True, exist_ok=True)
-    # A resumed run drops the events the interrupted process wrote after its checkpoint.
-    board = Board(run_dir, purge_step=state.step + 1 if saved is not None else None)
+    board = Board(run_dir, x_per_step, resumed_at=state.step if saved is not None else None)
+    board.start_session(hparams, experiment=not in_sweep())
     board.layout()
     monitor = Monitor(setup.model, board, cfg.log.hist_every, cfg.log.hist_values) if cfg.log.activations else None
     if saved is not None:
@@ -108,6 +119,7 @@ def run(
     def record(status: str, reason: str | None = None, **values: Any) -> RunRecord:
         written = make_record(config, status, reason, setup, state, **values)
         written.write(run_dir)
+        board.end_session(status)  # completed, diverged, failed; nothing while running or interrupted
         return written
 
     stop = StopRequest()
@@ -129,7 +141,7 @@ def run(
                     f"epoch {epoch.epoch}/{setup.budget.epochs}  step {epoch.step}  train loss {epoch.train_loss:.4f} "
                     f"acc {epoch.train_acc:.3f}  val loss {epoch.val_loss:.4f} acc {epoch.val_acc:.3f}"
                 )
-        return record(R.COMPLETED, hparams=write_hparams(board, cfg, setup, state))
+        return record(R.COMPLETED, hparams=hparams)
     except DivergedError as error:
         record(R.DIVERGED, str(error), diverged_step=error.step)
         raise
@@ -195,8 +207,8 @@ def train_epoch(
                     f"stopped there. Lower optim.lr (effective lr {setup.lr:g}) or check the norm settings.",
                     step=first + i,
                 )
-            board.scalar("train/loss", value, first + i)
-        board.scalar("lr", setup.scheduler.get_last_lr()[0], s.step)
+            board.scalar("train/loss", value, board.x(first + i))
+        board.scalar("lr", setup.scheduler.get_last_lr()[0], board.x(s.step))
         s.epoch_loss_sum += sum(losses) * setup.train_batches.batch_size
         s.epoch_correct += correct
         s.curve.append([s.examples, sum(losses) / len(losses)])
@@ -246,9 +258,9 @@ def end_epoch(setup: Setup, state: RunState, board: Board, monitor: Monitor | No
             model, setup.val_batches, setup.val_at_train_batch_size, setup.precise_bn_batches, setup.precise_bn,
             setup.autocast,
         )  # fmt: skip
-        board.scalar("val/acc_batch_stats", batch_stats, s.step)
+        board.scalar("val/acc_batch_stats", batch_stats, board.x(s.step))
         if precise is not None:
-            board.scalar("val/acc_precise_bn", precise, s.step)
+            board.scalar("val/acc_precise_bn", precise, board.x(s.step))
     epoch = Epoch(
         epoch=s.epoch + 1,
         step=s.step,
@@ -264,7 +276,8 @@ def end_epoch(setup: Setup, state: RunState, board: Board, monitor: Monitor | No
     )
     s.history.append(epoch)
     board.scalars(
-        {"train/loss_epoch": train_loss, "train/acc": train_acc, "val/loss": val_loss, "val/acc": val_acc}, s.step
+        {"train/loss_epoch": train_loss, "train/acc": train_acc, "val/loss": val_loss, "val/acc": val_acc},
+        board.x(s.step),
     )
     board.flush()
     s.epoch += 1
@@ -304,32 +317,6 @@ def make_record(
         warnings=[w for w in [setup.precise_bn and setup.precise_bn.warning] if w],
         **values,
     )
-
-
-def write_hparams(board: Board, cfg: DictConfig, setup: Setup, state: RunState) -> dict[str, Any]:
-    """The run's HParams entry in TensorBoard, once the budget is spent; returned for the record."""
-    last = state.history[-1]
-    hparams = {
-        "model": cfg.model.name,
-        "norm": cfg.norm.name,
-        "norm_impl": cfg.norm.get("impl", "torch"),
-        "data": cfg.data.name,
-        "batch_size": cfg.batch_size,
-        "lr": setup.lr,
-        "optim": cfg.optim.name,
-        "seed": cfg.seed,
-        "budget": setup.budget.unit,
-        "steps": setup.budget.total_steps,
-    }
-    metrics = {
-        "hparam/final_val_acc": last.val_acc,
-        "hparam/best_val_acc": state.best_val_acc,
-        "hparam/final_val_loss": last.val_loss,
-        "hparam/final_train_loss": last.train_loss,
-    }
-    board.hparams(hparams, metrics, state.step)
-    board.flush()
-    return hparams
 
 
 def _downsample(points: list[list[float]], most: int) -> list[list[float]]:

@@ -27,19 +27,22 @@ from typing import Any
 from urllib.parse import quote
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # this checkout's normbench, whatever the environment has installed
+from normbench.board import timeseries_url  # noqa: E402
+
 BIN = Path(sys.executable).parent
 SWEEP = ["norm=bn,gn", "batch_size=4,32", "epochs=3", "data.train_size=768", "data.val_size=256",
          "eval.precise_bn_images=128", "log.hist_every=24", "quiet=true", "hydra/launcher=parallel"]  # fmt: skip
-# (file, TensorBoard page): loss and accuracy coloured by norm, the HParams table, one layer's activations.
+# (file, TensorBoard page): the link a sweep prints (loss and accuracy, one colour per norm), the HParams table,
+# one layer's activations, the Custom Scalars charts.
 PAGES = [
-    (
-        "timeseries.png",
-        "?tagFilter=" + quote("^(train|val)/") + "&runColorGroup=" + quote("regex:^([^_]+)_") + "#timeseries",
-    ),
-    ("hparams.png", "#hparams"),
-    ("histograms.png", "#histograms&tagFilter=" + quote("^act/stage2\\.norm/(pre|post)$")),
-    ("custom_scalars.png", "#custom_scalars"),
+    ("timeseries.png", lambda port: timeseries_url(port, color_by_norm=True)),
+    ("hparams.png", lambda port: f"http://localhost:{port}/#hparams"),
+    ("histograms.png", lambda port: f"http://localhost:{port}/#histograms&tagFilter=" + quote(r"^act/stage2\.norm/")),
+    ("custom_scalars.png", lambda port: f"http://localhost:{port}/#custom_scalars"),
 ]
+# TensorBoard's stored settings, read before its scripts run: Time Series' settings pane closed (open by default).
+SETTINGS = {"timeSeriesSettingsPaneOpened": False}
 
 
 def free_port() -> int:
@@ -75,6 +78,9 @@ class Chromium:
         target = self.call("Target.createTarget", url="about:blank")["targetId"]
         self.session = self.call("Target.attachToTarget", targetId=target, flatten=True)["sessionId"]
         self.call("Emulation.setDeviceMetricsOverride", width=width, height=height, deviceScaleFactor=1, mobile=False)
+        self.call("Page.enable")
+        store = f"localStorage.setItem('_tb_global_settings', {json.dumps(json.dumps(SETTINGS))})"
+        self.call("Page.addScriptToEvaluateOnNewDocument", source=store)
 
     def call(self, method: str, **params: Any) -> dict[str, Any]:
         self.next_id += 1
@@ -132,14 +138,14 @@ def main() -> None:
     try:
         for _ in range(120):  # bounded: until TensorBoard answers
             try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/data/runs", timeout=2)
+                urllib.request.urlopen(f"http://localhost:{port}/data/runs", timeout=2)
                 break
             except OSError:
                 time.sleep(0.5)
         chromium = Chromium(1400, 900)
         args.out.mkdir(parents=True, exist_ok=True)
         for name, page in PAGES:
-            chromium.screenshot(f"http://127.0.0.1:{port}/{page}", args.out / name, args.wait)
+            chromium.screenshot(page(port), args.out / name, args.wait)
             print(f"wrote {args.out / name}")
     finally:
         if chromium is not None:

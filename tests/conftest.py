@@ -42,8 +42,9 @@ def events(run_dir: Path) -> EventAccumulator:
 def normbench(*args: str, cwd: Path, timeout: float = 240, **env: str) -> subprocess.CompletedProcess[str]:
     """The real `normbench` command in a subprocess; runs and sweeps on the CPU (see above)."""
     exe = Path(sys.executable).with_name("normbench")
-    if args[:1] in (("run",), ("sweep",)):
-        args = (args[0], "device=cpu", *args[1:])  # first: a test's own device=... still wins
+    if args[:1] in (("run",), ("sweep",)) and not any(a.startswith("-") for a in args[1:]):
+        # First, so that a test's own device=... still wins; not with Hydra's flags (--hydra-help composes alone).
+        args = (args[0], "device=cpu", *args[1:])
     return subprocess.run(
         [str(exe), *args], cwd=cwd, capture_output=True, text=True, timeout=timeout,
         env={**os.environ, "COLUMNS": "200", **env},

@@ -1,5 +1,5 @@
 """What TensorBoard shows of a sweep, asked of TensorBoard itself: a real `tensorboard` server on loopback reads an
-event tree written through Board, and its HParams and Custom Scalars APIs answer. Run names come from the
+event tree written through Board, or by a real sweep, and its HParams API answers. Run names come from the
 config's own `hydra.sweep.subdir` resolver."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import torch
-from conftest import normbench
+from conftest import events, normbench
 from omegaconf import OmegaConf
 
 from normbench import record as R
@@ -121,6 +121,14 @@ def _until(ask: callable, ready: callable, seconds: float = 90) -> dict:
         time.sleep(0.5)
 
 
+def _session_groups(post: callable, count: int) -> list[dict]:
+    """HParams' table rows, every status allowed, once TensorBoard has loaded `count` of them."""
+    request = {"experimentName": "", "startIndex": 0, "sliceSize": 100, "colParams": [],
+               "allowedStatuses": ["STATUS_UNKNOWN", "STATUS_SUCCESS", "STATUS_FAILURE", "STATUS_RUNNING"]}  # fmt: skip
+    return _until(lambda: post("/data/plugin/hparams/session_groups", request),
+                  lambda g: len(g.get("sessionGroups", [])) == count)["sessionGroups"]  # fmt: skip
+
+
 def test_hparams_show_the_swept_keys_and_every_run_with_its_status(tiny, tmp_path, tensorboard) -> None:
     statuses = {"bn_b002": R.COMPLETED, "bn_b016": R.DIVERGED, "gn_b002": R.INTERRUPTED, "gn_b016": None}
     runs = {}
@@ -136,7 +144,7 @@ def test_hparams_show_the_swept_keys_and_every_run_with_its_status(tiny, tmp_pat
         if status is not None:  # gn_b016 is still running (or died without a word)
             board.end_session(status)
         board.close()
-    resumed = Board(tmp_path / "gn_b002", purge_step=65)  # the interrupted run resumed, then completed
+    resumed = Board(tmp_path / "gn_b002", resumed_at=64)  # the interrupted run resumed, then completed
     resumed.start_session(runs["gn_b002"])
     resumed.end_session(R.COMPLETED)
     resumed.close()
@@ -150,10 +158,7 @@ def test_hparams_show_the_swept_keys_and_every_run_with_its_status(tiny, tmp_pat
     assert infos["lr"]["differs"] and not infos["model"]["differs"] and not infos["seed"]["differs"]
     assert [m["name"]["tag"] for m in experiment["metricInfos"]][:2] == ["val/acc", "val/loss"]
 
-    request = {"experimentName": "", "startIndex": 0, "sliceSize": 100, "colParams": [],
-               "allowedStatuses": ["STATUS_UNKNOWN", "STATUS_SUCCESS", "STATUS_FAILURE", "STATUS_RUNNING"]}  # fmt: skip
-    groups = _until(lambda: post("/data/plugin/hparams/session_groups", request),
-                    lambda g: len(g.get("sessionGroups", [])) == 4)["sessionGroups"]  # fmt: skip
+    groups = _session_groups(post, 4)
     sessions = {s["name"]: s for g in groups for s in g["sessions"]}
     assert {n: s["status"] for n, s in sessions.items()} == {
         "bn_b002": "STATUS_SUCCESS", "bn_b016": "STATUS_FAILURE", "gn_b002": "STATUS_SUCCESS",
@@ -165,8 +170,6 @@ def test_hparams_show_the_swept_keys_and_every_run_with_its_status(tiny, tmp_pat
 
 
 def test_a_sweep_of_one_run_gets_its_directory_experiment_and_command(tmp_path) -> None:
-    from conftest import events
-
     sweep_dir = tmp_path / "sweep"
     done = normbench("sweep", "norm=choice(gn)", "batch_size=8", "max_steps=1", "epochs=1", "data.train_size=16",
                      "data.val_size=8", "log.activations=false", "quiet=true", f"hydra.sweep.dir={sweep_dir}",
@@ -177,3 +180,37 @@ def test_a_sweep_of_one_run_gets_its_directory_experiment_and_command(tmp_path) 
     content = events(sweep_dir).PluginTagToContent("hparams")  # the root: the experiment only
     assert list(content) == ["_hparams_/experiment"]
     assert swept_keys(["norm=gn", "batch_size=8", "hydra.x=1", "seed=1"], ["seed"]) == ["norm", "batch_size"]
+
+
+def test_a_real_sweep_lines_up_its_batch_sizes_and_shows_norm_and_batch_size(tmp_path, tensorboard) -> None:
+    """2 norms × 2 batch sizes, one epoch of 32 examples: 8 steps at batch 4, 4 at batch 8, the same 32 examples."""
+    sweep_dir = tmp_path / "sweep"
+    done = normbench("sweep", "norm=bn,gn", "batch_size=4,8", "epochs=1", "data.train_size=32", "data.val_size=16",
+                     "eval.precise_bn_batches=2", "log.hist_every=100", "threads=1", "quiet=true",
+                     f"hydra.sweep.dir={sweep_dir}", cwd=tmp_path)  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    names = ["bn_b004", "bn_b008", "gn_b004", "gn_b008"]
+    assert sorted(p.name for p in sweep_dir.iterdir() if p.is_dir() and not p.name.startswith(".")) == names
+    for name in names:
+        ea = events(sweep_dir / name)
+        assert ea.Scalars("val/acc")[-1].step == 32  # examples seen, whatever the batch size
+        batch = int(name[-3:])
+        assert [e.step for e in ea.Scalars("train/loss")] == list(range(batch, 33, batch))
+        assert [h.step for h in ea.Histograms("act/stage1.norm/pre")] == [batch]  # the first step, x = B
+        assert json.loads((sweep_dir / name / "results.json").read_text())["steps"] == 32 // batch
+
+    post = tensorboard(sweep_dir)
+    experiment = _until(lambda: post("/data/plugin/hparams/experiment", {"experimentName": ""}),
+                        lambda e: e.get("hparamInfos"))  # fmt: skip
+    infos = {h["name"]: h for h in experiment["hparamInfos"]}
+    assert infos["norm"]["differs"] and infos["norm"]["domainDiscrete"] == ["bn", "gn"]
+    assert infos["batch_size"]["differs"] and infos["batch_size"]["domainDiscrete"] == [4, 8]
+    groups = _session_groups(post, 4)
+    sessions = {s["name"]: s for g in groups for s in g["sessions"]}
+    assert sorted(sessions) == names and {s["status"] for s in sessions.values()} == {"STATUS_SUCCESS"}
+    assert {g["name"]: (g["hparams"]["norm"], g["hparams"]["batch_size"]) for g in groups} == {
+        "bn_b004": ("bn", 4), "bn_b008": ("bn", 8), "gn_b004": ("gn", 4), "gn_b008": ("gn", 8)}  # fmt: skip
+    val_acc = {
+        s["name"]: next(m for m in s["metricValues"] if m["name"]["tag"] == "val/acc") for s in sessions.values()
+    }
+    assert {n: m["trainingStep"] for n, m in val_acc.items()} == dict.fromkeys(names, 32)

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from conftest import events
+from tensorboard.plugins.hparams.api_pb2 import Status
 from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
 from torch import nn
 
 from normbench.data import make_synthetic
+from normbench.errors import DivergedError
 from normbench.evaluation import frozen_buffers, precise_bn
 from normbench.train import run
 
@@ -21,12 +24,13 @@ def test_histograms_of_every_norm_layer_at_the_logging_steps(tiny, tmp_path) -> 
     for layer in CNN_NORMS:
         for kind in ("pre", "post"):
             train = ea.Histograms(f"act/{layer}/{kind}")
-            assert [h.step for h in train] == [2, 4]
-            assert [h.step for h in ea.Histograms(f"act_eval/{layer}/{kind}")] == [4]
+            assert [h.step for h in train] == [8, 16, 32]  # steps 1, 2, 4 at batch 8: examples seen
+            assert [h.step for h in ea.Histograms(f"act_eval/{layer}/{kind}")] == [32]
             assert f"act/{layer}/{kind}_std" in ea.Tags()["scalars"]
-        for stat in ("running_mean", "batch_mean", "running_var", "batch_var"):
-            assert f"bn/{layer}/{stat}" in histograms
-        assert [e.step for e in ea.Scalars(f"bn/{layer}/mean_gap")] == [2, 4]
+        for statistic in ("mean", "var"):
+            assert {f"bn/{layer}/{statistic}/batch", f"bn/{layer}/{statistic}/running"} <= histograms
+        assert [e.step for e in ea.Scalars(f"bn/{layer}/mean/gap")] == [8, 16, 32]
+        assert [e.step for e in ea.Scalars(f"bn/{layer}/var/ratio")] == [8, 16, 32]
     # stage1.norm sees 8 × 32 × 32 × 32 = 262,144 values: strided down to log.hist_values = 65,536.
     assert ea.Histograms("act/stage1.norm/pre")[0].histogram_value.num == 65_536
     # stage3.norm sees 8 × 128 × 8 × 8 = 65,536 values: all of them.
@@ -41,7 +45,7 @@ def test_the_three_ways_to_evaluate_batch_norm(tiny, tmp_path) -> None:
     record = run(tiny("max_steps=6", "data.train_size=48", "epochs=2"), tmp_path)
     ea = events(tmp_path)
     for tag in ("val/acc", "val/acc_batch_stats", "val/acc_precise_bn"):
-        assert [e.step for e in ea.Scalars(tag)] == [6]
+        assert [e.step for e in ea.Scalars(tag)] == [48]  # 6 steps of 8 examples
     m = record.metrics
     assert ea.Scalars("val/acc_batch_stats")[0].value == m.val_acc_batch_stats
     assert ea.Scalars("val/acc_precise_bn")[0].value == m.val_acc_precise_bn
@@ -65,12 +69,20 @@ def test_norm_none_is_probed_at_the_same_places_and_has_no_bn_extras(tiny, tmp_p
     assert record.metrics.val_acc_batch_stats is None and "val/acc_batch_stats" not in ea.Tags()["scalars"]
 
 
+def test_a_run_shorter_than_hist_every_still_shows_the_starting_distribution(tiny, tmp_path) -> None:
+    run(tiny("max_steps=3", "log.hist_every=100", "log.x_axis=steps"), tmp_path)
+    ea = events(tmp_path)
+    assert [h.step for h in ea.Histograms("act/stage1.norm/pre")] == [1]  # the first step only (x: steps)
+    assert [e.step for e in ea.Scalars("bn/stage1.norm/mean/gap")] == [1]
+    assert [h.step for h in ea.Histograms("act_eval/stage1.norm/pre")] == [3]
+
+
 def test_activation_logging_can_be_turned_off(tiny, tmp_path) -> None:
     run(tiny("log.activations=false"), tmp_path)
     assert events(tmp_path).Tags()["histograms"] == []
 
 
-def test_hparams_entry_and_custom_scalars_in_the_run_directory(tiny, tmp_path) -> None:
+def test_hparams_session_and_custom_scalars_in_the_run_directory(tiny, tmp_path) -> None:
     run(tiny("norm=gn", "norm.groups=4", "batch_size=16", "data.train_size=64"), tmp_path)
     assert [p.name for p in tmp_path.iterdir() if p.is_dir()] == []  # no timestamped subfolder
     ea = events(tmp_path)
@@ -80,12 +92,23 @@ def test_hparams_entry_and_custom_scalars_in_the_run_directory(tiny, tmp_path) -
     assert start.hparams["norm"].string_value == "gn"
     assert start.hparams["batch_size"].number_value == 16
     assert start.hparams["lr"].number_value == 0.1 * 16 / 128
-    assert set(start.hparams) >= {"model", "norm", "batch_size", "lr", "seed", "budget", "steps"}
+    assert set(start.hparams) == {"model", "norm", "batch_size", "lr", "seed"}  # outside a sweep: nothing swept
+    end = next(s.session_end_info for s in sessions if s.HasField("session_end_info"))
+    assert end.status == Status.STATUS_SUCCESS
     experiment = next(s.experiment for s in sessions if s.HasField("experiment"))
     assert {m.name.tag for m in experiment.metric_infos} == {"val/acc", "val/loss", "train/acc", "train/loss_epoch",
                                                             "val/acc_batch_stats", "val/acc_precise_bn"}  # fmt: skip
     assert not any(tag.startswith("hparam/") for tag in ea.Tags()["scalars"])  # metrics read the existing tags
     assert ea.PluginTagToContent("custom_scalars")
+
+
+def test_a_diverged_run_has_its_hparams_row_with_a_failure_status(tiny, tmp_path) -> None:
+    with pytest.raises(DivergedError):
+        run(tiny("norm=none", "optim.lr=1e9", "max_steps=30", "epochs=4", "log.every=5"), tmp_path)
+    sessions = [HParamsPluginData.FromString(c) for c in events(tmp_path).PluginTagToContent("hparams").values()]
+    start = next(s.session_start_info for s in sessions if s.HasField("session_start_info"))
+    assert start.hparams["norm"].string_value == "none" and start.hparams["lr"].number_value == 1e9 * 8 / 128
+    assert [s.session_end_info.status for s in sessions if s.HasField("session_end_info")] == [Status.STATUS_FAILURE]
 
 
 def test_batch_statistic_evaluation_leaves_running_statistics_alone() -> None:

@@ -62,7 +62,7 @@ def test_a_signal_stops_at_a_step_saves_and_resume_ends_like_an_uninterrupted_ru
     record = RunRecord.read(run_dir)
     assert record.status == "interrupted" and 0 < record.steps < reference.steps
     assert (run_dir / CHECKPOINT_FILE).exists()
-    assert [e.step for e in events(run_dir).Scalars("train/loss")] == list(range(1, record.steps + 1))
+    assert [e.step for e in events(run_dir).Scalars("train/loss")] == list(range(16, 16 * record.steps + 1, 16))
 
     resumed = normbench("run", *LONG, "resume=true", f"hydra.run.dir={run_dir}", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
@@ -71,8 +71,8 @@ def test_a_signal_stops_at_a_step_saves_and_resume_ends_like_an_uninterrupted_ru
     assert final.status == "completed" and final.steps == reference.steps
     assert _history(final) == _history(reference)  # the same metrics, to the last bit, on CPU
     assert final.metrics == reference.metrics
-    steps = [e.step for e in events(run_dir).Scalars("train/loss")]
-    assert steps == list(range(1, reference.steps + 1))  # no duplicated steps after the resume
+    logged = [e.step for e in events(run_dir).Scalars("train/loss")]  # x: examples seen, 16 per step
+    assert logged == list(range(16, 16 * reference.steps + 1, 16))  # no duplicated steps after the resume
 
 
 def test_a_second_ctrl_c_ends_at_once_and_records_interrupted(tmp_path) -> None:
@@ -95,7 +95,7 @@ def test_divergence_stops_the_run_with_its_step(tiny, tmp_path) -> None:
     step = record.diverged_step
     assert 1 <= step < 30 and f"at step {step} " in record.reason
     logged = [e.step for e in events(tmp_path).Scalars("train/loss")]
-    assert logged == list(range(1, step))  # every finite loss before it was flushed to TensorBoard
+    assert logged == [8 * s for s in range(1, step)]  # every finite loss before it was flushed to TensorBoard
 
 
 def test_divergence_exit_code_in_a_real_process(tmp_path) -> None:
