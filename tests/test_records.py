@@ -117,7 +117,7 @@ def test_an_unreadable_record_is_a_refusal_not_an_empty_directory(tmp_path, cont
 
 def test_two_processes_on_one_directory(tmp_path) -> None:
     run_dir = tmp_path / "run"
-    long = [*SLOW, "epochs=1000"]  # trains until the test stops it
+    long = [*SLOW, "epochs=1000", "log.x_axis=steps"]  # trains until the test stops it
     first = subprocess.Popen([EXE, "run", *long, f"hydra.run.dir={run_dir}"], stdout=subprocess.PIPE,
                              stderr=subprocess.STDOUT, text=True)  # fmt: skip
     _wait(lambda: (run_dir / "results.json").exists(), first)  # the first epoch is recorded: it holds the lock
