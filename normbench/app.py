@@ -6,7 +6,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
+import signal
 import sys
 import traceback
 from pathlib import Path
@@ -19,13 +21,13 @@ from rich.console import Console
 from rich.table import Table
 
 from normbench import record as R
-from normbench import schema
+from normbench import rundir, schema
 from normbench.config import validate
-from normbench.errors import EXIT_CRASH, NormbenchError
+from normbench.errors import EXIT_CRASH, EXIT_INTERRUPTED, InterruptedRun, NormbenchError
 from normbench.record import RunRecord
 from normbench.resources import config_dir, load_plugins
 from normbench.slurm import job_started
-from normbench.sweeps import assign_job_gpu, jobs_threads, same_run
+from normbench.sweeps import STOP, assign_job_gpu, jobs_threads
 
 console = Console()
 # What a run returns to optimizing sweepers (sweep.objective), with the worst value it can take: the score of a
@@ -63,48 +65,61 @@ def print_summary(record: RunRecord) -> None:
     console.print(table)
 
 
-def check_reuse(run_dir: Path, previous: RunRecord, cfg: DictConfig, multirun: bool) -> None:
-    """Refuse to train into a directory that holds another run, or a finished one outside a sweep."""
-    if not same_run(previous.config, cfg, schema.VOLATILE):
-        raise NormbenchError(
-            f"{run_dir} already holds a different run (its results.json has another config). "
-            "Choose another directory (hydra.run.dir / hydra.sweep.dir)."
-        )
-    if not (multirun or cfg.resume):
-        raise NormbenchError(
-            f"{run_dir} already holds a run with status '{previous.status}'. Continue it with resume=true, or "
-            "choose another directory (hydra.run.dir=DIR); normbench does not overwrite results."
-        )
-
-
 def task(cfg: DictConfig) -> RunRecord | None:
-    """One run. In a multirun a failing run is recorded and returned, so the other runs go on."""
-    from normbench.board import tensorboard_hint  # deferred, like train: both import torch
-    from normbench.train import run  # deferred: keeps `--cfg`/`--help` fast
-
+    """One run. In a multirun a failing run is recorded and returned, so the other runs go on; an interrupted
+    one stops the sweep (see `sweeps.SweepStop`)."""
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    where = f" in {run_dir.name}" if multirun else ""
     job_started(run_dir.name)  # a submitit job: its log and SLURM job name
-    if multirun and cfg.threads is None:
-        cfg.threads = jobs_threads(hydra_cfg)
     if multirun:
+        STOP.install()
+        if STOP.signum is not None:  # the sweep is stopping: start nothing
+            return not_started(run_dir)
+        if cfg.threads is None:
+            cfg.threads = jobs_threads(hydra_cfg)
         assign_job_gpu(hydra_cfg)
-    previous = RunRecord.read(run_dir)
     try:
-        if previous is not None:
-            check_reuse(run_dir, previous, cfg, multirun)
+        claim = rundir.claim(run_dir, cfg, resume=bool(cfg.resume), multirun=multirun)
     except NormbenchError as error:  # the directory is someone else's: leave it exactly as it is
-        print_error(error, f" in {run_dir.name}" if multirun else "")
+        print_error(error, where)
         if multirun:
-            return previous
+            return None
         raise SystemExit(error.exit_code) from None
-    if previous is not None and previous.status == R.COMPLETED:
-        console.print(f"[green]Skipping[/] {run_dir.name}: already completed.", highlight=False)
-        return previous
+    try:
+        if claim.completed:
+            console.print(f"[green]Skipping[/] {run_dir.name}: already completed.", highlight=False)
+            return claim.previous
+        return train(cfg, hydra_cfg, run_dir, multirun)
+    finally:
+        claim.release()
+
+
+def not_started(run_dir: Path) -> None:
+    """A job the stopping sweep does not start: Hydra made its directory; an empty one goes again."""
+    with contextlib.suppress(OSError):
+        run_dir.rmdir()  # only succeeds when empty
+    if STOP.main:
+        raise SystemExit(EXIT_INTERRUPTED)
+    return None
+
+
+def train(cfg: DictConfig, hydra_cfg: DictConfig, run_dir: Path, multirun: bool) -> RunRecord | None:
+    """Train the claimed run; turn every outcome into a record, a message and (outside a sweep) an exit code."""
+    from normbench.board import tensorboard_hint  # deferred, like train: both import torch
+    from normbench.train import run  # deferred: keeps `--cfg`/`--help` fast
+
+    where = f" in {run_dir.name}" if multirun else ""
     try:
         validate(cfg)
-        record = run(cfg, run_dir, console=console, resume=multirun or bool(cfg.resume))
+        try:
+            rundir.write_hydra_files(run_dir, cfg, hydra_cfg)
+            if multirun or cfg.resume:
+                rundir.verify_checkpoint(run_dir)
+            record = run(cfg, run_dir, console=console, resume=multirun or bool(cfg.resume))
+        except OSError as error:
+            raise rundir.io_error(error, run_dir) from None
         if multirun:  # one line per run; the sweep's table comes at the end
             m = record.metrics
             console.print(
@@ -116,27 +131,50 @@ def task(cfg: DictConfig) -> RunRecord | None:
             print_summary(record)
             console.print(tensorboard_hint(run_dir), highlight=False, soft_wrap=True)
         return record
+    except InterruptedRun as error:
+        if not multirun:
+            print_error(error)
+            raise SystemExit(error.exit_code) from None
+        # The sweep's resume command is printed by `normbench sweep`: the same sweep command.
+        console.print(f"[yellow]Interrupted[/] {run_dir.name}: checkpoint saved.", highlight=False)
+        STOP.signum = STOP.signum or signal.SIGTERM
+        record = read_quietly(run_dir)
+        if STOP.main:
+            raise SystemExit(EXIT_INTERRUPTED) from None
+        return record
+    except KeyboardInterrupt:  # a second Ctrl-C: the loop stopped mid-step and recorded it
+        raise SystemExit(EXIT_INTERRUPTED) from None
     except NormbenchError as error:
-        print_error(error, f" in {run_dir.name}" if multirun else "")
+        print_error(error, where)
         record_failure(cfg, run_dir, str(error))
         if multirun:
-            return RunRecord.read(run_dir)
+            return read_quietly(run_dir)
         raise SystemExit(error.exit_code) from None
     except Exception as error:
         record_failure(cfg, run_dir, f"{type(error).__name__}: {error}")
         if not multirun:
             raise
         # One broken run must not end the sweep: keep its traceback next to its record.
-        (run_dir / "error.txt").write_text(traceback.format_exc())
+        with contextlib.suppress(OSError):
+            (run_dir / "error.txt").write_text(traceback.format_exc())
         print_error(error, f" in {run_dir.name} (traceback in {run_dir / 'error.txt'})")
+        return read_quietly(run_dir)
+
+
+def read_quietly(run_dir: Path) -> RunRecord | None:
+    try:
         return RunRecord.read(run_dir)
+    except NormbenchError:
+        return None
 
 
 def record_failure(cfg: DictConfig, run_dir: Path, reason: str) -> None:
-    """Make sure a failed run has a record, without replacing one the run wrote itself (diverged, ...)."""
-    previous = RunRecord.read(run_dir)
+    """Make sure a failed run has a record, without replacing one the run wrote itself (diverged, ...). A disk
+    that cannot take the record (full, read-only) leaves the message on screen as the only account."""
+    previous = read_quietly(run_dir)
     if previous is None or previous.status == R.RUNNING:
-        RunRecord.of(OmegaConf.to_container(cfg, resolve=True), R.FAILED, reason).write(run_dir)
+        with contextlib.suppress(OSError):
+            RunRecord.of(OmegaConf.to_container(cfg, resolve=True), R.FAILED, reason).write(run_dir)
 
 
 def objective(record: RunRecord | None, name: str) -> float:
@@ -160,13 +198,16 @@ def hydra_main(argv: list[str]) -> int:
     schema.register()
     saved = sys.argv
     sys.argv = ["normbench", *argv]
+    if "--multirun" in argv:
+        STOP.install(main=True)
     try:
         hydra.main(config_path=str(config_dir()), config_name="config", version_base="1.3")(scored_task)()
-        return 0
+        code = 0
     except SystemExit as exit_:
-        return exit_.code if isinstance(exit_.code, int) else EXIT_CRASH
+        code = exit_.code if isinstance(exit_.code, int) else EXIT_CRASH
     finally:
         sys.argv = saved
+    return EXIT_INTERRUPTED if STOP.signum is not None else code
 
 
 if __name__ == "__main__":

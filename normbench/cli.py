@@ -7,6 +7,8 @@ they describe, so an invalid value stops the command before anything trains (exi
 from __future__ import annotations
 
 import os
+import re
+import shlex
 import sys
 import traceback
 from pathlib import Path
@@ -15,7 +17,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from normbench.errors import NormbenchError
+from normbench.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_SWEEP_INCOMPLETE, NormbenchError
 from normbench.norms import NORMS  # the registry imports no torch: help stays fast
 from normbench.resources import config_dir
 
@@ -152,9 +154,35 @@ def run(overrides: list[str] | None = OVERRIDES, debug: bool = DEBUG) -> None:
     if _overrides_only(args):
         try:
             compose_config(args)  # validated: refuses what the run would refuse
+            args, _ = _fix_dir(args, "hydra.run.dir")
         except NormbenchError as error:
             raise _fail(error) from None
     raise typer.Exit(hydra_main(_hydra_args(args)))
+
+
+def _hydra_value(text: str) -> str:
+    """`text` as one value in Hydra's override grammar: quoted (with escapes) unless it is a plain path."""
+    if re.fullmatch(r"[\w./:+@%-]+", text):
+        return text
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def _fix_dir(args: list[str], key: str) -> tuple[list[str], Path]:
+    """Resolve the run (`hydra.run.dir`) or sweep (`hydra.sweep.dir`) directory once, here, and hand Hydra the
+    result: its `${now:...}` default must name the directory the pre-flight checked, and the printed resume
+    command must name it too. The directory is created (empty) if missing; a file there, a path below a file or
+    a read-only place is refused before anything trains."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from normbench.config import compose_unchecked, override_key
+    from normbench.rundir import prepare
+
+    parsed = OverridesParser.create().parse_overrides(args)
+    fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
+    node = compose_unchecked(fixed, with_hydra=True).hydra
+    directory = Path(str(node.run.dir if key == "hydra.run.dir" else node.sweep.dir))
+    prepare(directory)
+    return [*(a for a in args if override_key(a) != key), f"{key}={_hydra_value(str(directory))}"], directory
 
 
 def _has_grid(args: list[str]) -> bool:
@@ -183,24 +211,52 @@ def _app_overrides(overrides: list[str]) -> list[str]:
 def _preflight(args: list[str]) -> int:
     """Check every run of the sweep before anything trains; return how many runs a grid has (0: not a grid).
 
-    Grids (Hydra's basic sweeper) are expanded and each run is checked. Other sweepers (Optuna) choose their
-    runs as they go, so the config without the swept keys is checked, and the objective they optimize."""
+    Grids (Hydra's basic sweeper) are expanded and each run is checked, its config and the directory it will
+    train in: a rerun into the same sweep directory with changed settings is refused here, before Hydra
+    rewrites multirun.yaml or the summary. Other sweepers (Optuna) choose their runs as they go, so the config
+    without the swept keys is checked, and the objective they optimize."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     from normbench.config import compose_config, compose_unchecked, sweep_jobs
 
     parsed = OverridesParser.create().parse_overrides(args)
     fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
-    if compose_unchecked(fixed, with_hydra=True).hydra.runtime.choices["hydra/sweeper"] != "basic":
+    hydra_node = compose_unchecked(fixed, with_hydra=True).hydra
+    if hydra_node.runtime.choices["hydra/sweeper"] != "basic":
         compose_config(_app_overrides(fixed))  # validated, objective included
         return 0
     jobs = sweep_jobs(args)
+    configs = []
     for job in jobs:
         try:
-            compose_config(_app_overrides(job))
+            configs.append(compose_config(_app_overrides(job)))
         except NormbenchError as error:
             raise type(error)(f"in the run {' '.join(job)}: {error}") from None
+    exclude = list(hydra_node.job.config.override_dirname.exclude_keys)
+    _check_rerun(Path(str(hydra_node.sweep.dir)), jobs, configs, exclude)
     return len(jobs)
+
+
+def _check_rerun(sweep_dir: Path, jobs: list[list[str]], configs: list, exclude: list[str]) -> None:
+    """Refuse a sweep whose runs' directories already hold runs with other settings (or unreadable records)."""
+    from normbench import schema
+    from normbench.config import override_key
+    from normbench.errors import RunDirError
+    from normbench.record import RunRecord
+    from normbench.rundir import describe
+    from normbench.sweeps import differing, run_name
+
+    for job, cfg in zip(jobs, configs, strict=True):
+        task = [o for o in job if not override_key(o).startswith("hydra")]
+        run_dir = sweep_dir / run_name(cfg.norm.name, cfg.batch_size, task, exclude)
+        previous = RunRecord.read(run_dir)  # unreadable: raises, naming the file
+        differ = differing(previous.config, cfg, schema.VOLATILE) if previous is not None else {}
+        if differ:
+            raise RunDirError(
+                f"{sweep_dir} holds an earlier sweep with other settings: its run {run_dir.name} has "
+                f"{describe(differ)}. Nothing was changed. Give this sweep a new directory "
+                "(hydra.sweep.dir=DIR), or rerun with the earlier settings to continue that sweep."
+            )
 
 
 @app.command(context_settings=PASS_THROUGH)
@@ -229,20 +285,48 @@ def sweep(overrides: list[str] | None = OVERRIDES, debug: bool = DEBUG) -> None:
     """
     _set_debug(debug)
     from normbench.app import hydra_main
-    from normbench.config import name_runs_by_swept_keys
+    from normbench.config import name_runs_by_swept_keys, override_key
 
-    args = list(overrides or [])
-    if not _has_grid(args):
-        args = ["sweep=default", *args]  # no grid given: the named default grid
-    if _overrides_only(args):
-        try:
-            args = name_runs_by_swept_keys(args)
-            runs = _preflight(args)
-        except NormbenchError as error:
-            raise _fail(error) from None
-        if runs:
-            console.print(f"Sweeping {runs} runs.", highlight=False)
-    raise typer.Exit(hydra_main(["--multirun", *_hydra_args(args)]))
+    given = list(overrides or [])
+    args = given if _has_grid(given) else ["sweep=default", *given]  # no grid given: the named default grid
+    if not _overrides_only(args):
+        raise typer.Exit(hydra_main(["--multirun", *_hydra_args(args)]))
+    try:
+        args, sweep_dir = _fix_dir(args, "hydra.sweep.dir")
+        args = name_runs_by_swept_keys(args)
+        runs = _preflight(args)
+    except NormbenchError as error:
+        raise _fail(error) from None
+    if runs:
+        console.print(f"Sweeping {runs} runs.", highlight=False)
+    code = hydra_main(["--multirun", *_hydra_args(args)])
+    again = shlex.join(["normbench", "sweep", *(a for a in given if override_key(a) != "hydra.sweep.dir"),
+                        f"hydra.sweep.dir={_hydra_value(str(sweep_dir))}"])  # fmt: skip
+    if code == EXIT_INTERRUPTED:
+        console.print(f"[yellow]Sweep interrupted.[/] Continue it with:\n  {again}", highlight=False, soft_wrap=True)
+    elif code == 0:
+        code = _sweep_outcome(sweep_dir, again)
+    raise typer.Exit(code)
+
+
+def _sweep_outcome(sweep_dir: Path, again: str) -> int:
+    """0 when every run under the sweep directory completed; EXIT_SWEEP_INCOMPLETE, naming the others, if not."""
+    from normbench.record import COMPLETED, find_records
+
+    others = {
+        str(d.relative_to(sweep_dir)): getattr(r, "status", "unreadable")
+        for d, r in find_records(sweep_dir)
+        if getattr(r, "status", None) != COMPLETED
+    }
+    if not others:
+        return 0
+    listed = ", ".join(f"{name} ({status})" for name, status in sorted(others.items()))
+    console.print(
+        f"[bold red]Not every run completed:[/] {listed}. Rerun `{again}` to retry them.",
+        highlight=False,
+        soft_wrap=True,
+    )
+    return EXIT_SWEEP_INCOMPLETE
 
 
 @app.command()
@@ -252,24 +336,44 @@ def report(
     reference: str = typer.Option(
         None, "--reference", help="Draw a published result beside yours, cited (an unknown NAME lists them)."
     ),
+    out: Path = typer.Option(None, "--out", help="Write the summary, figures and report.md here instead of DIR."),
+    skip_bad: bool = typer.Option(
+        False, "--skip-bad", help="Exit 0 even if some results.json cannot be read (they are still listed)."
+    ),
 ) -> None:
     """Tables and figures from a run or sweep directory: validation error vs batch size per norm, loss
-    curves per batch size, summary.csv/json and report.md embedding the figures, all written into DIR.
-    --reference NAME draws a published BN-vs-GN result beside the error-vs-batch figure, with its citation."""
+    curves per batch size, summary.csv/json and report.md embedding the figures, written into DIR (or --out).
+    --reference NAME draws a published BN-vs-GN result beside the error-vs-batch figure, with its citation.
+    A results.json that is not a readable record is listed as unreadable and the exit code is 2 (--skip-bad: 0)."""
     from normbench.references import load_reference
     from normbench.report import print_tables, write_report, write_summary
 
     try:
         published = load_reference(reference) if reference else None
-        if no_figures:
-            summary = write_summary(directory)
-        else:
-            summary, figures, path = write_report(directory, published)
+        try:
+            if no_figures:
+                summary = write_summary(directory, out)
+            else:
+                summary, figures, path = write_report(directory, published, out)
+        except OSError as error:
+            target = out or directory
+            raise NormbenchError(
+                f"Cannot write the report into {target}: {error.strerror or error} ({error.filename or target}). "
+                "Give a writable directory with --out DIR."
+            ) from None
     except NormbenchError as error:
         raise _fail(error) from None
     print_tables(summary, console)
     if not no_figures:
         console.print(f"Wrote {path} with {', '.join(p.name for p in figures)}.", highlight=False)
+    if summary["unreadable"] and not skip_bad:
+        console.print(
+            f"[bold red]Error:[/] {len(summary['unreadable'])} results.json could not be read (listed above); "
+            "the table leaves them out. Pass --skip-bad to accept that.",
+            highlight=False,
+            soft_wrap=True,
+        )
+        raise typer.Exit(EXIT_BAD_INPUT)
 
 
 @app.command("list")

@@ -3,8 +3,15 @@
 Every `NormbenchError` is printed as one paragraph without a traceback (set NORMBENCH_DEBUG=1 or pass
 `--debug` to see it). The exit code tells scripts what happened:
 
-    0  completed            2  bad input (config, dataset, device)      3  diverged (NaN/inf loss)
-    1  unexpected crash     130  interrupted (SIGINT/SIGTERM), checkpoint saved, `resume=true` continues
+    0  completed (a sweep: every run completed)
+    1  unexpected crash
+    2  bad input: config, dataset, device, a run directory that holds another run, is locked by another
+       process or cannot be written (read-only, full disk), an unreadable record or checkpoint
+    3  diverged (NaN/inf loss)
+    4  a sweep ended, but some run did not complete: failed, diverged, or held by another process
+       (`normbench report DIR` lists them; rerunning the same sweep command retries them)
+    130  interrupted (SIGINT/SIGTERM): checkpoint saved; `resume=true` (a run) or the same sweep command
+       (a sweep, as printed) continues
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ EXIT_OK = 0
 EXIT_CRASH = 1
 EXIT_BAD_INPUT = 2
 EXIT_DIVERGED = 3
+EXIT_SWEEP_INCOMPLETE = 4
 EXIT_INTERRUPTED = 130
 
 
@@ -44,3 +52,7 @@ class DivergedError(NormbenchError):
 
 class InterruptedRun(NormbenchError):
     exit_code = EXIT_INTERRUPTED
+
+
+class RunDirError(NormbenchError):
+    """A run directory normbench must not or cannot write: another run's, locked, a file, read-only, full."""

@@ -13,11 +13,13 @@ from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, TypeVar, get_args, get_origin, get_type_hints
 
+from normbench.errors import NormbenchError
 from normbench.files import write_json
 
 RESULTS_FILE = "results.json"
 COMPLETED, FAILED, DIVERGED, INTERRUPTED, RUNNING = "completed", "failed", "diverged", "interrupted", "running"
 REQUEUED = "requeued"  # stopped with a checkpoint ahead of a time limit or preemption; the scheduler runs it again
+STATUSES = (COMPLETED, FAILED, DIVERGED, INTERRUPTED, RUNNING, REQUEUED)
 
 T = TypeVar("T")
 
@@ -124,18 +126,51 @@ class RunRecord:
 
     @classmethod
     def read(cls, run_dir: Path) -> RunRecord | None:
-        """The run's record, or None when there is none (or it cannot be read)."""
+        """The run's record, or None when the directory has no results.json. A results.json that cannot be
+        read as a record (truncated, `null`, a list, no status) raises UnreadableRecord: it is a run whose
+        state is unknown, never an empty directory."""
+        path = run_dir / RESULTS_FILE
         try:
-            data = json.loads((run_dir / RESULTS_FILE).read_text())
-            return from_dict(cls, data) if isinstance(data, dict) else None
-        except (OSError, json.JSONDecodeError, TypeError):
+            text = path.read_text()
+        except FileNotFoundError:
             return None
+        except OSError as error:
+            raise UnreadableRecord(path, error.strerror or str(error)) from None
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise UnreadableRecord(path, f"not valid JSON ({error.msg} at line {error.lineno})") from None
+        if not isinstance(data, dict):
+            raise UnreadableRecord(path, f"a JSON {type(data).__name__}, not an object")
+        if data.get("status") not in STATUSES:
+            raise UnreadableRecord(path, f"its status is {data.get('status')!r}, not one of {', '.join(STATUSES)}")
+        try:
+            return from_dict(cls, data)
+        except (TypeError, ValueError) as error:
+            raise UnreadableRecord(path, str(error)) from None
 
 
-def find_records(root: Path) -> Iterator[tuple[Path, RunRecord]]:
-    """(run directory, record) of every run under `root`, `root` itself included, in path order."""
+class UnreadableRecord(NormbenchError):
+    """A results.json that exists but is not a normbench record."""
+
+    def __init__(self, path: Path, why: str) -> None:
+        super().__init__(
+            f"{path} cannot be read as a normbench record: {why}. The directory holds a run whose state is "
+            f"unknown, so normbench neither trains into it nor reports it as a result. Inspect it (`cat {path}`), "
+            "then move it away, or choose another directory (hydra.run.dir=DIR / hydra.sweep.dir=DIR)."
+        )
+        self.path = path
+
+
+def find_records(root: Path) -> Iterator[tuple[Path, RunRecord | UnreadableRecord]]:
+    """(run directory, record) of every run under `root`, `root` itself included, in path order; a record that
+    cannot be read comes as its UnreadableRecord, so that a reader lists it rather than drops it."""
     for path in sorted(root.rglob(RESULTS_FILE)):
-        record = RunRecord.read(path.parent)
+        try:
+            record = RunRecord.read(path.parent)
+        except UnreadableRecord as error:
+            yield path.parent, error
+            continue
         if record is not None:
             yield path.parent, record
 

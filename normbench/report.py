@@ -29,7 +29,7 @@ from normbench import record as R
 from normbench.errors import ConfigError
 from normbench.files import write_json
 from normbench.norms import NORMS
-from normbench.record import find_records
+from normbench.record import RunRecord, UnreadableRecord, find_records
 from normbench.references import Reference
 from normbench.schema import VOLATILE
 
@@ -72,13 +72,27 @@ def _variant_overrides(run_dir: Path) -> list[str]:
     ]
 
 
+def _run_name(root: Path, run_dir: Path) -> str:
+    return str(run_dir.relative_to(root)) if run_dir != root else "."
+
+
+def unreadable(root: Path) -> list[dict[str, str]]:
+    """The results.json files under `root` that are not normbench records: {run, reason} each."""
+    return [
+        {"run": _run_name(root, d), "reason": str(r)} for d, r in find_records(root) if isinstance(r, UnreadableRecord)
+    ]
+
+
 def collect(root: Path) -> list[dict[str, Any]]:
-    """One flat row per run under `root` (with its history and curve), sorted by model, norm, batch size."""
+    """One flat row per readable run under `root` (with its history and curve), sorted by model, norm, batch
+    size. Unreadable records are not rows: `unreadable` lists them."""
     if not root.exists():
         raise ConfigError(f"{root} does not exist: give a run or sweep directory (it holds results.json files).")
-    found = list(find_records(root))
+    everything = list(find_records(root))
+    found = [(d, r) for d, r in everything if isinstance(r, RunRecord)]
     if not found:
-        raise ConfigError(f"No results.json under {root}: give a run or sweep directory written by normbench.")
+        bad = f" ({len(everything)} results.json there, none readable as a record)" if everything else ""
+        raise ConfigError(f"No normbench record under {root}{bad}: give a run or sweep directory written by normbench.")
     extra = {d: _variant_overrides(d) for d, _ in found}
     common = set.intersection(*(set(v) for v in extra.values())) if extra else set()
     rows = []
@@ -87,7 +101,7 @@ def collect(root: Path) -> list[dict[str, Any]]:
         val_acc = m.val_acc if rec.status == R.COMPLETED else None
         rows.append(
             {
-                "run": str(run_dir.relative_to(root)) if run_dir != root else ".",
+                "run": _run_name(root, run_dir),
                 "status": rec.status,
                 "model": rec.model,
                 "norm": rec.norm,
@@ -146,17 +160,20 @@ def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def summarize(root: Path) -> dict[str, Any]:
     rows = collect(root)
-    return {"root": str(root), "runs": rows, "groups": aggregate(rows)}
+    return {"root": str(root), "runs": rows, "groups": aggregate(rows), "unreadable": unreadable(root)}
 
 
-def write_summary(root: Path) -> dict[str, Any]:
+def write_summary(root: Path, out: Path | None = None) -> dict[str, Any]:
+    """summary.csv and summary.json of the runs under `root`, written into `out` (default: `root`)."""
     summary = summarize(root)
-    with (root / "summary.csv").open("w", newline="") as f:
+    out = out or root
+    out.mkdir(parents=True, exist_ok=True)
+    with (out / "summary.csv").open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=RUN_COLUMNS, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(summary["runs"])
     compact = {**summary, "runs": [{k: r[k] for k in RUN_COLUMNS} for r in summary["runs"]]}
-    write_json(root / "summary.json", compact)
+    write_json(out / "summary.json", compact)
     return summary
 
 
@@ -208,6 +225,8 @@ def print_tables(summary: dict[str, Any], console: Console | None = None) -> Non
     failed = [r for r in summary["runs"] if r["status"] != R.COMPLETED]
     for r in failed:
         console.print(f"[red]{r['status']}[/] {r['run']}: {r['reason'] or ''}", highlight=False)
+    for r in summary.get("unreadable", []):
+        console.print(f"[bold red]unreadable[/] {r['run']}: {r['reason']}", highlight=False, soft_wrap=True)
 
 
 def _suffix(i: int, n: int) -> str:
@@ -364,14 +383,18 @@ def markdown(summary: dict[str, Any], figures: list[Path], reference: Reference 
         lines += ["## Runs that did not complete", ""]
         lines += [f"- `{r['run']}`: **{r['status']}** — {r['reason'] or 'no reason recorded'}" for r in failed]
         lines.append("")
+    lines += [f"- `{r['run']}`: **unreadable** — {r['reason']}" for r in summary.get("unreadable", [])]
     return "\n".join(lines)
 
 
-def write_report(root: Path, reference: Reference | None = None) -> tuple[dict[str, Any], list[Path], Path]:
-    """Summary files, figures and report.md in `root`; returns (summary, figures, report path)."""
+def write_report(
+    root: Path, reference: Reference | None = None, out: Path | None = None
+) -> tuple[dict[str, Any], list[Path], Path]:
+    """Summary files, figures and report.md in `out` (default: `root`); returns (summary, figures, report path)."""
     root = root.resolve()
-    summary = write_summary(root)
-    figures = make_figures(summary, root, reference)
-    path = root / "report.md"
+    out = (out or root).resolve()
+    summary = write_summary(root, out)
+    figures = make_figures(summary, out, reference)
+    path = out / "report.md"
     path.write_text(markdown(summary, figures, reference))
     return summary, figures, path

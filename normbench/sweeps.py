@@ -4,8 +4,10 @@ works under every launcher."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import signal
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -126,14 +128,71 @@ def _flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def same_run(stored: dict[str, Any], cfg: DictConfig, volatile: tuple[str, ...]) -> bool:
-    """Whether a stored config describes the same run as `cfg`: every setting both configs have agrees,
-    except those that may change between attempts. Settings that only one side has are ignored, so a
-    normbench version that adds a setting (with its default) still recognises earlier runs."""
+def differing(stored: dict[str, Any], cfg: DictConfig, volatile: tuple[str, ...]) -> dict[str, tuple[Any, Any]]:
+    """The settings in which a stored config and `cfg` describe different runs, as {key: (stored, now)}: every
+    setting both configs have, except those that may change between attempts. Settings that only one side has
+    are ignored, so a normbench version that adds a setting (with its default) still recognises earlier runs."""
     old = _flatten(stored)
     new = _flatten(OmegaConf.to_container(cfg, resolve=True))  # type: ignore[arg-type]
-    common = (old.keys() & new.keys()) - set(volatile)
-    return all(old[k] == new[k] for k in common)
+    common = sorted((old.keys() & new.keys()) - set(volatile))
+    return {k: (old[k], new[k]) for k in common if old[k] != new[k]}
+
+
+def same_run(stored: dict[str, Any], cfg: DictConfig, volatile: tuple[str, ...]) -> bool:
+    """Whether a stored config describes the same run as `cfg` (see `differing`)."""
+    return not differing(stored, cfg, volatile)
+
+
+class SweepStop:
+    """Stopping a whole sweep on SIGINT/SIGTERM; one per process (`STOP`).
+
+    The sweep's main process installs it for the whole multirun (`install(main=True)`): a signal there sets
+    `signum`, and is forwarded as SIGTERM to the process's children, the launcher's workers (joblib/loky), each of
+    which installed it on its first job. While a run trains, the loop's own StopRequest holds the signals and
+    stops the run at its next step boundary with a checkpoint; the task then records `interrupted` and marks the
+    sweep stopped here. A stopped process starts no further run: the main process ends the multirun with exit
+    130 (Hydra's job runner catches `Exception` only, so SystemExit passes through the launcher), a worker
+    declines the jobs still queued for it, so the pool drains and the main process exits with it.
+    """
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self.main = False
+        self.installed = False
+
+    def install(self, main: bool = False) -> None:
+        if self.installed:
+            return
+        try:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(sig, self.handle)
+        except ValueError:  # not the main thread: the launcher keeps the signals
+            return
+        self.installed, self.main = True, main
+
+    def handle(self, signum: int, frame: Any) -> None:
+        self.signum = signum
+        for pid in child_pids():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+
+
+def child_pids(parent: int | None = None) -> list[int]:
+    """The processes whose parent is `parent` (this one), read from /proc (none where there is no /proc)."""
+    parent = parent or os.getpid()
+    pids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            # The field after the parenthesised command name: state, then the parent's pid.
+            fields = stat.read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        if int(fields[1]) == parent:
+            pids.append(int(stat.parent.name))
+    return pids
+
+
+STOP = SweepStop()
 
 
 class SweepSummary(Callback):

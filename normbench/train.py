@@ -128,6 +128,10 @@ def run(
         reason = stop.not_requeued(str(error), refusal)
         record(R.INTERRUPTED, reason)
         raise InterruptedRun(reason) from None
+    except KeyboardInterrupt:  # a second Ctrl-C: stopped mid-step, so the last epoch's checkpoint stands
+        record(R.INTERRUPTED, f"Stopped at once by a second Ctrl-C at step {state.step}; resume=true continues "
+               "from the checkpoint saved at the last epoch's end, if there is one.")  # fmt: skip
+        raise
     except BaseException as error:
         record(R.FAILED, f"{type(error).__name__}: {error}")
         raise

@@ -75,6 +75,17 @@ def test_a_signal_stops_at_a_step_saves_and_resume_ends_like_an_uninterrupted_ru
     assert logged == list(range(16, 16 * reference.steps + 1, 16))  # no duplicated steps after the resume
 
 
+def test_a_second_ctrl_c_ends_at_once_and_records_interrupted(tmp_path) -> None:
+    run_dir = tmp_path / "run"
+    proc = _start(run_dir, "epochs=1000")
+    _wait_for_training(run_dir, proc)
+    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signal.SIGINT)
+    output, _ = proc.communicate(timeout=30)
+    assert proc.returncode == EXIT_INTERRUPTED, output
+    assert RunRecord.read(run_dir).status == "interrupted"
+
+
 def test_divergence_stops_the_run_with_its_step(tiny, tmp_path) -> None:
     cfg = tiny("norm=none", "optim.lr=1e9", "max_steps=30", "epochs=4", "log.every=5")
     with pytest.raises(DivergedError, match=r"The training loss became (nan|inf) at step \d+"):

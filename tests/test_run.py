@@ -13,7 +13,7 @@ import normbench
 from normbench import record as R
 from normbench.models import MODELS
 from normbench.norms import NORMS
-from normbench.record import Budget, RunRecord
+from normbench.record import Budget, RunRecord, UnreadableRecord
 from normbench.train import run
 
 ALLOWED = [(m, n) for m, (cls, _) in MODELS.items() for n, spec in NORMS.items() if cls.layout in spec.axes]
@@ -109,8 +109,9 @@ def test_records_of_older_versions_still_read(tmp_path) -> None:
     assert record.budget.steps_per_epoch == 8 and record.history[0].val_loss == 2.1
     assert record.history[0].val_acc_batch_stats is None and record.normbench_version is None
     assert record.config == {} and record.curve == []
-    (tmp_path / "results.json").write_text('{"status": "comp')  # half a file: no record, not a crash
-    assert RunRecord.read(tmp_path) is None
+    (tmp_path / "results.json").write_text('{"status": "comp')  # half a file: refused by name, not a crash
+    with pytest.raises(UnreadableRecord, match="not valid JSON"):
+        RunRecord.read(tmp_path)
 
 
 @pytest.mark.parametrize(
