@@ -7,6 +7,8 @@ would pick non-deterministic ones. Tests that start runs some other way pass `de
 
 from __future__ import annotations
 
+import functools
+import json
 import os
 import subprocess
 import sys
@@ -14,10 +16,16 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import torch
+import torch.nn.functional as F
 from omegaconf import DictConfig
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from normbench.checkpoint import CHECKPOINT_FILE
 from normbench.config import compose_config
+from normbench.data import ImageData, load_data
+from normbench.models import build_model
+from normbench.record import RunRecord
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = [
@@ -49,3 +57,40 @@ def normbench(*args: str, cwd: Path, timeout: float = 240, **env: str) -> subpro
         [str(exe), *args], cwd=cwd, capture_output=True, text=True, timeout=timeout,
         env={**os.environ, "COLUMNS": "200", **env},
     )  # fmt: skip
+
+
+@functools.cache
+def _validation_data(spec: str) -> ImageData:
+    return load_data(json.loads(spec))  # most tests share one tiny data config: made once
+
+
+@torch.no_grad()
+def saved_model_scores(run_dir: Path, batch_stats: bool = False, precise_bn: int = 0) -> dict[str, float]:
+    """What the run's saved model scores on the validation images, computed here and not by normbench's evaluation:
+    the weights of its last checkpoint (written right after the last validation), the validation images
+    standardized by hand, argmax counted. `acc`/`loss`: eval mode (BN: running statistics). `batch_stats`: train
+    mode, consecutive batches of the training batch size. `precise_bn` training images (the first draw of
+    normbench's PreciseBN, in one batch): BN statistics re-estimated by torch.optim.swa_utils.update_bn."""
+    config = RunRecord.read(run_dir).config
+    data = _validation_data(json.dumps(config["data"], sort_keys=True))
+    model = build_model(config["model"], config["norm"], data.num_classes)
+    model.load_state_dict(torch.load(run_dir / CHECKPOINT_FILE, weights_only=True)["model"])
+    mean, std = (torch.tensor(v, dtype=torch.float64).view(1, 3, 1, 1) for v in (data.mean, data.std))
+    x = ((data.val_images.double() / 255 - mean) / std).float()
+    y = data.val_labels
+    logits = model.eval()(x)
+    scores = {"acc": (logits.argmax(1) == y).sum().item() / len(y), "loss": F.cross_entropy(logits, y).item()}
+    if batch_stats:
+        b = config["batch_size"]
+        correct = sum((model.train()(x[i : i + b]).argmax(1) == y[i : i + b]).sum().item() for i in range(0, len(y), b))
+        scores["batch_stats"] = correct / len(y)
+    if precise_bn:
+        from normbench.data import Batches
+        from normbench.evaluation import PRECISE_BN_DRAW
+
+        train = Batches(data.train_images, data.train_labels, precise_bn, data.mean, data.std, torch.device("cpu"),
+                        train=True, augment=config["data"]["augment"], seed=config["seed"])  # fmt: skip
+        first = next(iter(train.epoch(PRECISE_BN_DRAW)))[0]
+        torch.optim.swa_utils.update_bn([first], model)
+        scores["precise_bn"] = (model.eval()(x).argmax(1) == y).sum().item() / len(y)
+    return scores

@@ -119,7 +119,7 @@ def test_reference_matches_torch(name: str, layout: str, options: dict, mode: st
 
 
 def test_state_dict_moves_between_implementations() -> None:
-    fused, ref = _pair("bn", "image")
+    fused, ref = _pair("bn", "image")  # seeds the inputs below too
     fused.train()(torch.randn(4, 8, 5, 3))
     ref.load_state_dict(fused.state_dict())
     x = torch.randn(4, 8, 5, 3)
@@ -172,6 +172,71 @@ def test_batch_renorm_corrects_with_clipped_r_and_d() -> None:
     assert [float(v) for v in BatchRenorm(2, warmup_steps=4).clip_limits()] == [1.0, 0.0]
 
 
+def test_batch_renorm_mid_warmup_clips_at_the_limits_of_its_step() -> None:
+    """warmup_steps=4 after 2 training batches: r_max = 1 + (3 − 1) · 2/4 = 2, d_max = 5 · 2/4 = 2.5 (the limits
+    open linearly from BN's r = 1, d = 0). The same batch as above: channel 0 has r = 1 and d = 2 (inside the
+    limits), channel 1 r = 4 → 2 and d = −14 → −2.5. Then the running statistics move by momentum 0.1 (unbiased
+    variance) and the limits by one more batch: 2.5 and 3.75."""
+    brn = BatchRenorm(2, eps=0.0, momentum=0.1, r_max=3.0, d_max=5.0, warmup_steps=4)
+    with torch.no_grad():
+        brn.running_mean.copy_(torch.tensor([0.0, 10.0]))
+        brn.running_var.copy_(torch.tensor([1.0, 0.25]))
+        brn.num_batches_tracked.fill_(2)
+    y = brn.train()(torch.tensor([[1.0, 1.0], [3.0, 5.0]]))
+    torch.testing.assert_close(y, torch.tensor([[-1.0 * 1 + 2, -1.0 * 2 - 2.5], [1.0 * 1 + 2, 1.0 * 2 - 2.5]]))
+    torch.testing.assert_close(brn.running_mean, torch.tensor([0.9 * 0 + 0.1 * 2, 0.9 * 10 + 0.1 * 3]))
+    torch.testing.assert_close(brn.running_var, torch.tensor([0.9 * 1 + 0.1 * 2, 0.9 * 0.25 + 0.1 * 8]))
+    assert int(brn.num_batches_tracked) == 3 and [float(v) for v in brn.clip_limits()] == [2.5, 3.75]
+
+
+@pytest.mark.parametrize("layout", ["image", "sequence"])
+def test_batch_renorm_in_eval_mode_is_batch_norm_with_its_running_statistics(layout: str) -> None:
+    """y = γ (x − running mean) / sqrt(running var + eps) + β per channel, whatever the batch and the clip limits,
+    and evaluation changes no statistic. Against a float64 formula; channels at dim 1, or last for tokens."""
+    g = torch.Generator().manual_seed(6)
+    brn = build_norm("brn", 8, layout, warmup_steps=2, eps=1e-3)
+    with torch.no_grad():
+        for tensor in (brn.weight, brn.bias, brn.running_mean):
+            tensor.copy_(torch.randn(8, generator=g))
+        brn.running_var.copy_(torch.rand(8, generator=g) + 0.1)
+        brn.num_batches_tracked.fill_(1)  # mid-warm-up: must not matter in eval mode
+    before = {k: v.clone() for k, v in brn.state_dict().items()}
+    x = torch.randn(SHAPES[layout], generator=g) * 3 + 2
+    y = brn.eval()(x)
+    view = (lambda v: v.double().view(-1)) if layout == "sequence" else (lambda v: v.double().view(1, -1, 1, 1))
+    hand = (x.double() - view(brn.running_mean)) / torch.sqrt(view(brn.running_var) + 1e-3)
+    torch.testing.assert_close(y.double(), hand * view(brn.weight) + view(brn.bias), atol=1e-5, rtol=1e-5)
+    assert all(torch.equal(before[k], v) for k, v in brn.state_dict().items())
+
+
+AFFINE = [(n, lay) for n, spec in NORMS.items() if "affine" in spec.options for lay in spec.axes]
+
+
+@pytest.mark.parametrize("impl", ["torch", "reference"])
+@pytest.mark.parametrize(("name", "layout"), AFFINE)
+def test_affine_false_has_no_parameters_and_gives_the_bare_formula(name: str, layout: str, impl: str) -> None:
+    if impl not in get_norm(name).impls:
+        pytest.skip(f"{name} has no {impl} implementation")
+    layer = build_norm(name, 8, layout, impl=impl, affine=False, **({"groups": 2} if name == "gn" else {}))
+    assert list(layer.parameters()) == [] and not {"weight", "bias"} & set(layer.state_dict())
+    x = torch.randn(SHAPES[layout], generator=torch.Generator().manual_seed(7)) * 3 + 1.5
+    formula = expected("bn" if name == "brn" else name, layout, x, layer.eps)  # brn at its start is bn
+    torch.testing.assert_close(layer.train()(x).double(), formula, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("impl", ["torch", "reference"])
+@pytest.mark.parametrize("layout", SHAPES)
+def test_bn_without_running_statistics_uses_batch_statistics_in_eval_too(layout: str, impl: str) -> None:
+    """track_running_stats=false: no running buffers, and eval mode normalizes with the batch's own statistics."""
+    layer = build_norm("bn", 8, layout, impl=impl, track_running_stats=False)
+    assert dict(layer.named_buffers()) == {} and layer.running_mean is None and layer.running_var is None
+    x = torch.randn(SHAPES[layout], generator=torch.Generator().manual_seed(8)) * 3 + 1.5
+    for mode in (True, False, True):  # a training pass in between must leave nothing behind for eval
+        torch.testing.assert_close(layer.train(mode)(x).double(), expected("bn", layout, x, layer.eps),
+                                   atol=1e-5, rtol=1e-5)  # fmt: skip
+    assert dict(layer.named_buffers()) == {}
+
+
 @pytest.mark.parametrize("name", ["in", "gn"])
 def test_instance_and_group_norm_refuse_vector_features(name: str) -> None:
     with pytest.raises(NormError) as error:
@@ -197,14 +262,27 @@ def test_refusals_name_the_bad_value_and_what_is_allowed() -> None:
         build_norm("brn", 8, "image", impl="torch")
 
 
-def test_group_norm_paper_identities() -> None:
-    """GN with one group is LN on feature maps; GN with C groups is IN (both with per-channel affine)."""
-    x = torch.randn(2, 8, 4, 4)
-    gn1, ln = build_norm("gn", 8, "image", groups=1), build_norm("ln", 8, "image")
-    gn8, inorm = build_norm("gn", 8, "image", groups=8), build_norm("in", 8, "image")
-    torch.testing.assert_close(gn1(x), ln(x))
-    torch.testing.assert_close(gn8(x), inorm(x), atol=1e-5, rtol=1e-5)
-    assert sum(p.numel() for p in ln.parameters()) == 16  # per channel, not per (C, H, W) position
+@pytest.mark.parametrize("impl", ["torch", "reference"])
+def test_group_norm_paper_identities(impl: str) -> None:
+    """GN with one group is LN on feature maps; GN with C groups is IN (both with per-channel affine). Under
+    impl=torch, GN(1) and LN are the same class (nn.GroupNorm(1, C)): each side is also checked against the
+    float64 formula over the documented axes, with the same non-trivial γ, β."""
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(2, 8, 4, 4, generator=g) * 2 + 1
+    gamma, beta = torch.randn(8, generator=g), torch.randn(8, generator=g)
+    layers = {(name, groups): build_norm(name, 8, "image", impl=impl, **({"groups": groups} if name == "gn" else {}))
+              for name, groups in (("gn", 1), ("ln", 1), ("gn", 8), ("in", 8))}  # fmt: skip
+    out = {}
+    for (name, groups), layer in layers.items():
+        with torch.no_grad():
+            layer.weight.copy_(gamma)
+            layer.bias.copy_(beta)
+        out[name, groups] = layer(x).double()
+        formula = expected("gn", "image", x, layer.eps, groups) * gamma.double().view(1, -1, 1, 1)
+        torch.testing.assert_close(out[name, groups], formula + beta.double().view(1, -1, 1, 1), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out["gn", 1], out["ln", 1], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out["gn", 8], out["in", 8], atol=1e-5, rtol=1e-5)
+    assert sum(p.numel() for p in layers["ln", 1].parameters()) == 16  # per channel, not per (C, H, W) position
 
 
 @pytest.mark.parametrize(
@@ -242,7 +320,7 @@ def test_explain_refuses_vector_features_like_the_registry(name: str) -> None:
 def test_bn_at_batch_two_only_keeps_the_sign() -> None:
     """A field fact worth pinning: BN on (N, C) at batch 2 maps every value to ±1 (up to eps)."""
     bn = build_norm("bn", 16, "vector", eps=1e-12)
-    y = bn(torch.randn(2, 16))
+    y = bn(torch.randn(2, 16, generator=torch.Generator().manual_seed(0)))
     torch.testing.assert_close(y.abs(), torch.ones_like(y))
 
 
@@ -256,6 +334,7 @@ def test_reference_bn_refuses_one_value_per_channel_like_torch() -> None:
 def test_torch_rms_norm_falls_back_to_the_formula_where_torch_lacks_it(monkeypatch) -> None:
     """torch 2.2 has no F.rms_norm (pyproject allows it): the torch implementation must still compute RMSNorm."""
     monkeypatch.delattr(torch.nn.functional, "rms_norm")
+    torch.manual_seed(0)
     for layout in SHAPES:
         x = torch.randn(SHAPES[layout]) * 2 + 0.5
         layer = build_norm("rms", 8, layout, impl="torch")
@@ -349,7 +428,7 @@ def scale_norm() -> Iterator[str]:
 
 def test_a_new_norm_is_one_registration(scale_norm: str) -> None:
     layer = build_norm(scale_norm, 16, "vector", eps=1e-3)
-    x = torch.randn(3, 16)
+    x = torch.randn(3, 16, generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(layer(x).norm(dim=1), torch.full((3,), 4.0))  # g = sqrt(16)
     assert get_norm(scale_norm).options == {"eps": 1e-5, "impl": "torch"}
     with pytest.raises(

@@ -74,3 +74,27 @@ def test_tensorboard_shows_the_cosine_learning_rate_of_every_step(tiny, tmp_path
     lr = events(tmp_path).Scalars("lr")
     assert [e.step for e in lr] == [1, 2, 3, 4]
     assert [e.value for e in lr] == pytest.approx([BASE * f for f in (0.8535534, 0.5, 0.1464466, 0.0)], abs=1e-7)
+
+
+def test_adamw_takes_two_hand_computed_steps_with_decoupled_weight_decay(tiny) -> None:
+    """optim=adamw, by hand in float64 (Loshchilov & Hutter): p ← p · (1 − lr · wd) − lr · m̂ / (sqrt(v̂) + 1e-8),
+    m and v the betas' moving averages of g and g², bias-corrected; wd only for p.dim() > 1. The decay is not
+    added to the gradient (that would be Adam with L2), and the configured betas are the ones used."""
+    setup = set_up(tiny("optim=adamw", "optim.weight_decay=0.5", "optim.betas=[0.8,0.95]", "optim.schedule=constant",
+                        "optim.lr_scaling=none"))  # fmt: skip
+    lr, (b1, b2), model = 2e-3, (0.8, 0.95), setup.model
+    assert setup.lr == lr
+    g = torch.Generator().manual_seed(0)
+    hand = {name: [p.detach().double().clone(), 0.0, 0.0] for name, p in model.named_parameters()}  # p, m, v
+    for t in (1, 2):
+        for name, p in model.named_parameters():
+            p.grad = torch.randn(p.shape, generator=g) * 10**t  # the second step's gradients 10× the first's
+            value, m, v = hand[name]
+            grad = p.grad.double()
+            m, v = b1 * m + (1 - b1) * grad, b2 * v + (1 - b2) * grad**2
+            decay = 0.5 if p.dim() > 1 else 0.0
+            value = value * (1 - lr * decay) - lr * (m / (1 - b1**t)) / ((v / (1 - b2**t)).sqrt() + 1e-8)
+            hand[name] = [value, m, v]
+        setup.optimizer.step()
+        for name, p in model.named_parameters():
+            torch.testing.assert_close(p.detach().double(), hand[name][0], rtol=1e-5, atol=1e-7, msg=f"{name} {t}")

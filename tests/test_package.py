@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import ROOT, normbench
+from conftest import ROOT, events, normbench
 from typer.testing import CliRunner
 
 from normbench.cli import app
@@ -111,23 +111,63 @@ def test_only_sweep_overrides_count_as_a_grid(grid, first_run, tmp_path) -> None
     assert done.exit_code == 2 and f"in the run {first_run}" in done.output, done.output
 
 
+SCALENORM = """\
+import torch
+from torch import nn
+
+from normbench.norms import on, register_norm
+
+
+class MyScaleNorm(nn.Module):
+    def __init__(self, num_features: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.eps, self.g = eps, nn.Parameter(torch.tensor(num_features**0.5))
+
+    def forward(self, x):
+        return self.g * x / x.norm(dim=-1, keepdim=True).clamp_min(self.eps)
+
+
+@register_norm(
+    "scalenorm",
+    summary="x / ||x|| · g (Nguyen & Salazar 2019)",
+    layouts={"vector": on("C", torch=MyScaleNorm), "sequence": on("D", torch=MyScaleNorm)},
+)
+def scale_norm(cls, num_features: int, *, eps: float = 1e-5):
+    return cls(num_features, eps=eps)
+"""
+
+
 def test_a_plugin_module_adds_a_norm_to_an_installed_normbench(tmp_path) -> None:
-    mine = tmp_path / "mine"
+    """The README's story, word for word: a module outside the package registers `scalenorm` (one learned scalar
+    per layer), a config folder of the user's own selects it; it trains, is probed by the monitor, and is listed by
+    `list`, `--help` and `explain`, and refused on the layouts it does not declare."""
+    mine = tmp_path / "my-normbench"
     (mine / "norm").mkdir(parents=True)
-    (mine / "scaled.py").write_text(
-        "from normbench.norms import on, register_norm\n\n"
-        "@register_norm('scaledln', summary='LayerNorm under another name',\n"
-        "               layouts={'vector': on('C', torch='torch.nn.LayerNorm')})\n"
-        "def scaled(cls, num_features: int, *, eps: float = 1e-5):\n    return cls(num_features, eps=eps)\n"
-    )
-    (mine / "norm" / "scaledln.yaml").write_text("defaults:\n  - /schema/norm/scaledln@_here_\n")
-    env = {"NORMBENCH_PLUGINS": str(mine / "scaled.py")}
-    done = normbench("run", "--config-dir", str(mine), "model=mlp", "norm=scaledln", "max_steps=2", *TINY_RUN,
-                     f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path, **env)  # fmt: skip
+    (mine / "scalenorm.py").write_text(SCALENORM)
+    (mine / "norm" / "scalenorm.yaml").write_text("# ScaleNorm\ndefaults:\n  - /schema/norm/scalenorm@_here_\n")
+    env = {"NORMBENCH_PLUGINS": str(mine / "scalenorm.py")}
+    run_dir = tmp_path / "run"
+    done = normbench("run", "--config-dir", str(mine), "model=mlp", "norm=scalenorm", "model.width=16", "max_steps=1",
+                     "log.hist_every=1", *TINY_RUN[:-1], f"hydra.run.dir={run_dir}", cwd=tmp_path, **env)  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
-    assert json.loads((tmp_path / "run" / "results.json").read_text())["norm"] == "scaledln"
-    listed = normbench("list", cwd=tmp_path, **env)
-    assert "scaledln" in listed.stdout
+    record = json.loads((run_dir / "results.json").read_text())
+    assert (record["norm"], record["status"], record["steps"]) == ("scalenorm", "completed", 1)
+    assert record["config"]["norm"] == {"name": "scalenorm", "eps": 1e-5, "impl": "torch"}
+    # Counted by hand: three Linear layers of width 16 and the head, and one scalar g per norm layer.
+    assert record["params"] == (3072 * 16 + 16) + 2 * (16 * 16 + 16) + (16 * 10 + 10) + 3
+    tags = events(run_dir).Tags()["histograms"]
+    assert {f"act/layer{i}.norm/{k}" for i in (1, 2, 3) for k in ("pre", "post")} <= set(tags)
+
+    listed = " ".join(normbench("list", cwd=tmp_path, **env).stdout.split())
+    assert "│ norm │ scalenorm │ x / ||x|| · g (Nguyen & Salazar 2019) (layouts: vector, sequence)" in listed
+    helped = normbench("--help", cwd=tmp_path, **env)
+    assert helped.returncode == 0 and "norm=bn|brn|ln|in|gn|rms|none|scalenorm" in "".join(helped.stdout.split())
+    explained = " ".join(normbench("explain", "scalenorm", "--shape", "4,16", cwd=tmp_path, **env).stdout.split())
+    assert "values per statistic │ 16" in explained and "parameters │ 1" in explained
+    refused = normbench("run", "--config-dir", str(mine), "model=cnn", "norm=scalenorm", cwd=tmp_path, **env)
+    assert refused.returncode == 2 and "norm=scalenorm cannot normalize image features" in " ".join(
+        refused.stdout.split()
+    )
     missing = normbench("list", cwd=tmp_path, NORMBENCH_PLUGINS="no_such_module")
     assert missing.returncode == 2 and "NORMBENCH_PLUGINS=no_such_module" in missing.stdout
 

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 import resource
@@ -202,6 +203,18 @@ def test_a_sweep_with_a_diverged_run_exits_with_its_own_code(tmp_path) -> None:
     done = normbench("sweep", "optim.lr=0.05,1e9", "norm=none", *SMALL, f"hydra.sweep.dir={sweep_dir}", cwd=tmp_path)
     said = _ok(done, EXIT_SWEEP_INCOMPLETE)
     assert "Not every run completed" in said and "(diverged)" in said
+    records = {d.name: RunRecord.read(d) for d in sweep_dir.iterdir() if (d / "results.json").exists()}
+    by_lr = {r.config["optim"]["lr"]: r for r in records.values()}
+    assert set(by_lr) == {0.05, 1e9} and len(records) == 2
+    assert by_lr[0.05].status == "completed" and by_lr[0.05].steps == 3
+    assert by_lr[1e9].status == "diverged" and 1 <= by_lr[1e9].diverged_step <= 3
+    with (sweep_dir / "summary.csv").open() as f:  # the summary written at the end of the sweep, read as CSV
+        rows = {row["run"]: row for row in csv.DictReader(f)}
+    expected = {n: "diverged" if r.config["optim"]["lr"] == 1e9 else "completed" for n, r in records.items()}
+    assert {n: row["status"] for n, row in rows.items()} == expected
+    diverged = next(n for n, status in expected.items() if status == "diverged")
+    assert f"{diverged} (diverged)" in said
+    assert rows[diverged]["val_acc"] == "" and "The training loss became" in rows[diverged]["reason"]
 
 
 def test_file_system_faults_are_messages(tmp_path) -> None:

@@ -7,10 +7,15 @@ import csv
 import json
 import os
 
-from conftest import events, normbench
+import pytest
+import yaml
+from conftest import ROOT, events, normbench, saved_model_scores
 from omegaconf import OmegaConf
 from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
+from typer.testing import CliRunner
 
+from normbench.cli import app
+from normbench.config import compose_unchecked
 from normbench.errors import EXIT_SWEEP_INCOMPLETE
 from normbench.record import RunRecord
 from normbench.report import summarize
@@ -35,14 +40,14 @@ def test_joblib_sweep_summary_report_and_rerun(tmp_path) -> None:
     infos = HParamsPluginData.FromString(content["_hparams_/experiment"]).experiment.hparam_infos
     assert {i.name for i in infos if i.differs} == {"norm", "batch_size", "lr"}
     assert all(
-        r.status == "completed" and r.threads == max(1, os.cpu_count() // 2) for r in records.values()
-    )  # cores / 2 jobs
+        r.status == "completed" and r.threads == max(1, len(os.sched_getaffinity(0)) // 2) for r in records.values()
+    )  # the cores this process may use / 2 jobs
 
     with (sweep_dir / "summary.csv").open() as f:
         rows = {row["run"]: row for row in csv.DictReader(f)}
     assert set(rows) == RUNS
-    for name, record in records.items():
-        assert float(rows[name]["val_acc"]) == record.metrics.val_acc
+    for name in records:  # each row against its own run's saved model, scored here
+        assert float(rows[name]["val_acc"]) == pytest.approx(saved_model_scores(sweep_dir / name)["acc"], abs=1e-9)
     summary = json.loads((sweep_dir / "summary.json").read_text())
     assert len(summary["groups"]) == 4 and all(g["completed"] == 1 for g in summary["groups"])
 
@@ -92,7 +97,7 @@ def test_seeds_are_aggregated_not_separate_settings(tmp_path) -> None:
     errors = [1 - r.metrics.val_acc for r in _records(sweep_dir).values()]
     assert group["completed"] == 3 and group["seeds"] == [0, 1, 2]
     assert sorted(_records(sweep_dir)) == ["gn_b008_seed000", "gn_b008_seed001", "gn_b008_seed002"]
-    assert group["val_err_mean"] == sum(errors) / 3
+    assert group["val_err_mean"] == pytest.approx(sum(errors) / 3, abs=1e-12)
 
 
 def test_submitit_launcher_runs_jobs_through_its_local_executor(tmp_path) -> None:
@@ -117,3 +122,52 @@ def test_a_run_is_recognised_by_the_settings_both_configs_have(tiny) -> None:
     assert same_run(stored, cfg, ("threads",))
     stored["optim"]["lr"] = 0.5
     assert not same_run(stored, cfg, ("threads",))
+
+
+def test_report_on_a_single_run_directory(tiny, tmp_path) -> None:
+    from normbench.train import run
+
+    run_dir = tmp_path / "one"
+    run(tiny("norm=gn", "norm.groups=4", "log.activations=false"), run_dir)
+    done = CliRunner().invoke(app, ["report", str(run_dir)], env={"COLUMNS": "200"})
+    assert done.exit_code == 0, done.output
+    with (run_dir / "summary.csv").open() as f:
+        (row,) = csv.DictReader(f)
+    accuracy = saved_model_scores(run_dir)["acc"]
+    assert (row["run"], row["status"], row["norm"], row["batch_size"]) == (".", "completed", "gn", "8")
+    assert float(row["val_acc"]) == pytest.approx(accuracy, abs=1e-9)
+    for name in ("error_vs_batch.png", "curves.png"):
+        assert (run_dir / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert f"| gn | {100 * (1 - accuracy):.1f} |" in (run_dir / "report.md").read_text()
+
+
+@pytest.mark.parametrize("preset", ["default", "quick"])
+def test_the_default_and_quick_grids_are_the_runs_their_yaml_lists(preset, tmp_path, monkeypatch) -> None:
+    """`normbench sweep` (no grid: the default preset) and `sweep=quick`, through the real command with its
+    pre-flight check of every run; only Hydra's multirun is replaced, by a recorder. The oracle is the preset's
+    YAML read here: the product of its norms and batch sizes, with its own epochs and data sizes."""
+    import normbench.app
+
+    stated = yaml.safe_load((ROOT / "configs" / "sweep" / f"{preset}.yaml").read_text())
+    params = stated["hydra"]["sweeper"]["params"]
+    grid = {(n, int(b)) for n in params["norm"].split(",") for b in str(params["batch_size"]).split(",")}
+    handed: list[list[str]] = []
+    monkeypatch.setattr(normbench.app, "hydra_main", lambda args: handed.append(args) or 0)
+    words = [] if preset == "default" else ["sweep=quick"]
+    done = CliRunner().invoke(app, ["sweep", *words, f"hydra.sweep.dir={tmp_path}"], env={"COLUMNS": "200"})
+    assert done.exit_code == 0, done.output
+    assert f"Sweeping {len(grid)} runs." in done.output and len(grid) == 28
+    (args,) = handed
+    assert args[0] == "--multirun" and f"sweep={preset}" in args
+
+    from normbench.config import sweep_jobs
+    from normbench.schema import EvalConfig
+
+    jobs = [dict(o.split("=", 1) for o in job) for job in sweep_jobs(args[1:])]
+    assert len(jobs) == len(grid) and {(j["norm"], int(j["batch_size"])) for j in jobs} == grid
+    for job in (jobs[0], jobs[-1]):  # the preset's settings reach its runs
+        cfg = compose_unchecked([f"{k}={v}" for k, v in job.items() if not k.startswith("hydra")])
+        assert (cfg.model.name, cfg.epochs, cfg.optim.lr_scaling) == ("cnn", stated["epochs"], "linear")
+        assert cfg.data.subset == stated.get("data", {}).get("subset")
+        default = EvalConfig.precise_bn_images  # the schema's, where the preset states none
+        assert cfg.eval.precise_bn_images == stated.get("eval", {}).get("precise_bn_images", default)
