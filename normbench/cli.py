@@ -6,6 +6,7 @@ they describe, so an invalid value stops the command before anything trains (exi
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shlex
@@ -33,11 +34,21 @@ def _choices(group: str) -> str:
         return "NAME"
 
 
+def _norms() -> str:
+    """The registered norms, the user's plugins' too: this help is built before any command loads them. A plugin
+    that cannot be imported is left out here; the command itself reports it."""
+    from normbench.resources import load_plugins
+
+    with contextlib.suppress(NormbenchError):
+        load_plugins()
+    return "|".join(NORMS)
+
+
 app = typer.Typer(
     help=(
         "Compare normalization layers (BatchNorm, LayerNorm, InstanceNorm, GroupNorm, ...) on small MLP, CNN and "
         "Transformer models, across batch sizes, in TensorBoard.\n\n"
-        f"Config groups (pick one with `GROUP=NAME`): `model={_choices('model')}`, `norm={'|'.join(NORMS)}`, "
+        f"Config groups (pick one with `GROUP=NAME`): `model={_choices('model')}`, `norm={_norms()}`, "
         f"`data={_choices('data')}`, `optim={_choices('optim')}`. Any key can be set with `KEY=VALUE` (Hydra "
         "syntax), e.g. `norm.groups=16 optim.lr=0.05 batch_size=32 epochs=2`; `normbench run --help` explains the "
         "grammar."
