@@ -143,27 +143,27 @@ def test_report_on_a_single_run_directory(tiny, tmp_path) -> None:
 
 @pytest.mark.parametrize("preset", ["default", "quick"])
 def test_the_default_and_quick_grids_are_the_runs_their_yaml_lists(preset, tmp_path, monkeypatch) -> None:
-    """`normbench sweep` (no grid: the default preset) and `sweep=quick`, through the real command with its
-    pre-flight check of every run; only Hydra's multirun is replaced, by a recorder. The oracle is the preset's
-    YAML read here: the product of its norms and batch sizes, with its own epochs and data sizes."""
+    """The oracle is the preset's YAML read here: the product of its norms and batch sizes, with its own epochs and
+    data sizes. `normbench sweep` without a grid goes through the real command and its pre-flight check of every
+    run (only Hydra's multirun is replaced, by a recorder); `sweep=quick` through the same grid expansion."""
     import normbench.app
+    from normbench.config import sweep_jobs
+    from normbench.schema import EvalConfig
 
     stated = yaml.safe_load((ROOT / "configs" / "sweep" / f"{preset}.yaml").read_text())
     params = stated["hydra"]["sweeper"]["params"]
     grid = {(n, int(b)) for n in params["norm"].split(",") for b in str(params["batch_size"]).split(",")}
-    handed: list[list[str]] = []
-    monkeypatch.setattr(normbench.app, "hydra_main", lambda args: handed.append(args) or 0)
-    words = [] if preset == "default" else ["sweep=quick"]
-    done = CliRunner().invoke(app, ["sweep", *words, f"hydra.sweep.dir={tmp_path}"], env={"COLUMNS": "200"})
-    assert done.exit_code == 0, done.output
-    assert f"Sweeping {len(grid)} runs." in done.output and len(grid) == 28
-    (args,) = handed
-    assert args[0] == "--multirun" and f"sweep={preset}" in args
-
-    from normbench.config import sweep_jobs
-    from normbench.schema import EvalConfig
-
-    jobs = [dict(o.split("=", 1) for o in job) for job in sweep_jobs(args[1:])]
+    assert len(grid) == 28
+    args = [f"sweep={preset}"]
+    if preset == "default":
+        handed: list[list[str]] = []
+        monkeypatch.setattr(normbench.app, "hydra_main", lambda args: handed.append(args) or 0)
+        done = CliRunner().invoke(app, ["sweep", f"hydra.sweep.dir={tmp_path}"], env={"COLUMNS": "200"})
+        assert done.exit_code == 0, done.output
+        assert f"Sweeping {len(grid)} runs." in done.output
+        ((multirun, *args),) = handed
+        assert multirun == "--multirun" and "sweep=default" in args
+    jobs = [dict(o.split("=", 1) for o in job) for job in sweep_jobs(args)]
     assert len(jobs) == len(grid) and {(j["norm"], int(j["batch_size"])) for j in jobs} == grid
     for job in (jobs[0], jobs[-1]):  # the preset's settings reach its runs
         cfg = compose_unchecked([f"{k}={v}" for k, v in job.items() if not k.startswith("hydra")])
