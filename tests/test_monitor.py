@@ -44,11 +44,12 @@ def test_histograms_of_every_norm_layer_at_the_logging_steps(tiny, tmp_path) -> 
 def test_the_three_ways_to_evaluate_batch_norm(tiny, tmp_path) -> None:
     """Each against the saved model scored here: running statistics; batch statistics of the training batch size
     (8); statistics re-estimated by torch's own update_bn over PreciseBN's 16 training images."""
-    record = run(tiny("max_steps=6", "data.train_size=48", "epochs=2"), tmp_path)
+    record = run(tiny("max_steps=6", "data.train_size=48", "epochs=2", "data.val_size=256"), tmp_path)
     ea = events(tmp_path)
     for tag in ("val/acc", "val/acc_batch_stats", "val/acc_precise_bn"):
         assert [e.step for e in ea.Scalars(tag)] == [48]  # 6 steps of 8 examples
     scores = saved_model_scores(tmp_path, batch_stats=True, precise_bn=16)
+    assert len({scores["acc"], scores["batch_stats"], scores["precise_bn"]}) == 3  # the test tells them apart
     m = record.metrics
     for tag, recorded, key in (("val/acc", m.val_acc, "acc"), ("val/acc_batch_stats", m.val_acc_batch_stats,
                                "batch_stats"), ("val/acc_precise_bn", m.val_acc_precise_bn, "precise_bn")):  # fmt: skip
