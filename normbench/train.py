@@ -89,7 +89,9 @@ def run(
     board = Board(run_dir, x_per_step, resumed_at=state.step if saved is not None else None)
     board.start_session(hparams, experiment=not in_sweep())
     board.layout()
-    monitor = Monitor(setup.model, board, cfg.log.hist_every, cfg.log.hist_values) if cfg.log.activations else None
+    monitor = (
+        Monitor(setup.model, board, cfg.log.hist_every_images, cfg.log.hist_values) if cfg.log.activations else None
+    )
     if saved is not None:
         console.print(f"Resuming from step {state.step} (epoch {state.epoch + 1}).")
 
@@ -198,7 +200,7 @@ def train_epoch(
     setup.model.train()
     for x, y in setup.train_batches.epoch(s.epoch, start=s.batch_in_epoch):
         # A probed step runs the eager module: a compiled forward would skip the monitor's hooks.
-        probed = monitor is not None and monitor.due(s.step + 1)
+        probed = monitor is not None and monitor.due(s.step + 1, s.examples, len(y))
         if probed:
             monitor.attach()
         loss, correct = train_step(setup, setup.model if probed else setup.forward, x, y)
