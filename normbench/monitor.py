@@ -116,14 +116,5 @@ class Monitor:
         gap_value, ratio_value = torch.stack([gap, ratio]).tolist()
         self.board.scalars({bn_tag(name, "mean", "gap"): gap_value, bn_tag(name, "var", "ratio"): ratio_value}, x)
 
-    @torch.no_grad()
-    def probe_eval(self, x: Tensor, step: int) -> None:
-        """Validation-time activations after training step `step`: one forward of the validation batch `x` in
-        eval mode."""
-        self.model.eval()
-        self.attach()
-        self.model(x)
-        self.write(step, "act_eval")
-
     def close(self) -> None:
         self.detach()

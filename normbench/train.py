@@ -227,10 +227,12 @@ def end_epoch(setup: Setup, state: RunState, board: Board, monitor: Monitor | No
     train_loss = s.epoch_loss_sum / max(1, s.epoch_seen)
     train_acc = s.epoch_correct / max(1, s.epoch_seen)
     model.eval()  # validation uses running statistics for BatchNorm
-    val_loss, val_acc = evaluate(model, setup.val_batches, setup.autocast)
-    s.best_val_acc = max(s.best_val_acc, val_acc)
     if monitor is not None:
-        monitor.probe_eval(next(iter(setup.val_batches.epoch()))[0], s.step)
+        monitor.attach()  # the hooks keep the first validation batch: eval-mode activations without a forward more
+    val_loss, val_acc = evaluate(model, setup.val_batches, setup.autocast)
+    if monitor is not None:
+        monitor.write(s.step, "act_eval")
+    s.best_val_acc = max(s.best_val_acc, val_acc)
     batch_stats = precise = None
     last = s.step >= setup.budget.total_steps
     due = last or (bn_modes_every > 0 and (s.epoch + 1) % bn_modes_every == 0)
