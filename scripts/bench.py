@@ -3,7 +3,7 @@
 1. data:     batches/s of normbench's on-device data path vs torchvision's DataLoader with per-sample PIL
              transforms (same images, same augmentation, batch 128), and the data path's share of a
              training step of the default cnn.
-2. logging:  training time of the default cnn at batch 128 with activation logging on (default cadence)
+2. logging:  training time of the default cnn at batch 128 and 8 with activation logging on (default cadence)
              vs off (`log.activations=false`).
 3. overhead: normbench's own training path (`train.run`, default logging) vs a bare hand-written PyTorch loop
              (same model, norm, data stream, optimizer, batch size, threads, seed; no logging, no hooks),
@@ -163,20 +163,27 @@ def bench_data(data: ImageData, reps: int) -> None:
           f"({1000 * t_ours:.2f} ms of {1000 * step:.1f} ms)")  # fmt: skip
 
 
+def round_steps(batch: int, steps: int) -> int:
+    """Steps per timed round: at least `steps`, and at least 3,200 images, so that a small-batch round lasts
+    seconds (noise) and its first step's histograms weigh as little as in a run."""
+    return max(steps, 3200 // batch)
+
+
 def bench_logging(data: ImageData, steps: int, reps: int) -> None:
-    on = config("cnn", "bn", 128, steps)
-    off = config("cnn", "bn", 128, steps, "log.activations=false")
-    t_on, t_off = alternate(reps, lambda: normbench_step(on, data), lambda: normbench_step(off, data))
-    print(f"logging on  {1000 * t_on:7.1f} ms/step (histograms every {on.log.hist_every} steps)")
-    print(f"logging off {1000 * t_off:7.1f} ms/step")
-    print(f"logging cost ratio: {t_on / t_off:.3f}")
+    for batch in (128, 8):
+        on = config("cnn", "bn", batch, round_steps(batch, steps))
+        off = config("cnn", "bn", batch, round_steps(batch, steps), "log.activations=false")
+        t_on, t_off = alternate(reps, lambda: normbench_step(on, data), lambda: normbench_step(off, data))  # noqa: B023
+        print(f"b={batch:<4d} logging on {1000 * t_on:7.2f} ms/step, off {1000 * t_off:7.2f} ms/step "
+              f"(histograms every {on.log.hist_every_images} images): ratio {t_on / t_off:.3f}")  # fmt: skip
 
 
 def bench_overhead(data: ImageData, steps: int, reps: int) -> float:
     ratios = []
     for model, norm, batch in CASES:
-        cfg = config(model, norm, batch, steps)
-        t_nb, t_bare = alternate(reps, lambda: normbench_step(cfg, data), lambda: bare_step(cfg, data, steps))  # noqa: B023
+        n = round_steps(batch, steps)
+        cfg = config(model, norm, batch, n)
+        t_nb, t_bare = alternate(reps, lambda: normbench_step(cfg, data), lambda: bare_step(cfg, data, n))  # noqa: B023
         ratios.append(t_nb / t_bare)
         print(f"{model:12s} {norm:3s} b={batch:<4d} normbench {1000 * t_nb:7.1f} ms  bare {1000 * t_bare:7.1f} ms  "
               f"ratio {t_nb / t_bare:.3f}  ({batch / t_nb:,.0f} images/s)")  # fmt: skip
@@ -234,7 +241,7 @@ def bench_sweep(overrides: list[str]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sections", default="data,logging,overhead,switches,e2e")
-    parser.add_argument("--steps", type=int, default=100, help="steps per timed run (>= log.hist_every)")
+    parser.add_argument("--steps", type=int, default=100, help="steps per timed round (at least 3,200 images)")
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--compile", action="store_true", help="also time torch.compile (tens of seconds)")

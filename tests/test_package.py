@@ -148,7 +148,7 @@ def test_a_plugin_module_adds_a_norm_to_an_installed_normbench(tmp_path) -> None
     env = {"NORMBENCH_PLUGINS": str(mine / "scalenorm.py")}
     run_dir = tmp_path / "run"
     done = normbench("run", "--config-dir", str(mine), "model=mlp", "norm=scalenorm", "model.width=16", "max_steps=1",
-                     "log.hist_every=1", *TINY_RUN[:-1], f"hydra.run.dir={run_dir}", cwd=tmp_path, **env)  # fmt: skip
+                     *TINY_RUN[:-1], f"hydra.run.dir={run_dir}", cwd=tmp_path, **env)  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
     record = json.loads((run_dir / "results.json").read_text())
     assert (record["norm"], record["status"], record["steps"]) == ("scalenorm", "completed", 1)

@@ -22,8 +22,8 @@ from normbench.files import write_atomic, write_json
 from normbench.record import RunRecord
 from normbench.train import run
 
-LONG = ["device=cpu", "data.train_size=768", "data.val_size=64", "batch_size=16", "epochs=3", "quiet=true", "threads=1",
-        "eval.precise_bn_images=32", "log.hist_every=10", "log.every=4"]  # fmt: skip
+LONG = ["device=cpu", "data.train_size=768", "data.val_size=64", "batch_size=16", "epochs=3", "quiet=true",
+        "threads=1", "eval.precise_bn_images=32", "log.hist_every_images=160", "log.every=4"]  # fmt: skip
 
 
 def _history(record: RunRecord) -> list[R.Epoch]:

@@ -22,7 +22,7 @@ from normbench.norms.registry import shape_of
 MODELS: dict[str, tuple[type[nn.Module], str]] = {
     "mlp": (MLP, "MLP on flattened images: (Linear → Norm → ReLU) × depth; norms see (N, C) vectors"),
     "cnn": (CNN, "small VGG-style CNN: (Conv3×3 → Norm → ReLU) stages; norms see (N, C, H, W) maps"),
-    "transformer": (ViT, "small Vision Transformer, pre-norm blocks; norms see (N, L, D) tokens"),
+    "transformer": (ViT, "small Vision Transformer, pre-norm blocks, class token; norms see (N, L, D) tokens"),
     **{
         f"resnet{cls.depth}": (
             cls,
