@@ -27,7 +27,7 @@ from rich.table import Table
 
 from normbench import record as R
 from normbench.errors import ConfigError
-from normbench.files import write_json
+from normbench.files import write_atomic, write_json
 from normbench.norms import NORMS
 from normbench.record import RunRecord, UnreadableRecord, find_records
 from normbench.references import Reference
@@ -168,10 +168,14 @@ def write_summary(root: Path, out: Path | None = None) -> dict[str, Any]:
     summary = summarize(root)
     out = out or root
     out.mkdir(parents=True, exist_ok=True)
-    with (out / "summary.csv").open("w", newline="") as f:
+
+    def write_csv(f: Any) -> None:
         writer = csv.DictWriter(f, fieldnames=RUN_COLUMNS, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(summary["runs"])
+
+    # Atomic like every record: two sweeps into one directory, or a report during a sweep, may write it at once.
+    write_atomic(out / "summary.csv", write_csv)
     compact = {**summary, "runs": [{k: r[k] for k in RUN_COLUMNS} for r in summary["runs"]]}
     write_json(out / "summary.json", compact)
     return summary

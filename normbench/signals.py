@@ -17,6 +17,9 @@ from typing import Any
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 REQUEUE_SIGNAL = signal.SIGUSR2  # submitit's default (its SUBMITIT_PREEMPT_SIGNAL)
+# A stop this process was asked for while no run held the signals (a sweep's handler records it, sweeps.SweepStop):
+# a run whose handlers are installed after it, e.g. one that was setting up, stops at its first step boundary.
+requested: int | None = None
 
 
 @dataclass
@@ -41,6 +44,7 @@ class StopRequest:
                 self.replaced[sig] = signal.signal(sig, self.handle)
         except ValueError:  # not the main thread (some launchers): signals stay with the launcher
             pass
+        self.signum = self.signum or requested
         try:
             yield self
         finally:
