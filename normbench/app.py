@@ -84,7 +84,9 @@ def task(cfg: DictConfig) -> RunRecord | None:
         claim = rundir.claim(run_dir, cfg, resume=bool(cfg.resume), multirun=multirun)
     except NormbenchError as error:  # the directory is someone else's: leave it exactly as it is
         if multirun and isinstance(error, rundir.RunInUse):  # another sweep into this directory trains it now
-            console.print(f"[yellow]Skipping[/] {run_dir.name}: another normbench process is running it.")
+            console.print(
+                f"[yellow]Skipping[/] {run_dir.name}: another normbench process is running it.", highlight=False
+            )
             return None
         print_error(error, where)
         if multirun:

@@ -181,7 +181,7 @@ class SweepStop:
     def stopping(self) -> bool:
         """Whether the sweep this process works for is stopping: a signal here, or one the main process had
         received before it started this worker."""
-        return signals.requested is not None or STOPPED_ENV in os.environ
+        return signals.requested is not None or bool(os.environ.get(STOPPED_ENV))
 
     def install(self, main: bool = False) -> None:
         if self.installed:
@@ -192,6 +192,8 @@ class SweepStop:
         except ValueError:  # not the main thread: the launcher keeps the signals
             return
         self.installed, self.main = True, main
+        if main:  # set now, changed on a signal: the key exists before a launcher's thread copies the environment
+            os.environ[STOPPED_ENV] = ""
         if not hasattr(signal, "pthread_sigmask"):
             return
         if main:
@@ -234,7 +236,8 @@ class SweepStop:
                 os.kill(pid, signal.SIGTERM)
 
 
-# Set in the main process's environment once its sweep is stopping: workers started after that inherit it.
+# In the main process's environment: the stopping signal's name once its sweep is stopping, so that workers
+# started after the signal inherit it; empty before.
 STOPPED_ENV = "NORMBENCH_SWEEP_STOPPED"
 
 
