@@ -413,3 +413,18 @@ def test_report_lists_unreadable_records_and_writes_elsewhere(completed, tmp_pat
     blocked.write_text("")
     said = _ok(normbench("report", str(completed), "--out", str(blocked / "x"), cwd=tmp_path), EXIT_BAD_INPUT)
     assert "Cannot write the report into" in said and "--out DIR" in said
+
+
+def test_report_on_a_run_while_it_trains(tmp_path) -> None:
+    run_dir = tmp_path / "run"
+    proc = subprocess.Popen([EXE, "run", *SLOW, "epochs=1000", f"hydra.run.dir={run_dir}"], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    _wait(lambda: (run_dir / "results.json").exists(), proc)
+    shown = normbench("report", str(run_dir), "--out", str(tmp_path / "out"), cwd=tmp_path)
+    said = _ok(shown, 0)
+    assert "not completed: running" in said and "Warning" not in said
+    assert proc.poll() is None and RunRecord.read(run_dir).status == "running"  # trains on, its record intact
+    proc.send_signal(signal.SIGINT)
+    output, _ = proc.communicate(timeout=60)
+    assert proc.returncode == EXIT_INTERRUPTED, output
+    assert RunRecord.read(run_dir).status == "interrupted"
