@@ -8,10 +8,12 @@ Every `NormbenchError` is printed as one paragraph without a traceback (set NORM
     2  bad input: config, dataset, device, a run directory that holds another run, is locked by another
        process or cannot be written (read-only, full disk), an unreadable record or checkpoint
     3  diverged (NaN/inf loss)
-    4  a sweep ended, but some run did not complete: failed, diverged, or held by another process
-       (`normbench report DIR` lists them; rerunning the same sweep command retries them)
+    4  a sweep ended, but some run of its grid did not complete: failed, diverged, not started (refused), or
+       still running in another process (a second sweep into the same directory); the sweep names them, and
+       rerunning the same sweep command retries them
     130  interrupted (SIGINT/SIGTERM): checkpoint saved; `resume=true` (a run) or the same sweep command
-       (a sweep, as printed) continues
+       (a sweep, as printed) continues. A sweep that received the signal exits 130 whenever it came (also
+       during its checks or its summary)
 """
 
 from __future__ import annotations
