@@ -204,7 +204,9 @@ class TrainConfig:
 
 @dataclass
 class EvalConfig:
-    batch_size: int = setting(500, ge=1)
+    # Images per validation forward (eval mode: the accuracy does not depend on it). 256 was ~20% faster than 500
+    # for the cnn on this 2-core CPU (2,000 images, alternating rounds): smaller activations stay in cache.
+    batch_size: int = setting(256, ge=1)
     bn_modes: bool = True  # BN-family models: also validate with batch statistics and with PreciseBN
     # Epochs between those two extra validations during training (0 = only at the end, where they always run):
     # at batch 128 on the cnn they cost about a quarter of a training epoch each time.
