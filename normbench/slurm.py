@@ -6,11 +6,35 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import subprocess
+import time
+import traceback
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
 
 from omegaconf import OmegaConf
 
+from normbench.errors import EXIT_INTERRUPTED, SubmissionError
+
 GPUS_RESOLVER, SIGNAL_DELAY_RESOLVER = "normbench_gpus", "normbench_signal_delay"
+# What sbatch's refusals mean: (words of its message, the hydra.launcher keys involved, how to fix it).
+REFUSALS = (
+    ("generic resource", ("gpus_per_node", "partition"), "the partition has no GPUs of that kind: leave "
+     "gpus_per_node unset (runs on the CPU ask for none) or choose a partition with GPUs (`sinfo -o '%P %G'` "
+     "lists each partition's GPUs)"),
+    ("invalid partition", ("partition",), "`sinfo` lists the partitions (the default one marked *); "
+     "partition=null uses the default"),
+    ("node configuration is not available", ("partition", "cpus_per_task", "mem_gb", "gpus_per_node", "nodes"),
+     "ask for no more than one node of the partition has: `sinfo -o '%P %c %m %G'` lists its CPUs, memory (MB) "
+     "and GPUs"),
+    ("memory specification", ("partition", "mem_gb"), "`sinfo -o '%P %m'` lists the memory (MB) of the "
+     "partition's nodes"),
+    ("time limit", ("partition", "timeout_min"), "`sinfo -o '%P %l'` lists each partition's time limit"),
+)  # fmt: skip
+ANY_REFUSAL = (("partition", "gpus_per_node", "cpus_per_task", "mem_gb", "timeout_min"), "compare them with what "
+               "`sinfo` lists for the partition")  # fmt: skip
 
 
 def gpus(device: str) -> int:
@@ -23,6 +47,100 @@ def signal_delay(timeout_min: float) -> int:
     """Seconds before the time limit at which submitit's pre-timeout signal comes: a tenth of the limit, at least
     15 s (a step and a checkpoint) and at most 120 s (submitit's default), so a short limit still trains."""
     return int(min(120, max(15, timeout_min * 60 / 10)))
+
+
+def submission_error(message: str, params: Mapping[str, Any]) -> SubmissionError:
+    """sbatch's refusal of a sweep's jobs as one paragraph: its own words, the launcher settings they concern
+    (with the values asked for) and what to change."""
+    said = " ".join(line.strip() for line in message.splitlines() if line.strip())
+    keys, fix = next(((k, f) for words, k, f in REFUSALS if words in said.lower()), ANY_REFUSAL)
+    asked = ", ".join(f"hydra.launcher.{k}={params.get(k)}".replace("=None", "=null") for k in keys)
+    return SubmissionError(
+        f'sbatch refused the sweep\'s jobs: "{said}". Asked for: {asked}. To fix: {fix}. Nothing was submitted '
+        "and no run started; run the same command again with the changed hydra.launcher settings."
+    )
+
+
+@contextmanager
+def refused(params: Mapping[str, Any]) -> Iterator[None]:
+    """Around submitit's submission of a sweep (normbench's SLURM launcher, in hydra_plugins): a refusal by sbatch,
+    or no sbatch at all, ends the sweep with one paragraph and exit code 2. Hydra reports exceptions from a
+    launcher with a traceback; SystemExit passes through it (its handler catches `Exception` only)."""
+    from submitit.core.utils import FailedJobError
+
+    try:
+        yield
+    except FailedJobError as failure:
+        called = failure.__cause__  # submitit raises it from sbatch's CalledProcessError; a failed job has none
+        if not (isinstance(called, subprocess.CalledProcessError) and "sbatch" in str(called.cmd[0])):
+            raise
+        error = submission_error(str(failure), params)
+    except FileNotFoundError as missing:
+        if missing.filename != "sbatch":
+            raise
+        error = SubmissionError(
+            "hydra/launcher=slurm submits jobs with SLURM's sbatch, which is not on this machine's PATH: run the "
+            "sweep on a machine of the cluster (its login node), or use hydra/launcher=parallel for this machine's "
+            "cores."
+        )
+    from normbench.app import print_error  # deferred: app imports this module
+
+    if os.environ.get("NORMBENCH_DEBUG", "") not in ("", "0"):
+        traceback.print_exc()
+    print_error(error)
+    raise SystemExit(error.exit_code)
+
+
+class _SweepStopped(Exception):
+    """Raised by the stop handler out of submitit's wait for the sweep's jobs."""
+
+
+@contextmanager
+def stopped_with_the_sweep(params: Mapping[str, Any]) -> Iterator[None]:
+    """While the sweep's main process submits and waits for its SLURM jobs: SIGINT/SIGTERM (Ctrl-C) stops them
+    too (`stop_jobs`), then the sweep ends with exit code 130. Without it the stop would only be noted, and the
+    process would wait for every job to end (forever for a cancelled one where SLURM keeps no accounting)."""
+    from submitit.core.utils import JobPaths
+
+    folder = JobPaths.get_first_id_independent_folder(params["submitit_folder"])  # SWEEP_DIR/.submitit
+    before = set(folder.glob("*_*"))  # the jobs of earlier runs of this sweep
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def stop(signum: int, frame: Any) -> None:
+        for sig, handler in previous.items():  # once: the sweep's own handling from here on
+            signal.signal(sig, handler)
+        if callable(previous[signum]):
+            previous[signum](signum, frame)  # sweeps.SweepStop: the sweep is stopping, exit code 130
+        raise _SweepStopped
+
+    for sig in previous:
+        signal.signal(sig, stop)
+    try:
+        yield
+    except _SweepStopped:
+        # Array task folders are named JOBID_TASK; the signal may come before submitit made them: then none.
+        stop_jobs(sorted({p.name.split("_")[0] for p in set(folder.glob("*_*")) - before}))
+        raise SystemExit(EXIT_INTERRUPTED) from None
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def stop_jobs(job_ids: list[str], wait_s: float = 120) -> None:
+    """Stop SLURM jobs as Ctrl-C stops a run: tasks still pending are cancelled (they have not started; the
+    same sweep command starts them later), running ones get SIGTERM, stop at their next step with a
+    checkpoint and record `interrupted`. Returns once none of them runs, or after `wait_s`."""
+    if not job_ids:
+        return
+    for how in ("--state=PENDING", "--signal=TERM"):  # pending first: none may start in between
+        subprocess.run(["scancel", how, *job_ids], capture_output=True, timeout=30)
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        queued = subprocess.run(["squeue", "-h", "-o", "%i", "-j", ",".join(job_ids)], capture_output=True,
+                                text=True, timeout=30)  # fmt: skip
+        if queued.returncode == 0 and not queued.stdout.strip():
+            return
+        time.sleep(1)
 
 
 OmegaConf.register_new_resolver(GPUS_RESOLVER, gpus, replace=True)
