@@ -1,6 +1,7 @@
-"""SLURM through Hydra's submitit launcher (`hydra/launcher=slurm`): the preset's resolvers, and what a job
-does when it starts. Resolvers are registered on import; `app` imports this module, so the sweep process has
-them before Hydra resolves `hydra.launcher`."""
+"""SLURM through Hydra's submitit launcher (`hydra/launcher=slurm`): the preset's resolvers, what a job does when
+it starts, and what normbench's launcher (hydra_plugins/normbench_launcher) adds to submitit's: sbatch's refusals
+as one paragraph, and jobs that stop with the sweep. Resolvers are registered on import; `app` imports this
+module, so the sweep process has them before Hydra resolves `hydra.launcher`."""
 
 from __future__ import annotations
 
@@ -32,6 +33,8 @@ REFUSALS = (
     ("memory specification", ("partition", "mem_gb"), "`sinfo -o '%P %m'` lists the memory (MB) of the "
      "partition's nodes"),
     ("time limit", ("partition", "timeout_min"), "`sinfo -o '%P %l'` lists each partition's time limit"),
+    ("unable to contact", (), "the cluster's controller does not answer (`scontrol ping`); try again later or "
+     "ask the cluster's administrators"),
 )  # fmt: skip
 ANY_REFUSAL = (("partition", "gpus_per_node", "cpus_per_task", "mem_gb", "timeout_min"), "compare them with what "
                "`sinfo` lists for the partition")  # fmt: skip
@@ -49,6 +52,25 @@ def signal_delay(timeout_min: float) -> int:
     return int(min(120, max(15, timeout_min * 60 / 10)))
 
 
+OmegaConf.register_new_resolver(GPUS_RESOLVER, gpus, replace=True)
+OmegaConf.register_new_resolver(SIGNAL_DELAY_RESOLVER, signal_delay, replace=True)
+
+
+def job_started(run_name: str) -> None:
+    """Inside a submitit job: let submitit's logger report signals and requeues into the job's log (Hydra's
+    `job_logging: disabled` switched it off with every other logger), and name the SLURM job after its run."""
+    if "SUBMITIT_EXECUTOR" not in os.environ:
+        return
+    logging.getLogger("submitit").disabled = False
+    job_id = os.environ.get("SLURM_JOB_ID")
+    if job_id:  # an array shares one name at submission; each running task can carry its own
+        subprocess.run(
+            ["scontrol", "update", f"JobId={job_id}", f"JobName=normbench-{run_name}"],
+            capture_output=True,
+            timeout=30,
+        )
+
+
 def submission_error(message: str, params: Mapping[str, Any]) -> SubmissionError:
     """sbatch's refusal of a sweep's jobs as one paragraph: its own words, the launcher settings they concern
     (with the values asked for) and what to change."""
@@ -56,8 +78,8 @@ def submission_error(message: str, params: Mapping[str, Any]) -> SubmissionError
     keys, fix = next(((k, f) for words, k, f in REFUSALS if words in said.lower()), ANY_REFUSAL)
     asked = ", ".join(f"hydra.launcher.{k}={params.get(k)}".replace("=None", "=null") for k in keys)
     return SubmissionError(
-        f'sbatch refused the sweep\'s jobs: "{said}". Asked for: {asked}. To fix: {fix}. Nothing was submitted '
-        "and no run started; run the same command again with the changed hydra.launcher settings."
+        f'sbatch refused the sweep\'s jobs: "{said}".{f" Asked for: {asked}." if asked else ""} To fix: {fix}. '
+        "Nothing was submitted and no run started; run the same command again once that is fixed."
     )
 
 
@@ -141,22 +163,3 @@ def stop_jobs(job_ids: list[str], wait_s: float = 120) -> None:
         if queued.returncode == 0 and not queued.stdout.strip():
             return
         time.sleep(1)
-
-
-OmegaConf.register_new_resolver(GPUS_RESOLVER, gpus, replace=True)
-OmegaConf.register_new_resolver(SIGNAL_DELAY_RESOLVER, signal_delay, replace=True)
-
-
-def job_started(run_name: str) -> None:
-    """Inside a submitit job: let submitit's logger report signals and requeues into the job's log (Hydra's
-    `job_logging: disabled` switched it off with every other logger), and name the SLURM job after its run."""
-    if "SUBMITIT_EXECUTOR" not in os.environ:
-        return
-    logging.getLogger("submitit").disabled = False
-    job_id = os.environ.get("SLURM_JOB_ID")
-    if job_id:  # an array shares one name at submission; each running task can carry its own
-        subprocess.run(
-            ["scontrol", "update", f"JobId={job_id}", f"JobName=normbench-{run_name}"],
-            capture_output=True,
-            timeout=30,
-        )

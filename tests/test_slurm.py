@@ -26,7 +26,7 @@ from normbench import record as R
 from normbench.config import compose_config
 from normbench.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_SWEEP_INCOMPLETE, InterruptedRun
 from normbench.record import RunRecord, find_records
-from normbench.slurm import gpus, signal_delay
+from normbench.slurm import gpus, refused, signal_delay
 from normbench.train import run
 
 LONG = ["data.train_size=768", "data.val_size=64", "batch_size=16", "epochs=3", "quiet=true", "threads=1",
@@ -80,6 +80,13 @@ def test_hydra_finds_the_launcher_the_preset_names() -> None:
     found = {f"{c.__module__}.{c.__name__}": c for c in Plugins.instance().discover(Launcher)}
     assert target.startswith("hydra_plugins.") and target in found
     assert found[target].__mro__[1].__name__ == "SlurmLauncher"  # submitit's, with normbench's additions
+
+
+def test_a_job_that_failed_is_not_mistaken_for_a_refusal_by_sbatch() -> None:
+    from submitit.core.utils import FailedJobError  # what submitit raises for both, sbatch's with its exit status
+
+    with pytest.raises(FailedJobError, match="failed during processing"), refused({"partition": "debug"}):
+        raise FailedJobError("Job (task=0) failed during processing with trace: ...")
 
 
 def test_usr2_checkpoints_at_a_step_records_requeued_and_the_next_attempt_ends_like_an_uninterrupted_run(
