@@ -20,18 +20,19 @@ from omegaconf import OmegaConf
 from normbench.errors import EXIT_INTERRUPTED, SubmissionError
 
 GPUS_RESOLVER, SIGNAL_DELAY_RESOLVER = "normbench_gpus", "normbench_signal_delay"
-# What sbatch's refusals mean: (words of its message, the hydra.launcher keys involved, how to fix it).
+# What sbatch's refusals mean: (words of its message, the hydra.launcher keys involved, how to fix it); the first
+# match counts (sbatch adds "Requested node configuration is not available" to a memory refusal).
 REFUSALS = (
     ("generic resource", ("gpus_per_node", "partition"), "the partition has no GPUs of that kind: leave "
      "gpus_per_node unset (runs on the CPU ask for none) or choose a partition with GPUs (`sinfo -o '%P %G'` "
      "lists each partition's GPUs)"),
     ("invalid partition", ("partition",), "`sinfo` lists the partitions (the default one marked *); "
      "partition=null uses the default"),
+    ("memory specification", ("partition", "mem_gb"), "`sinfo -o '%P %m'` lists the memory (MB) of the "
+     "partition's nodes"),
     ("node configuration is not available", ("partition", "cpus_per_task", "mem_gb", "gpus_per_node", "nodes"),
      "ask for no more than one node of the partition has: `sinfo -o '%P %c %m %G'` lists its CPUs, memory (MB) "
      "and GPUs"),
-    ("memory specification", ("partition", "mem_gb"), "`sinfo -o '%P %m'` lists the memory (MB) of the "
-     "partition's nodes"),
     ("time limit", ("partition", "timeout_min"), "`sinfo -o '%P %l'` lists each partition's time limit"),
     ("unable to contact", (), "the cluster's controller does not answer (`scontrol ping`); try again later or "
      "ask the cluster's administrators"),
@@ -74,7 +75,7 @@ def job_started(run_name: str) -> None:
 def submission_error(message: str, params: Mapping[str, Any]) -> SubmissionError:
     """sbatch's refusal of a sweep's jobs as one paragraph: its own words, the launcher settings they concern
     (with the values asked for) and what to change."""
-    said = " ".join(line.strip() for line in message.splitlines() if line.strip())
+    said = "; ".join(line.strip().removeprefix("sbatch: error: ") for line in message.splitlines() if line.strip())
     keys, fix = next(((k, f) for words, k, f in REFUSALS if words in said.lower()), ANY_REFUSAL)
     asked = ", ".join(f"hydra.launcher.{k}={params.get(k)}".replace("=None", "=null") for k in keys)
     return SubmissionError(

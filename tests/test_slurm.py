@@ -237,7 +237,7 @@ def test_settings_sbatch_refuses_end_in_one_paragraph_with_sbatchs_words_and_the
     assert done.returncode == EXIT_BAD_INPUT, out
     assert "Traceback" not in out and "HYDRA_FULL_ERROR" not in out
     [paragraph] = [line for line in out.splitlines() if line.startswith("Error:")]
-    assert f'"{asked.stderr.strip()}"' in paragraph  # sbatch's own words, quoted
+    assert asked.stderr.strip().rsplit("sbatch: error: ", 1)[1] in paragraph  # sbatch's own words, quoted
     assert setting in paragraph and fix in paragraph and "Nothing was submitted" in paragraph
     assert not list(find_records(sweep_dir)) and not list(sweep_dir.glob("summary.*"))
 
