@@ -13,6 +13,7 @@ import time
 import traceback
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from omegaconf import OmegaConf
@@ -93,25 +94,32 @@ def refused(params: Mapping[str, Any]) -> Iterator[None]:
 
     try:
         yield
-    except FailedJobError as failure:
-        called = failure.__cause__  # submitit raises it from sbatch's CalledProcessError; a failed job has none
-        if not (isinstance(called, subprocess.CalledProcessError) and "sbatch" in str(called.cmd[0])):
+    except (FailedJobError, FileNotFoundError) as failure:
+        error = _refusal(failure, params)
+        if error is None:
             raise
-        error = submission_error(str(failure), params)
-    except FileNotFoundError as missing:
-        if missing.filename != "sbatch":
-            raise
-        error = SubmissionError(
+        from normbench.app import print_error  # deferred: app imports this module
+
+        if os.environ.get("NORMBENCH_DEBUG", "") not in ("", "0"):
+            traceback.print_exception(failure)
+        print_error(error)
+        raise SystemExit(error.exit_code) from None
+
+
+def _refusal(failure: Exception, params: Mapping[str, Any]) -> SubmissionError | None:
+    """What to tell the user about `failure`, if sbatch refused the jobs or is missing (None: something else)."""
+    if isinstance(failure, FileNotFoundError):
+        if failure.filename != "sbatch":
+            return None
+        return SubmissionError(
             "hydra/launcher=slurm submits jobs with SLURM's sbatch, which is not on this machine's PATH: run the "
             "sweep on a machine of the cluster (its login node), or use hydra/launcher=parallel for this machine's "
             "cores."
         )
-    from normbench.app import print_error  # deferred: app imports this module
-
-    if os.environ.get("NORMBENCH_DEBUG", "") not in ("", "0"):
-        traceback.print_exc()
-    print_error(error)
-    raise SystemExit(error.exit_code)
+    called = failure.__cause__  # submitit raises it from sbatch's CalledProcessError; a failed job has none
+    if isinstance(called, subprocess.CalledProcessError) and Path(str(called.cmd[0])).name == "sbatch":
+        return submission_error(str(failure), params)
+    return None
 
 
 class _SweepStopped(Exception):
@@ -126,7 +134,7 @@ def stopped_with_the_sweep(params: Mapping[str, Any]) -> Iterator[None]:
     from submitit.core.utils import JobPaths
 
     folder = JobPaths.get_first_id_independent_folder(params["submitit_folder"])  # SWEEP_DIR/.submitit
-    before = set(folder.glob("*_*"))  # the jobs of earlier runs of this sweep
+    before = _job_ids(folder)  # the jobs of earlier runs of this sweep
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
 
     def stop(signum: int, frame: Any) -> None:
@@ -141,12 +149,17 @@ def stopped_with_the_sweep(params: Mapping[str, Any]) -> Iterator[None]:
     try:
         yield
     except _SweepStopped:
-        # Array task folders are named JOBID_TASK; the signal may come before submitit made them: then none.
-        stop_jobs(sorted({p.name.split("_")[0] for p in set(folder.glob("*_*")) - before}))
+        stop_jobs(sorted(_job_ids(folder) - before))
         raise SystemExit(EXIT_INTERRUPTED) from None
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def _job_ids(folder: Path) -> set[str]:
+    """The SLURM jobs submitit submitted into `folder`: one directory per job (JOBID) or array task (JOBID_TASK),
+    made at submission; a signal that comes before that finds none."""
+    return {p.name.split("_")[0] for p in folder.glob("[0-9]*") if p.is_dir()}
 
 
 def stop_jobs(job_ids: list[str], wait_s: float = 120) -> None:

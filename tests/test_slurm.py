@@ -257,7 +257,7 @@ def _training_job(sweep_dir: Path, proc: subprocess.Popen[str]) -> tuple[str, Pa
         time.sleep(0.2)
     time.sleep(1)
     [run_dir] = [p.parent for p in sweep_dir.glob(f"*/{R.RESULTS_FILE}")]
-    [task] = [p for p in (sweep_dir / ".submitit").glob("[0-9]*_*") if list(p.glob("*_log.out"))]
+    [task] = [p for p in (sweep_dir / ".submitit").glob("[0-9]*") if list(p.glob("*_log.out"))]  # JOBID[_TASK]
     return task.name, run_dir
 
 
@@ -269,7 +269,7 @@ def _queued(job: str) -> str:
 @pytest.mark.parametrize("how", [["--signal=TERM"], []], ids=["sigterm", "cancel"])
 def test_scancel_stops_a_job_at_a_step_with_a_checkpoint(partition, tmp_path, how) -> None:
     sweep_dir = tmp_path / "sweep"
-    proc = _sweep_in_background(sweep_dir, partition, "norm=bn")
+    proc = _sweep_in_background(sweep_dir, partition, "norm=bn", "epochs=30")  # longer than the test
     job, run_dir = _training_job(sweep_dir, proc)
     subprocess.run(["scancel", *how, job], check=True, timeout=30)
     output, _ = proc.communicate(timeout=300)
@@ -282,7 +282,7 @@ def test_scancel_stops_a_job_at_a_step_with_a_checkpoint(partition, tmp_path, ho
 @pytest.mark.slurm
 def test_ctrl_c_on_a_slurm_sweep_stops_its_jobs_and_exits_130(partition, tmp_path) -> None:
     sweep_dir = tmp_path / "sweep"
-    proc = _sweep_in_background(sweep_dir, partition, "norm=bn,gn")  # one node of 2 cores: one runs, one waits
+    proc = _sweep_in_background(sweep_dir, partition, "norm=bn,gn", "epochs=30")  # 2 cores: one runs, one waits
     job, run_dir = _training_job(sweep_dir, proc)
     proc.send_signal(signal.SIGINT)
     output, _ = proc.communicate(timeout=300)
