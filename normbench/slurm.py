@@ -162,18 +162,20 @@ def _job_ids(folder: Path) -> set[str]:
     return {p.name.split("_")[0] for p in folder.glob("[0-9]*") if p.is_dir()}
 
 
-def stop_jobs(job_ids: list[str], wait_s: float = 120) -> None:
+def stop_jobs(job_ids: list[str], wait_s: int = 120) -> None:
     """Stop SLURM jobs as Ctrl-C stops a run: tasks still pending are cancelled (they have not started; the
-    same sweep command starts them later), running ones get SIGTERM, stop at their next step with a
-    checkpoint and record `interrupted`. Returns once none of them runs, or after `wait_s`."""
+    same sweep command starts them later), running ones get SIGTERM, stop at their next step with a checkpoint
+    and record `interrupted`. SIGTERM goes again every 10 s, because a job still starting Python ignores it
+    (submitit's handler only logs it); a job still there after `wait_s` seconds is cancelled outright."""
     if not job_ids:
         return
-    for how in ("--state=PENDING", "--signal=TERM"):  # pending first: none may start in between
-        subprocess.run(["scancel", how, *job_ids], capture_output=True, timeout=30)
-    deadline = time.monotonic() + wait_s
-    while time.monotonic() < deadline:
+    subprocess.run(["scancel", "--state=PENDING", *job_ids], capture_output=True, timeout=30)  # none may start now
+    for second in range(wait_s):
+        if second % 10 == 0:
+            subprocess.run(["scancel", "--signal=TERM", *job_ids], capture_output=True, timeout=30)
         queued = subprocess.run(["squeue", "-h", "-o", "%i", "-j", ",".join(job_ids)], capture_output=True,
                                 text=True, timeout=30)  # fmt: skip
         if queued.returncode == 0 and not queued.stdout.strip():
             return
         time.sleep(1)
+    subprocess.run(["scancel", *job_ids], capture_output=True, timeout=30)
