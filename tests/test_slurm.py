@@ -1,8 +1,10 @@
-"""SLURM: the pre-timeout signal path without a cluster, and sweeps on a real single-node cluster.
+"""SLURM: the pre-timeout signal path and the launcher plugin without a cluster; on a real single-node cluster,
+sweeps, sbatch's refusals, scancel and Ctrl-C.
 
 The cluster tests (`-m slurm`) start SLURM with ../shared/slurm/setup.sh (beside the repository, as in CI;
 $NORMBENCH_SLURM_SETUP names another copy) and skip, saying why, where it cannot run: not root, no setup
-script, setup failing. The time-limit test is also `slow`: `pytest -m slow tests/test_slurm.py` (~10 min).
+script, setup failing. A cluster already up is used and left up. The time-limit test is also `slow`:
+`pytest -m slow tests/test_slurm.py` (7 to 20 min, with the machine's load).
 """
 
 from __future__ import annotations
