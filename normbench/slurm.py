@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -14,7 +15,7 @@ import traceback
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from omegaconf import OmegaConf
 
@@ -87,39 +88,36 @@ def submission_error(message: str, params: Mapping[str, Any]) -> SubmissionError
 
 @contextmanager
 def refused(params: Mapping[str, Any]) -> Iterator[None]:
-    """Around submitit's submission of a sweep (normbench's SLURM launcher, in hydra_plugins): a refusal by sbatch,
-    or no sbatch at all, ends the sweep with one paragraph and exit code 2. Hydra reports exceptions from a
-    launcher with a traceback; SystemExit passes through it (its handler catches `Exception` only)."""
+    """Around submitit's submission of a sweep (normbench's SLURM launcher, in hydra_plugins): no SLURM on this
+    machine, or a refusal by sbatch, ends the sweep with one paragraph and exit code 2. Hydra reports exceptions
+    from a launcher with a traceback; SystemExit passes through it (its handler catches `Exception` only)."""
     from submitit.core.utils import FailedJobError
 
+    missing = [c for c in ("sbatch", "srun") if shutil.which(c) is None]  # submitit needs both
+    if missing:
+        _stop_sweep(
+            SubmissionError(
+                f"hydra/launcher=slurm submits jobs with SLURM's sbatch and srun, and this machine has no "
+                f"{' or '.join(missing)} on its PATH: run the sweep on a machine of the cluster (its login node), or "
+                "use hydra/launcher=parallel for this machine's cores."
+            )
+        )
     try:
         yield
-    except (FailedJobError, FileNotFoundError) as failure:
-        error = _refusal(failure, params)
-        if error is None:
+    except FailedJobError as failure:
+        called = failure.__cause__  # submitit raises it from sbatch's CalledProcessError; a failed job has none
+        if not (isinstance(called, subprocess.CalledProcessError) and Path(str(called.cmd[0])).name == "sbatch"):
             raise
-        from normbench.app import print_error  # deferred: app imports this module
-
-        if os.environ.get("NORMBENCH_DEBUG", "") not in ("", "0"):
-            traceback.print_exception(failure)
-        print_error(error)
-        raise SystemExit(error.exit_code) from None
+        _stop_sweep(submission_error(str(failure), params), failure)
 
 
-def _refusal(failure: Exception, params: Mapping[str, Any]) -> SubmissionError | None:
-    """What to tell the user about `failure`, if sbatch refused the jobs or is missing (None: something else)."""
-    if isinstance(failure, FileNotFoundError):
-        if failure.filename != "sbatch":
-            return None
-        return SubmissionError(
-            "hydra/launcher=slurm submits jobs with SLURM's sbatch, which is not on this machine's PATH: run the "
-            "sweep on a machine of the cluster (its login node), or use hydra/launcher=parallel for this machine's "
-            "cores."
-        )
-    called = failure.__cause__  # submitit raises it from sbatch's CalledProcessError; a failed job has none
-    if isinstance(called, subprocess.CalledProcessError) and Path(str(called.cmd[0])).name == "sbatch":
-        return submission_error(str(failure), params)
-    return None
+def _stop_sweep(error: SubmissionError, cause: BaseException | None = None) -> NoReturn:
+    from normbench.app import print_error  # deferred: app imports this module
+
+    if cause is not None and os.environ.get("NORMBENCH_DEBUG", "") not in ("", "0"):
+        traceback.print_exception(cause)
+    print_error(error)
+    raise SystemExit(error.exit_code) from None
 
 
 class _SweepStopped(Exception):

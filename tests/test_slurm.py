@@ -91,6 +91,14 @@ def test_a_job_that_failed_is_not_mistaken_for_a_refusal_by_sbatch() -> None:
         raise FailedJobError("Job (task=0) failed during processing with trace: ...")
 
 
+def test_a_machine_without_slurm_is_told_so_in_one_paragraph(tmp_path) -> None:
+    done = normbench("sweep", "norm=bn,gn", *TINY_SWEEP, "hydra/launcher=slurm", f"hydra.sweep.dir={tmp_path / 's'}",
+                     cwd=tmp_path, PATH=str(Path(sys.executable).parent))  # fmt: skip
+    out = done.stdout + done.stderr
+    assert done.returncode == EXIT_BAD_INPUT and "Traceback" not in out, out
+    assert "no sbatch or srun on its PATH" in out and "hydra/launcher=parallel" in out
+
+
 def test_usr2_checkpoints_at_a_step_records_requeued_and_the_next_attempt_ends_like_an_uninterrupted_run(
     tmp_path,
 ) -> None:
