@@ -20,7 +20,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override
 from hydra.errors import HydraException
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import (
     ConfigAttributeError,
     ConfigKeyError,
@@ -138,9 +138,25 @@ def name_runs_by_swept_keys(overrides: list[str]) -> list[str]:
     return [*overrides, f"hydra.job.config.override_dirname.exclude_keys=[{','.join(keys)}]"]
 
 
+_VALIDATED: set[str] = set()  # configs this process has validated: `normbench run` composes twice (CLI, Hydra)
+
+
 def validate(cfg: DictConfig) -> None:
-    """Raise a ConfigError naming the key, its bad value and what is allowed; cheap, runs before training.
-    Every config goes through here: `compose_config` for tests and scripts, the Hydra task for runs."""
+    """Raise a ConfigError naming the key, its bad value and what is allowed; runs before training.
+    Every config goes through here: `compose_config` for tests and scripts, the Hydra task for runs. A config
+    already validated in this process is not checked again (its model would be built on the meta device again)."""
+    try:
+        text = OmegaConf.to_yaml(cfg, resolve=True)
+    except OmegaConfBaseException:  # a broken interpolation: `_validate` says which
+        text = None
+    if text in _VALIDATED:
+        return
+    _validate(cfg)
+    if text is not None:
+        _VALIDATED.add(text)
+
+
+def _validate(cfg: DictConfig) -> None:
     schema.check(cfg)
     from normbench.devices import select_device  # deferred: this module is imported without torch
 

@@ -6,7 +6,8 @@ Every `NormbenchError` is printed as one paragraph without a traceback (set NORM
     0  completed (a sweep: every run completed)
     1  unexpected crash
     2  bad input: config, dataset, device, a run directory that holds another run, is locked by another
-       process or cannot be written (read-only, full disk), an unreadable record or checkpoint
+       process or cannot be written (read-only, full disk), an unreadable record or checkpoint, launcher
+       settings the SLURM cluster refuses (sbatch's message, quoted)
     3  diverged (NaN/inf loss)
     4  a sweep ended, but some run of its grid did not complete: failed, diverged, not started (refused), or
        still running in another process (a second sweep into the same directory); the sweep names them, and
@@ -58,3 +59,7 @@ class InterruptedRun(NormbenchError):
 
 class RunDirError(NormbenchError):
     """A run directory normbench must not or cannot write: another run's, locked, a file, read-only, full."""
+
+
+class SubmissionError(NormbenchError):
+    """Jobs the cluster's scheduler refuses to take (sbatch: no such partition, no GPUs there, ...)."""

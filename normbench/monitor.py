@@ -3,7 +3,8 @@
 Forward hooks on every norm layer (an identity under `norm=none`, so runs with and without normalization
 compare layer by layer) record the layer's input and output as histograms `act/<layer>/pre|post` and their
 mean/std as scalars, at the first training step (the starting distribution, even in a run shorter than
-`log.hist_every`), every `log.hist_every` steps, and on the first validation batch of each epoch (`act_eval/...`).
+`log.hist_every_images`), at every step that crosses a multiple of `log.hist_every_images` training images (the
+same x at every batch size), and on the first validation batch of each epoch (`act_eval/...`).
 At the training steps, each BN-family layer's running mean/var is set against the current batch's statistics:
 `bn/<layer>/mean/batch|running|gap` and `bn/<layer>/var/batch|running|ratio`, side by side in TensorBoard.
 Everything is written at the board's x of the step (examples seen or steps, `log.x_axis`). Hooks are attached
@@ -50,8 +51,8 @@ def channel_stats(x: Tensor, channel_dim: int) -> tuple[Tensor, Tensor]:
 
 
 class Monitor:
-    """Activation and BN statistics of `model`'s norm layers, every `every` steps (0: never), at most `most`
-    values per histogram."""
+    """Activation and BN statistics of `model`'s norm layers, every `every` training images (0: never), at most
+    `most` values per histogram."""
 
     def __init__(self, model: nn.Module, board: Board, every: int, most: int) -> None:
         self.model, self.board, self.every, self.most = model, board, every, most
@@ -61,9 +62,11 @@ class Monitor:
         self.handles: list[Any] = []
         self.captured: dict[str, tuple[Tensor, Tensor, tuple[Tensor, Tensor] | None]] = {}
 
-    def due(self, step: int) -> bool:
-        """Whether training step `step` is probed: then the loop calls `attach` before it, `write` after it."""
-        return bool(self.every) and (step == 1 or step % self.every == 0)
+    def due(self, step: int, seen: int, batch: int) -> bool:
+        """Whether training step `step`, which takes the images seen from `seen` to `seen + batch`, is probed: the
+        first step and each step that reaches a multiple of `every` images. Then the loop calls `attach` before
+        the step and `write` after it."""
+        return bool(self.every) and (step == 1 or (seen + batch) // self.every > seen // self.every)
 
     def attach(self) -> None:
         for name, module in self.layers:
@@ -112,15 +115,6 @@ class Monitor:
             self.board.histogram(bn_tag(name, statistic, "running"), running, x)
         gap_value, ratio_value = torch.stack([gap, ratio]).tolist()
         self.board.scalars({bn_tag(name, "mean", "gap"): gap_value, bn_tag(name, "var", "ratio"): ratio_value}, x)
-
-    @torch.no_grad()
-    def probe_eval(self, x: Tensor, step: int) -> None:
-        """Validation-time activations after training step `step`: one forward of the validation batch `x` in
-        eval mode."""
-        self.model.eval()
-        self.attach()
-        self.model(x)
-        self.write(step, "act_eval")
 
     def close(self) -> None:
         self.detach()

@@ -89,7 +89,9 @@ def run(
     board = Board(run_dir, x_per_step, resumed_at=state.step if saved is not None else None)
     board.start_session(hparams, experiment=not in_sweep())
     board.layout()
-    monitor = Monitor(setup.model, board, cfg.log.hist_every, cfg.log.hist_values) if cfg.log.activations else None
+    monitor = (
+        Monitor(setup.model, board, cfg.log.hist_every_images, cfg.log.hist_values) if cfg.log.activations else None
+    )
     if saved is not None:
         console.print(f"Resuming from step {state.step} (epoch {state.epoch + 1}).")
 
@@ -198,7 +200,7 @@ def train_epoch(
     setup.model.train()
     for x, y in setup.train_batches.epoch(s.epoch, start=s.batch_in_epoch):
         # A probed step runs the eager module: a compiled forward would skip the monitor's hooks.
-        probed = monitor is not None and monitor.due(s.step + 1)
+        probed = monitor is not None and monitor.due(s.step + 1, s.examples, len(y))
         if probed:
             monitor.attach()
         loss, correct = train_step(setup, setup.model if probed else setup.forward, x, y)
@@ -225,10 +227,12 @@ def end_epoch(setup: Setup, state: RunState, board: Board, monitor: Monitor | No
     train_loss = s.epoch_loss_sum / max(1, s.epoch_seen)
     train_acc = s.epoch_correct / max(1, s.epoch_seen)
     model.eval()  # validation uses running statistics for BatchNorm
-    val_loss, val_acc = evaluate(model, setup.val_batches, setup.autocast)
-    s.best_val_acc = max(s.best_val_acc, val_acc)
     if monitor is not None:
-        monitor.probe_eval(next(iter(setup.val_batches.epoch()))[0], s.step)
+        monitor.attach()  # the hooks keep the first validation batch: eval-mode activations without a forward more
+    val_loss, val_acc = evaluate(model, setup.val_batches, setup.autocast)
+    if monitor is not None:
+        monitor.write(s.step, "act_eval")
+    s.best_val_acc = max(s.best_val_acc, val_acc)
     batch_stats = precise = None
     last = s.step >= setup.budget.total_steps
     due = last or (bn_modes_every > 0 and (s.epoch + 1) % bn_modes_every == 0)

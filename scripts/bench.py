@@ -3,7 +3,7 @@
 1. data:     batches/s of normbench's on-device data path vs torchvision's DataLoader with per-sample PIL
              transforms (same images, same augmentation, batch 128), and the data path's share of a
              training step of the default cnn.
-2. logging:  training time of the default cnn at batch 128 with activation logging on (default cadence)
+2. logging:  training time of the default cnn at batch 128 and 8 with activation logging on (default cadence)
              vs off (`log.activations=false`).
 3. overhead: normbench's own training path (`train.run`, default logging) vs a bare hand-written PyTorch loop
              (same model, norm, data stream, optimizer, batch size, threads, seed; no logging, no hooks),
@@ -52,15 +52,21 @@ CASES = [
 ]
 
 
+THREADS = torch.get_num_threads()  # main() sets it after --threads
+
+
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
 
 def config(model: str, norm: str, batch: int, steps: int, *extra: str):
+    # The thread count always explicit: a run sets torch's for the whole process, and a `threads=1` case must
+    # not leave the cases after it on one thread.
+    threads = [] if any(e.startswith("threads=") for e in extra) else [f"threads={THREADS}"]
     return compose_config([
         f"model={model}", f"norm={norm}", f"batch_size={batch}", f"max_steps={steps}", "epochs=1000", "quiet=true",
-        "eval.bn_modes=false", "data.val_size=500", *extra,
+        "eval.bn_modes=false", "data.val_size=500", *threads, *extra,
     ])  # fmt: skip
 
 
@@ -163,20 +169,27 @@ def bench_data(data: ImageData, reps: int) -> None:
           f"({1000 * t_ours:.2f} ms of {1000 * step:.1f} ms)")  # fmt: skip
 
 
+def round_steps(batch: int, steps: int) -> int:
+    """Steps per timed round: at least `steps`, and at least 3,200 images, so that a small-batch round lasts
+    seconds (noise) and its first step's histograms weigh as little as in a run."""
+    return max(steps, 3200 // batch)
+
+
 def bench_logging(data: ImageData, steps: int, reps: int) -> None:
-    on = config("cnn", "bn", 128, steps)
-    off = config("cnn", "bn", 128, steps, "log.activations=false")
-    t_on, t_off = alternate(reps, lambda: normbench_step(on, data), lambda: normbench_step(off, data))
-    print(f"logging on  {1000 * t_on:7.1f} ms/step (histograms every {on.log.hist_every} steps)")
-    print(f"logging off {1000 * t_off:7.1f} ms/step")
-    print(f"logging cost ratio: {t_on / t_off:.3f}")
+    for batch in (128, 8):
+        on = config("cnn", "bn", batch, round_steps(batch, steps))
+        off = config("cnn", "bn", batch, round_steps(batch, steps), "log.activations=false")
+        t_on, t_off = alternate(reps, lambda: normbench_step(on, data), lambda: normbench_step(off, data))  # noqa: B023
+        print(f"b={batch:<4d} logging on {1000 * t_on:7.2f} ms/step, off {1000 * t_off:7.2f} ms/step "
+              f"(histograms every {on.log.hist_every_images} images): ratio {t_on / t_off:.3f}")  # fmt: skip
 
 
 def bench_overhead(data: ImageData, steps: int, reps: int) -> float:
     ratios = []
     for model, norm, batch in CASES:
-        cfg = config(model, norm, batch, steps)
-        t_nb, t_bare = alternate(reps, lambda: normbench_step(cfg, data), lambda: bare_step(cfg, data, steps))  # noqa: B023
+        n = round_steps(batch, steps)
+        cfg = config(model, norm, batch, n)
+        t_nb, t_bare = alternate(reps, lambda: normbench_step(cfg, data), lambda: bare_step(cfg, data, n))  # noqa: B023
         ratios.append(t_nb / t_bare)
         print(f"{model:12s} {norm:3s} b={batch:<4d} normbench {1000 * t_nb:7.1f} ms  bare {1000 * t_bare:7.1f} ms  "
               f"ratio {t_nb / t_bare:.3f}  ({batch / t_nb:,.0f} images/s)")  # fmt: skip
@@ -184,19 +197,19 @@ def bench_overhead(data: ImageData, steps: int, reps: int) -> float:
 
 
 def bench_switches(data: ImageData, steps: int, reps: int, compile_: bool) -> None:
-    for model, norm, batch in [("cnn", "bn", 128), ("cnn", "gn", 128), ("cnn", "in", 128)]:
-        base = config(model, norm, batch, steps)
-        last = config(model, norm, batch, steps, "train.channels_last=true")
-        t_base, t_last = alternate(reps, lambda: normbench_step(base, data), lambda: normbench_step(last, data))  # noqa: B023
-        print(f"{model} {norm} b={batch}: channels_last {t_base / t_last:.2f}x the default speed")
-    if compile_:
-        cfg = config("cnn", "bn", 128, steps, "train.compile=true")
-        start = time.perf_counter()
-        first = normbench_step(config("cnn", "bn", 128, 1, "train.compile=true"), data)
-        print(f"torch.compile: first step (compilation) {time.perf_counter() - start:.1f} s")
-        t_comp, t_eager = alternate(reps, lambda: normbench_step(cfg, data),
-                                    lambda: normbench_step(config("cnn", "bn", 128, steps), data))  # fmt: skip
-        print(f"torch.compile: {t_eager / t_comp:.2f}x the eager speed (steady state; first step {first:.1f} s)")
+    """Each switch against the default, alternating; small batches too, where per-step costs weigh most."""
+    switches = {"channels_last": ["train.channels_last=true"], "threads=1": ["threads=1"]}
+    if compile_:  # reduce_overhead is CUDA graphs on a GPU; on a CPU inductor compiles as in the default mode
+        for mode in ("default", "reduce_overhead"):
+            switches[f"compile {mode}"] = ["train.compile=true", f"train.compile_mode={mode}"]
+    cases = [("cnn", "bn", 128), ("cnn", "gn", 128), ("cnn", "in", 128), ("cnn", "bn", 8), ("cnn", "gn", 8)]
+    for model, norm, batch in cases:
+        n = round_steps(batch, steps)
+        base = config(model, norm, batch, n)
+        for name, overrides in switches.items():
+            cfg = config(model, norm, batch, n, *overrides)  # alternate's warm-up round compiles
+            t_base, t_switch = alternate(reps, lambda: normbench_step(base, data), lambda: normbench_step(cfg, data))  # noqa: B023
+            print(f"{model} {norm} b={batch:<4d} {name:24s} {t_base / t_switch:.2f}x the default speed")
 
 
 E2E = {"default run": [], "small batches": ["batch_size=8", "epochs=2", "data.subset=4096"]}
@@ -234,7 +247,7 @@ def bench_sweep(overrides: list[str]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sections", default="data,logging,overhead,switches,e2e")
-    parser.add_argument("--steps", type=int, default=100, help="steps per timed run (>= log.hist_every)")
+    parser.add_argument("--steps", type=int, default=100, help="steps per timed round (at least 3,200 images)")
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--compile", action="store_true", help="also time torch.compile (tens of seconds)")
@@ -242,6 +255,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    global THREADS
+    THREADS = torch.get_num_threads()
     device = select_device("auto")
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     print(f"normbench bench: torch {torch.__version__}, {device}, {torch.get_num_threads()} threads, "

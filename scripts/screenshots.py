@@ -32,7 +32,8 @@ from normbench.board import timeseries_url  # noqa: E402
 
 BIN = Path(sys.executable).parent
 SWEEP = ["norm=bn,gn", "batch_size=4,32", "epochs=3", "data.train_size=768", "data.val_size=256",
-         "eval.precise_bn_images=128", "log.hist_every=24", "quiet=true", "hydra/launcher=parallel"]  # fmt: skip
+         "eval.precise_bn_images=128", "log.hist_every_images=768", "quiet=true",
+         "hydra/launcher=parallel"]  # fmt: skip
 # (file, TensorBoard page): the link a sweep prints (loss and accuracy, one colour per norm), the HParams table,
 # one layer's activations, the Custom Scalars charts.
 PAGES = [

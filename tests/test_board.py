@@ -186,7 +186,7 @@ def test_a_real_sweep_lines_up_its_batch_sizes_and_shows_norm_and_batch_size(tmp
     """2 norms × 2 batch sizes, one epoch of 32 examples: 8 steps at batch 4, 4 at batch 8, the same 32 examples."""
     sweep_dir = tmp_path / "sweep"
     done = normbench("sweep", "norm=bn,gn", "batch_size=4,8", "epochs=1", "data.train_size=32", "data.val_size=16",
-                     "eval.precise_bn_images=16", "log.hist_every=100", "threads=1", "quiet=true",
+                     "eval.precise_bn_images=16", "log.hist_every_images=800", "threads=1", "quiet=true",
                      f"hydra.sweep.dir={sweep_dir}", cwd=tmp_path)  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
     names = ["bn_b004", "bn_b008", "gn_b004", "gn_b008"]

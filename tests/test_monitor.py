@@ -18,7 +18,7 @@ CNN_NORMS = ("stage1.norm", "stage2.norm", "stage3.norm")
 
 
 def test_histograms_of_every_norm_layer_at_the_logging_steps(tiny, tmp_path) -> None:
-    record = run(tiny("max_steps=4", "data.train_size=64", "log.hist_every=2"), tmp_path)
+    record = run(tiny("max_steps=4", "data.train_size=64", "log.hist_every_images=16"), tmp_path)
     ea = events(tmp_path)
     histograms = set(ea.Tags()["histograms"])
     for layer in CNN_NORMS:
@@ -39,6 +39,19 @@ def test_histograms_of_every_norm_layer_at_the_logging_steps(tiny, tmp_path) -> 
     post_std = ea.Scalars("act/stage2.norm/post_std")[0].value
     assert abs(post_std - 1.0) < 0.05
     assert record.metrics.val_acc is not None
+
+
+def test_histograms_come_at_the_same_images_seen_at_every_batch_size(tiny, tmp_path) -> None:
+    """Every 16 images: at batch 4 steps 4 and 8, at batch 8 steps 2 and 4, both after 16 and 32 images; plus the
+    first step of each (4 and 8 images). A cadence in steps would put them at 8/16/32 against 16/32."""
+    x = {}
+    for batch, axis in ((4, "examples"), (8, "examples"), (4, "steps")):
+        run_dir = tmp_path / f"{batch}_{axis}"
+        run(tiny(f"batch_size={batch}", f"max_steps={32 // batch}", "log.hist_every_images=16", f"log.x_axis={axis}"),
+            run_dir)  # fmt: skip
+        x[batch, axis] = [h.step for h in events(run_dir).Histograms("act/stage2.norm/post")]
+    assert x[4, "examples"] == [4, 16, 32] and x[8, "examples"] == [8, 16, 32]
+    assert x[4, "steps"] == [1, 4, 8]
 
 
 def test_the_three_ways_to_evaluate_batch_norm(tiny, tmp_path) -> None:
@@ -69,8 +82,8 @@ def test_norm_none_is_probed_at_the_same_places_and_has_no_bn_extras(tiny, tmp_p
     assert record.metrics.val_acc_batch_stats is None and "val/acc_batch_stats" not in ea.Tags()["scalars"]
 
 
-def test_a_run_shorter_than_hist_every_still_shows_the_starting_distribution(tiny, tmp_path) -> None:
-    run(tiny("max_steps=3", "log.hist_every=100", "log.x_axis=steps"), tmp_path)
+def test_a_run_shorter_than_hist_every_images_still_shows_the_starting_distribution(tiny, tmp_path) -> None:
+    run(tiny("max_steps=3", "log.hist_every_images=800", "log.x_axis=steps"), tmp_path)
     ea = events(tmp_path)
     assert [h.step for h in ea.Histograms("act/stage1.norm/pre")] == [1]  # the first step only (x: steps)
     assert [e.step for e in ea.Scalars("bn/stage1.norm/mean/gap")] == [1]

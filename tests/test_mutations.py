@@ -136,7 +136,10 @@ def test_bn_gap_and_ratio_match_float64_statistics_of_the_captured_batch(name, t
 def test_the_monitor_probes_every_norm_layer_of_the_mlp_and_the_transformer(model, tiny, tmp_path) -> None:
     options = {"mlp": {"width": 16}, "transformer": {"dim": 16, "depth": 1, "heads": 2}}[model]
     overrides = [f"model.{k}={v}" for k, v in options.items()]
-    run(tiny(f"model={model}", *overrides, "norm=bn", "max_steps=4", "log.hist_every=2", "log.x_axis=steps"), tmp_path)
+    run(
+        tiny(f"model={model}", *overrides, "norm=bn", "max_steps=4", "log.hist_every_images=16", "log.x_axis=steps"),
+        tmp_path,
+    )
     built = build_model({"name": model, **options}, {"name": "bn"})
     layers = [n for n, m in built.named_modules() if getattr(m, NORM_SLOT, False)]
     ea = events(tmp_path)
@@ -152,7 +155,7 @@ def test_the_monitor_probes_every_norm_layer_of_the_mlp_and_the_transformer(mode
 # --- Resume after a kill that came after the last checkpoint -------------------------------------------
 
 KILLED = ["device=cpu", "model.widths=[8,16]", "data.train_size=1536", "data.val_size=32", "batch_size=16",
-          "epochs=2", "quiet=true", "threads=1", "eval.precise_bn_images=16", "log.every=1", "log.hist_every=4",
+          "epochs=2", "quiet=true", "threads=1", "eval.precise_bn_images=16", "log.every=1", "log.hist_every_images=64",
           "log.x_axis=steps"]  # fmt: skip
 
 

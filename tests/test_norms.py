@@ -169,7 +169,7 @@ def test_batch_renorm_corrects_with_clipped_r_and_d() -> None:
     x_hat = torch.tensor([[-1.0, -1.0], [1.0, 1.0]])
     torch.testing.assert_close(y, x_hat * torch.tensor([1.0, 2.0]) + torch.tensor([0.5, -0.5]))
     assert [float(v) for v in brn.clip_limits()] == [2.0, 0.5]
-    assert [float(v) for v in BatchRenorm(2, warmup_steps=4).clip_limits()] == [1.0, 0.0]
+    assert [float(v) for v in BatchRenorm(2, r_max=3.0, d_max=5.0, warmup_steps=4).clip_limits()] == [1.0, 0.0]
 
 
 @pytest.mark.parametrize("name", ["in", "gn"])

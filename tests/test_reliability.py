@@ -23,7 +23,7 @@ from normbench.record import RunRecord
 from normbench.train import run
 
 LONG = ["data.train_size=768", "data.val_size=64", "batch_size=16", "epochs=3", "quiet=true", "threads=1",
-        "eval.precise_bn_images=32", "log.hist_every=10", "log.every=4"]  # fmt: skip
+        "eval.precise_bn_images=32", "log.hist_every_images=160", "log.every=4"]  # fmt: skip
 
 
 def _history(record: RunRecord) -> list[R.Epoch]:

@@ -1,8 +1,12 @@
-"""A small Vision Transformer: patches → tokens, pre-norm blocks, mean-pooled tokens → linear head.
+"""A small Vision Transformer: patches and a class token → pre-norm blocks → final norm → class token → linear head.
 
 Every norm inside sees (N, L, D) token features (the `sequence` layout): LayerNorm normalizes each token
-over its D features, BatchNorm each feature over the batch and all tokens. Norm layers are named by their
-place: `block2.attn_norm`, `block2.mlp_norm`, the final `norm`.
+over its D features, BatchNorm each feature over the batch and all tokens, InstanceNorm each feature over the
+tokens of one image. Norm layers are named by their place: `block2.attn_norm`, `block2.mlp_norm`, the final `norm`.
+
+The head reads the class token, as in the original ViT (Dosovitskiy et al. 2021) and timm's default. With a mean
+over the tokens instead, InstanceNorm as the final norm would make every feature's token mean exactly its β, so
+the logits could not depend on the image (the learning test found that).
 """
 
 from __future__ import annotations
@@ -60,9 +64,10 @@ class ViT(nn.Module):
         mlp_ratio: float = 2.0,
     ) -> None:
         super().__init__()
-        tokens = (image_size // patch_size) ** 2
+        patches = (image_size // patch_size) ** 2
         self.patch_embed = nn.Conv2d(in_channels, dim, kernel_size=patch_size, stride=patch_size)
-        self.pos_embed = nn.Parameter(torch.zeros(1, tokens, dim))
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
+        self.pos_embed = nn.Parameter(torch.zeros(1, 1 + patches, dim))
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
         # Blocks are named block1 … blockN (tags read `block2.attn_norm`), not indices of a container.
         self.depth = depth
@@ -72,8 +77,8 @@ class ViT(nn.Module):
         self.head = nn.Linear(dim, num_classes)
 
     def forward(self, x: Tensor) -> Tensor:
-        x = self.patch_embed(x).flatten(2).transpose(1, 2) + self.pos_embed  # (N, L, D)
+        patches = self.patch_embed(x).flatten(2).transpose(1, 2)  # (N, L - 1, D)
+        x = torch.cat([self.cls_token.expand(len(patches), -1, -1), patches], dim=1) + self.pos_embed
         for i in range(1, self.depth + 1):
             x = getattr(self, f"block{i}")(x)
-        x = self.norm(x)
-        return self.head(x.mean(dim=1))
+        return self.head(self.norm(x)[:, 0])

@@ -117,9 +117,10 @@ class BatchRenorm(ReferenceBatchNorm):
         eps: float = 1e-5,
         momentum: float | None = 0.1,
         affine: bool = True,
-        r_max: float = 3.0,
-        d_max: float = 5.0,
-        warmup_steps: int = 1000,
+        *,
+        r_max: float,  # no defaults here: the registry's builder (catalog.batch_renorm) states them once
+        d_max: float,
+        warmup_steps: int,
     ) -> None:
         super().__init__(num_features, eps, momentum, affine, track_running_stats=True)
         self.r_max, self.d_max, self.warmup_steps = r_max, d_max, warmup_steps
