@@ -21,8 +21,8 @@ test: install
 	$(BIN)/python -m pytest
 
 lint: install
-	$(BIN)/ruff check normbench tests scripts
-	$(BIN)/ruff format --check normbench tests scripts
+	$(BIN)/ruff check normbench hydra_plugins tests scripts
+	$(BIN)/ruff format --check normbench hydra_plugins tests scripts
 
 bench: install
 	$(BIN)/python scripts/bench.py $(BENCH)

@@ -66,8 +66,8 @@ def print_summary(record: RunRecord) -> None:
 
 
 def task(cfg: DictConfig) -> RunRecord | None:
-    """One run. In a multirun a failing run is recorded and returned, so the other runs go on; an interrupted
-    one stops the sweep (see `sweeps.SweepStop`)."""
+    """One run. In a multirun a failing run is recorded and returned, so the other runs go on; a signal stops
+    the sweep: the active run is recorded `interrupted` and no further run starts (see `sweeps.SweepStop`)."""
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
@@ -75,7 +75,7 @@ def task(cfg: DictConfig) -> RunRecord | None:
     job_started(run_dir.name)  # a submitit job: its log and SLURM job name
     if multirun:
         STOP.install()
-        if STOP.signum is not None:  # the sweep is stopping: start nothing
+        if STOP.stopping():  # the sweep is stopping: start nothing
             return not_started(run_dir)
         if cfg.threads is None:
             cfg.threads = jobs_threads(hydra_cfg)
@@ -83,6 +83,11 @@ def task(cfg: DictConfig) -> RunRecord | None:
     try:
         claim = rundir.claim(run_dir, cfg, resume=bool(cfg.resume), multirun=multirun)
     except NormbenchError as error:  # the directory is someone else's: leave it exactly as it is
+        if multirun and isinstance(error, rundir.RunInUse):  # another sweep into this directory trains it now
+            console.print(
+                f"[yellow]Skipping[/] {run_dir.name}: another normbench process is running it.", highlight=False
+            )
+            return None
         print_error(error, where)
         if multirun:
             return None
@@ -100,8 +105,6 @@ def not_started(run_dir: Path) -> None:
     """A job the stopping sweep does not start: Hydra made its directory; an empty one goes again."""
     with contextlib.suppress(OSError):
         run_dir.rmdir()  # only succeeds when empty
-    if STOP.main:
-        raise SystemExit(EXIT_INTERRUPTED)
     return None
 
 
@@ -137,13 +140,14 @@ def train(cfg: DictConfig, hydra_cfg: DictConfig, run_dir: Path, multirun: bool)
             raise SystemExit(error.exit_code) from None
         # The sweep's resume command is printed by `normbench sweep`: the same sweep command.
         console.print(f"[yellow]Interrupted[/] {run_dir.name}: checkpoint saved.", highlight=False)
-        STOP.signum = STOP.signum or signal.SIGTERM
-        record = read_quietly(run_dir)
-        if STOP.main:
-            raise SystemExit(EXIT_INTERRUPTED) from None
-        return record
+        STOP.request(signal.SIGTERM)
+        return read_quietly(run_dir)
     except KeyboardInterrupt:  # a second Ctrl-C: the loop stopped mid-step and recorded it
-        raise SystemExit(EXIT_INTERRUPTED) from None
+        if not multirun:
+            raise SystemExit(EXIT_INTERRUPTED) from None
+        console.print(f"[yellow]Interrupted[/] {run_dir.name} at once (second Ctrl-C).", highlight=False)
+        STOP.request(signal.SIGINT)
+        return read_quietly(run_dir)
     except NormbenchError as error:
         print_error(error, where)
         record_failure(cfg, run_dir, str(error))
@@ -198,16 +202,16 @@ def hydra_main(argv: list[str]) -> int:
     schema.register()
     saved = sys.argv
     sys.argv = ["normbench", *argv]
-    if "--multirun" in argv:
-        STOP.install(main=True)
     try:
-        hydra.main(config_path=str(config_dir()), config_name="config", version_base="1.3")(scored_task)()
-        code = 0
-    except SystemExit as exit_:
-        code = exit_.code if isinstance(exit_.code, int) else EXIT_CRASH
+        with STOP.main_process() if "--multirun" in argv else contextlib.nullcontext():
+            try:
+                hydra.main(config_path=str(config_dir()), config_name="config", version_base="1.3")(scored_task)()
+                code = 0
+            except SystemExit as exit_:
+                code = exit_.code if isinstance(exit_.code, int) else EXIT_CRASH
+            return EXIT_INTERRUPTED if STOP.signum is not None else code
     finally:
         sys.argv = saved
-    return EXIT_INTERRUPTED if STOP.signum is not None else code
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ import shlex
 import sys
 import traceback
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
@@ -21,6 +22,9 @@ from rich.table import Table
 from normbench.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_SWEEP_INCOMPLETE, NormbenchError
 from normbench.norms import NORMS  # the registry imports no torch: help stays fast
 from normbench.resources import config_dir
+
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
 
 console = Console()
 PASS_THROUGH = {"allow_extra_args": True, "ignore_unknown_options": True}
@@ -219,55 +223,58 @@ def _app_overrides(overrides: list[str]) -> list[str]:
     return [o for o in overrides if not override_key(o).startswith("hydra") or override_key(o) == "hydra.searchpath"]
 
 
-def _preflight(args: list[str]) -> int:
-    """Check every run of the sweep before anything trains; return how many runs a grid has (0: not a grid).
+def _preflight(args: list[str]) -> list[str]:
+    """Check every run of the sweep before anything trains; return the grid's run directory names ([]: not a
+    grid).
 
     Grids (Hydra's basic sweeper) are expanded and each run is checked, its config and the directory it will
     train in: a rerun into the same sweep directory with changed settings is refused here, before Hydra
     rewrites multirun.yaml or the summary. Other sweepers (Optuna) choose their runs as they go, so the config
     without the swept keys is checked, and the objective they optimize."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
+    from omegaconf import OmegaConf
 
-    from normbench.config import compose_config, compose_unchecked, sweep_jobs
+    from normbench.config import compose_config, compose_unchecked, override_key, sweep_jobs
+    from normbench.sweeps import RUN_NAME_RESOLVER, run_name
 
     parsed = OverridesParser.create().parse_overrides(args)
     fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
     hydra_node = compose_unchecked(fixed, with_hydra=True).hydra
     if hydra_node.runtime.choices["hydra/sweeper"] != "basic":
         compose_config(_app_overrides(fixed))  # validated, objective included
-        return 0
+        return []
     jobs = sweep_jobs(args)
-    configs = []
+    exclude = list(hydra_node.job.config.override_dirname.exclude_keys)
+    named = RUN_NAME_RESOLVER in str(OmegaConf.to_container(hydra_node.sweep)["subdir"])  # not a subdir of the user's
+    names = []
     for job in jobs:
         try:
-            configs.append(compose_config(_app_overrides(job)))
+            cfg = compose_config(_app_overrides(job))
         except NormbenchError as error:
             raise type(error)(f"in the run {' '.join(job)}: {error}") from None
-    exclude = list(hydra_node.job.config.override_dirname.exclude_keys)
-    _check_rerun(Path(str(hydra_node.sweep.dir)), jobs, configs, exclude)
-    return len(jobs)
+        task = [o for o in job if not override_key(o).startswith("hydra")]
+        names.append(run_name(cfg.norm.name, cfg.batch_size, task, exclude))
+        _check_rerun(Path(str(hydra_node.sweep.dir)), names[-1], cfg)
+    return names if named else []
 
 
-def _check_rerun(sweep_dir: Path, jobs: list[list[str]], configs: list, exclude: list[str]) -> None:
-    """Refuse a sweep whose runs' directories already hold runs with other settings (or unreadable records)."""
+def _check_rerun(sweep_dir: Path, name: str, cfg: DictConfig) -> None:
+    """Refuse a sweep whose run `name` already holds a run with other settings (or an unreadable record)."""
     from normbench import schema
-    from normbench.config import override_key
     from normbench.errors import RunDirError
     from normbench.record import RunRecord
     from normbench.rundir import describe
-    from normbench.sweeps import differing, run_name
+    from normbench.sweeps import differing
 
-    for job, cfg in zip(jobs, configs, strict=True):
-        task = [o for o in job if not override_key(o).startswith("hydra")]
-        run_dir = sweep_dir / run_name(cfg.norm.name, cfg.batch_size, task, exclude)
-        previous = RunRecord.read(run_dir)  # unreadable: raises, naming the file
-        differ = differing(previous.config, cfg, schema.VOLATILE) if previous is not None else {}
-        if differ:
-            raise RunDirError(
-                f"{sweep_dir} holds an earlier sweep with other settings: its run {run_dir.name} has "
-                f"{describe(differ)}. Nothing was changed. Give this sweep a new directory "
-                "(hydra.sweep.dir=DIR), or rerun with the earlier settings to continue that sweep."
-            )
+    run_dir = sweep_dir / name
+    previous = RunRecord.read(run_dir)  # unreadable: raises, naming the file
+    differ = differing(previous.config, cfg, schema.VOLATILE) if previous is not None else {}
+    if differ:
+        raise RunDirError(
+            f"{sweep_dir} holds an earlier sweep with other settings: its run {name} has {describe(differ)}. "
+            "Nothing was changed. Give this sweep a new directory (hydra.sweep.dir=DIR), or rerun with the "
+            "earlier settings to continue that sweep."
+        )
 
 
 @app.command(context_settings=PASS_THROUGH)
@@ -297,41 +304,69 @@ def sweep(overrides: list[str] | None = OVERRIDES, debug: bool = DEBUG) -> None:
     _set_debug(debug)
     from normbench.app import hydra_main
     from normbench.config import name_runs_by_swept_keys, override_key
+    from normbench.sweeps import STOP
 
     given = list(overrides or [])
     args = given if _has_grid(given) else ["sweep=default", *given]  # no grid given: the named default grid
     if not _overrides_only(args):
         raise typer.Exit(hydra_main(["--multirun", *_hydra_args(args)]))
-    try:
-        args, sweep_dir = _fix_dir(args, "hydra.sweep.dir")
-        args = name_runs_by_swept_keys(args)
-        runs = _preflight(args)
-    except NormbenchError as error:
-        raise _fail(error) from None
-    if runs:
-        console.print(f"Sweeping {runs} runs.", highlight=False)
-    code = hydra_main(["--multirun", *_hydra_args(args)])
-    again = shlex.join(["normbench", "sweep", *(a for a in given if override_key(a) != "hydra.sweep.dir"),
-                        f"hydra.sweep.dir={_hydra_value(str(sweep_dir))}"])  # fmt: skip
-    if code == EXIT_INTERRUPTED:
-        console.print(f"[yellow]Sweep interrupted.[/] Continue it with:\n  {again}", highlight=False, soft_wrap=True)
-    elif code == 0:
-        code = _sweep_outcome(sweep_dir, again)
+    with STOP.main_process():  # a signal from here on stops the sweep, whatever it is doing
+        try:
+            args, sweep_dir = _fix_dir(args, "hydra.sweep.dir")
+            args = name_runs_by_swept_keys(args)
+            runs = _preflight(args)
+        except NormbenchError as error:
+            raise _fail(error) from None
+        again = shlex.join(["normbench", "sweep", *(a for a in given if override_key(a) != "hydra.sweep.dir"),
+                            f"hydra.sweep.dir={_hydra_value(str(sweep_dir))}"])  # fmt: skip
+        code = EXIT_INTERRUPTED
+        if not STOP.stopping():
+            if runs:
+                console.print(f"Sweeping {len(runs)} runs.", highlight=False)
+            code = hydra_main(["--multirun", *_hydra_args(args)])
+        if code in (0, EXIT_INTERRUPTED):
+            code = _sweep_outcome(sweep_dir, runs, again, interrupted=code == EXIT_INTERRUPTED or STOP.stopping())
     raise typer.Exit(code)
 
 
-def _sweep_outcome(sweep_dir: Path, again: str) -> int:
-    """0 when every run under the sweep directory completed; EXIT_SWEEP_INCOMPLETE, naming the others, if not."""
-    from normbench.record import COMPLETED, find_records
+def _unfinished(sweep_dir: Path, runs: list[str]) -> dict[str, str]:
+    """{run: what it is} for every run of the sweep that is not completed: the grid's runs (`runs`) and any
+    other record under the sweep directory."""
+    from normbench.record import COMPLETED, RUNNING, UnreadableRecord, find_records
+    from normbench.rundir import in_use
 
-    others = {
-        str(d.relative_to(sweep_dir)): getattr(r, "status", "unreadable")
-        for d, r in find_records(sweep_dir)
-        if getattr(r, "status", None) != COMPLETED
-    }
+    found = {str(d.relative_to(sweep_dir)): (d, r) for d, r in find_records(sweep_dir)}
+    out = {}
+    for name in dict.fromkeys([*runs, *found]):
+        run_dir, record = found.get(name, (sweep_dir / name, None))
+        if in_use(run_dir):
+            out[name] = "running in another process"
+        elif record is None:
+            out[name] = "not started"
+        elif isinstance(record, UnreadableRecord):
+            out[name] = "unreadable"
+        elif record.status == RUNNING:
+            out[name] = "running, but no process holds it: killed"
+        elif record.status != COMPLETED:
+            out[name] = record.status
+    return out
+
+
+def _sweep_outcome(sweep_dir: Path, runs: list[str], again: str, interrupted: bool) -> int:
+    """The sweep's exit code from its records: 0 when every run completed, EXIT_INTERRUPTED after a signal,
+    EXIT_SWEEP_INCOMPLETE otherwise; the runs that did not complete are named, with the command that goes on."""
+    others = _unfinished(sweep_dir, runs)
+    listed = ", ".join(f"{name} ({status})" for name, status in sorted(others.items()))
+    if interrupted:
+        console.print(
+            f"[yellow]Sweep interrupted.[/] {'Not completed: ' + listed + '. ' if listed else ''}Continue it "
+            f"with:\n  {again}",
+            highlight=False,
+            soft_wrap=True,
+        )
+        return EXIT_INTERRUPTED
     if not others:
         return 0
-    listed = ", ".join(f"{name} ({status})" for name, status in sorted(others.items()))
     console.print(
         f"[bold red]Not every run completed:[/] {listed}. Rerun `{again}` to retry them.",
         highlight=False,

@@ -6,12 +6,15 @@ Every `NormbenchError` is printed as one paragraph without a traceback (set NORM
     0  completed (a sweep: every run completed)
     1  unexpected crash
     2  bad input: config, dataset, device, a run directory that holds another run, is locked by another
-       process or cannot be written (read-only, full disk), an unreadable record or checkpoint
+       process or cannot be written (read-only, full disk), an unreadable record or checkpoint, launcher
+       settings the SLURM cluster refuses (sbatch's message, quoted)
     3  diverged (NaN/inf loss)
-    4  a sweep ended, but some run did not complete: failed, diverged, or held by another process
-       (`normbench report DIR` lists them; rerunning the same sweep command retries them)
+    4  a sweep ended, but some run of its grid did not complete: failed, diverged, not started (refused), or
+       still running in another process (a second sweep into the same directory); the sweep names them, and
+       rerunning the same sweep command retries them
     130  interrupted (SIGINT/SIGTERM): checkpoint saved; `resume=true` (a run) or the same sweep command
-       (a sweep, as printed) continues
+       (a sweep, as printed) continues. A sweep that received the signal exits 130 whenever it came (also
+       during its checks or its summary)
 """
 
 from __future__ import annotations
@@ -56,3 +59,7 @@ class InterruptedRun(NormbenchError):
 
 class RunDirError(NormbenchError):
     """A run directory normbench must not or cannot write: another run's, locked, a file, read-only, full."""
+
+
+class SubmissionError(NormbenchError):
+    """Jobs the cluster's scheduler refuses to take (sbatch: no such partition, no GPUs there, ...)."""

@@ -27,7 +27,7 @@ from rich.table import Table
 
 from normbench import record as R
 from normbench.errors import ConfigError
-from normbench.files import write_json
+from normbench.files import write_atomic, write_json
 from normbench.norms import NORMS
 from normbench.record import RunRecord, UnreadableRecord, find_records
 from normbench.references import Reference
@@ -168,10 +168,14 @@ def write_summary(root: Path, out: Path | None = None) -> dict[str, Any]:
     summary = summarize(root)
     out = out or root
     out.mkdir(parents=True, exist_ok=True)
-    with (out / "summary.csv").open("w", newline="") as f:
+
+    def write_csv(f: Any) -> None:
         writer = csv.DictWriter(f, fieldnames=RUN_COLUMNS, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(summary["runs"])
+
+    # Atomic like every record: two sweeps into one directory, or a report during a sweep, may write it at once.
+    write_atomic(out / "summary.csv", write_csv)
     compact = {**summary, "runs": [{k: r[k] for k in RUN_COLUMNS} for r in summary["runs"]]}
     write_json(out / "summary.json", compact)
     return summary
@@ -189,7 +193,7 @@ def _cell(g: dict[str, Any] | None) -> str:
     if g is None:
         return ""
     if g["val_err_mean"] is None:
-        return "failed: " + ", ".join(sorted(set(g["not_completed"].values())))
+        return "not completed: " + ", ".join(sorted(set(g["not_completed"].values())))  # e.g. still running
     text = f"{100 * g['val_err_mean']:.1f}"
     if g["completed"] > 1:
         text += f" ± {100 * g['val_err_std']:.1f}"
@@ -220,11 +224,12 @@ def print_tables(summary: dict[str, Any], console: Console | None = None) -> Non
         for b in sizes:
             table.add_column(f"B={b}", justify="right")
         for norm, cells in rows:
-            table.add_row(norm, *(f"[red]{c}[/]" if c.startswith("failed") else c for c in cells))
+            table.add_row(norm, *(f"[red]{c}[/]" if c.startswith("not completed") else c for c in cells))
         console.print(table)
     failed = [r for r in summary["runs"] if r["status"] != R.COMPLETED]
     for r in failed:
-        console.print(f"[red]{r['status']}[/] {r['run']}: {r['reason'] or ''}", highlight=False)
+        reason = f": {r['reason']}" if r["reason"] else ""
+        console.print(f"[red]{r['status']}[/] {r['run']}{reason}", highlight=False)
     for r in summary.get("unreadable", []):
         console.print(f"[bold red]unreadable[/] {r['run']}: {r['reason']}", highlight=False, soft_wrap=True)
 
@@ -263,7 +268,8 @@ def make_figures(summary: dict[str, Any], out_dir: Path, reference: Reference | 
         ax.set_ylabel("final validation error (%)")
         ax.set_title(f"Validation error vs batch size — {label}")
         ax.grid(alpha=0.3)
-        ax.legend()
+        if ax.get_legend_handles_labels()[0]:  # no line while no run has completed (a report during a sweep)
+            ax.legend()
         if reference:
             _draw_reference(axes[0][1], reference, colors, plt)
         fig.tight_layout()

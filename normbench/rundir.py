@@ -191,14 +191,14 @@ def claim(run_dir: Path, cfg: DictConfig, resume: bool, multirun: bool) -> Claim
     check(run_dir, cfg, resume, multirun)
     lock = run_dir / LOCK_FILE
     try:
-        fd = os.open(lock, os.O_RDONLY) if lock.exists() else os.open(lock, os.O_RDONLY | os.O_CREAT, 0o644)
+        fd = _open_lock(lock)
     except OSError as error:
         raise io_error(error, run_dir) from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         os.close(fd)
-        raise RunDirError(
+        raise RunInUse(
             f"{run_dir} is in use: another normbench process is running this run now (it holds the lock "
             f"{lock}). Wait for it to finish, or {ELSEWHERE}."
         ) from None
@@ -208,6 +208,34 @@ def claim(run_dir: Path, cfg: DictConfig, resume: bool, multirun: bool) -> Claim
         os.close(fd)
         raise
     return Claim(run_dir, previous, fd)
+
+
+def _open_lock(lock: Path) -> int:
+    """The lock file's descriptor; the directory is made again if a stopping sweep next door removed it as
+    empty (a job it declined) between Hydra's `mkdir` and this."""
+    if lock.exists():
+        return os.open(lock, os.O_RDONLY)
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    return os.open(lock, os.O_RDONLY | os.O_CREAT, 0o644)
+
+
+def in_use(run_dir: Path) -> bool:
+    """Whether a process holds `run_dir`'s lock now, i.e. trains that run (read-only: creates no lock file)."""
+    try:
+        fd = os.open(run_dir / LOCK_FILE, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
+class RunInUse(RunDirError):
+    """A run directory whose lock another process holds."""
 
 
 def write_hydra_files(run_dir: Path, cfg: DictConfig, hydra_cfg: DictConfig) -> None:

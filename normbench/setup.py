@@ -188,7 +188,7 @@ def set_up(cfg: DictConfig, data: ImageData | None = None) -> Setup:
     return Setup(
         device=device,
         model=model,
-        forward=torch.compile(model) if cfg.train.compile else model,
+        forward=torch.compile(model, mode=cfg.train.compile_mode.value) if cfg.train.compile else model,
         params=count_parameters(model),
         lr=lr,
         optimizer=optimizer,

@@ -17,6 +17,10 @@ from typing import Any
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 REQUEUE_SIGNAL = signal.SIGUSR2  # submitit's default (its SUBMITIT_PREEMPT_SIGNAL)
+# The stop signal (SIGINT/SIGTERM) this process received, whoever handled it: a run's StopRequest, or a sweep's
+# handler between runs (sweeps.SweepStop). A sweep's process starts no run after it, and a run whose handlers are
+# installed after it (one that was setting up) stops at its first step boundary.
+requested: int | None = None
 
 
 @dataclass
@@ -31,7 +35,10 @@ class StopRequest:
         return self.signum == REQUEUE_SIGNAL
 
     def handle(self, signum: int, frame: Any) -> None:
+        global requested
         self.signum = signum
+        if signum in STOP_SIGNALS:
+            requested = requested or signum
         signal.signal(signal.SIGINT, signal.default_int_handler)
 
     @contextmanager
@@ -41,6 +48,7 @@ class StopRequest:
                 self.replaced[sig] = signal.signal(sig, self.handle)
         except ValueError:  # not the main thread (some launchers): signals stay with the launcher
             pass
+        self.signum = self.signum or requested
         try:
             yield self
         finally:

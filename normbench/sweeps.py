@@ -8,7 +8,8 @@ import contextlib
 import os
 import re
 import signal
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from rich.console import Console
 
+from normbench import signals
 from normbench.errors import ConfigError, NormbenchError
 
 RUN_NAME_RESOLVER = "normbench_run"
@@ -144,37 +146,99 @@ def same_run(stored: dict[str, Any], cfg: DictConfig, volatile: tuple[str, ...])
 
 
 class SweepStop:
-    """Stopping a whole sweep on SIGINT/SIGTERM; one per process (`STOP`).
+    """Stopping a whole sweep on SIGINT/SIGTERM, at any moment; one per process (`STOP`).
 
-    The sweep's main process installs it for the whole multirun (`install(main=True)`): a signal there sets
-    `signum`, and is forwarded as SIGTERM to the process's children, the launcher's workers (joblib/loky), each of
-    which installed it on its first job. While a run trains, the loop's own StopRequest holds the signals and
-    stops the run at its next step boundary with a checkpoint; the task then records `interrupted` and marks the
-    sweep stopped here. A stopped process starts no further run: the main process ends the multirun with exit
-    130 (Hydra's job runner catches `Exception` only, so SystemExit passes through the launcher), a worker
-    declines the jobs still queued for it, so the pool drains and the main process exits with it.
+    The main process installs it for the whole sweep (`main_process()`, from the checks to the summary). A signal there
+    marks the sweep stopped (`request`), is forwarded as SIGTERM to the process's children (the launcher's
+    workers: joblib/loky, submitit's local jobs) and is left in the environment (`STOPPED_ENV`) for workers the
+    launcher starts later. A job checks `stopping()` before it starts: a stopped process starts no run (it
+    declines the job, so the launcher drains its queue and Hydra ends the multirun normally, summary included).
+
+    A worker must never die of a signal before it can handle one (a loky worker that dies breaks the pool, and
+    loky then SIGKILLs the other workers mid-run). So the main thread blocks SIGINT/SIGTERM for the multirun, and
+    every process or thread it starts inherits that mask: a worker's signals, the terminal's Ctrl-C included,
+    wait pending until its first job installs the handlers and unblocks them. The main process itself receives
+    its signals through a thread started before the block; Python runs the handler in the main
+    thread all the same. While a run trains, the loop's own StopRequest holds the signals and stops the run at
+    its next step boundary with a checkpoint; a signal that lands before the loop's handlers are in place (during
+    the run's setup) is kept in `signals.requested`, and the run stops at its first step boundary.
     """
 
     def __init__(self) -> None:
-        self.signum: int | None = None
         self.main = False
         self.installed = False
+        self.replaced: dict[int, Any] = {}
+        self.receiver: threading.Thread | None = None
+
+    @property
+    def signum(self) -> int | None:
+        return signals.requested
+
+    def request(self, signum: int) -> None:
+        """Mark this process's sweep stopped: it starts no further run."""
+        signals.requested = signals.requested or signum
+
+    def stopping(self) -> bool:
+        """Whether the sweep this process works for is stopping: a signal here, or one the main process had
+        received before it started this worker."""
+        return signals.requested is not None or bool(os.environ.get(STOPPED_ENV))
 
     def install(self, main: bool = False) -> None:
         if self.installed:
             return
         try:
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                signal.signal(sig, self.handle)
+            for sig in signals.STOP_SIGNALS:
+                self.replaced[sig] = signal.signal(sig, self.handle)
         except ValueError:  # not the main thread: the launcher keeps the signals
             return
         self.installed, self.main = True, main
+        if main:  # set now, changed on a signal: the key exists before a launcher's thread copies the environment
+            os.environ[STOPPED_ENV] = ""
+        if not hasattr(signal, "pthread_sigmask"):
+            return
+        if main:
+            if self.receiver is None:  # before the block: the one thread that takes the process's signals
+                self.receiver = threading.Thread(target=threading.Event().wait, name="normbench-signals", daemon=True)
+                self.receiver.start()
+            signal.pthread_sigmask(signal.SIG_BLOCK, signals.STOP_SIGNALS)
+        else:  # a worker's first job: what was sent while it started arrives now, to `handle`
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, signals.STOP_SIGNALS)
+
+    @contextlib.contextmanager
+    def main_process(self) -> Iterator[SweepStop]:
+        """Installed in the sweep's main process for the block (the outer block where they nest)."""
+        outer = not self.installed
+        self.install(main=True)
+        try:
+            yield self
+        finally:
+            if outer:
+                self.close()
+
+    def close(self) -> None:
+        """The main process after its multirun: the signals as they were before `install`."""
+        if not (self.installed and self.main):
+            return
+        if hasattr(signal, "pthread_sigmask"):
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, signals.STOP_SIGNALS)
+        for sig, handler in self.replaced.items():
+            signal.signal(sig, handler)
+        os.environ.pop(STOPPED_ENV, None)
+        signals.requested = None
+        self.installed, self.main, self.replaced = False, False, {}
 
     def handle(self, signum: int, frame: Any) -> None:
-        self.signum = signum
+        self.request(signum)
+        if self.main:
+            os.environ[STOPPED_ENV] = signal.Signals(signum).name  # inherited by workers started from now on
         for pid in child_pids():
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
+
+
+# In the main process's environment: the stopping signal's name once its sweep is stopping, so that workers
+# started after the signal inherit it; empty before.
+STOPPED_ENV = "NORMBENCH_SWEEP_STOPPED"
 
 
 def child_pids(parent: int | None = None) -> list[int]:
@@ -219,17 +283,22 @@ class SweepSummary(Callback):
             except (HydraException, OmegaConfBaseException):  # that run fails and is recorded; the others go on
                 continue
             runs.append(run_hparams(cfg, effective_lr(cfg.optim, cfg.batch_size), swept_keys(job, exclude)))
-        if runs:
-            write_experiment(Path(hydra_cfg.sweep.dir), runs)
+        sweep_dir = Path(hydra_cfg.sweep.dir)
+        if runs and not any(sweep_dir.glob("events.out.tfevents.*")):  # a rerun's grid is the same: written once
+            write_experiment(sweep_dir, runs)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         from normbench.board import tensorboard_hint
+        from normbench.record import find_records
         from normbench.report import print_tables, write_summary
 
         sweep_dir = Path(config.hydra.sweep.dir)
+        if not any(find_records(sweep_dir)):  # stopped before any run had a record
+            Console().print("No run of this sweep has a record yet: no summary.", highlight=False)
+            return
         try:
             summary = write_summary(sweep_dir)
-        except NormbenchError as error:  # no run left a record (the launcher itself failed)
+        except NormbenchError as error:  # no record can be read
             Console().print(f"[bold red]No summary:[/] {error}", highlight=False)
             return
         print_tables(summary)

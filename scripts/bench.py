@@ -52,15 +52,21 @@ CASES = [
 ]
 
 
+THREADS = torch.get_num_threads()  # main() sets it after --threads
+
+
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
 
 def config(model: str, norm: str, batch: int, steps: int, *extra: str):
+    # The thread count always explicit: a run sets torch's for the whole process, and a `threads=1` case must
+    # not leave the cases after it on one thread.
+    threads = [] if any(e.startswith("threads=") for e in extra) else [f"threads={THREADS}"]
     return compose_config([
         f"model={model}", f"norm={norm}", f"batch_size={batch}", f"max_steps={steps}", "epochs=1000", "quiet=true",
-        "eval.bn_modes=false", "data.val_size=500", *extra,
+        "eval.bn_modes=false", "data.val_size=500", *threads, *extra,
     ])  # fmt: skip
 
 
@@ -191,19 +197,19 @@ def bench_overhead(data: ImageData, steps: int, reps: int) -> float:
 
 
 def bench_switches(data: ImageData, steps: int, reps: int, compile_: bool) -> None:
-    for model, norm, batch in [("cnn", "bn", 128), ("cnn", "gn", 128), ("cnn", "in", 128)]:
-        base = config(model, norm, batch, steps)
-        last = config(model, norm, batch, steps, "train.channels_last=true")
-        t_base, t_last = alternate(reps, lambda: normbench_step(base, data), lambda: normbench_step(last, data))  # noqa: B023
-        print(f"{model} {norm} b={batch}: channels_last {t_base / t_last:.2f}x the default speed")
-    if compile_:
-        cfg = config("cnn", "bn", 128, steps, "train.compile=true")
-        start = time.perf_counter()
-        first = normbench_step(config("cnn", "bn", 128, 1, "train.compile=true"), data)
-        print(f"torch.compile: first step (compilation) {time.perf_counter() - start:.1f} s")
-        t_comp, t_eager = alternate(reps, lambda: normbench_step(cfg, data),
-                                    lambda: normbench_step(config("cnn", "bn", 128, steps), data))  # fmt: skip
-        print(f"torch.compile: {t_eager / t_comp:.2f}x the eager speed (steady state; first step {first:.1f} s)")
+    """Each switch against the default, alternating; small batches too, where per-step costs weigh most."""
+    switches = {"channels_last": ["train.channels_last=true"], "threads=1": ["threads=1"]}
+    if compile_:  # reduce_overhead is CUDA graphs on a GPU; on a CPU inductor compiles as in the default mode
+        for mode in ("default", "reduce_overhead"):
+            switches[f"compile {mode}"] = ["train.compile=true", f"train.compile_mode={mode}"]
+    cases = [("cnn", "bn", 128), ("cnn", "gn", 128), ("cnn", "in", 128), ("cnn", "bn", 8), ("cnn", "gn", 8)]
+    for model, norm, batch in cases:
+        n = round_steps(batch, steps)
+        base = config(model, norm, batch, n)
+        for name, overrides in switches.items():
+            cfg = config(model, norm, batch, n, *overrides)  # alternate's warm-up round compiles
+            t_base, t_switch = alternate(reps, lambda: normbench_step(base, data), lambda: normbench_step(cfg, data))  # noqa: B023
+            print(f"{model} {norm} b={batch:<4d} {name:24s} {t_base / t_switch:.2f}x the default speed")
 
 
 E2E = {"default run": [], "small batches": ["batch_size=8", "epochs=2", "data.subset=4096"]}
@@ -249,6 +255,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    global THREADS
+    THREADS = torch.get_num_threads()
     device = select_device("auto")
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     print(f"normbench bench: torch {torch.__version__}, {device}, {torch.get_num_threads()} threads, "

@@ -40,7 +40,7 @@ def test_the_built_wheel_trains_from_another_directory(tmp_path) -> None:
     names = zipfile.ZipFile(wheel).namelist()
     shipped = {n.removeprefix("normbench/configs/") for n in names if n.startswith("normbench/configs/")}
     assert shipped == {str(p.relative_to(ROOT / "configs")) for p in (ROOT / "configs").rglob("*.yaml")}
-    modules = {str(p.relative_to(ROOT)) for p in (ROOT / "normbench").rglob("*.py")}
+    modules = {str(p.relative_to(ROOT)) for d in ("normbench", "hydra_plugins") for p in (ROOT / d).rglob("*.py")}
     assert modules <= set(names), f"modules missing from the wheel (pyproject's packages): {modules - set(names)}"
     assert "normbench/py.typed" in names and any(n.endswith("licenses/LICENSE") for n in names)
 

@@ -7,16 +7,19 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import os
 import resource
 import shlex
 import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import pytest
+import yaml
 from conftest import events, normbench
 
 from normbench.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_SWEEP_INCOMPLETE
@@ -49,33 +52,6 @@ def _wait(predicate, proc: subprocess.Popen[str], timeout: float = 120) -> None:
         assert proc.poll() is None, proc.communicate()[0]
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.05)
-
-
-def _descendants(pid: int) -> set[int]:
-    """Every living process below `pid`, from /proc."""
-    parents = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            parents[int(stat.parent.name)] = int(stat.read_text().rpartition(")")[2].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-    found, frontier = set(), {pid}
-    while frontier:
-        frontier = {child for child, parent in parents.items() if parent in frontier} - found
-        found |= frontier
-    return found
-
-
-def _alive(pids: set[int]) -> set[int]:
-    alive = set()
-    for pid in pids:
-        try:
-            state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
-        except OSError:
-            continue
-        if state != "Z":
-            alive.add(pid)
-    return alive
 
 
 @pytest.fixture(scope="module")
@@ -149,6 +125,115 @@ def _sweep(sweep_dir: Path, *extra: str) -> list[str]:
     return [EXE, "sweep", "norm=bn,ln,rms", *SLOW, *extra, f"hydra.sweep.dir={sweep_dir}"]
 
 
+class Sweep:
+    """A real `normbench sweep` in a session of its own (so that `ps -s` finds every process it started, also
+    those orphaned after it ends), its output lines collected as they come."""
+
+    def __init__(self, sweep_dir: Path, *extra: str) -> None:
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "200"}
+        self.proc = subprocess.Popen(_sweep(sweep_dir, *extra), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                     text=True, env=env, start_new_session=True)  # fmt: skip
+        self.lines: list[str] = []
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            self.lines.append(line)
+
+    def wait_for(self, predicate, timeout: float = 180) -> None:
+        deadline = time.monotonic() + timeout
+        while not predicate():
+            assert self.proc.poll() is None, self.output()
+            assert time.monotonic() < deadline, "timed out"
+            time.sleep(0.02)
+
+    def output(self, timeout: float = 120) -> str:
+        self.proc.wait(timeout=timeout)
+        self.reader.join(timeout=10)
+        return "".join(self.lines)
+
+    def survivors(self, timeout: float = 30) -> list[str]:
+        """What `ps` still lists in the sweep's session (zombies aside) once `timeout` seconds have passed, or
+        sooner when it lists nothing."""
+        deadline = time.monotonic() + timeout
+        while True:
+            listed = subprocess.run(["ps", "-o", "pid=,stat=,args=", "-s", str(self.proc.pid)], capture_output=True,
+                                    text=True).stdout.splitlines()  # fmt: skip
+            alive = [line for line in listed if line.split()[1][0] != "Z"]
+            if not alive or time.monotonic() > deadline:
+                return alive
+            time.sleep(0.2)
+
+
+def _records(sweep_dir: Path) -> dict[str, RunRecord]:
+    return {d.name: RunRecord.read(d) for d in sweep_dir.iterdir() if (d / "results.json").exists()}
+
+
+def _stopped_cleanly(sweep: Sweep, sweep_dir: Path, sent_ns: int) -> tuple[str, dict[str, RunRecord]]:
+    """What every stopped sweep must show: exit 130, no traceback, no process left, no record at `running`, an
+    interrupted run with its checkpoint, and no run started after the signal trained on."""
+    output = sweep.output()
+    assert sweep.proc.returncode == EXIT_INTERRUPTED, output
+    assert "Traceback" not in output, output
+    assert sweep.survivors() == []
+    records = _records(sweep_dir) if sweep_dir.exists() else {}
+    for name, record in records.items():
+        assert record.status in ("completed", "interrupted"), (name, record.status)
+        if record.status == "interrupted":
+            assert (sweep_dir / name / "checkpoint.pt").exists()
+        if (sweep_dir / name / ".normbench.lock").stat().st_mtime_ns > sent_ns:  # claimed after the signal
+            assert record.status == "interrupted", name
+    said = " ".join(output.split())
+    assert "Sweep interrupted." in said and "Continue it with: normbench sweep" in said
+    return said, records
+
+
+def _all_completed(sweep_dir: Path, n: int = 3):
+    return lambda: sweep_dir.exists() and [r.status for r in _records(sweep_dir).values()] == ["completed"] * n
+
+
+# Moments at which a signal reaches a parallel sweep, each an observable event: its directory exists (the checks
+# run, no worker yet), Hydra launches the jobs (workers start, no job yet), the first run is recorded (between
+# jobs), every run completed (the summary).
+MOMENTS = {
+    "dir": lambda d, s: d.exists(),
+    "launch": lambda d, s: any("is launching" in line for line in s.lines),
+    "between": lambda d, s: d.exists() and "completed" in {r.status for r in _records(d).values()},
+    "summary": lambda d, s: _all_completed(d)(),
+}
+
+
+@pytest.mark.parametrize("moment", MOMENTS)
+def test_a_parallel_sweep_stops_at_any_moment(tmp_path, moment) -> None:
+    sweep_dir = tmp_path / "sweep"
+    sweep = Sweep(sweep_dir, "hydra/launcher=parallel")
+    sweep.wait_for(lambda: MOMENTS[moment](sweep_dir, sweep))
+    sent = time.time_ns()
+    sweep.proc.send_signal(signal.SIGTERM)
+    said, records = _stopped_cleanly(sweep, sweep_dir, sent)
+    if moment in ("dir", "launch"):
+        assert records == {} and "(not started)" in said  # nothing trained; the printed runs are all to do
+    if moment == "summary":
+        assert [r.status for r in records.values()] == ["completed"] * 3
+    if records:  # the summary of what exists, interrupted runs marked
+        with (sweep_dir / "summary.csv").open() as f:
+            assert {row["run"]: row["status"] for row in csv.DictReader(f)} == {n: r.status for n, r in records.items()}
+
+
+def test_ctrl_c_twice_on_a_parallel_sweep(tmp_path) -> None:
+    """Ctrl-C in a terminal signals the whole process group (the workers too), twice: runs end at once, recorded
+    `interrupted`, and nothing is left running."""
+    sweep_dir = tmp_path / "sweep"
+    sweep = Sweep(sweep_dir, "hydra/launcher=parallel", "epochs=1000")
+    sweep.wait_for(lambda: len(list(sweep_dir.glob("*/results.json"))) == 2)  # both workers are in a run
+    sent = time.time_ns()
+    os.killpg(sweep.proc.pid, signal.SIGINT)
+    os.killpg(sweep.proc.pid, signal.SIGINT)
+    _, records = _stopped_cleanly(sweep, sweep_dir, sent)
+    assert len(records) == 2 and {r.status for r in records.values()} == {"interrupted"}
+
+
 @pytest.mark.parametrize(
     ("launcher", "sig"),
     [("hydra/launcher=basic", signal.SIGINT), ("hydra/launcher=parallel", signal.SIGTERM)],
@@ -159,22 +244,20 @@ def test_a_signal_stops_the_whole_sweep_and_its_printed_command_finishes_it(tmp_
     reference = {d.name: RunRecord.read(d) for d in reference_dir.iterdir() if d.is_dir()}
 
     sweep_dir = tmp_path / "sweep dir"  # a space: the printed command must quote it
-    proc = subprocess.Popen(_sweep(sweep_dir, launcher), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    _wait(lambda: any(sweep_dir.glob("*/checkpoint.pt")), proc)
-    workers = _descendants(proc.pid)
-    proc.send_signal(sig)
-    output, _ = proc.communicate(timeout=60)
-    said = " ".join(output.split())
-    assert proc.returncode == EXIT_INTERRUPTED, output
-    assert "Traceback" not in output
-    deadline = time.monotonic() + 30
-    while _alive(workers) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert not _alive(workers), f"left behind: {_alive(workers)}"
-    records = {d.name: RunRecord.read(d) for d in sweep_dir.iterdir() if (d / "results.json").exists()}
+    sweep = Sweep(sweep_dir, launcher)
+    sweep.wait_for(lambda: any(sweep_dir.glob("*/checkpoint.pt")))
+    sent = time.time_ns()
+    sweep.proc.send_signal(sig)
+    said, records = _stopped_cleanly(sweep, sweep_dir, sent)
     assert "interrupted" in {r.status for r in records.values()}
-    assert all(r.status in ("interrupted", "completed") for r in records.values()), records
     assert len(records) < 3 or any(r.status == "interrupted" for r in records.values())
+    # The stopped sweep still summarizes what exists: its table, the interrupted runs marked, summary.csv/json.
+    with (sweep_dir / "summary.csv").open() as f:
+        assert {row["run"]: row["status"] for row in csv.DictReader(f)} == {n: r.status for n, r in records.items()}
+    summary = json.loads((sweep_dir / "summary.json").read_text())
+    assert {r["run"]: r["status"] for r in summary["runs"]} == {n: r.status for n, r in records.items()}
+    interrupted = [n for n, r in records.items() if r.status == "interrupted"]
+    assert all(f"interrupted {n}: Interrupted by" in said for n in interrupted) and "final validation error" in said
     command = said.split("Continue it with: ", 1)[1].split(" normbench sweep")[0]
     assert command.startswith("normbench sweep") and "'hydra.sweep.dir=" in command
 
@@ -185,6 +268,41 @@ def test_a_signal_stops_the_whole_sweep_and_its_printed_command_finishes_it(tmp_
     for name, record in final.items():
         assert record.status == "completed"
         assert record.metrics == reference[name].metrics, name  # the same numbers as an uninterrupted sweep
+
+
+@pytest.mark.parametrize("launcher", ["hydra/launcher=basic", "hydra/launcher=parallel"])
+def test_two_identical_sweeps_at_once_train_each_run_once(tmp_path, launcher) -> None:
+    sweep_dir = tmp_path / "sweep"
+    sweeps = [Sweep(sweep_dir, launcher, "log.x_axis=steps") for _ in range(2)]
+    ended: dict[int, int] = {}  # sweep -> when it was seen ended (ns)
+    deadline = time.monotonic() + 300
+    while len(ended) < 2 and time.monotonic() < deadline:
+        ended |= {i: time.time_ns() for i, s in enumerate(sweeps) if i not in ended and s.proc.poll() is not None}
+        time.sleep(0.05)
+    outputs = [" ".join(s.output().split()) for s in sweeps]
+    codes = sorted(s.proc.returncode for s in sweeps)
+    assert all("Traceback" not in said for said in outputs), outputs
+    trained = [name.split(":")[0] for said in outputs for name in said.split("done ")[1:]]
+    assert sorted(trained) == ["bn_b008", "ln_b008", "rms_b008"]  # each run by one of the two, once
+    assert sum(said.count("another normbench process is running it") for said in outputs) >= 1
+    records = _records(sweep_dir)
+    for name, record in records.items():
+        assert record.status == "completed", name
+        assert len(list((sweep_dir / name).glob("events.out.tfevents.*"))) == 1, name
+        steps = [e.step for e in events(sweep_dir / name).Scalars("train/loss")]
+        assert steps == list(range(1, record.steps + 1)), name
+    # A sweep exits 0 only if every run had completed when it ended; the one that ends first may end while a run
+    # it skipped still trains in the other: 4, naming it. The one that ends last sees every run completed.
+    assert codes in ([0, 0], [0, EXIT_SWEEP_INCOMPLETE]), outputs
+    last_record = max((sweep_dir / name / "results.json").stat().st_mtime_ns for name in records)
+    for i, s in enumerate(sweeps):
+        if s.proc.returncode == 0:
+            assert last_record <= ended[i], outputs[i]
+        else:
+            assert "running in another process" in outputs[i]
+    with (sweep_dir / "summary.csv").open() as f:
+        assert {row["run"]: row["status"] for row in csv.DictReader(f)} == {n: "completed" for n in records}
+    assert yaml.safe_load((sweep_dir / "multirun.yaml").read_text())["hydra"]["sweep"]["dir"] == str(sweep_dir)
 
 
 def test_a_sweep_rerun_with_other_settings_is_refused_up_front(tmp_path) -> None:
@@ -307,3 +425,18 @@ def test_report_lists_unreadable_records_and_writes_elsewhere(completed, tmp_pat
     blocked.write_text("")
     said = _ok(normbench("report", str(completed), "--out", str(blocked / "x"), cwd=tmp_path), EXIT_BAD_INPUT)
     assert "Cannot write the report into" in said and "--out DIR" in said
+
+
+def test_report_on_a_run_while_it_trains(tmp_path) -> None:
+    run_dir = tmp_path / "run"
+    proc = subprocess.Popen([EXE, "run", *SLOW, "epochs=1000", f"hydra.run.dir={run_dir}"], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    _wait(lambda: (run_dir / "results.json").exists(), proc)
+    shown = normbench("report", str(run_dir), "--out", str(tmp_path / "out"), cwd=tmp_path)
+    said = _ok(shown, 0)
+    assert "not completed: running" in said and "Warning" not in said
+    assert proc.poll() is None and RunRecord.read(run_dir).status == "running"  # trains on, its record intact
+    proc.send_signal(signal.SIGINT)
+    output, _ = proc.communicate(timeout=60)
+    assert proc.returncode == EXIT_INTERRUPTED, output
+    assert RunRecord.read(run_dir).status == "interrupted"

@@ -182,3 +182,20 @@ def test_compiled_training_logs_activations_at_its_training_steps(tiny, tmp_path
             assert [h.step for h in ea.Histograms(f"act/{layer}/{kind}")] == [8, 16, 32]  # steps 1, 2, 4
         assert [e.step for e in ea.Scalars(f"bn/{layer}/mean/gap")] == [8, 16, 32]
     assert [e.step for e in ea.Scalars("train/loss")] == [8, 16, 24, 32]
+
+
+@pytest.mark.parametrize(
+    ("given", "mode"), [([], "default"), (["train.compile_mode=reduce_overhead"], "reduce-overhead")]
+)
+def test_the_compile_mode_reaches_torch_compile(tiny, monkeypatch, given, mode) -> None:
+    """The mode as torch spells it (reduce-overhead: CUDA graphs on a GPU); compile=false compiles nothing."""
+    import torch
+
+    from normbench.setup import set_up
+
+    calls: list[dict[str, object]] = []
+    monkeypatch.setattr(torch, "compile", lambda model, **options: calls.append(options) or model)
+    set_up(tiny("model=mlp", *given))
+    assert calls == []
+    set_up(tiny("model=mlp", "train.compile=true", *given))
+    assert calls == [{"mode": mode}]

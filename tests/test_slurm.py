@@ -1,8 +1,10 @@
-"""SLURM: the pre-timeout signal path without a cluster, and sweeps on a real single-node cluster.
+"""SLURM: the pre-timeout signal path and the launcher plugin without a cluster; on a real single-node cluster,
+sweeps, sbatch's refusals, scancel and Ctrl-C.
 
 The cluster tests (`-m slurm`) start SLURM with ../shared/slurm/setup.sh (beside the repository, as in CI;
 $NORMBENCH_SLURM_SETUP names another copy) and skip, saying why, where it cannot run: not root, no setup
-script, setup failing. The time-limit test is also `slow`: `pytest -m slow tests/test_slurm.py` (~10 min).
+script, setup failing. A cluster already up is used and left up. The time-limit test is also `slow`:
+`pytest -m slow tests/test_slurm.py` (7 to 20 min, with the machine's load).
 """
 
 from __future__ import annotations
@@ -19,13 +21,14 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import yaml
 from conftest import ROOT, normbench
 
 from normbench import record as R
 from normbench.config import compose_config
-from normbench.errors import EXIT_INTERRUPTED, InterruptedRun
+from normbench.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_SWEEP_INCOMPLETE, InterruptedRun
 from normbench.record import RunRecord, find_records
-from normbench.slurm import gpus, signal_delay
+from normbench.slurm import gpus, refused, signal_delay
 from normbench.train import run
 
 LONG = ["data.train_size=768", "data.val_size=64", "batch_size=16", "epochs=3", "quiet=true", "threads=1",
@@ -68,6 +71,32 @@ def test_preset_composes_without_gpus_for_cpu_runs_and_with_one_for_cuda(tmp_pat
     cuda = normbench("run", "hydra/launcher=slurm", "device=cuda", "hydra.launcher.timeout_min=1", "--cfg", "all",
                      "--resolve", "-p", "hydra.launcher", cwd=tmp_path)  # fmt: skip
     assert "gpus_per_node: 1" in cuda.stdout and "signal_delay_s: 15" in cuda.stdout
+
+
+def test_hydra_finds_the_launcher_the_preset_names() -> None:
+    """Hydra instantiates launchers only from classes its plugin scan found in the `hydra_plugins` package."""
+    from hydra.core.plugins import Plugins
+    from hydra.plugins.launcher import Launcher
+
+    target = yaml.safe_load((ROOT / "configs" / "hydra" / "launcher" / "slurm.yaml").read_text())["_target_"]
+    found = {f"{c.__module__}.{c.__name__}": c for c in Plugins.instance().discover(Launcher)}
+    assert target.startswith("hydra_plugins.") and target in found
+    assert found[target].__mro__[1].__name__ == "SlurmLauncher"  # submitit's, with normbench's additions
+
+
+def test_a_job_that_failed_is_not_mistaken_for_a_refusal_by_sbatch() -> None:
+    from submitit.core.utils import FailedJobError  # what submitit raises for both, sbatch's with its exit status
+
+    with pytest.raises(FailedJobError, match="failed during processing"), refused({"partition": "debug"}):
+        raise FailedJobError("Job (task=0) failed during processing with trace: ...")
+
+
+def test_a_machine_without_slurm_is_told_so_in_one_paragraph(tmp_path) -> None:
+    done = normbench("sweep", "norm=bn,gn", *TINY_SWEEP, "hydra/launcher=slurm", f"hydra.sweep.dir={tmp_path / 's'}",
+                     cwd=tmp_path, PATH=str(Path(sys.executable).parent))  # fmt: skip
+    out = done.stdout + done.stderr
+    assert done.returncode == EXIT_BAD_INPUT and "Traceback" not in out, out
+    assert "no sbatch or srun on its PATH" in out and "hydra/launcher=parallel" in out
 
 
 def test_usr2_checkpoints_at_a_step_records_requeued_and_the_next_attempt_ends_like_an_uninterrupted_run(
@@ -194,3 +223,79 @@ def test_a_run_longer_than_the_time_limit_completes_through_requeues(partition, 
     assert _history(record) == _history(reference) and record.metrics == reference.metrics
     logs = "".join(p.read_text() for p in (sweep_dir / ".submitit").rglob("*_log.*"))
     assert "Caught signal SIGUSR2" in logs and "Requeued job" in logs
+
+
+@pytest.mark.slurm
+@pytest.mark.parametrize(
+    ("setting", "sbatch_option", "fix"),
+    [
+        ("hydra.launcher.partition=nosuch", "--partition=nosuch", "`sinfo` lists the partitions"),
+        ("hydra.launcher.gpus_per_node=1", "--gpus-per-node=1", "leave gpus_per_node unset"),
+    ],
+)
+def test_settings_sbatch_refuses_end_in_one_paragraph_with_sbatchs_words_and_the_fix(
+    partition, tmp_path, setting, sbatch_option, fix
+) -> None:
+    asked = subprocess.run(["sbatch", f"--partition={partition}", sbatch_option, "--wrap=true"], capture_output=True,
+                           text=True, timeout=60)  # fmt: skip
+    assert asked.returncode != 0  # the cluster refuses it: no such partition, no GPUs
+    sweep_dir = tmp_path / "sweep"
+    done = normbench("sweep", "norm=bn,gn", *TINY_SWEEP, "hydra/launcher=slurm",
+                     f"hydra.launcher.partition={partition}", setting, f"hydra.sweep.dir={sweep_dir}", cwd=tmp_path,
+                     timeout=300)  # fmt: skip
+    out = done.stdout + done.stderr
+    assert done.returncode == EXIT_BAD_INPUT, out
+    assert "Traceback" not in out and "HYDRA_FULL_ERROR" not in out
+    [paragraph] = [line for line in out.splitlines() if line.startswith("Error:")]
+    assert asked.stderr.strip().rsplit("sbatch: error: ", 1)[1] in paragraph  # sbatch's own words, quoted
+    assert setting in paragraph and fix in paragraph and "Nothing was submitted" in paragraph
+    assert not list(find_records(sweep_dir)) and not list(sweep_dir.glob("summary.*"))
+
+
+def _sweep_in_background(sweep_dir: Path, partition: str, *overrides: str) -> subprocess.Popen[str]:
+    exe = Path(sys.executable).with_name("normbench")
+    return subprocess.Popen([str(exe), "sweep", *LONG, *overrides, "hydra/launcher=slurm",
+                             f"hydra.launcher.partition={partition}", f"hydra.sweep.dir={sweep_dir}"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+
+
+def _training_job(sweep_dir: Path, proc: subprocess.Popen[str]) -> tuple[str, Path]:
+    """The SLURM job id and run directory of the sweep's first run, once it trains."""
+    deadline = time.monotonic() + 300
+    while not list(sweep_dir.glob(f"*/{R.RESULTS_FILE}")):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read() if proc.stdout else ""
+        time.sleep(0.2)
+    time.sleep(1)
+    [run_dir] = [p.parent for p in sweep_dir.glob(f"*/{R.RESULTS_FILE}")]
+    [task] = [p for p in (sweep_dir / ".submitit").glob("[0-9]*") if list(p.glob("*_log.out"))]  # JOBID[_TASK]
+    return task.name, run_dir
+
+
+def _queued(job: str) -> str:
+    return subprocess.run(["squeue", "-h", "-j", job.split("_")[0]], capture_output=True, text=True).stdout.strip()
+
+
+@pytest.mark.slurm
+@pytest.mark.parametrize("how", [["--signal=TERM"], []], ids=["sigterm", "cancel"])
+def test_scancel_stops_a_job_at_a_step_with_a_checkpoint(partition, tmp_path, how) -> None:
+    sweep_dir = tmp_path / "sweep"
+    proc = _sweep_in_background(sweep_dir, partition, "norm=bn", "epochs=30")  # longer than the test
+    job, run_dir = _training_job(sweep_dir, proc)
+    subprocess.run(["scancel", *how, job], check=True, timeout=30)
+    output, _ = proc.communicate(timeout=300)
+    assert proc.returncode == EXIT_SWEEP_INCOMPLETE and "Traceback" not in output, output
+    record = RunRecord.read(run_dir)
+    assert record.status == "interrupted" and "SIGTERM" in record.reason and record.steps > 0, output
+    assert (run_dir / "checkpoint.pt").is_file() and not _queued(job)
+
+
+@pytest.mark.slurm
+def test_ctrl_c_on_a_slurm_sweep_stops_its_jobs_and_exits_130(partition, tmp_path) -> None:
+    sweep_dir = tmp_path / "sweep"
+    proc = _sweep_in_background(sweep_dir, partition, "norm=bn,gn", "epochs=30")  # 2 cores: one runs, one waits
+    job, run_dir = _training_job(sweep_dir, proc)
+    proc.send_signal(signal.SIGINT)
+    output, _ = proc.communicate(timeout=300)
+    assert proc.returncode == EXIT_INTERRUPTED and "Sweep interrupted" in output and "Traceback" not in output
+    assert {d.name: r.status for d, r in find_records(sweep_dir)} == {run_dir.name: "interrupted"}, output
+    assert (run_dir / "checkpoint.pt").is_file() and not _queued(job)  # the waiting task was cancelled

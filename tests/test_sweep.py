@@ -109,7 +109,7 @@ def test_submitit_launcher_runs_jobs_through_its_local_executor(tmp_path) -> Non
     assert done.returncode == 0, done.stdout + done.stderr
     assert {n: r.status for n, r in _records(sweep_dir).items()} == {"bn_b008": "completed", "ln_b008": "completed"}
     shown = normbench("run", "hydra/launcher=slurm", "--cfg", "hydra", cwd=tmp_path)
-    assert "submitit_launcher.SlurmLauncher" in shown.stdout and "cpus_per_task: 2" in shown.stdout
+    assert "normbench_launcher.NormbenchSlurmLauncher" in shown.stdout and "cpus_per_task: 2" in shown.stdout
 
 
 def test_a_run_is_recognised_by_the_settings_both_configs_have(tiny) -> None:

@@ -73,8 +73,8 @@ def build_model(model_cfg: Mapping[str, Any], norm_cfg: Mapping[str, Any], num_c
         return cls(norm_layer=counted_norm_layer, num_classes=num_classes, **options)
     except NormError as error:
         # Name the failing layer by its place in the model, found by building it with placeholders.
-        probe = cls(norm_layer=_NormSlot, num_classes=num_classes, **options)
-        slots = [(n, m.channels) for n, m in probe.named_modules() if isinstance(m, _NormSlot)]
+        slots = [(n, m.channels) for n, m in _placeholder_model(model_cfg, num_classes).named_modules()
+                 if isinstance(m, _NormSlot)]  # fmt: skip
         where, channels = slots[len(built) - 1] if built else ("?", 0)
         widths = sorted({c for _, c in slots})
         raise NormError(
@@ -87,19 +87,20 @@ def check_norm_shapes(
     model_cfg: Mapping[str, Any], norm_cfg: Mapping[str, Any], batch_size: int, image: tuple[int, ...] = (3, 32, 32)
 ) -> None:
     """Refuse a (model, norm, batch size) whose norm layers would get inputs the norm cannot normalize in
-    training, e.g. bn on (1, C) at batch 1. The model is built on the meta device (no memory, no compute) and
-    run once in training mode; each norm layer's input shape goes through the norm's own `check` first."""
+    training, e.g. bn on (1, C) at batch 1. Each norm layer's input shape is found by one forward of a single image
+    through the model with identities in the norms' places, the batch size put in dim 0 (every layout's N), and
+    goes through the norm's own `check`. On the CPU: a few milliseconds, where a forward on the meta device
+    imported torch's Python decompositions (dynamo, sympy: 1.5 s and more at every process start)."""
     model_name, _ = split_name(model_cfg)
     norm_name, norm_options = split_name(norm_cfg)
     spec = get_norm(norm_name)
-    with torch.device("meta"):
-        model = build_model(model_cfg, norm_cfg).train()
+    build_model(model_cfg, norm_cfg)  # construction errors first (e.g. groups that do not divide the channels)
     layout = MODELS[model_name][0].layout
 
     def check(layer: str) -> Callable[[nn.Module, tuple[Any, ...]], None]:
         def pre_hook(module: nn.Module, args: tuple[Any, ...]) -> None:
-            shape = tuple(args[0].shape)
-            problem = spec.shape_problem(shape, module.training, **norm_options)
+            shape = (batch_size, *args[0].shape[1:])
+            problem = spec.shape_problem(shape, True, **norm_options)
             if problem is None:
                 return
             if spec.batch_statistics:
@@ -118,10 +119,18 @@ def check_norm_shapes(
 
         return pre_hook
 
-    for name, module in model.named_modules():
-        if getattr(module, NORM_SLOT, False):
+    probe = _placeholder_model(model_cfg).eval()
+    for name, module in probe.named_modules():
+        if isinstance(module, _NormSlot):
             module.register_forward_pre_hook(check(name))
-    model(torch.empty(batch_size, *image, device="meta"))
+    with torch.no_grad():
+        probe(torch.zeros(1, *image))
+
+
+def _placeholder_model(model_cfg: Mapping[str, Any], num_classes: int = 10) -> nn.Module:
+    """The model with `_NormSlot` identities where its norm layers go: where they are, and with how many channels."""
+    name, options = split_name(model_cfg)
+    return MODELS[name][0](norm_layer=_NormSlot, num_classes=num_classes, **options)
 
 
 def count_parameters(model: nn.Module) -> int:
