@@ -1,5 +1,7 @@
 # normbench: `make run` trains the default run on synthetic data, `make test` runs the tests.
 # Both install into .venv first when needed (pip, with constraints.txt pinning torch for this environment).
+# Editable in compat mode (the checkout on sys.path): Hydra finds the launchers in hydra_plugins/ only by listing
+# the namespace package's directories, which the default editable mode hides behind an import hook.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -11,7 +13,7 @@ install: $(STAMP)
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev]'
+	$(BIN)/pip install --quiet -c constraints.txt --config-settings editable_mode=compat -e '.[dev]'
 	touch $(STAMP)
 
 run: install

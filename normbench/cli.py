@@ -324,7 +324,7 @@ def sweep(overrides: list[str] | None = OVERRIDES, debug: bool = DEBUG) -> None:
             if runs:
                 console.print(f"Sweeping {len(runs)} runs.", highlight=False)
             code = hydra_main(["--multirun", *_hydra_args(args)])
-        if code in (0, EXIT_INTERRUPTED):
+        if code in (0, EXIT_INTERRUPTED, EXIT_SWEEP_INCOMPLETE):  # 4: a parallel worker died (sweeps.py)
             code = _sweep_outcome(sweep_dir, runs, again, interrupted=code == EXIT_INTERRUPTED or STOP.stopping())
     raise typer.Exit(code)
 

@@ -22,7 +22,7 @@ from omegaconf.errors import OmegaConfBaseException
 from rich.console import Console
 
 from normbench import signals
-from normbench.errors import ConfigError, NormbenchError
+from normbench.errors import EXIT_SWEEP_INCOMPLETE, ConfigError, NormbenchError
 
 RUN_NAME_RESOLVER = "normbench_run"
 # Run names: norm first, then batch size, then the other swept keys in key order; labels are the key's last part.
@@ -88,8 +88,10 @@ def available_cores() -> int:
 def jobs_threads(hydra_cfg: Any) -> int | None:
     """Torch threads for one job when a launcher runs several at once on this machine.
 
-    Hydra's joblib launcher has no thread option, and n_jobs processes × all-cores threads oversubscribe
-    the CPU (two 2-thread processes on 2 cores halve throughput), so each job gets cores // n_jobs.
+    n_jobs processes × all-cores threads oversubscribe the CPU (two 2-thread processes on 2 cores halve
+    throughput), so each job gets cores // n_jobs. joblib's loky backend already caps its workers' OpenMP threads
+    at that through the environment; setting torch's count too makes it explicit, in the record, and holds for
+    any joblib backend.
     """
     launcher = hydra_cfg.launcher
     if "joblib" not in str(launcher.get("_target_", "")).lower():
@@ -239,6 +241,31 @@ class SweepStop:
 # In the main process's environment: the stopping signal's name once its sweep is stopping, so that workers
 # started after the signal inherit it; empty before.
 STOPPED_ENV = "NORMBENCH_SWEEP_STOPPED"
+
+
+@contextlib.contextmanager
+def workers_watched() -> Iterator[None]:
+    """Around the joblib launcher (normbench's, in hydra_plugins): a worker process that dies (`kill -9`, the
+    out-of-memory killer) makes loky kill the others and raise; the sweep then ends with one paragraph and
+    exit code 4, not joblib's traceback. The outcome that follows names the runs left behind."""
+    from joblib.externals.loky.process_executor import TerminatedWorkerError
+
+    try:
+        yield
+    except TerminatedWorkerError as error:
+        from normbench.app import print_error  # deferred: app imports this module
+
+        codes = re.search(r"exit codes of the workers are \{([^}]*)\}", str(error))  # loky's words
+        cause = codes.group(1) if codes else "unknown"
+        print_error(
+            RuntimeError(
+                f"A worker process of this parallel sweep died (exit code {cause}; -9 is SIGKILL: `kill -9` or the "
+                "out-of-memory killer, see `dmesg`), and joblib stopped the others with it. The runs they were "
+                "training stay recorded as running, with the checkpoint of their last epoch; the same sweep "
+                "command resumes them. With less memory per run: fewer parallel jobs (hydra.launcher.n_jobs)."
+            )
+        )
+        raise SystemExit(EXIT_SWEEP_INCOMPLETE) from None
 
 
 def child_pids(parent: int | None = None) -> list[int]:

@@ -270,6 +270,37 @@ def test_a_signal_stops_the_whole_sweep_and_its_printed_command_finishes_it(tmp_
         assert record.metrics == reference[name].metrics, name  # the same numbers as an uninterrupted sweep
 
 
+def _holder(lock: Path) -> int:
+    """The pid of the process that has `lock` open (the run's worker), found through /proc."""
+    for fd in Path("/proc").glob("[0-9]*/fd/*"):
+        try:
+            if fd.readlink() == lock:
+                return int(fd.parts[2])
+        except OSError:
+            continue
+    raise AssertionError(f"no process holds {lock}")
+
+
+def test_a_parallel_worker_killed_with_sigkill_is_one_paragraph_and_the_sweep_resumes(tmp_path) -> None:
+    """kill -9 (or the out-of-memory killer) of one joblib worker: loky kills the others and raises. The sweep
+    says so in one paragraph, exits 4 naming the runs left behind, leaves no process, and the same command then
+    finishes every run."""
+    sweep_dir = tmp_path / "sweep"
+    sweep = Sweep(sweep_dir, "hydra/launcher=parallel", "epochs=12")  # seconds an epoch: the kill lands mid-run
+    sweep.wait_for(lambda: any(sweep_dir.glob("*/checkpoint.pt")))  # a run is past its first epoch
+    victim = next(sweep_dir.glob("*/checkpoint.pt")).parent
+    os.kill(_holder((victim / ".normbench.lock").resolve()), signal.SIGKILL)
+    output = sweep.output()
+    said = " ".join(output.split())
+    assert sweep.proc.returncode == EXIT_SWEEP_INCOMPLETE, output
+    assert "Traceback" not in output and "A worker process of this parallel sweep died (exit code SIGKILL(-9);" in said
+    assert f"{victim.name} (running, but no process holds it: killed)" in said
+    assert sweep.survivors() == []
+    again = Sweep(sweep_dir, "hydra/launcher=parallel", "epochs=12")
+    assert again.output() and again.proc.returncode == 0, again.output()
+    assert {r.status for r in _records(sweep_dir).values()} == {"completed"}
+
+
 @pytest.mark.parametrize("launcher", ["hydra/launcher=basic", "hydra/launcher=parallel"])
 def test_two_identical_sweeps_at_once_train_each_run_once(tmp_path, launcher) -> None:
     sweep_dir = tmp_path / "sweep"
