@@ -144,7 +144,7 @@ _VALIDATED: set[str] = set()  # configs this process has validated: `normbench r
 def validate(cfg: DictConfig) -> None:
     """Raise a ConfigError naming the key, its bad value and what is allowed; runs before training.
     Every config goes through here: `compose_config` for tests and scripts, the Hydra task for runs. A config
-    already validated in this process is not checked again (its model would be built on the meta device again)."""
+    already validated in this process is not checked again (its model would be built and run again)."""
     try:
         text = OmegaConf.to_yaml(cfg, resolve=True)
     except OmegaConfBaseException:  # a broken interpolation: `_validate` says which
@@ -170,8 +170,8 @@ def _validate(cfg: DictConfig) -> None:
 
 
 def _validate_model(cfg: DictConfig) -> None:
-    """Build the model on the meta device and run one training-mode forward of the configured batch size, each
-    norm layer checking its input shape, so shape-dependent refusals surface now rather than at step one."""
+    """Build the model and check the input shape each norm layer gets at the configured batch size
+    (`check_norm_shapes`), so shape-dependent refusals surface now rather than at step one."""
     from normbench.models import check_norm_shapes, split_name
 
     try:

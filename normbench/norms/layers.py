@@ -127,7 +127,7 @@ class BatchRenorm(ReferenceBatchNorm):
 
     def clip_limits(self) -> tuple[Tensor, Tensor]:
         """The current (r_max, d_max), opened linearly over the warm-up. Tensors, not Python numbers: no host
-        sync per step on a GPU, and shapes can be checked on the meta device."""
+        sync per step on a GPU."""
         done = (self.num_batches_tracked / max(self.warmup_steps, 1)).clamp(max=1.0)
         if self.warmup_steps <= 0:
             done = torch.ones_like(done)
