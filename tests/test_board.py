@@ -121,6 +121,13 @@ def _until(ask: callable, ready: callable, seconds: float = 90) -> dict:
         time.sleep(0.5)
 
 
+def _experiment(post: callable) -> tuple[dict, dict]:
+    """TensorBoard's HParams experiment once it lists hyperparameters, and those by name."""
+    experiment = _until(lambda: post("/data/plugin/hparams/experiment", {"experimentName": ""}),
+                        lambda e: e.get("hparamInfos"))  # fmt: skip
+    return experiment, {h["name"]: h for h in experiment["hparamInfos"]}
+
+
 def _session_groups(post: callable, count: int) -> list[dict]:
     """HParams' table rows, every status allowed, once TensorBoard has loaded `count` of them."""
     request = {"experimentName": "", "startIndex": 0, "sliceSize": 100, "colParams": [],
@@ -150,9 +157,7 @@ def test_hparams_show_the_swept_keys_and_every_run_with_its_status(tiny, tmp_pat
     resumed.close()
 
     post = tensorboard(tmp_path)
-    experiment = _until(lambda: post("/data/plugin/hparams/experiment", {"experimentName": ""}),
-                        lambda e: e.get("hparamInfos"))  # fmt: skip
-    infos = {h["name"]: h for h in experiment["hparamInfos"]}
+    experiment, infos = _experiment(post)
     assert infos["norm"]["differs"] and infos["norm"]["domainDiscrete"] == ["bn", "gn"]
     assert infos["batch_size"]["differs"] and infos["batch_size"]["domainDiscrete"] == [2, 16]
     assert infos["lr"]["differs"] and not infos["model"]["differs"] and not infos["seed"]["differs"]
@@ -200,9 +205,7 @@ def test_a_real_sweep_lines_up_its_batch_sizes_and_shows_norm_and_batch_size(tmp
         assert json.loads((sweep_dir / name / "results.json").read_text())["steps"] == 32 // batch
 
     post = tensorboard(sweep_dir)
-    experiment = _until(lambda: post("/data/plugin/hparams/experiment", {"experimentName": ""}),
-                        lambda e: e.get("hparamInfos"))  # fmt: skip
-    infos = {h["name"]: h for h in experiment["hparamInfos"]}
+    _, infos = _experiment(post)
     assert infos["norm"]["differs"] and infos["norm"]["domainDiscrete"] == ["bn", "gn"]
     assert infos["batch_size"]["differs"] and infos["batch_size"]["domainDiscrete"] == [4, 8]
     groups = _session_groups(post, 4)
