@@ -7,7 +7,8 @@
              vs off (`log.activations=false`).
 3. overhead: normbench's own training path (`train.run`, default logging) vs a bare hand-written PyTorch loop
              (same model, norm, data stream, optimizer, batch size, threads, seed; no logging, no hooks),
-             alternating in one process after warm-up, best of --reps rounds; last line
+             in one process after warm-up, in --reps blocks of rounds ordered normbench, bare, bare,
+             normbench (the median of the blocks' ratios); last line
              `overhead ratio: X.XX` (median over cases).
 4. switches: train.channels_last (and train.compile with --compile) against the default, per case.
 5. e2e:      process wall time of `normbench run` over its own training loop time (`wall_s` of results.json),
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import math
 import os
 import shlex
 import statistics
@@ -41,7 +43,7 @@ from normbench.data import Batches, ImageData, make_synthetic
 from normbench.devices import select_device
 from normbench.models import build_model
 from normbench.record import find_records
-from normbench.setup import build_optimizer, effective_lr
+from normbench.setup import build_optimizer, cached_data, effective_lr
 from normbench.train import run
 
 CASES = [
@@ -106,19 +108,24 @@ def bare_step(cfg, data: ImageData, steps: int) -> float:
     return (time.perf_counter() - start) / steps
 
 
-def alternate(reps: int, *timers: Callable[[], float]) -> list[float]:
-    """Best of `reps` rounds for each timer, run in turn (A, B, A, B, ...) after one warm-up round.
+def paired(reps: int, a: Callable[[], float], b: Callable[[], float]) -> tuple[float, float, float]:
+    """Time `a` and `b` in `reps` blocks a, b, b, a after one warm-up round each: (median of a, median of b,
+    median over blocks of the block's ratio a/b).
 
-    The minimum, as `timeit` recommends: on a shared machine interference only ever adds time, and
-    single rounds of either loop were seen 20-40% slower than their neighbours.
+    This VM's speed drifts by ±20% over minutes, and a loop right after another one was seen up to 30% slower or
+    faster than its neighbours. A block's ratio is the geometric mean of its two pairs (ab and ba), which cancels
+    a steady drift within the block and the position in a pair; the median over blocks drops a disturbed one.
     """
-    for t in timers:
-        t()
-    runs: list[list[float]] = [[] for _ in timers]
+    a(), b()
+    times_a: list[float] = []
+    times_b: list[float] = []
+    ratios = []
     for _ in range(reps):
-        for i, t in enumerate(timers):
-            runs[i].append(t())
-    return [min(r) for r in runs]
+        a1, b1, b2, a2 = a(), b(), b(), a()
+        times_a += [a1, a2]
+        times_b += [b1, b2]
+        ratios.append(math.sqrt(a1 / b1 * a2 / b2))
+    return statistics.median(times_a), statistics.median(times_b), statistics.median(ratios)
 
 
 def bench_data(data: ImageData, reps: int) -> None:
@@ -160,11 +167,11 @@ def bench_data(data: ImageData, reps: int) -> None:
                 break
         return (time.perf_counter() - start) / 20
 
-    t_ours, t_loader = alternate(reps, time_ours, time_loader)
+    t_ours, t_loader, ratio = paired(reps, time_ours, time_loader)
     step = bare_step(config("cnn", "bn", batch, 30), data, 30) - t_ours  # the step without its data
     print(f"data path      {1 / t_ours:9.1f} batches/s ({batch / t_ours:,.0f} images/s)")
     print(f"DataLoader+PIL {1 / t_loader:9.1f} batches/s ({batch / t_loader:,.0f} images/s)")
-    print(f"data path speed-up over DataLoader: {t_loader / t_ours:.1f}x")
+    print(f"data path speed-up over DataLoader: {1 / ratio:.1f}x")
     print(f"data path share of a default cnn training step at batch {batch}: {100 * t_ours / step:.1f}% "
           f"({1000 * t_ours:.2f} ms of {1000 * step:.1f} ms)")  # fmt: skip
 
@@ -179,9 +186,9 @@ def bench_logging(data: ImageData, steps: int, reps: int) -> None:
     for batch in (128, 8):
         on = config("cnn", "bn", batch, round_steps(batch, steps))
         off = config("cnn", "bn", batch, round_steps(batch, steps), "log.activations=false")
-        t_on, t_off = alternate(reps, lambda: normbench_step(on, data), lambda: normbench_step(off, data))  # noqa: B023
+        t_on, t_off, ratio = paired(reps, lambda: normbench_step(on, data), lambda: normbench_step(off, data))  # noqa: B023
         print(f"b={batch:<4d} logging on {1000 * t_on:7.2f} ms/step, off {1000 * t_off:7.2f} ms/step "
-              f"(histograms every {on.log.hist_every_images} images): ratio {t_on / t_off:.3f}")  # fmt: skip
+              f"(histograms every {on.log.hist_every_images} images): ratio {ratio:.3f}")  # fmt: skip
 
 
 def bench_overhead(data: ImageData, steps: int, reps: int) -> float:
@@ -189,10 +196,10 @@ def bench_overhead(data: ImageData, steps: int, reps: int) -> float:
     for model, norm, batch in CASES:
         n = round_steps(batch, steps)
         cfg = config(model, norm, batch, n)
-        t_nb, t_bare = alternate(reps, lambda: normbench_step(cfg, data), lambda: bare_step(cfg, data, n))  # noqa: B023
-        ratios.append(t_nb / t_bare)
+        t_nb, t_bare, ratio = paired(reps, lambda: normbench_step(cfg, data), lambda: bare_step(cfg, data, n))  # noqa: B023
+        ratios.append(ratio)
         print(f"{model:12s} {norm:3s} b={batch:<4d} normbench {1000 * t_nb:7.1f} ms  bare {1000 * t_bare:7.1f} ms  "
-              f"ratio {t_nb / t_bare:.3f}  ({batch / t_nb:,.0f} images/s)")  # fmt: skip
+              f"ratio {ratio:.3f}  ({batch / t_nb:,.0f} images/s)")  # fmt: skip
     return statistics.median(ratios)
 
 
@@ -207,9 +214,9 @@ def bench_switches(data: ImageData, steps: int, reps: int, compile_: bool) -> No
         n = round_steps(batch, steps)
         base = config(model, norm, batch, n)
         for name, overrides in switches.items():
-            cfg = config(model, norm, batch, n, *overrides)  # alternate's warm-up round compiles
-            t_base, t_switch = alternate(reps, lambda: normbench_step(base, data), lambda: normbench_step(cfg, data))  # noqa: B023
-            print(f"{model} {norm} b={batch:<4d} {name:24s} {t_base / t_switch:.2f}x the default speed")
+            cfg = config(model, norm, batch, n, *overrides)  # the warm-up round compiles
+            ratio = paired(reps, lambda: normbench_step(base, data), lambda: normbench_step(cfg, data))[2]  # noqa: B023
+            print(f"{model} {norm} b={batch:<4d} {name:24s} {ratio:.2f}x the default speed")
 
 
 E2E = {"default run": [], "small batches": ["batch_size=8", "epochs=2", "data.subset=4096"]}
@@ -217,7 +224,10 @@ NORMBENCH = str(Path(sys.executable).with_name("normbench"))
 
 
 def bench_e2e() -> None:
+    """Each run as a user's second one: its synthetic images already in the cache (making the default set takes
+    5-8 s more, once per machine)."""
     for name, overrides in E2E.items():
+        cached_data(compose_config([*overrides]).data)
         with tempfile.TemporaryDirectory() as tmp:
             start = time.perf_counter()
             subprocess.run([NORMBENCH, "run", *overrides, "quiet=true", f"hydra.run.dir={tmp}"], check=True,
@@ -229,6 +239,7 @@ def bench_e2e() -> None:
 
 
 def bench_sweep(overrides: list[str]) -> None:
+    cached_data(compose_config([o for o in overrides if not o.startswith("hydra")]).data)  # as in bench_e2e
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
         subprocess.run([NORMBENCH, "sweep", *overrides, f"hydra.sweep.dir={tmp}"], check=True,
@@ -248,7 +259,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sections", default="data,logging,overhead,switches,e2e")
     parser.add_argument("--steps", type=int, default=100, help="steps per timed round (at least 3,200 images)")
-    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--reps", type=int, default=2, help="blocks of 4 timed rounds per case")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--compile", action="store_true", help="also time torch.compile (tens of seconds)")
     parser.add_argument("--sweep", default="sweep=quick hydra/launcher=parallel", help="the sweep section's sweep")

@@ -139,3 +139,29 @@ def test_synthetic_data_is_made_once_then_read_from_the_cache(tiny, tmp_path, mo
             getattr(made, split), getattr(fresh, split)
         )
     assert (read.mean, read.std, read.name) == (fresh.mean, fresh.std, fresh.name)
+
+
+def test_the_bench_cancels_drift_and_order_within_its_blocks() -> None:
+    """`make bench`'s timing: a loop that really takes half the time of another must measure as 0.5 while the
+    machine slows down by 20% per round and the second loop of every pair pays 30% more (both seen here)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).parents[1] / "scripts" / "bench.py"
+    spec = importlib.util.spec_from_file_location("normbench_bench", path)
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    calls: list[str] = []
+
+    def timer(name: str, cost: float):
+        def measure() -> float:
+            calls.append(name)
+            second_of_pair = len(calls) % 2 == 0
+            return cost * 1.2 ** len(calls) * (1.3 if second_of_pair else 1.0)
+
+        return measure
+
+    ratio = bench.paired(3, timer("a", 1.0), timer("b", 2.0))[2]
+    assert calls == ["a", "b"] + ["a", "b", "b", "a"] * 3  # warm-up, then blocks
+    assert ratio == pytest.approx(0.5)
