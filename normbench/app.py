@@ -58,7 +58,7 @@ def print_summary(record: RunRecord) -> None:
         ("effective lr", f"{record.effective_lr:.4g}"),
         ("parameters", f"{record.params:,}"),
         ("throughput", f"{record.images_per_s:.0f} images/s on {record.device} ({record.threads} threads)"),
-        ("wall time", f"{record.wall_s:.1f} s"),
+        ("time", f"{record.wall_s:.1f} s training, {record.eval_s + record.bn_modes_s:.1f} s validation"),
     ]
     for row in rows:
         table.add_row(*row)

@@ -98,6 +98,8 @@ class RunRecord:
     examples: int = 0
     attempt: int = 1  # the processes that trained the run so far (a resume, a requeue: the next attempt)
     wall_s: float = 0.0  # training time, validation excluded
+    eval_s: float = 0.0  # validation time in eval mode, every epoch (TensorBoard's eval-mode histograms included)
+    bn_modes_s: float = 0.0  # the BN-mode validations' time (batch statistics, PreciseBN)
     images_per_s: float | None = None
     effective_lr: float | None = None
     budget: Budget | None = None

@@ -47,7 +47,9 @@ class RunState:
     epoch: int = 0
     batch_in_epoch: int = 0
     examples: int = 0
-    wall_s: float = 0.0
+    wall_s: float = 0.0  # training, and below: validation in eval mode, the BN-mode validations
+    eval_s: float = 0.0
+    bn_modes_s: float = 0.0
     epoch_loss_sum: float = 0.0
     epoch_correct: float = 0.0
     epoch_seen: int = 0
@@ -226,6 +228,7 @@ def end_epoch(setup: Setup, state: RunState, board: Board, monitor: Monitor | No
     s, model = state, setup.model
     train_loss = s.epoch_loss_sum / max(1, s.epoch_seen)
     train_acc = s.epoch_correct / max(1, s.epoch_seen)
+    started = time.perf_counter()
     model.eval()  # validation uses running statistics for BatchNorm
     if monitor is not None:
         monitor.attach()  # the hooks keep the first validation batch: eval-mode activations without a forward more
@@ -233,14 +236,17 @@ def end_epoch(setup: Setup, state: RunState, board: Board, monitor: Monitor | No
     if monitor is not None:
         monitor.write(s.step, "act_eval")
     s.best_val_acc = max(s.best_val_acc, val_acc)
+    s.eval_s += time.perf_counter() - started
     batch_stats = precise = None
     last = s.step >= setup.budget.total_steps
     due = last or (bn_modes_every > 0 and (s.epoch + 1) % bn_modes_every == 0)
     if setup.val_at_train_batch_size is not None and due:
+        started = time.perf_counter()
         batch_stats, precise = bn_mode_accuracies(
             model, setup.val_batches, setup.val_at_train_batch_size, setup.precise_bn_batches, setup.precise_bn,
             setup.autocast,
         )  # fmt: skip
+        s.bn_modes_s += time.perf_counter() - started
         board.scalar("val/acc_batch_stats", batch_stats, board.x(s.step))
         if precise is not None:
             board.scalar("val/acc_precise_bn", precise, board.x(s.step))
@@ -287,6 +293,8 @@ def make_record(
         examples=s.examples,
         attempt=s.attempt,
         wall_s=round(s.wall_s, 3),
+        eval_s=round(s.eval_s, 3),
+        bn_modes_s=round(s.bn_modes_s, 3),
         images_per_s=round(s.examples / s.wall_s, 1) if s.wall_s > 0 else None,
         effective_lr=setup.lr,
         budget=setup.budget,

@@ -234,8 +234,10 @@ def bench_e2e() -> None:
                            stdout=subprocess.DEVNULL)  # fmt: skip
             wall = time.perf_counter() - start
             (_, record), *_ = find_records(Path(tmp))
-        print(f"{name:14s} process {wall:6.1f} s, training loop {record.wall_s:6.1f} s: "
-              f"end-to-end ratio {wall / record.wall_s:.2f}  ({' '.join(overrides) or 'no overrides'})")  # fmt: skip
+        rest = wall - record.wall_s - record.eval_s - record.bn_modes_s
+        print(f"{name} ({' '.join(overrides) or 'no overrides'}): process {wall:.1f} s = training loop "
+              f"{record.wall_s:.1f} + validation {record.eval_s:.1f} + BN-mode validations {record.bn_modes_s:.1f} "
+              f"+ start-up, set-up, records, exit {rest:.1f}: end-to-end ratio {wall / record.wall_s:.2f}")  # fmt: skip
 
 
 def bench_sweep(overrides: list[str]) -> None:

@@ -165,3 +165,29 @@ def test_the_bench_cancels_drift_and_order_within_its_blocks() -> None:
     ratio = bench.paired(3, timer("a", 1.0), timer("b", 2.0))[2]
     assert calls == ["a", "b"] + ["a", "b", "b", "a"] * 3  # warm-up, then blocks
     assert ratio == pytest.approx(0.5)
+
+
+def test_the_record_says_where_a_runs_time_went(tiny, tmp_path, monkeypatch) -> None:
+    """wall_s (training), eval_s (validation every epoch), bn_modes_s (the BN-mode validations, at the end here):
+    on a clock that moves only inside validation, by 10 s per eval-mode validation and 100 s per BN-mode one."""
+    import types
+
+    import normbench.train as train_module
+
+    clock = [0.0]
+    monkeypatch.setattr(train_module, "time", types.SimpleNamespace(perf_counter=lambda: clock[0]))
+
+    def taking(seconds: float, function):
+        def timed(*args, **kwargs):
+            clock[0] += seconds
+            return function(*args, **kwargs)
+
+        return timed
+
+    monkeypatch.setattr(train_module, "evaluate", taking(10, train_module.evaluate))
+    monkeypatch.setattr(train_module, "bn_mode_accuracies", taking(100, train_module.bn_mode_accuracies))
+    record = run(tiny("epochs=2", "max_steps=null", "data.train_size=32", "log.activations=false"), tmp_path)
+    assert record.epochs == 2
+    assert (record.wall_s, record.eval_s, record.bn_modes_s) == (0, 20, 100)
+    gn = run(tiny("norm=gn", "norm.groups=4", "log.activations=false"), tmp_path / "gn")
+    assert (gn.eval_s, gn.bn_modes_s) == (10, 0)  # no running statistics: no BN-mode validations
