@@ -16,7 +16,8 @@
 6. sweep:    a sweep's wall time over the sum of its runs' training loops divided by the parallel jobs
              (`--sweep`, default the quick sweep with hydra/launcher=parallel: long, so not in the default set).
 
-    python scripts/bench.py [--sections data,logging,overhead,switches,e2e,sweep] [--steps 100] [--reps 3]
+    python scripts/bench.py [--sections data,logging,overhead,switches,e2e,sweep] [--steps 100] [--reps 2]
+                            [--norms bn,gn] [--batches 2,8]   (overhead cases)
 """
 
 from __future__ import annotations
@@ -191,9 +192,9 @@ def bench_logging(data: ImageData, steps: int, reps: int) -> None:
               f"(histograms every {on.log.hist_every_images} images): ratio {ratio:.3f}")  # fmt: skip
 
 
-def bench_overhead(data: ImageData, steps: int, reps: int) -> float:
+def bench_overhead(data: ImageData, steps: int, reps: int, cases: list[tuple[str, str, int]]) -> float:
     ratios = []
-    for model, norm, batch in CASES:
+    for model, norm, batch in cases:
         n = round_steps(batch, steps)
         cfg = config(model, norm, batch, n)
         t_nb, t_bare, ratio = paired(reps, lambda: normbench_step(cfg, data), lambda: bare_step(cfg, data, n))  # noqa: B023
@@ -252,9 +253,13 @@ def bench_sweep(overrides: list[str]) -> None:
     n_jobs = next((int(o.split("=")[1]) for o in overrides if o.startswith("hydra.launcher.n_jobs=")), None)
     n_jobs = n_jobs or (2 if "hydra/launcher=parallel" in overrides else 1)
     loops = sum(r.wall_s for r in records)
+    evals, bn_modes = sum(r.eval_s for r in records), sum(r.bn_modes_s for r in records)
     print(f"sweep {' '.join(overrides)}: {len(records)} runs, {n_jobs} parallel jobs")
     print(f"wall {wall:.0f} s, training loops {loops:.0f} s in all, {loops / n_jobs:.0f} s per job slot: "
           f"sweep efficiency ratio {wall / (loops / n_jobs):.2f}")  # fmt: skip
+    print(f"job slots' time {n_jobs * wall:.0f} s = training {loops:.0f} + validation {evals:.0f} + BN-mode "
+          f"validations {bn_modes:.0f} + the rest {n_jobs * wall - loops - evals - bn_modes:.0f} (start-ups, set-ups, "
+          f"records, idle slots)")  # fmt: skip
 
 
 def main() -> None:
@@ -263,6 +268,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=100, help="steps per timed round (at least 3,200 images)")
     parser.add_argument("--reps", type=int, default=2, help="blocks of 4 timed rounds per case")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--norms", default=None, help="only these norms' overhead cases (e.g. bn,in)")
+    parser.add_argument("--batches", default=None, help="only these batch sizes' overhead cases (e.g. 2,8)")
     parser.add_argument("--compile", action="store_true", help="also time torch.compile (tens of seconds)")
     parser.add_argument("--sweep", default="sweep=quick hydra/launcher=parallel", help="the sweep section's sweep")
     args = parser.parse_args()
@@ -287,7 +294,12 @@ def main() -> None:
         bench_switches(data, args.steps, args.reps, args.compile)
     if "overhead" in sections:
         print("\n== normbench vs a bare PyTorch loop")
-        ratio = bench_overhead(data, args.steps, args.reps)
+        cases = [
+            (model, norm, batch) for model, norm, batch in CASES
+            if (args.norms is None or norm in args.norms.split(","))
+            and (args.batches is None or str(batch) in args.batches.split(","))
+        ]  # fmt: skip
+        ratio = bench_overhead(data, args.steps, args.reps, cases)
         print(f"overhead ratio: {ratio:.2f}")
     if "e2e" in sections:
         print("\n== end to end: a whole `normbench run` vs its training loop")
