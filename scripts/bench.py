@@ -228,7 +228,7 @@ def bench_e2e() -> None:
     """Each run as a user's second one: its synthetic images already in the cache (making the default set takes
     5-8 s more, once per machine)."""
     for name, overrides in E2E.items():
-        cached_data(compose_config([*overrides]).data)
+        cached_data(compose_config(overrides).data)
         with tempfile.TemporaryDirectory() as tmp:
             start = time.perf_counter()
             subprocess.run([NORMBENCH, "run", *overrides, "quiet=true", f"hydra.run.dir={tmp}"], check=True,

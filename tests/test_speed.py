@@ -1,4 +1,5 @@
-"""PreciseBN by images, the cadence of the BN-mode validations, and one GPU per parallel sweep job."""
+"""PreciseBN by images, the cadence of the BN-mode validations, one GPU per parallel sweep job, the bench's timing, and
+where a run's time went."""
 
 from __future__ import annotations
 
