@@ -17,7 +17,7 @@
              (`--sweep`, default the quick sweep with hydra/launcher=parallel: long, so not in the default set).
 
     python scripts/bench.py [--sections data,logging,overhead,switches,e2e,sweep] [--steps 100] [--reps 2]
-                            [--norms bn,gn] [--batches 2,8]   (overhead cases)
+                            [--norms bn,gn] [--batches 2,8]   (overhead and switch cases)
 """
 
 from __future__ import annotations
@@ -204,13 +204,15 @@ def bench_overhead(data: ImageData, steps: int, reps: int, cases: list[tuple[str
     return statistics.median(ratios)
 
 
-def bench_switches(data: ImageData, steps: int, reps: int, compile_: bool) -> None:
-    """Each switch against the default, alternating; small batches too, where per-step costs weigh most."""
+SWITCH_CASES = [("cnn", "bn", 128), ("cnn", "gn", 128), ("cnn", "in", 128), ("cnn", "bn", 8), ("cnn", "gn", 8)]
+
+
+def bench_switches(data: ImageData, steps: int, reps: int, compile_: bool, cases: list[tuple[str, str, int]]) -> None:
+    """Each switch against the default, in blocks; small batches too, where per-step costs weigh most."""
     switches = {"channels_last": ["train.channels_last=true"], "threads=1": ["threads=1"]}
     if compile_:  # reduce_overhead is CUDA graphs on a GPU; on a CPU inductor compiles as in the default mode
         for mode in ("default", "reduce_overhead"):
             switches[f"compile {mode}"] = ["train.compile=true", f"train.compile_mode={mode}"]
-    cases = [("cnn", "bn", 128), ("cnn", "gn", 128), ("cnn", "in", 128), ("cnn", "bn", 8), ("cnn", "gn", 8)]
     for model, norm, batch in cases:
         n = round_steps(batch, steps)
         base = config(model, norm, batch, n)
@@ -262,14 +264,22 @@ def bench_sweep(overrides: list[str]) -> None:
           f"records, idle slots)")  # fmt: skip
 
 
+def selected(cases: list[tuple[str, str, int]], norms: str | None, batches: str | None) -> list[tuple[str, str, int]]:
+    """The cases of the given norms and batch sizes (comma lists; None: all)."""
+    return [
+        (model, norm, batch) for model, norm, batch in cases
+        if (norms is None or norm in norms.split(",")) and (batches is None or str(batch) in batches.split(","))
+    ]  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sections", default="data,logging,overhead,switches,e2e")
     parser.add_argument("--steps", type=int, default=100, help="steps per timed round (at least 3,200 images)")
     parser.add_argument("--reps", type=int, default=2, help="blocks of 4 timed rounds per case")
     parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--norms", default=None, help="only these norms' overhead cases (e.g. bn,in)")
-    parser.add_argument("--batches", default=None, help="only these batch sizes' overhead cases (e.g. 2,8)")
+    parser.add_argument("--norms", default=None, help="only these norms' overhead and switch cases (e.g. bn,in)")
+    parser.add_argument("--batches", default=None, help="only these batch sizes' overhead and switch cases (2,8)")
     parser.add_argument("--compile", action="store_true", help="also time torch.compile (tens of seconds)")
     parser.add_argument("--sweep", default="sweep=quick hydra/launcher=parallel", help="the sweep section's sweep")
     args = parser.parse_args()
@@ -291,15 +301,10 @@ def main() -> None:
         bench_logging(data, args.steps, args.reps)
     if "switches" in sections:
         print("\n== speed switches")
-        bench_switches(data, args.steps, args.reps, args.compile)
+        bench_switches(data, args.steps, args.reps, args.compile, selected(SWITCH_CASES, args.norms, args.batches))
     if "overhead" in sections:
         print("\n== normbench vs a bare PyTorch loop")
-        cases = [
-            (model, norm, batch) for model, norm, batch in CASES
-            if (args.norms is None or norm in args.norms.split(","))
-            and (args.batches is None or str(batch) in args.batches.split(","))
-        ]  # fmt: skip
-        ratio = bench_overhead(data, args.steps, args.reps, cases)
+        ratio = bench_overhead(data, args.steps, args.reps, selected(CASES, args.norms, args.batches))
         print(f"overhead ratio: {ratio:.2f}")
     if "e2e" in sections:
         print("\n== end to end: a whole `normbench run` vs its training loop")
