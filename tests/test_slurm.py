@@ -84,9 +84,13 @@ def test_hydra_finds_the_launcher_the_preset_names() -> None:
     assert found[target].__mro__[1].__name__ == "SlurmLauncher"  # submitit's, with normbench's additions
 
 
-def test_a_job_that_failed_is_not_mistaken_for_a_refusal_by_sbatch() -> None:
+def test_a_job_that_failed_is_not_mistaken_for_a_refusal_by_sbatch(monkeypatch) -> None:
     from submitit.core.utils import FailedJobError  # what submitit raises for both, sbatch's with its exit status
 
+    import normbench.slurm
+
+    # As on a cluster's login node: on a fresh machine SLURM is installed only when a cluster test first starts one.
+    monkeypatch.setattr(normbench.slurm.shutil, "which", lambda command: f"/usr/bin/{command}")
     with pytest.raises(FailedJobError, match="failed during processing"), refused({"partition": "debug"}):
         raise FailedJobError("Job (task=0) failed during processing with trace: ...")
 
