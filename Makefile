@@ -25,6 +25,7 @@ test: install
 lint: install
 	$(BIN)/ruff check normbench hydra_plugins tests scripts
 	$(BIN)/ruff format --check normbench hydra_plugins tests scripts
+	$(BIN)/lint-imports  # the layers contract in pyproject.toml
 
 bench: install
 	$(BIN)/python scripts/bench.py $(BENCH)

@@ -39,13 +39,13 @@ import torch
 import torch.nn.functional as F
 from rich.console import Console
 
-from normbench.config import compose_config
-from normbench.data import Batches, ImageData, make_synthetic
-from normbench.devices import select_device
-from normbench.models import build_model
-from normbench.record import find_records
-from normbench.setup import build_optimizer, cached_data, effective_lr
-from normbench.train import run
+from normbench.launch.compose import compose_config
+from normbench.parts.data import Batches, ImageData, make_synthetic
+from normbench.parts.models import build_model
+from normbench.run.devices import select_device
+from normbench.run.record import find_records
+from normbench.run.setup import build_optimizer, cached_data, effective_lr
+from normbench.run.train import run
 
 CASES = [
     *(("cnn", norm, batch) for batch in (2, 8) for norm in ("bn", "gn")),

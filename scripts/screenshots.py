@@ -28,7 +28,7 @@ from urllib.parse import quote
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # this checkout's normbench, whatever the environment has installed
-from normbench.board import timeseries_url  # noqa: E402
+from normbench.run.board import timeseries_url  # noqa: E402
 
 BIN = Path(sys.executable).parent
 SWEEP = ["norm=bn,gn", "batch_size=4,32", "epochs=3", "data.train_size=768", "data.val_size=256",

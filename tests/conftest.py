@@ -21,11 +21,11 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from normbench.checkpoint import CHECKPOINT_FILE
-from normbench.config import compose_config
-from normbench.data import ImageData, load_data
-from normbench.models import build_model
-from normbench.record import RunRecord
+from normbench.launch.compose import compose_config
+from normbench.parts.data import ImageData, load_data
+from normbench.parts.models import build_model
+from normbench.run.checkpoint import CHECKPOINT_FILE
+from normbench.run.record import RunRecord
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = [
@@ -85,8 +85,8 @@ def saved_model_scores(run_dir: Path, batch_stats: bool = False, precise_bn: int
         correct = sum((model.train()(x[i : i + b]).argmax(1) == y[i : i + b]).sum().item() for i in range(0, len(y), b))
         scores["batch_stats"] = correct / len(y)
     if precise_bn:
-        from normbench.data import Batches
-        from normbench.evaluation import PRECISE_BN_DRAW
+        from normbench.parts.data import Batches
+        from normbench.run.evaluation import PRECISE_BN_DRAW
 
         train = Batches(data.train_images, data.train_labels, precise_bn, data.mean, data.std, torch.device("cpu"),
                         train=True, augment=config["data"]["augment"], seed=config["seed"])  # fmt: skip

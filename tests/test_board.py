@@ -20,10 +20,10 @@ import torch
 from conftest import events, normbench
 from omegaconf import OmegaConf
 
-from normbench import record as R
-from normbench.board import LAYOUT, Board, bn_tag, run_hparams, tensorboard_hint, write_experiment
-from normbench.config import compose_unchecked, name_runs_by_swept_keys, sweep_jobs
-from normbench.sweeps import swept_keys
+from normbench.launch.compose import compose_unchecked, name_runs_by_swept_keys, sweep_jobs
+from normbench.launch.naming import swept_keys
+from normbench.run import record as R
+from normbench.run.board import LAYOUT, Board, bn_tag, run_hparams, tensorboard_hint, write_experiment
 
 
 def _run_names(*overrides: str) -> list[str]:

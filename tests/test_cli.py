@@ -114,7 +114,7 @@ def test_a_run_from_another_directory_writes_its_outputs(tmp_path) -> None:
 
 
 def test_a_directory_holding_another_run_is_left_untouched(tmp_path) -> None:
-    from normbench.files import write_json
+    from normbench.base.files import write_json
 
     run_dir = tmp_path / "r"
     other = {"status": "running", "config": {"batch_size": 999}, "metrics": {}}

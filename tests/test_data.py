@@ -13,9 +13,9 @@ import torch
 import torch.nn.functional as F
 from torchvision.datasets import CIFAR10
 
-from normbench.config import compose_config
-from normbench.data import CIFAR10_MEAN, CIFAR10_STD, Batches, crop, load_cifar10, load_data, make_synthetic
-from normbench.errors import ConfigError, DataError
+from normbench.base.errors import ConfigError, DataError
+from normbench.launch.compose import compose_config
+from normbench.parts.data import CIFAR10_MEAN, CIFAR10_STD, Batches, crop, load_cifar10, load_data, make_synthetic
 
 PER_BATCH = 6  # images per data_batch_i file (the real files hold 10,000)
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 from conftest import events
 
-from normbench.train import run
+from normbench.run.train import run
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 

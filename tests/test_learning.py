@@ -8,13 +8,13 @@ import math
 import pytest
 import torch
 
-from normbench.config import compose_config
-from normbench.data import ImageData
-from normbench.errors import ConfigError
-from normbench.models import MODELS
-from normbench.models.resnet import CifarResNet
-from normbench.norms import NORMS
-from normbench.train import run
+from normbench.base.errors import ConfigError
+from normbench.launch.compose import compose_config
+from normbench.parts.data import ImageData
+from normbench.parts.models import MODELS
+from normbench.parts.models.resnet import CifarResNet
+from normbench.parts.norms import NORMS
+from normbench.run.train import run
 
 CLASSES, TRAIN, VAL, BATCH = 10, 1536, 256, 32  # one epoch of 48 steps, one validation
 # Small widths: the wiring is what is tested, not capacity. A model missing here trains at its default size.

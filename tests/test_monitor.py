@@ -9,10 +9,10 @@ from tensorboard.plugins.hparams.api_pb2 import Status
 from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
 from torch import nn
 
-from normbench.data import make_synthetic
-from normbench.errors import DivergedError
-from normbench.evaluation import frozen_buffers, precise_bn
-from normbench.train import run
+from normbench.base.errors import DivergedError
+from normbench.parts.data import make_synthetic
+from normbench.run.evaluation import frozen_buffers, precise_bn
+from normbench.run.train import run
 
 CNN_NORMS = ("stage1.norm", "stage2.norm", "stage3.norm")
 
@@ -142,8 +142,8 @@ def test_batch_statistic_evaluation_leaves_running_statistics_alone() -> None:
 
 
 def test_precise_bn_is_the_cumulative_average_over_training_batches() -> None:
-    from normbench.data import Batches
-    from normbench.evaluation import PRECISE_BN_DRAW
+    from normbench.parts.data import Batches
+    from normbench.run.evaluation import PRECISE_BN_DRAW
 
     data = make_synthetic(64, 8)
     batches = Batches(data.train_images, data.train_labels, 16, data.mean, data.std, torch.device("cpu"), train=True)
@@ -162,7 +162,7 @@ def test_precise_bn_is_the_cumulative_average_over_training_batches() -> None:
 def test_histograms_are_binned_like_numpy_and_skip_non_finite_values(tmp_path) -> None:
     import numpy as np
 
-    from normbench.board import Board
+    from normbench.run.board import Board
 
     values = torch.tensor([0.0, 1, 1, 2, 3, 3, 3, 4, float("nan"), float("inf")])
     board = Board(tmp_path)
@@ -182,7 +182,7 @@ def test_histograms_are_binned_like_numpy_and_skip_non_finite_values(tmp_path) -
 
 
 def test_channel_statistics_for_each_layout() -> None:
-    from normbench.monitor import channel_stats
+    from normbench.run.monitor import channel_stats
 
     torch.manual_seed(0)
     x = torch.randn(4, 6, 5, 5) * 2 + 3

@@ -17,14 +17,14 @@ from conftest import events, normbench
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch import nn
 
-from normbench import record as R
-from normbench.board import Board
-from normbench.checkpoint import CHECKPOINT_FILE
-from normbench.data import Batches
-from normbench.evaluation import bn_mode_accuracies, evaluate
-from normbench.models import NORM_SLOT, build_model
-from normbench.monitor import Monitor
-from normbench.train import run
+from normbench.parts.data import Batches
+from normbench.parts.models import NORM_SLOT, build_model
+from normbench.run import record as R
+from normbench.run.board import Board
+from normbench.run.checkpoint import CHECKPOINT_FILE
+from normbench.run.evaluation import bn_mode_accuracies, evaluate
+from normbench.run.monitor import Monitor
+from normbench.run.train import run
 
 CPU = torch.device("cpu")
 

@@ -15,11 +15,11 @@ from conftest import ROOT
 from torch import nn
 from typer.testing import CliRunner
 
+from normbench.base.errors import NormError
 from normbench.cli import app
-from normbench.errors import NormError
-from normbench.models import check_norm_shapes
-from normbench.norms import NORMS, build_norm, explain, get_norm, on, register_norm
-from normbench.norms.layers import BatchRenorm
+from normbench.parts.models import check_norm_shapes
+from normbench.parts.norms import NORMS, build_norm, explain, get_norm, on, register_norm
+from normbench.parts.norms.layers import BatchRenorm
 
 SHAPES = {"vector": (6, 8), "image": (4, 8, 5, 3), "sequence": (3, 7, 8)}
 # The documented axes (norms/catalog.py table), as dims of the input, for an independent computation.
@@ -453,6 +453,6 @@ def test_registration_refuses_layouts_that_disagree_on_implementations() -> None
 
 def test_the_registry_imports_no_torch() -> None:
     """`normbench --help`, `list` and `report` read the registry; importing torch would cost them seconds."""
-    code = "import sys, normbench.norms, normbench.cli; assert 'torch' not in sys.modules, 'torch imported'"
+    code = "import sys, normbench.parts.norms, normbench.cli; assert 'torch' not in sys.modules, 'torch imported'"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=Path(ROOT))
     assert result.returncode == 0, result.stderr

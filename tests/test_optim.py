@@ -7,8 +7,8 @@ import pytest
 import torch
 from conftest import events
 
-from normbench.setup import set_up
-from normbench.train import run
+from normbench.run.setup import set_up
+from normbench.run.train import run
 
 BASE = 0.1  # sgd's optim.lr at optim.base_batch_size=128; adamw's is 2e-3
 

@@ -16,8 +16,8 @@ import yaml
 from conftest import ROOT, events, normbench
 from typer.testing import CliRunner
 
+from normbench.base.errors import EXIT_SWEEP_INCOMPLETE
 from normbench.cli import app
-from normbench.errors import EXIT_SWEEP_INCOMPLETE
 
 TINY_RUN = ["data.train_size=64", "data.val_size=32", "batch_size=8", "epochs=1", "threads=1", "log.activations=false"]
 SOURCE_ONLY = shutil.ignore_patterns(".git", ".venv", "runs", "multirun", "build", "*.egg-info", "__pycache__", ".*")
@@ -115,7 +115,7 @@ SCALENORM = """\
 import torch
 from torch import nn
 
-from normbench.norms import on, register_norm
+from normbench.parts.norms import on, register_norm
 
 
 class MyScaleNorm(nn.Module):

@@ -22,8 +22,8 @@ import pytest
 import yaml
 from conftest import events, normbench
 
-from normbench.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_SWEEP_INCOMPLETE
-from normbench.record import RunRecord
+from normbench.base.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_SWEEP_INCOMPLETE
+from normbench.run.record import RunRecord
 
 SMALL = ["device=cpu", "data.train_size=64", "data.val_size=32", "batch_size=8", "threads=1", "log.activations=false",
          "quiet=true", "max_steps=3", "epochs=1", "eval.precise_bn_images=16"]  # fmt: skip

@@ -14,13 +14,13 @@ import pytest
 import torch
 from conftest import events, normbench, saved_model_scores
 
-from normbench import record as R
-from normbench.checkpoint import CHECKPOINT_FILE
-from normbench.config import compose_config
-from normbench.errors import EXIT_DIVERGED, EXIT_INTERRUPTED, DivergedError
-from normbench.files import write_atomic, write_json
-from normbench.record import RunRecord
-from normbench.train import run
+from normbench.base.errors import EXIT_DIVERGED, EXIT_INTERRUPTED, DivergedError
+from normbench.base.files import write_atomic, write_json
+from normbench.launch.compose import compose_config
+from normbench.run import record as R
+from normbench.run.checkpoint import CHECKPOINT_FILE
+from normbench.run.record import RunRecord
+from normbench.run.train import run
 
 LONG = ["device=cpu", "data.train_size=768", "data.val_size=64", "batch_size=16", "epochs=3", "quiet=true",
         "threads=1", "eval.precise_bn_images=32", "log.hist_every_images=160", "log.every=4"]  # fmt: skip

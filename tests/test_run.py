@@ -11,11 +11,11 @@ import pytest
 from conftest import events, saved_model_scores
 
 import normbench
-from normbench import record as R
-from normbench.models import MODELS
-from normbench.norms import NORMS
-from normbench.record import Budget, RunRecord, UnreadableRecord
-from normbench.train import run
+from normbench.parts.models import MODELS
+from normbench.parts.norms import NORMS
+from normbench.run import record as R
+from normbench.run.record import Budget, RunRecord, UnreadableRecord
+from normbench.run.train import run
 
 ALLOWED = [(m, n) for m, (cls, _) in MODELS.items() for n, spec in NORMS.items() if cls.layout in spec.axes]
 
@@ -191,7 +191,7 @@ def test_the_compile_mode_reaches_torch_compile(tiny, monkeypatch, given, mode) 
     """The mode as torch spells it (reduce-overhead: CUDA graphs on a GPU); compile=false compiles nothing."""
     import torch
 
-    from normbench.setup import set_up
+    from normbench.run.setup import set_up
 
     calls: list[dict[str, object]] = []
     monkeypatch.setattr(torch, "compile", lambda model, **options: calls.append(options) or model)

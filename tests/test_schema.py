@@ -16,10 +16,10 @@ from conftest import ROOT, normbench
 from omegaconf import OmegaConf
 from typer.testing import CliRunner
 
-from normbench import schema
+from normbench.base.errors import ConfigError
 from normbench.cli import app
-from normbench.config import compose_config, compose_unchecked, sweep_jobs
-from normbench.errors import ConfigError
+from normbench.launch.compose import compose_config, compose_unchecked, sweep_jobs
+from normbench.run import schema
 
 # (overrides, the key and value the message must name). Every kind of refusal: a wrong type (int, float, bool,
 # enum, list item), a range, a cross-key rule, an unknown key with and without `+`, a removed key.
@@ -113,7 +113,7 @@ def test_a_real_process_refuses_each_kind_of_bad_value_and_writes_nothing(tmp_pa
 
 
 def test_model_defaults_are_the_model_classes_signature_defaults() -> None:
-    from normbench.models import MODELS
+    from normbench.parts.models import MODELS
 
     data_given = {"norm_layer", "num_classes", "in_channels", "in_features", "image_size"}
     for name, (cls, _) in MODELS.items():
@@ -125,7 +125,7 @@ def test_model_defaults_are_the_model_classes_signature_defaults() -> None:
 
 
 def test_norm_defaults_are_the_builders_keyword_defaults() -> None:
-    from normbench.norms import NORMS
+    from normbench.parts.norms import NORMS
 
     for name, spec in NORMS.items():
         params = inspect.signature(spec.builder).parameters.values()
@@ -161,7 +161,7 @@ def test_volatile_keys_come_from_the_schema_and_never_name_a_run() -> None:
 
 
 def test_report_reads_the_schema_without_importing_torch() -> None:
-    code = "import sys, normbench.report; assert 'torch' not in sys.modules, 'torch imported'"
+    code = "import sys, normbench.run.report; assert 'torch' not in sys.modules, 'torch imported'"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert done.returncode == 0, done.stderr
 

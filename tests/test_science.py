@@ -9,11 +9,11 @@ import pytest
 import torch
 from conftest import ROOT, normbench
 
-from normbench import record as R
-from normbench.config import compose_config, compose_unchecked
-from normbench.models import NORM_SLOT, build_model, count_parameters
-from normbench.norms import NORMS
-from normbench.train import run
+from normbench.launch.compose import compose_config, compose_unchecked
+from normbench.parts.models import NORM_SLOT, build_model, count_parameters
+from normbench.parts.norms import NORMS
+from normbench.run import record as R
+from normbench.run.train import run
 
 # He et al. 2016, Table 6: parameters of the CIFAR-10 ResNets by depth.
 PAPER_PARAMS = {20: 0.27e6, 32: 0.46e6, 56: 0.85e6}
@@ -72,7 +72,7 @@ def test_resnet20_completes_a_three_step_run(tiny, tmp_path) -> None:
 
 
 def test_reference_data_are_the_published_numbers() -> None:
-    refs = json.loads((ROOT / "normbench" / "references.json").read_text())
+    refs = json.loads((ROOT / "normbench" / "run" / "references.json").read_text())
     gn_paper = refs["groupnorm-resnet50"]["points"]
     assert [gn_paper["bn"][b][0] for b in ("32", "16", "8", "4", "2")] == [23.6, 23.7, 24.8, 27.3, 34.7]
     assert [gn_paper["gn"][b][0] for b in ("32", "16", "8", "4", "2")] == [24.1, 24.2, 24.0, 24.2, 24.1]
@@ -105,8 +105,8 @@ def test_report_draws_the_published_points_with_their_citation(sweep_dir, monkey
         return original(self, x, y, *args, **kwargs)
 
     monkeypatch.setattr(matplotlib.axes.Axes, "errorbar", spy)
-    from normbench.references import load_reference
-    from normbench.report import write_report
+    from normbench.run.references import load_reference
+    from normbench.run.report import write_report
 
     _, figures, report = write_report(sweep_dir, load_reference("groupnorm-resnet50"))
     assert ([2, 4, 8, 16, 32], [34.7, 27.3, 24.8, 23.7, 23.6]) in drawn  # BN, as error %, in batch order

@@ -24,12 +24,12 @@ import pytest
 import yaml
 from conftest import ROOT, normbench
 
-from normbench import record as R
-from normbench.config import compose_config
-from normbench.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_SWEEP_INCOMPLETE, InterruptedRun
-from normbench.record import RunRecord, find_records
-from normbench.slurm import gpus, refused, signal_delay
-from normbench.train import run
+from normbench.base.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_SWEEP_INCOMPLETE, InterruptedRun
+from normbench.launch.compose import compose_config
+from normbench.launch.slurm import gpus, refused, signal_delay
+from normbench.run import record as R
+from normbench.run.record import RunRecord, find_records
+from normbench.run.train import run
 
 LONG = ["data.train_size=768", "data.val_size=64", "batch_size=16", "epochs=3", "quiet=true", "threads=1",
         "eval.precise_bn_images=32", "log.hist_every_images=160", "device=cpu", "log.every=4"]  # fmt: skip
@@ -87,10 +87,10 @@ def test_hydra_finds_the_launcher_the_preset_names() -> None:
 def test_a_job_that_failed_is_not_mistaken_for_a_refusal_by_sbatch(monkeypatch) -> None:
     from submitit.core.utils import FailedJobError  # what submitit raises for both, sbatch's with its exit status
 
-    import normbench.slurm
+    import normbench.launch.slurm
 
     # As on a cluster's login node: on a fresh machine SLURM is installed only when a cluster test first starts one.
-    monkeypatch.setattr(normbench.slurm.shutil, "which", lambda command: f"/usr/bin/{command}")
+    monkeypatch.setattr(normbench.launch.slurm.shutil, "which", lambda command: f"/usr/bin/{command}")
     with pytest.raises(FailedJobError, match="failed during processing"), refused({"partition": "debug"}):
         raise FailedJobError("Job (task=0) failed during processing with trace: ...")
 

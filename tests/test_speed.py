@@ -9,10 +9,10 @@ from conftest import events
 from omegaconf import OmegaConf
 from torch import nn
 
-from normbench.evaluation import plan_precise_bn, precise_bn
-from normbench.setup import set_up
-from normbench.sweeps import assign_job_gpu, job_gpu
-from normbench.train import run
+from normbench.launch.jobs import assign_job_gpu, job_gpu
+from normbench.run.evaluation import plan_precise_bn, precise_bn
+from normbench.run.setup import set_up
+from normbench.run.train import run
 
 
 @pytest.mark.parametrize("batch", [2, 32])
@@ -53,7 +53,7 @@ def test_precise_bn_estimate_equals_an_independent_computation(tiny) -> None:
         plan, batches = setup.precise_bn, setup.precise_bn_batches
         probe = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
         estimated = precise_bn(probe, batches, plan.batches)
-        from normbench.evaluation import PRECISE_BN_DRAW
+        from normbench.run.evaluation import PRECISE_BN_DRAW
 
         images = torch.cat([x for x, _ in batches.epoch(PRECISE_BN_DRAW)])[: plan.images]
         assert len(images) == 48
@@ -110,7 +110,7 @@ def test_parallel_jobs_spread_over_the_gpus(monkeypatch) -> None:
 
 def test_a_multirun_gives_its_jobs_gpus_by_hydra_job_number(monkeypatch, tmp_path) -> None:
     """Through Hydra's real multirun (the basic launcher runs the jobs in this process, so the fake count holds)."""
-    from normbench.app import hydra_main
+    from normbench.launch.task import hydra_main
 
     chosen: list[int] = []
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
@@ -124,8 +124,8 @@ def test_a_multirun_gives_its_jobs_gpus_by_hydra_job_number(monkeypatch, tmp_pat
 
 
 def test_synthetic_data_is_made_once_then_read_from_the_cache(tiny, tmp_path, monkeypatch) -> None:
-    from normbench import setup as setup_module
-    from normbench.data import load_data
+    from normbench.parts.data import load_data
+    from normbench.run import setup as setup_module
 
     monkeypatch.setenv("NORMBENCH_DATA", str(tmp_path))
     monkeypatch.setattr(setup_module, "CACHE_FROM_IMAGES", 0)
@@ -173,7 +173,7 @@ def test_the_record_says_where_a_runs_time_went(tiny, tmp_path, monkeypatch) -> 
     on a clock that moves only inside validation, by 10 s per eval-mode validation and 100 s per BN-mode one."""
     import types
 
-    import normbench.train as train_module
+    import normbench.run.train as train_module
 
     clock = [0.0]
     monkeypatch.setattr(train_module, "time", types.SimpleNamespace(perf_counter=lambda: clock[0]))

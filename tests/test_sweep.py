@@ -14,11 +14,11 @@ from omegaconf import OmegaConf
 from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
 from typer.testing import CliRunner
 
+from normbench.base.errors import EXIT_SWEEP_INCOMPLETE
 from normbench.cli import app
-from normbench.config import compose_unchecked
-from normbench.errors import EXIT_SWEEP_INCOMPLETE
-from normbench.record import RunRecord
-from normbench.report import summarize
+from normbench.launch.compose import compose_unchecked
+from normbench.run.record import RunRecord
+from normbench.run.report import summarize
 
 GRID = ["norm=bn,gn", "batch_size=4,8", "max_steps=3", "epochs=1", "data.train_size=64", "data.val_size=32",
         "eval.precise_bn_images=16", "quiet=true"]  # fmt: skip
@@ -113,7 +113,10 @@ def test_submitit_launcher_runs_jobs_through_its_local_executor(tmp_path) -> Non
 
 
 def test_a_run_is_recognised_by_the_settings_both_configs_have(tiny) -> None:
-    from normbench.sweeps import same_run
+    from normbench.launch.rundir import differing
+
+    def same_run(stored, cfg, volatile):
+        return not differing(stored, cfg, volatile)
 
     cfg = tiny()
     stored = OmegaConf.to_container(cfg, resolve=True)
@@ -126,7 +129,7 @@ def test_a_run_is_recognised_by_the_settings_both_configs_have(tiny) -> None:
 
 
 def test_report_on_a_single_run_directory(tiny, tmp_path) -> None:
-    from normbench.train import run
+    from normbench.run.train import run
 
     run_dir = tmp_path / "one"
     run(tiny("norm=gn", "norm.groups=4", "log.activations=false"), run_dir)
@@ -147,9 +150,9 @@ def test_the_default_and_quick_grids_are_the_runs_their_yaml_lists(preset, tmp_p
     """The oracle is the preset's YAML read here: the product of its norms and batch sizes, with its own epochs and
     data sizes. `normbench sweep` without a grid goes through the real command and its pre-flight check of every
     run (only Hydra's multirun is replaced, by a recorder); `sweep=quick` through the same grid expansion."""
-    import normbench.app
-    from normbench.config import sweep_jobs
-    from normbench.schema import EvalConfig
+    import normbench.launch.task
+    from normbench.launch.compose import sweep_jobs
+    from normbench.run.schema import EvalConfig
 
     stated = yaml.safe_load((ROOT / "configs" / "sweep" / f"{preset}.yaml").read_text())
     params = stated["hydra"]["sweeper"]["params"]
@@ -158,7 +161,7 @@ def test_the_default_and_quick_grids_are_the_runs_their_yaml_lists(preset, tmp_p
     args = [f"sweep={preset}"]
     if preset == "default":
         handed: list[list[str]] = []
-        monkeypatch.setattr(normbench.app, "hydra_main", lambda args: handed.append(args) or 0)
+        monkeypatch.setattr(normbench.launch.task, "hydra_main", lambda args: handed.append(args) or 0)
         done = CliRunner().invoke(app, ["sweep", f"hydra.sweep.dir={tmp_path}"], env={"COLUMNS": "200"})
         assert done.exit_code == EXIT_SWEEP_INCOMPLETE, done.output  # the recorder trains nothing
         assert f"Sweeping {len(grid)} runs." in done.output and done.output.count("(not started)") == len(grid)

@@ -2,7 +2,8 @@
 as one paragraph instead of a traceback, and jobs that stop with the sweep (Ctrl-C); parallel
 (`hydra/launcher=parallel`): Hydra's joblib launcher, with a worker process that died said in one paragraph.
 They live here because Hydra only instantiates launchers found in the `hydra_plugins` namespace package (which is
-why this directory has no `hydra_plugins/__init__.py`); what they do is in normbench/slurm.py and sweeps.py."""
+why this directory has no `hydra_plugins/__init__.py`); what they do is in normbench/launch/slurm.py and
+normbench/launch/stop.py."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLaunche
 
 class NormbenchSlurmLauncher(SlurmLauncher):
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
-        from normbench.slurm import refused, stopped_with_the_sweep  # deferred: Hydra imports every plugin
+        from normbench.launch.slurm import refused, stopped_with_the_sweep  # deferred: Hydra imports every plugin
 
         with refused(self.params), stopped_with_the_sweep(self.params):
             return super().launch(job_overrides, initial_job_idx)
@@ -23,7 +24,7 @@ class NormbenchSlurmLauncher(SlurmLauncher):
 
 class NormbenchJoblibLauncher(JoblibLauncher):
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
-        from normbench.sweeps import workers_watched  # deferred: Hydra imports every plugin
+        from normbench.launch.stop import workers_watched  # deferred: Hydra imports every plugin
 
         with workers_watched():
             return super().launch(job_overrides, initial_job_idx)

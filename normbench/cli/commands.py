@@ -1,0 +1,297 @@
+"""The `normbench` command: run, sweep, report, list, explain. Typer commands and their rendering only.
+
+`run` and `sweep` hand their arguments to the launch layer (`launch/start.py`), which checks every run they
+describe before Hydra's real entry point starts, so an invalid value stops the command before anything trains
+(exit code 2)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import traceback
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from normbench.base.console import console, debugging
+from normbench.base.errors import EXIT_BAD_INPUT, NormbenchError
+from normbench.base.resources import config_dir, load_plugins
+from normbench.parts.norms import NORMS  # the registry imports no torch: help stays fast
+
+PASS_THROUGH = {"allow_extra_args": True, "ignore_unknown_options": True}
+
+
+def _choices(group: str) -> str:
+    """The options of a config group, read from the configs themselves (the one list of them)."""
+    try:
+        return "|".join(sorted(p.stem for p in (config_dir() / group).glob("*.yaml")))
+    except NormbenchError:
+        return "NAME"
+
+
+def _norms() -> str:
+    """The registered norms, the user's plugins' too: this help is built before any command loads them. A plugin
+    that cannot be imported is left out here; the command itself reports it."""
+    with contextlib.suppress(NormbenchError):
+        load_plugins()
+    return "|".join(NORMS)
+
+
+app = typer.Typer(
+    help=(
+        "Compare normalization layers (BatchNorm, LayerNorm, InstanceNorm, GroupNorm, ...) on small MLP, CNN and "
+        "Transformer models, across batch sizes, in TensorBoard.\n\n"
+        f"Config groups (pick one with `GROUP=NAME`): `model={_choices('model')}`, `norm={_norms()}`, "
+        f"`data={_choices('data')}`, `optim={_choices('optim')}`. Any key can be set with `KEY=VALUE` (Hydra "
+        "syntax), e.g. `norm.groups=16 optim.lr=0.05 batch_size=32 epochs=2`; `normbench run --help` explains the "
+        "grammar."
+    ),
+    no_args_is_help=True,
+    rich_markup_mode="markdown",  # paragraphs rewrap to the terminal, examples in code blocks stay whole
+    pretty_exceptions_enable=False,
+)
+
+
+def _fail(error: NormbenchError) -> typer.Exit:
+    if debugging():
+        traceback.print_exc()
+    console.print(f"[bold red]Error:[/] {error}", highlight=False, soft_wrap=True)
+    return typer.Exit(error.exit_code)
+
+
+def _set_debug(debug: bool) -> None:
+    if debug:
+        os.environ["NORMBENCH_DEBUG"] = "1"
+        os.environ["HYDRA_FULL_ERROR"] = "1"
+
+
+def _show_version(show: bool) -> None:
+    if show:
+        from normbench import __version__
+
+        console.print(f"normbench {__version__}", highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: bool = typer.Option(
+        False, "--version", callback=_show_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    """Load the user's plugin modules ($NORMBENCH_PLUGINS) before any command looks at the registry."""
+    try:
+        load_plugins()
+    except NormbenchError as error:
+        raise _fail(error) from None
+
+
+def _complete_override(ctx: typer.Context, incomplete: str) -> list[str]:
+    """Shell completion of overrides: `norm=<TAB>` offers the options of the config group `norm` as Hydra finds
+    them (normbench's configs, Hydra's and its plugins' groups), other words the groups and the config's keys."""
+    from normbench.cli.completion import candidates
+
+    try:
+        return candidates(ctx.params.get("overrides") or [], incomplete)
+    except Exception:  # completion must never print a traceback into the user's command line
+        return []
+
+
+OVERRIDES = typer.Argument(
+    None, show_default=False, metavar="OVERRIDES", autocompletion=_complete_override,
+    help="Hydra overrides and flags, see above.",
+)  # fmt: skip
+DEBUG = typer.Option(False, "--debug", help="Show tracebacks for errors.")
+
+
+@app.command(context_settings=PASS_THROUGH)
+def run(overrides: list[str] | None = OVERRIDES, debug: bool = DEBUG) -> None:
+    """Train one run. OVERRIDES change the composed config, in Hydra's override grammar.
+
+    ```
+    normbench run                           # cnn + bn, synthetic data (~80 s)
+    normbench run model=mlp norm=ln max_steps=50       # a quick look
+    normbench run model=cnn norm=gn norm.groups=8 batch_size=16 epochs=2
+    normbench run 'model.widths=[16,32]'    # a list: quote it for the shell
+    normbench run +hydra.job.env_set.OMP_NUM_THREADS=1  # add a key
+    normbench run norm.impl=reference       # the norm written from formulas
+    normbench run --cfg job                 # print the config, train nothing
+    normbench run resume=true hydra.run.dir=runs/x     # continue a run
+    ```
+
+    **Grammar.** `key=value` sets a key (`batch_size=16`, `optim.lr=0.05`, `seed=null`); `group=option`
+    picks a config file of a group (`model=mlp`, `norm=gn`, `data=cifar10`; `normbench list` names them);
+    `+key=value` adds a key the config does not have and `~key` deletes one (`normbench sweep
+    ~hydra.callbacks.sweep_summary` skips the end-of-sweep table). Lists and strings with spaces or
+    commas need quotes for the shell: `'model.widths=[16,32]'`. In `normbench sweep`, a comma list such as
+    `norm=bn,gn` is a sweep axis; `run` takes one value. Hydra's flags pass through: `--cfg job|hydra|all`,
+    `--resolve`, `--info`, `--config-dir DIR` (your own configs beside normbench's), `--hydra-help`.
+    Full grammar: https://hydra.cc/docs/advanced/override_grammar/basic/
+
+    Outputs go to the run directory (`runs/DATE/TIME_MODEL_NORM_bB`, or `hydra.run.dir=DIR`): TensorBoard
+    events, results.json, checkpoint.pt and the composed config in .hydra/. View with
+    `tensorboard --logdir runs`.
+    """
+    _set_debug(debug)
+    from normbench.launch.start import start_run
+
+    try:
+        code = start_run(list(overrides or []))
+    except NormbenchError as error:
+        raise _fail(error) from None
+    raise typer.Exit(code)
+
+
+@app.command(context_settings=PASS_THROUGH)
+def sweep(overrides: list[str] | None = OVERRIDES, debug: bool = DEBUG) -> None:
+    """Run many runs through Hydra's multirun: comma lists are sweep axes, every combination is one run.
+
+    ```
+    normbench sweep                       # the default grid: bn, ln, in, gn x batch 2..128
+    normbench sweep sweep=quick           # the same grid, small budget (~15 min)
+    normbench sweep norm=bn,gn batch_size=2,8,32 seed=0,1,2
+    normbench sweep 'batch_size=range(2,10,2)' norm=gn
+    normbench sweep sweep=quick hydra/launcher=parallel  # joblib, this machine
+    normbench sweep sweep=quick hydra/launcher=slurm     # SLURM (submitit)
+    normbench sweep sweep=tune_lr norm=gn  # tune optim.lr with Optuna
+    ```
+
+    With no sweep axis and no `sweep=` preset, the default grid runs (quoted lists such as
+    `'model.widths=[16,32]'` are values, not axes). Grids are checked run by run before anything trains.
+    `hydra/sweeper=optuna` (`pip install 'normbench[optuna]'`) optimizes instead of enumerating: each run
+    returns `sweep.objective` (`val_acc`: set `hydra.sweeper.direction=maximize`; `val_loss`: minimize), and a
+    failed run returns the worst value. Override grammar: `normbench run --help`.
+
+    Each run gets a directory named by its overrides under the sweep directory (`multirun/DATE/TIME`, or
+    `hydra.sweep.dir=DIR`). Running the same sweep into the same directory skips completed runs and resumes
+    the others. At the end: a table, summary.csv and summary.json; then `normbench report DIR` for figures.
+    """
+    _set_debug(debug)
+    from normbench.launch.start import start_sweep
+
+    try:
+        code = start_sweep(list(overrides or []))
+    except NormbenchError as error:
+        raise _fail(error) from None
+    raise typer.Exit(code)
+
+
+@app.command()
+def report(
+    directory: Path = typer.Argument(..., help="A run or sweep directory (a partial sweep works too)."),
+    no_figures: bool = typer.Option(False, "--no-figures", help="Only the table and summary files."),
+    reference: str = typer.Option(
+        None, "--reference", help="Draw a published result beside yours, cited (an unknown NAME lists them)."
+    ),
+    out: Path = typer.Option(None, "--out", help="Write the summary, figures and report.md here instead of DIR."),
+    skip_bad: bool = typer.Option(
+        False, "--skip-bad", help="Exit 0 even if some results.json cannot be read (they are still listed)."
+    ),
+) -> None:
+    """Tables and figures from a run or sweep directory: validation error vs batch size per norm, loss
+    curves per batch size, summary.csv/json and report.md embedding the figures, written into DIR (or --out).
+    --reference NAME draws a published BN-vs-GN result beside the error-vs-batch figure, with its citation.
+    A results.json that is not a readable record is listed as unreadable and the exit code is 2 (--skip-bad: 0)."""
+    from normbench.run.references import load_reference
+    from normbench.run.report import print_tables, write_report, write_summary
+
+    try:
+        published = load_reference(reference) if reference else None
+        try:
+            if no_figures:
+                summary = write_summary(directory, out)
+            else:
+                summary, figures, path = write_report(directory, published, out)
+        except OSError as error:
+            target = out or directory
+            raise NormbenchError(
+                f"Cannot write the report into {target}: {error.strerror or error} ({error.filename or target}). "
+                "Give a writable directory with --out DIR."
+            ) from None
+    except NormbenchError as error:
+        raise _fail(error) from None
+    print_tables(summary, console)
+    if not no_figures:
+        console.print(f"Wrote {path} with {', '.join(p.name for p in figures)}.", highlight=False)
+    if summary["unreadable"] and not skip_bad:
+        console.print(
+            f"[bold red]Error:[/] {len(summary['unreadable'])} results.json could not be read (listed above); "
+            "the table leaves them out. Pass --skip-bad to accept that.",
+            highlight=False,
+            soft_wrap=True,
+        )
+        raise typer.Exit(EXIT_BAD_INPUT)
+
+
+@app.command("list")
+def list_() -> None:
+    """The registered norms, models, datasets and optimizers, with one line each."""
+    from normbench.parts.data import DATASETS
+    from normbench.parts.models import MODELS
+    from normbench.run.schema import group_schemas
+
+    table = Table(title="normbench: what can be chosen", show_lines=False)
+    table.add_column("group")
+    table.add_column("name", style="bold")
+    table.add_column("description")
+    for name, spec in NORMS.items():
+        layouts = ", ".join(spec.axes)
+        table.add_row("norm", name, f"{spec.summary} [dim](layouts: {layouts})[/]")
+    for name, (_, text) in MODELS.items():
+        table.add_row("model", name, text)
+    for name, text in DATASETS.items():
+        table.add_row("data", name, text)
+    for name, optim in group_schemas()["optim"].items():
+        table.add_row("optim", name, optim.__doc__)
+    console.print(table)
+
+
+@app.command()
+def explain(
+    norm: str = typer.Argument(..., help="A registered norm, e.g. bn, ln, in, gn."),
+    shape: str = typer.Option("4,256", "--shape", help="Input shape: N,C (vector), N,L,D (sequence), N,C,H,W (image)."),
+    groups: int = typer.Option(None, "--groups", help="GroupNorm's group count (default: the norm's default)."),
+) -> None:
+    """What NORM computes on an input of SHAPE: the axes of its statistics, how many statistics and how many
+    values each averages, its parameters, and whether train and eval differ."""
+    from normbench.parts.norms import explain as explain_norm
+
+    try:
+        dims = tuple(int(s) for s in shape.replace("x", ",").split(","))
+    except ValueError:
+        raise _fail(NormbenchError(f"--shape {shape} is not a list of sizes such as 4,256 or 2,8,4,4.")) from None
+    try:
+        e = explain_norm(norm, dims, **({"groups": groups} if groups is not None else {}))
+    except NormbenchError as error:
+        raise _fail(error) from None
+    letters = {"vector": "N,C", "sequence": "N,L,D", "image": "N,C,H,W"}[e.layout]
+    table = Table(title=f"{norm} on {e.layout} input ({letters}) = {','.join(map(str, dims))}", show_header=False)
+    table.add_column(style="bold")
+    table.add_column()
+    if not e.axes:
+        table.add_row("statistics", "none: identity")
+    else:
+        grouped = "/G" in e.axes
+        kept = [a for a in letters.split(",") if a not in e.axes.split(",") and not (grouped and a in "CD")]
+        per = ", ".join(kept + (["group of channels"] if grouped else [])) or "tensor"
+        table.add_row("statistics over", f"{e.axes}  (one mean and one variance per {per})")
+        table.add_row("number of statistics", f"{e.num_statistics} means and {e.num_statistics} variances")
+        table.add_row("values per statistic", str(e.values_per_statistic))
+        table.add_row("parameters", f"{e.params} (γ and β per channel)" if e.params else "0")
+        table.add_row(
+            "train vs eval",
+            "differ: batch statistics in training, running statistics in eval"
+            if e.batch_statistics
+            else "identical: statistics come from each sample alone",
+        )
+    console.print(table)
+
+
+def main() -> None:
+    sys.exit(app(prog_name="normbench"))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

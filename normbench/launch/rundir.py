@@ -1,0 +1,272 @@
+"""Claiming a run directory: decide whether a run may write into it before anything is written there.
+
+A run directory is the evidence a user's conclusions rest on, so the decision comes first and writing after:
+
+* Hydra writes nothing into it (`hydra.output_subdir: null`); normbench writes `.hydra/{config,hydra,overrides}
+  .yaml` itself once the run is accepted (`write_hydra_files`), so a refused run cannot relabel another's record.
+* A directory that holds another run's record, config or checkpoint, or a record that cannot be read, is
+  refused without creating or changing a single file there.
+* The accepted run holds an OS advisory lock (`fcntl.flock` on `.normbench.lock`) for its whole life. The OS
+  drops it when the process ends, however it ends (`kill -9` included), so a lock is never stale; a second
+  process that targets the same directory is refused. An existing lock file is opened read-only, so even a
+  refused process leaves it unchanged.
+* File-system faults (a file where a directory should be, read-only, full) become `RunDirError`s that say which
+  fault and where, instead of tracebacks (`io_error`).
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from normbench.base.errors import RunDirError
+from normbench.base.files import write_atomic
+from normbench.run import record as R
+from normbench.run import schema
+from normbench.run.record import RunRecord
+
+LOCK_FILE = ".normbench.lock"
+HYDRA_DIR = ".hydra"
+CHECKPOINT_FILE = "checkpoint.pt"  # the name checkpoint.py writes; repeated here so that this module needs no torch
+ELSEWHERE = "choose another directory (hydra.run.dir=DIR for a run, hydra.sweep.dir=DIR for a sweep)"
+ELSEWHERE_ = ELSEWHERE[0].upper() + ELSEWHERE[1:]  # at the start of a sentence
+
+
+def io_error(error: OSError, where: Path) -> RunDirError:
+    """An OSError met while preparing or writing the run in `where`, as a message that names the fault."""
+    name = error.filename or where
+    reasons = {
+        errno.ENOSPC: f"No space left on device while writing {name}: the file system holding {where} is full "
+        f"({_free(where)} free). Free space there and rerun the same command (a run continues from its last "
+        f"checkpoint with resume=true), or {ELSEWHERE}.",
+        errno.EDQUOT: f"Disk quota exceeded while writing {name} (in {where}). Free space or {ELSEWHERE}.",
+        errno.EFBIG: f"File too large: writing {name} exceeded the file-size limit (`ulimit -f`) or the file "
+        f"system's. Raise the limit or {ELSEWHERE}.",
+        errno.EROFS: f"{name} is on a read-only file system: normbench cannot write the run there; {ELSEWHERE}.",
+        errno.EACCES: f"Permission denied writing {name}: {ELSEWHERE}, or make it writable.",
+        errno.EPERM: f"Permission denied writing {name}: {ELSEWHERE}, or make it writable.",
+        errno.ENOTDIR: f"{where} cannot be a run directory: a part of that path is a file. {ELSEWHERE_}.",
+        errno.EEXIST: f"{where} is a file, not a directory. {ELSEWHERE_}.",
+    }
+    text = reasons.get(error.errno, f"Cannot write {name}: {error.strerror or error}. {ELSEWHERE_}.")
+    return RunDirError(text)
+
+
+def _free(where: Path) -> str:
+    for path in (where, *where.parents):
+        if path.exists():
+            return f"{shutil.disk_usage(path).free:,} bytes"
+    return "unknown"
+
+
+def prepare(run_dir: Path) -> None:
+    """Make sure `run_dir` is, or can be made, a writable directory; create it (empty) if it is missing. Called
+    by the CLI before Hydra, whose own `mkdir` would otherwise end in a traceback."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunDirError(f"{run_dir} is a file, not a directory. {ELSEWHERE_}.")
+    for parent in run_dir.parents:
+        if parent.exists() and not parent.is_dir():
+            raise RunDirError(f"{run_dir} is below {parent}, which is a file. {ELSEWHERE_}.")
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / f".normbench.write-test.{os.getpid()}"
+        probe.touch()  # access() says yes to root even on a directory it cannot write on a read-only mount
+        probe.unlink()
+    except OSError as error:
+        raise io_error(error, run_dir) from None
+
+
+@dataclass
+class Claim:
+    """An accepted run directory, locked until `release`. `previous` is the record found there (same run)."""
+
+    run_dir: Path
+    previous: RunRecord | None
+    fd: int
+
+    @property
+    def completed(self) -> bool:
+        return self.previous is not None and self.previous.status == R.COMPLETED
+
+    def release(self) -> None:
+        os.close(self.fd)  # closing the descriptor releases the flock
+
+
+def _stored_config(run_dir: Path, previous: RunRecord | None) -> dict | None:
+    """The config of the run already in `run_dir`: its record's, else the `.hydra/config.yaml` normbench wrote
+    when it accepted a run that has no record yet."""
+    if previous is not None:
+        return previous.config
+    path = run_dir / HYDRA_DIR / "config.yaml"
+    if not path.exists():
+        return None
+    try:
+        stored = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+    except Exception as error:  # any YAML or OmegaConf failure: the config is unreadable
+        raise RunDirError(f"{path} cannot be read ({error}); {ELSEWHERE}.") from None
+    return stored if isinstance(stored, dict) else {}
+
+
+def check(run_dir: Path, cfg: DictConfig, resume: bool, multirun: bool) -> RunRecord | None:
+    """Refuse (RunDirError / UnreadableRecord) unless `cfg`'s run may write into `run_dir`; read-only. Returns
+    the record already there, which describes the same run."""
+    previous = RunRecord.read(run_dir)  # unreadable: raises
+    stored = _stored_config(run_dir, previous)
+    if stored is not None:
+        differ = differing(stored, cfg, schema.VOLATILE)
+        if differ:
+            raise RunDirError(
+                f"{run_dir} already holds a different run: {describe(differ)}. normbench does not overwrite "
+                f"results: {ELSEWHERE}, or rerun with that run's settings."
+            )
+    has_checkpoint = (run_dir / CHECKPOINT_FILE).exists()
+    if previous is not None:
+        if not (multirun or resume):
+            raise RunDirError(
+                f"{run_dir} already holds a run with status '{previous.status}'. Continue it with resume=true, "
+                f"or {ELSEWHERE}; normbench does not overwrite results."
+            )
+        if resume and not multirun and not has_checkpoint and previous.status != R.COMPLETED:
+            raise RunDirError(
+                f"resume=true, but {run_dir} holds no checkpoint to continue from (its run stopped with status "
+                f"'{previous.status}' after {previous.steps} steps, before any checkpoint). Remove that directory "
+                f"and run again, or drop resume=true and {ELSEWHERE}."
+            )
+        return previous
+    if has_checkpoint and not (multirun or resume):
+        raise RunDirError(f"{run_dir} holds a checkpoint but no record. Continue it with resume=true, or {ELSEWHERE}.")
+    entries = sorted(p.name for p in run_dir.iterdir() if p.name != LOCK_FILE) if run_dir.is_dir() else []
+    if resume and not multirun and not has_checkpoint and entries:
+        raise RunDirError(
+            f"resume=true, but {run_dir} holds no checkpoint to continue from (it holds {', '.join(entries[:5])}). "
+            f"Drop resume=true and {ELSEWHERE}, or remove that directory."
+        )
+    return None
+
+
+def verify_checkpoint(run_dir: Path) -> None:
+    """Refuse a checkpoint a resume cannot load (empty, truncated, not normbench's) with a message, before the
+    run is built; loading it twice costs a moment, a traceback half-way into a resume costs the user's trust."""
+    import torch
+
+    path = run_dir / CHECKPOINT_FILE
+    if not path.exists():
+        return
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+        missing = {"model", "optimizer", "scheduler", "progress", "rng"} - set(payload)
+    except Exception as error:  # torch raises RuntimeError, UnpicklingError, EOFError, ... for a damaged file
+        why = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else 'empty'}"
+    else:
+        why = f"it lacks {', '.join(sorted(missing))}" if missing else ""
+    if why:
+        raise CheckpointError(
+            f"{path} cannot be loaded to resume the run ({why}; {path.stat().st_size} bytes). Move it away to "
+            f"start the run from step 0 in this directory, or {ELSEWHERE}."
+        )
+
+
+class CheckpointError(RunDirError):
+    """A checkpoint that exists but cannot be loaded."""
+
+
+def _flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def differing(stored: dict[str, Any], cfg: DictConfig, volatile: tuple[str, ...]) -> dict[str, tuple[Any, Any]]:
+    """The settings in which a stored config and `cfg` describe different runs, as {key: (stored, now)}: every
+    setting both configs have, except those that may change between attempts. Settings that only one side has
+    are ignored, so a normbench version that adds a setting (with its default) still recognises earlier runs."""
+    old = _flatten(stored)
+    new = _flatten(OmegaConf.to_container(cfg, resolve=True))  # type: ignore[arg-type]
+    common = sorted((old.keys() & new.keys()) - set(volatile))
+    return {k: (old[k], new[k]) for k in common if old[k] != new[k]}
+
+
+def describe(differ: dict[str, tuple[object, object]]) -> str:
+    """`optim.lr` is 0.1 there and 0.05 now, ... (at most five settings)."""
+    items = [f"{key} is {old!r} there and {new!r} now" for key, (old, new) in list(differ.items())[:5]]
+    more = f" and {len(differ) - 5} more" if len(differ) > 5 else ""
+    return ", ".join(items) + more
+
+
+def claim(run_dir: Path, cfg: DictConfig, resume: bool, multirun: bool) -> Claim:
+    """Check `run_dir` for `cfg`'s run, then lock it. Nothing is created before the checks pass; the checks are
+    repeated under the lock, since another process may have written the directory in between."""
+    check(run_dir, cfg, resume, multirun)
+    lock = run_dir / LOCK_FILE
+    try:
+        fd = _open_lock(lock)
+    except OSError as error:
+        raise io_error(error, run_dir) from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise RunInUse(
+            f"{run_dir} is in use: another normbench process is running this run now (it holds the lock "
+            f"{lock}). Wait for it to finish, or {ELSEWHERE}."
+        ) from None
+    try:
+        previous = check(run_dir, cfg, resume, multirun)
+    except BaseException:
+        os.close(fd)
+        raise
+    return Claim(run_dir, previous, fd)
+
+
+def _open_lock(lock: Path) -> int:
+    """The lock file's descriptor; the directory is made again if a stopping sweep next door removed it as
+    empty (a job it declined) between Hydra's `mkdir` and this."""
+    if lock.exists():
+        return os.open(lock, os.O_RDONLY)
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    return os.open(lock, os.O_RDONLY | os.O_CREAT, 0o644)
+
+
+def in_use(run_dir: Path) -> bool:
+    """Whether a process holds `run_dir`'s lock now, i.e. trains that run (read-only: creates no lock file)."""
+    try:
+        fd = os.open(run_dir / LOCK_FILE, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
+class RunInUse(RunDirError):
+    """A run directory whose lock another process holds."""
+
+
+def write_hydra_files(run_dir: Path, cfg: DictConfig, hydra_cfg: DictConfig) -> None:
+    """What Hydra writes into `.hydra/` (config, hydra, overrides), written once the run is accepted; kept
+    when present, so that a resumed run's files still name the overrides it was started with."""
+    files = {
+        "config.yaml": cfg,
+        "hydra.yaml": OmegaConf.create({"hydra": hydra_cfg}),
+        "overrides.yaml": hydra_cfg.overrides.task,
+    }
+    for name, node in files.items():
+        path = run_dir / HYDRA_DIR / name
+        if not path.exists():
+            text = OmegaConf.to_yaml(node)
+            write_atomic(path, lambda f, text=text: f.write(text))

@@ -1,0 +1,217 @@
+"""Hydra's entry point: the task function that every run, and every job of a multirun, goes through.
+
+`normbench run` and `normbench sweep` call `hydra_main(argv)`, so Hydra's own features work unchanged:
+`--cfg job`, `-m` multiruns, launcher plugins (joblib, submitit), per-run output directories.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import signal
+import sys
+import traceback
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+from rich.table import Table
+
+from normbench.base.console import console, print_error
+from normbench.base.errors import EXIT_CRASH, EXIT_INTERRUPTED, InterruptedRun, NormbenchError
+from normbench.base.resources import config_dir, load_plugins
+from normbench.launch import rundir
+from normbench.launch.compose import validate
+from normbench.launch.jobs import assign_job_gpu, jobs_threads
+from normbench.launch.naming import swept_keys
+from normbench.launch.slurm import job_started
+from normbench.launch.stop import STOP
+from normbench.run import record as R
+from normbench.run import schema
+from normbench.run.record import RunRecord
+
+# What a run returns to optimizing sweepers (sweep.objective), with the worst value it can take: the score of a
+# run that failed or diverged, so that Optuna steers away from it instead of stopping the study.
+OBJECTIVES = {"val_acc": 0.0, "val_loss": math.inf}
+
+
+def print_summary(record: RunRecord) -> None:
+    m = record.metrics
+    table = Table(title=f"{record.model} / {record.norm}, batch {record.batch_size}: {record.status}")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    rows = [
+        ("val acc (final / best)", f"{m.val_acc:.4f} / {m.best_val_acc:.4f}"),
+        ("val loss", f"{m.val_loss:.4f}"),
+        ("train acc / loss", f"{m.train_acc:.4f} / {m.train_loss:.4f}"),
+        *(
+            (f"val acc, {label}", f"{value:.4f}")
+            for label, value in (("batch stats", m.val_acc_batch_stats), ("precise bn", m.val_acc_precise_bn))
+            if value is not None
+        ),
+        ("steps / epochs", f"{record.steps} / {record.epochs}"),
+        ("effective lr", f"{record.effective_lr:.4g}"),
+        ("parameters", f"{record.params:,}"),
+        ("throughput", f"{record.images_per_s:.0f} images/s on {record.device} ({record.threads} threads)"),
+        ("time", f"{record.wall_s:.1f} s training, {record.eval_s + record.bn_modes_s:.1f} s validation"),
+    ]
+    for row in rows:
+        table.add_row(*row)
+    console.print(table)
+
+
+def task(cfg: DictConfig) -> RunRecord | None:
+    """One run. In a multirun a failing run is recorded and returned, so the other runs go on; a signal stops
+    the sweep: the active run is recorded `interrupted` and no further run starts (see `sweeps.SweepStop`)."""
+    hydra_cfg = HydraConfig.get()
+    run_dir = Path(hydra_cfg.runtime.output_dir)
+    multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    where = f" in {run_dir.name}" if multirun else ""
+    job_started(run_dir.name)  # a submitit job: its log and SLURM job name
+    if multirun:
+        STOP.install()
+        if STOP.stopping():  # the sweep is stopping: start nothing
+            return not_started(run_dir)
+        if cfg.threads is None:
+            cfg.threads = jobs_threads(hydra_cfg)
+        assign_job_gpu(hydra_cfg)
+    try:
+        claim = rundir.claim(run_dir, cfg, resume=bool(cfg.resume), multirun=multirun)
+    except NormbenchError as error:  # the directory is someone else's: leave it exactly as it is
+        if multirun and isinstance(error, rundir.RunInUse):  # another sweep into this directory trains it now
+            console.print(
+                f"[yellow]Skipping[/] {run_dir.name}: another normbench process is running it.", highlight=False
+            )
+            return None
+        print_error(error, where)
+        if multirun:
+            return None
+        raise SystemExit(error.exit_code) from None
+    try:
+        if claim.completed:
+            console.print(f"[green]Skipping[/] {run_dir.name}: already completed.", highlight=False)
+            return claim.previous
+        return train(cfg, hydra_cfg, run_dir, multirun)
+    finally:
+        claim.release()
+
+
+def not_started(run_dir: Path) -> None:
+    """A job the stopping sweep does not start: Hydra made its directory; an empty one goes again."""
+    with contextlib.suppress(OSError):
+        run_dir.rmdir()  # only succeeds when empty
+    return None
+
+
+def train(cfg: DictConfig, hydra_cfg: DictConfig, run_dir: Path, multirun: bool) -> RunRecord | None:
+    """Train the claimed run; turn every outcome into a record, a message and (outside a sweep) an exit code."""
+    from normbench.run.board import tensorboard_hint  # deferred, like train: both import torch
+    from normbench.run.train import run  # deferred: keeps `--cfg`/`--help` fast
+
+    where = f" in {run_dir.name}" if multirun else ""
+    try:
+        validate(cfg)
+        try:
+            rundir.write_hydra_files(run_dir, cfg, hydra_cfg)
+            if multirun or cfg.resume:
+                rundir.verify_checkpoint(run_dir)
+            swept = swept_keys(hydra_cfg.overrides.task, hydra_cfg.job.config.override_dirname.exclude_keys)
+            record = run(cfg, run_dir, console=console, resume=multirun or bool(cfg.resume),
+                         swept=swept, experiment=not multirun)  # fmt: skip
+        except OSError as error:
+            raise rundir.io_error(error, run_dir) from None
+        if multirun:  # one line per run; the sweep's table comes at the end
+            m = record.metrics
+            console.print(
+                f"[green]done[/] {run_dir.name}: val acc {m.val_acc:.4f} (best {m.best_val_acc:.4f}), "
+                f"{record.wall_s:.0f} s",
+                highlight=False,
+            )
+        else:
+            print_summary(record)
+            console.print(tensorboard_hint(run_dir), highlight=False, soft_wrap=True)
+        return record
+    except InterruptedRun as error:
+        if not multirun:
+            print_error(error)
+            raise SystemExit(error.exit_code) from None
+        # The sweep's resume command is printed by `normbench sweep`: the same sweep command.
+        console.print(f"[yellow]Interrupted[/] {run_dir.name}: checkpoint saved.", highlight=False)
+        STOP.request(signal.SIGTERM)
+        return read_quietly(run_dir)
+    except KeyboardInterrupt:  # a second Ctrl-C: the loop stopped mid-step and recorded it
+        if not multirun:
+            raise SystemExit(EXIT_INTERRUPTED) from None
+        console.print(f"[yellow]Interrupted[/] {run_dir.name} at once (second Ctrl-C).", highlight=False)
+        STOP.request(signal.SIGINT)
+        return read_quietly(run_dir)
+    except NormbenchError as error:
+        print_error(error, where)
+        record_failure(cfg, run_dir, str(error))
+        if multirun:
+            return read_quietly(run_dir)
+        raise SystemExit(error.exit_code) from None
+    except Exception as error:
+        record_failure(cfg, run_dir, f"{type(error).__name__}: {error}")
+        if not multirun:
+            raise
+        # One broken run must not end the sweep: keep its traceback next to its record.
+        with contextlib.suppress(OSError):
+            (run_dir / "error.txt").write_text(traceback.format_exc())
+        print_error(error, f" in {run_dir.name} (traceback in {run_dir / 'error.txt'})")
+        return read_quietly(run_dir)
+
+
+def read_quietly(run_dir: Path) -> RunRecord | None:
+    try:
+        return RunRecord.read(run_dir)
+    except NormbenchError:
+        return None
+
+
+def record_failure(cfg: DictConfig, run_dir: Path, reason: str) -> None:
+    """Make sure a failed run has a record, without replacing one the run wrote itself (diverged, ...). A disk
+    that cannot take the record (full, read-only) leaves the message on screen as the only account."""
+    previous = read_quietly(run_dir)
+    if previous is None or previous.status == R.RUNNING:
+        with contextlib.suppress(OSError):
+            RunRecord.of(OmegaConf.to_container(cfg, resolve=True), R.FAILED, reason).write(run_dir)
+
+
+def objective(record: RunRecord | None, name: str) -> float:
+    """The final metric `name` of a completed run; the objective's worst value for any other outcome."""
+    worst = OBJECTIVES[name]
+    if record is None or record.status != R.COMPLETED:
+        return worst
+    value = float(getattr(record.metrics, name))
+    return value if math.isfinite(value) else worst
+
+
+def scored_task(cfg: DictConfig) -> float:
+    """`task` as Hydra calls it: optimizing sweepers (Optuna) need a number back. Plugins are loaded here too,
+    because a parallel launcher's worker process starts without them."""
+    load_plugins()
+    return objective(task(cfg), cfg.sweep.objective)
+
+
+def hydra_main(argv: list[str]) -> int:
+    """Run Hydra's entry point with `argv` as the command line; return the exit code."""
+    schema.register()
+    saved = sys.argv
+    sys.argv = ["normbench", *argv]
+    try:
+        with STOP.main_process() if "--multirun" in argv else contextlib.nullcontext():
+            try:
+                hydra.main(config_path=str(config_dir()), config_name="config", version_base="1.3")(scored_task)()
+                code = 0
+            except SystemExit as exit_:
+                code = exit_.code if isinstance(exit_.code, int) else EXIT_CRASH
+            return EXIT_INTERRUPTED if STOP.signum is not None else code
+    finally:
+        sys.argv = saved
+
+
+if __name__ == "__main__":
+    sys.exit(hydra_main(sys.argv[1:]))

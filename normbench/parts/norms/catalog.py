@@ -1,0 +1,182 @@
+"""The built-in norms: one registration each, with its layouts, classes and options.
+
+What each (norm, layout) pair averages, following the user's notes (shared/seed/normalization-notes.md):
+
+| norm | vector (N, C)        | image (N, C, H, W)                 | sequence (N, L, D)               |
+|------|----------------------|------------------------------------|----------------------------------|
+| bn   | per C, over N        | per C, over N, H, W                | per D, over N, L                 |
+| brn  | as bn                | as bn                              | as bn                            |
+| ln   | per sample, over C   | per sample, over C, H, W           | per token, over D                |
+| rms  | as ln (no mean)      | as ln (no mean)                    | as ln (no mean)                  |
+| in   | refused: 1 value     | per sample and C, over H, W        | per sample and D, over L         |
+| gn   | refused: 1 value     | per sample and group, over C/G,H,W | per token and group, over D/G    |
+| none | identity             | identity                           | identity                         |
+
+γ and β are always per channel (C or D of each), never per position, so parameter counts do not depend on
+the resolution: `ln` on images is the GroupNorm paper's LN (= GroupNorm with one group), `in` its IN (with
+affine), which is what its Table 1 compares. IN and GN are refused on vector features because each channel
+holds a single value per sample there: there is no variance to take (the question the notes end with).
+
+Classes are named by import path so that this module imports no torch (see registry.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from normbench.base.errors import NormError
+from normbench.parts.norms.registry import LAYOUTS, on, register_norm
+
+if TYPE_CHECKING:
+    from torch import nn
+
+NN, LAYERS, REF = "torch.nn", "normbench.parts.norms.layers", "normbench.parts.norms.reference"
+ONE_VALUE = (
+    "each channel holds a single value per sample in (N, C) features, so there is no mean or "
+    "variance to take within a sample and channel"
+)
+Cls = Callable[..., "nn.Module"]
+
+
+def _check_eps(name: str, eps: float) -> None:
+    if not eps > 0:
+        raise NormError(f"norm={name}: eps={eps} must be positive (it keeps sqrt(var + eps) away from zero).")
+
+
+def _check_momentum(name: str, momentum: float | None) -> None:
+    if momentum is not None and not 0 < momentum <= 1:
+        raise NormError(
+            f"norm={name}: momentum={momentum} is outside (0, 1]. PyTorch's convention: "
+            "running = (1 - momentum) * running + momentum * batch; null = cumulative average."
+        )
+
+
+@register_norm(
+    "bn",
+    summary="BatchNorm: per channel over the batch; batch statistics in training, running ones in eval",
+    layouts={
+        "vector": on("N", torch=f"{NN}.BatchNorm1d", reference=f"{REF}.ReferenceBatchNorm"),
+        "image": on("N,H,W", torch=f"{NN}.BatchNorm2d", reference=f"{REF}.ReferenceBatchNorm"),
+        "sequence": on("N,L", torch=f"{LAYERS}.SequenceBatchNorm", reference=f"{LAYERS}.SequenceReferenceBatchNorm"),
+    },
+    batch_statistics=True,
+)
+def batch_norm(
+    cls: Cls,
+    num_features: int,
+    *,
+    eps: float = 1e-5,
+    momentum: float | None = 0.1,
+    affine: bool = True,
+    track_running_stats: bool = True,
+) -> nn.Module:
+    _check_eps("bn", eps)
+    _check_momentum("bn", momentum)
+    return cls(num_features, eps=eps, momentum=momentum, affine=affine, track_running_stats=track_running_stats)
+
+
+# PyTorch has no fused Batch Renorm kernel: the formula code is the only implementation.
+@register_norm(
+    "brn",
+    summary="Batch Renormalization (Ioffe 2017): BN corrected towards running statistics by clipped r, d",
+    layouts={
+        "vector": on("N", reference=f"{LAYERS}.BatchRenorm"),
+        "image": on("N,H,W", reference=f"{LAYERS}.BatchRenorm"),
+        "sequence": on("N,L", reference=f"{LAYERS}.SequenceBatchRenorm"),
+    },
+    batch_statistics=True,
+)
+def batch_renorm(
+    cls: Cls,
+    num_features: int,
+    *,
+    eps: float = 1e-5,
+    momentum: float | None = 0.1,
+    affine: bool = True,
+    r_max: float = 3.0,
+    d_max: float = 5.0,
+    warmup_steps: int = 1000,
+) -> nn.Module:
+    _check_eps("brn", eps)
+    _check_momentum("brn", momentum)
+    if r_max < 1 or d_max < 0:
+        raise NormError(f"norm=brn: r_max={r_max} must be >= 1 and d_max={d_max} >= 0 (r_max=1, d_max=0 is BN).")
+    return cls(
+        num_features, eps=eps, momentum=momentum, affine=affine, r_max=r_max, d_max=d_max, warmup_steps=warmup_steps
+    )
+
+
+@register_norm(
+    "ln",
+    summary="LayerNorm: per sample over all its features (per token in sequences); per-channel affine",
+    layouts={
+        "vector": on("C", torch=f"{LAYERS}.LayerNorm", reference=f"{REF}.ReferenceLayerNorm"),
+        "image": on("C,H,W", torch=f"{LAYERS}.ChannelLayerNorm", reference=f"{REF}.ReferenceLayerNorm"),
+        "sequence": on("D", torch=f"{LAYERS}.LayerNorm", reference=f"{LAYERS}.TokenReferenceLayerNorm"),
+    },
+)
+def layer_norm(cls: Cls, num_features: int, *, eps: float = 1e-5, affine: bool = True) -> nn.Module:
+    _check_eps("ln", eps)
+    return cls(num_features, eps=eps, affine=affine)
+
+
+@register_norm(
+    "in",
+    summary="InstanceNorm: per sample and channel over the spatial positions; per-channel affine",
+    layouts={
+        "image": on("H,W", torch=f"{NN}.InstanceNorm2d", reference=f"{REF}.ReferenceInstanceNorm"),
+        "sequence": on(
+            "L", torch=f"{LAYERS}.SequenceInstanceNorm", reference=f"{LAYERS}.SequenceReferenceInstanceNorm"
+        ),
+    },
+    refused={"vector": ONE_VALUE},
+)
+def instance_norm(cls: Cls, num_features: int, *, eps: float = 1e-5, affine: bool = True) -> nn.Module:
+    _check_eps("in", eps)
+    return cls(num_features, eps=eps, affine=affine)
+
+
+@register_norm(
+    "gn",
+    summary="GroupNorm: per sample and channel group over (C/G, H, W); per-channel affine",
+    layouts={
+        "image": on("C/G,H,W", torch=f"{NN}.GroupNorm", reference=f"{REF}.ReferenceGroupNorm"),
+        "sequence": on("D/G", torch=f"{LAYERS}.TokenGroupNorm", reference=f"{LAYERS}.TokenReferenceGroupNorm"),
+    },
+    refused={"vector": ONE_VALUE},
+)
+def group_norm(cls: Cls, num_features: int, *, groups: int = 8, eps: float = 1e-5, affine: bool = True) -> nn.Module:
+    _check_eps("gn", eps)
+    if not isinstance(groups, int) or groups < 1 or num_features % groups:
+        divisors = [g for g in range(1, num_features + 1) if num_features % g == 0]
+        raise NormError(
+            f"norm=gn: groups={groups} does not divide the {num_features} channels of this layer; "
+            f"GroupNorm splits the channels into equal groups. Allowed for {num_features} channels: "
+            f"{', '.join(map(str, divisors))}."
+        )
+    return cls(groups, num_features, eps=eps, affine=affine)
+
+
+@register_norm(
+    "rms",
+    summary="RMSNorm: like LayerNorm but divides by the root mean square, no mean subtracted, no beta",
+    layouts={
+        "vector": on("C", torch=f"{LAYERS}.RMSNorm", reference=f"{REF}.ReferenceRMSNorm"),
+        "image": on("C,H,W", torch=f"{LAYERS}.RMSNorm", reference=f"{REF}.ReferenceRMSNorm"),
+        "sequence": on("D", torch=f"{LAYERS}.TokenRMSNorm", reference=f"{LAYERS}.TokenReferenceRMSNorm"),
+    },
+    min_values=1,  # no variance: one value is normalized to its sign
+)
+def rms_norm(cls: Cls, num_features: int, *, eps: float = 1e-6, affine: bool = True) -> nn.Module:
+    _check_eps("rms", eps)
+    return cls(num_features, eps=eps, affine=affine)
+
+
+@register_norm(
+    "none",
+    summary="No normalization (identity): the baseline",
+    layouts={layout: on("", torch=f"{NN}.Identity", reference=f"{NN}.Identity") for layout in LAYOUTS},
+)
+def no_norm(cls: Cls, num_features: int) -> nn.Module:
+    return cls()

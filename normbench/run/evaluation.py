@@ -1,0 +1,138 @@
+"""Validation, and BatchNorm's two other ways to be evaluated.
+
+`evaluate` is the plain one: mean loss and accuracy in whatever mode the model is in (eval mode: BN uses its
+running statistics, the default `val/acc`). For BN-family models, `bn_mode_accuracies` adds validation in train
+mode, each batch of the training batch size normalized with its own statistics (`val/acc_batch_stats`: the
+training batch size is the point, it is what BN sees in training), and with population statistics re-estimated
+over a fixed number of training images with frozen weights (`val/acc_precise_bn`, PreciseBN, Wu & Johnson 2021).
+PreciseBN counts images, not batches, and uses its own batch size, so that runs at batch 2 and at batch 128 are
+estimated from the same images. Comparing the three separates noisy batch statistics from poor running estimates.
+"""
+
+from __future__ import annotations
+
+import copy
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
+from types import TracebackType
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from normbench.parts.data import Batches
+
+
+def has_running_stats(module: nn.Module) -> bool:
+    """A BN-family layer: it keeps running statistics and updates them with a momentum."""
+    return getattr(module, "running_mean", None) is not None and hasattr(module, "momentum")
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module, batches: Batches, autocast: AbstractContextManager[object] | None = None
+) -> tuple[float, float]:
+    """Mean loss and accuracy of `model` over `batches`, in the mode the model is in. One host sync."""
+    device = batches.labels.device
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device)
+    for x, y in batches.epoch():
+        with autocast or nullcontext():
+            logits = model(x)
+        loss_sum += F.cross_entropy(logits.float(), y, reduction="sum")
+        correct += (logits.argmax(dim=1) == y).sum()
+    n = len(batches.labels)
+    return loss_sum.item() / n, correct.item() / n
+
+
+PRECISE_BN_DRAW = 10_000  # the epoch number of PreciseBN's draw of training images: not one that training uses
+
+
+@dataclass(frozen=True)
+class PreciseBNPlan:
+    """How PreciseBN re-estimates BN statistics: `batches` batches of `batch_size` training images."""
+
+    batch_size: int
+    batches: int
+    requested: int  # eval.precise_bn_images
+
+    @property
+    def images(self) -> int:
+        return self.batch_size * self.batches
+
+    @property
+    def warning(self) -> str | None:
+        """Said in the record when fewer images were used than asked for (fvcore's PreciseBN checks this too)."""
+        if self.images >= self.requested:
+            return None
+        return (
+            f"PreciseBN used {self.images} training images, fewer than eval.precise_bn_images={self.requested} "
+            f"(the training set, in whole batches of {self.batch_size}): its statistics are less precise."
+        )
+
+
+def plan_precise_bn(images: int, batch_size: int, available: int) -> PreciseBNPlan | None:
+    """`images` training images in batches of `batch_size`, both cut to the `available` images (a batch is at
+    least 2 images: BN needs two to have a variance); None when `images` is 0 (PreciseBN off)."""
+    if not images:
+        return None
+    batch = min(available, max(2, min(batch_size, images)))
+    return PreciseBNPlan(batch, max(1, min(images, available) // batch), images)
+
+
+def bn_mode_accuracies(
+    model: nn.Module,
+    val: Batches,
+    val_at_train_batch_size: Batches,
+    precise_bn_batches: Batches | None,
+    plan: PreciseBNPlan | None,
+    autocast: AbstractContextManager[object] | None = None,
+) -> tuple[float, float | None]:
+    """Validation accuracy with batch statistics of the training batch size (the running statistics are left as
+    they were), and with PreciseBN statistics over `plan.batches` batches of `precise_bn_batches` (None without a
+    plan). Leaves `model` in eval mode."""
+    with frozen_buffers(model):
+        model.train()
+        batch_stats = evaluate(model, val_at_train_batch_size, autocast)[1]
+    precise = None
+    if precise_bn_batches is not None and plan is not None:
+        precise = evaluate(precise_bn(model, precise_bn_batches, plan.batches).eval(), val, autocast)[1]
+    model.eval()
+    return batch_stats, precise
+
+
+class frozen_buffers:
+    """Restore every buffer (BN running statistics) on exit: a train-mode pass must not change them."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+
+    def __enter__(self) -> None:
+        self.saved = {k: v.clone() for k, v in self.model.named_buffers()}
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        with torch.no_grad():
+            for k, v in self.model.named_buffers():
+                v.copy_(self.saved[k])
+
+
+@torch.no_grad()
+def precise_bn(model: nn.Module, batches: Batches, num_batches: int) -> nn.Module:
+    """A copy of `model` whose BN statistics are the cumulative average over the first `num_batches` batches of
+    `batches` (momentum=None) with the weights frozen, instead of the exponential average of training. The draw
+    is the same at every call, so successive estimates differ only by the weights."""
+    model = copy.deepcopy(model)
+    for m in model.modules():
+        if has_running_stats(m):
+            m.running_mean.zero_()
+            m.running_var.fill_(1)
+            m.num_batches_tracked.zero_()
+            m.momentum = None
+    model.train()
+    for i, (x, _) in enumerate(batches.epoch(PRECISE_BN_DRAW)):
+        if i >= num_batches:
+            break
+        model(x)
+    return model

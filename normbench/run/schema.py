@@ -1,0 +1,489 @@
+"""normbench's config schema: every key's type, default and allowed values, stated once.
+
+The dataclasses below are Hydra structured configs registered in Hydra's ConfigStore (`register()`), and the
+YAML files under configs/ extend them (`defaults: [/schema/norm/bn@_here_]`): YAML only selects, overrides
+and comments. The model and norm schemas are not written here at all: they are derived from the model
+classes' `__init__` signatures and from the norm registry, so a new model or norm brings its own schema.
+
+What is checked where:
+
+* types and closed sets (enums) by OmegaConf at composition: `batch_size=abc`, `train.compile=maybe` and
+  `budget=forever` never produce a config;
+* ranges, unknown keys and cross-key rules by `check(cfg)`, once, on the composed config. Ranges are field
+  metadata (`setting(128, ge=1)`), next to the type and default they constrain, so the message that names
+  what is allowed is derived from the same fact the check uses. One function rather than `__post_init__`
+  per dataclass because the rules that matter most cross nodes (batch_size vs. the dataset's size,
+  budget vs. max_steps), and because the model and norm dataclasses are generated.
+
+Keys whose value does not change a run's identity (resuming with another thread count is the same run) are
+marked `volatile=True`; `VOLATILE` lists them for the resume check, the report and run-directory names.
+
+This module does not import torch (`normbench report` reads the schema without it): the registries are
+imported only when the model and norm schemas are first built.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import typing
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from enum import Enum, StrEnum
+from functools import cache
+from typing import Any, ClassVar
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
+
+from normbench.base.errors import ConfigError
+
+
+class Choice(StrEnum):
+    """A closed set of names; as a str, `cfg.budget == "steps"` and f-strings keep working."""
+
+
+class Budget(Choice):
+    epochs = "epochs"  # the same data seen at every batch size
+    steps = "steps"  # the same number of optimizer steps
+
+
+class Device(Choice):
+    auto = "auto"  # CUDA, then MPS, then CPU
+    cpu = "cpu"
+    cuda = "cuda"
+    mps = "mps"
+
+
+class LrScaling(Choice):
+    linear = "linear"  # lr·B/base (GroupNorm paper)
+    sqrt = "sqrt"  # lr·sqrt(B/base)
+    none = "none"
+
+
+class Schedule(Choice):
+    cosine = "cosine"
+    constant = "constant"
+
+
+class Generator(Choice):
+    v2 = "v2"  # the class lives in spatial structure only; per-image lighting drawn apart from it
+    v1 = "v1"  # the earlier generator, whose per-image channel statistics still carry the class
+
+
+class XAxis(Choice):
+    examples = "examples"  # examples seen: runs of any batch size line up
+    steps = "steps"  # optimizer steps
+
+
+class CompileMode(Choice):
+    """torch.compile's modes (`train.compile_mode`; names with _ where torch writes -)."""
+
+    default = "default"
+    reduce_overhead = "reduce-overhead"  # CUDA graphs: the small-batch steps replayed without Python or launches
+    max_autotune = "max-autotune"
+
+
+class Objective(Choice):
+    """What a sweep's run returns to optimizing sweepers (Optuna): a final metric of the run."""
+
+    val_acc = "val_acc"  # maximize
+    val_loss = "val_loss"  # minimize
+
+
+class Impl(Choice):
+    torch = "torch"  # PyTorch's fused kernels
+    reference = "reference"  # normbench's code written from the formulas
+
+
+def setting(
+    default: Any,
+    *,
+    ge: float | None = None,
+    gt: float | None = None,
+    lt: float | None = None,
+    null: str = "",
+    volatile: bool = False,
+) -> Any:
+    """A field with its allowed range (ge: >=, gt: >, lt: <; for lists, of every item), the meaning of null
+    where null is allowed, and whether it is volatile (does not change which run this is)."""
+    metadata = {"ge": ge, "gt": gt, "lt": lt, "null": null, "volatile": volatile}
+    if isinstance(default, (list, tuple)):
+        return field(default_factory=lambda: list(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+# --- the fixed part of the schema -----------------------------------------------------------------------
+
+
+@dataclass
+class ModelConfig:
+    name: str = MISSING
+
+
+@dataclass
+class NormConfig:
+    name: str = MISSING
+
+
+@dataclass
+class DataConfig:
+    name: str = MISSING
+    augment: bool = True  # random crop (4-px padding) + horizontal flip, batched on the device
+    subset: int | None = setting(None, ge=1, null="all training images")  # train on the first N images
+    val_subset: int | None = setting(None, ge=1, null="all validation images")
+
+    def sizes(self) -> tuple[int, int]:
+        """(training images, validation images) before subset/val_subset."""
+        raise NotImplementedError
+
+
+@dataclass
+class SyntheticData(DataConfig):
+    """Seeded CIFAR-shaped data made in memory: 3×32×32, 10 classes. No download."""
+
+    name: str = "synthetic"
+    train_size: int = setting(10_000, ge=1)
+    val_size: int = setting(2_000, ge=1)
+    seed: int = 0  # the dataset's own seed: the same images for every run seed
+    difficulty: float = setting(1.5, ge=0)  # strength of overlay and noise (docs/science.md: what cnn+bn reaches)
+    generator: Generator = Generator.v2
+
+    def sizes(self) -> tuple[int, int]:
+        return self.train_size, self.val_size
+
+
+@dataclass
+class Cifar10Data(DataConfig):
+    """CIFAR-10 through torchvision's loader, from root/cifar-10-batches-py/."""
+
+    TRAIN_IMAGES: ClassVar[int] = 50_000
+    VAL_IMAGES: ClassVar[int] = 10_000
+    name: str = "cifar10"
+    root: str = "${oc.env:NORMBENCH_DATA,'~/.cache/normbench'}"  # $NORMBENCH_DATA, else ~/.cache/normbench
+    download: bool = False  # true: fetch the archive into root where the network allows
+
+    def sizes(self) -> tuple[int, int]:
+        return self.TRAIN_IMAGES, self.VAL_IMAGES
+
+
+@dataclass
+class OptimConfig:
+    """lr is the rate at base_batch_size; lr_scaling adapts it to batch_size."""
+
+    name: str = MISSING
+    lr: float = setting(MISSING, gt=0)
+    base_batch_size: int = setting(128, ge=1)
+    lr_scaling: LrScaling = LrScaling.linear
+    weight_decay: float = setting(MISSING, ge=0)  # on weights only, not on γ/β or biases
+    schedule: Schedule = Schedule.cosine
+    warmup_steps: int = setting(0, ge=0)
+
+
+@dataclass
+class SGD(OptimConfig):
+    """SGD with momentum; lr scaled linearly with batch size from optim.base_batch_size"""
+
+    name: str = "sgd"
+    lr: float = setting(0.1, gt=0)
+    momentum: float = setting(0.9, ge=0, lt=1)
+    nesterov: bool = False
+    weight_decay: float = setting(5.0e-4, ge=0)
+
+
+@dataclass
+class AdamW(OptimConfig):
+    """AdamW; lr scaled with the square root of batch size from optim.base_batch_size"""
+
+    name: str = "adamw"
+    lr: float = setting(2.0e-3, gt=0)
+    lr_scaling: LrScaling = LrScaling.sqrt
+    betas: list[float] = setting([0.9, 0.999], ge=0, lt=1)  # noqa: RUF009 (setting() returns a field)
+    weight_decay: float = setting(0.05, ge=0)
+
+
+@dataclass
+class TrainConfig:
+    channels_last: bool = False  # NHWC memory format (faster BN convs on CPU; changes the speed ranking of norms)
+    compile: bool = False  # torch.compile the training forward (evaluation stays eager)
+    compile_mode: CompileMode = CompileMode.default  # with compile=true; reduce_overhead uses CUDA graphs on GPUs
+    amp: bool = False  # bf16 autocast, CUDA only
+    deterministic: bool = False  # GPU: deterministic kernels only (CPU runs repeat bit for bit without it)
+
+
+@dataclass
+class EvalConfig:
+    # Images per validation forward (eval mode: the accuracy does not depend on it). 256 was ~20% faster than 500
+    # for the cnn on this 2-core CPU (2,000 images, alternating rounds): smaller activations stay in cache.
+    batch_size: int = setting(256, ge=1)
+    bn_modes: bool = True  # BN-family models: also validate with batch statistics and with PreciseBN
+    # Epochs between those two extra validations during training (0 = only at the end, where they always run):
+    # at batch 128 on the cnn they cost about a quarter of a training epoch each time.
+    bn_modes_every: int = setting(0, ge=0)
+    # Training images that re-estimate BN statistics (0 = off), the same at every training batch size: 4096
+    # images put a channel mean's standard error at 1.6% of the between-image spread, whatever the batch.
+    precise_bn_images: int = setting(4096, ge=0)
+    # The batch size of that estimate (not the training batch size, so every run sees the same images);
+    # capped at the training images.
+    precise_bn_batch_size: int = setting(128, ge=2)
+
+
+@dataclass
+class LogConfig:
+    every: int = setting(10, ge=1)  # steps between scalar flushes (the only host syncs of a step)
+    # Activation histograms and BN statistics of every norm layer: what is logged, not what is trained.
+    activations: bool = setting(True, volatile=True)
+    # Training images between activation histograms (0 = off), not steps: every batch size gets them at the same
+    # x, and at batch 2 they cost what they cost at batch 128 (12,800 images: every 100 steps at batch 128).
+    hist_every_images: int = setting(12_800, ge=0)
+    hist_values: int = setting(65_536, ge=1)  # values kept per histogram (strided subsample, on the device)
+    x_axis: XAxis = XAxis.examples  # TensorBoard's step for every event of a run
+
+
+@dataclass
+class SweepConfig:
+    # Returned to optimizing sweepers; a failed run returns the worst value (0 or infinity).
+    objective: Objective = Objective.val_acc
+
+
+@dataclass
+class Config:
+    model: ModelConfig = MISSING
+    norm: NormConfig = MISSING
+    data: DataConfig = MISSING
+    optim: OptimConfig = MISSING
+    batch_size: int = setting(128, ge=1)
+    epochs: int = setting(6, ge=1)
+    # Cap on optimizer steps; with budget=steps, the budget itself.
+    max_steps: int | None = setting(None, ge=1, null="no cap")
+    budget: Budget = Budget.epochs
+    seed: int = 0
+    device: Device = setting(Device.auto, volatile=True)  # noqa: RUF009 (setting() returns a field)
+    threads: int | None = setting(None, ge=1, null="all cores, divided among parallel sweep jobs", volatile=True)
+    resume: bool = setting(False, volatile=True)  # continue from the run directory's checkpoint
+    quiet: bool = setting(False, volatile=True)  # no live progress bar
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    sweep: SweepConfig = field(default_factory=SweepConfig)
+
+
+def _volatile(schema: type, prefix: str = "") -> Iterator[str]:
+    for f in dataclasses.fields(schema):
+        if f.metadata.get("volatile"):
+            yield prefix + f.name
+        elif isinstance(f.default_factory, type) and dataclasses.is_dataclass(f.default_factory):
+            yield from _volatile(f.default_factory, f"{prefix}{f.name}.")
+
+
+# Keys that may differ between two attempts at the same run without making it a different run.
+VOLATILE: tuple[str, ...] = tuple(_volatile(Config))
+
+
+# --- the derived part: models and norms -----------------------------------------------------------------
+
+# Model constructor arguments that the data fixes (3×32×32 images, 10 classes) or the norm registry fills.
+FIXED_MODEL_ARGS = ("norm_layer", "num_classes", "in_channels", "in_features", "image_size")
+
+
+def _config_type(hint: Any) -> Any:
+    """A type hint as OmegaConf can hold it: sequences become lists, `X | None` stays optional."""
+    args = typing.get_args(hint)
+    if type(None) in args:
+        (inner,) = [a for a in args if a is not type(None)]
+        return _config_type(inner) | None
+    if typing.get_origin(hint) in (Sequence, list, tuple):
+        return list[args[0]]
+    return hint
+
+
+def _derived(group: str, option: str, base: type, options: dict[str, tuple[Any, Any]], doc: str) -> type:
+    """The dataclass `Group_option` extending `base` with one field per option (key -> (type, default))."""
+    name = f"{group.capitalize()}_{option}"
+    fields: list[tuple[str, Any, Any]] = [("name", str, field(default=option))]
+    for key, (hint, default) in options.items():
+        fields.append((key, _config_type(hint), setting(MISSING if default is inspect.Parameter.empty else default)))
+    cls = dataclasses.make_dataclass(name, fields, bases=(base,), namespace={"__module__": __name__})
+    cls.__doc__ = doc
+    return cls
+
+
+def _model_schemas() -> dict[str, type]:
+    from normbench.parts.models import MODELS
+
+    schemas = {}
+    for model, (cls, text) in MODELS.items():
+        hints = typing.get_type_hints(cls.__init__)
+        params = inspect.signature(cls).parameters.values()
+        options = {p.name: (hints[p.name], p.default) for p in params if p.name not in FIXED_MODEL_ARGS}
+        schemas[model] = _derived("model", model, ModelConfig, options, text)
+    return schemas
+
+
+def _norm_option_types(spec: Any) -> dict[str, Any]:
+    """Each option's type; `impl` is the closed set `Impl` whatever the registry annotates."""
+    return {key: Impl if key == "impl" else hint for key, hint in spec.option_types.items()}
+
+
+def _norm_schemas() -> dict[str, type]:
+    from normbench.parts.norms import NORMS
+
+    schemas = {}
+    for norm, spec in NORMS.items():
+        types = _norm_option_types(spec)
+        options = {key: (types[key], default) for key, default in spec.options.items()}
+        schemas[norm] = _derived("norm", norm, NormConfig, options, spec.summary)
+    return schemas
+
+
+@cache
+def group_schemas() -> dict[str, dict[str, type]]:
+    """Every config group's options and their schemas: {"norm": {"bn": Norm_bn, ...}, ...}."""
+    return {
+        "model": _model_schemas(),
+        "norm": _norm_schemas(),
+        "data": {"synthetic": SyntheticData, "cifar10": Cifar10Data},
+        "optim": {"sgd": SGD, "adamw": AdamW},
+    }
+
+
+def __getattr__(name: str) -> type:
+    # Derived classes are found by name, so that configs holding them pickle (Hydra's joblib launcher
+    # sends the ConfigStore to its workers).
+    group, _, option = name.partition("_")
+    schema = group_schemas()[group.lower()].get(option) if group in ("Model", "Norm") else None
+    if schema is None or schema.__name__ != name:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return schema
+
+
+@cache  # once per process; Hydra's launchers hand the ConfigStore to their workers
+def register() -> None:
+    """Put the schema into Hydra's ConfigStore: `schema` (the root) and `schema/GROUP/OPTION`."""
+    store = ConfigStore.instance()
+    store.store(name="schema", node=Config)
+    for group, options in group_schemas().items():
+        for option, schema in options.items():
+            store.store(group=f"schema/{group}", name=option, node=schema)
+
+
+def _volatile_and(*keys: str) -> list[str]:
+    return [*keys, *VOLATILE]
+
+
+# config.yaml's hydra.job.config.override_dirname.exclude_keys: volatile keys never name a run directory.
+# Registered on import: every process that composes (also a launcher's worker) imports this module first.
+OmegaConf.register_new_resolver("normbench.volatile_and", _volatile_and, replace=True)
+
+
+# --- checks ---------------------------------------------------------------------------------------------
+
+
+def describe(schema: type, key: str) -> str:
+    """What field `key` of `schema` allows, in words: "a whole number >= 1, or null (no cap)"."""
+    f = {f.name: f for f in dataclasses.fields(schema)}[key]
+    hint = typing.get_type_hints(schema)[key]
+    args = typing.get_args(hint)
+    optional = type(None) in args
+    if optional:
+        (hint,) = [a for a in args if a is not type(None)]
+    m = f.metadata
+    limits = [f"{op} {m[k]}" for k, op in (("ge", ">="), ("gt", ">"), ("lt", "<")) if m.get(k) is not None]
+    text = f"{type_words(hint)} {' and '.join(limits)}".strip()
+    if optional:
+        text += f", or null ({m['null']})" if m.get("null") else ", or null"
+    return text
+
+
+def type_words(hint: Any) -> str:
+    """A type in words: "a whole number", "a list of numbers", "one of epochs, steps"."""
+    if typing.get_origin(hint) is list:
+        return f"a list of {type_words(typing.get_args(hint)[0]).removeprefix('a ')}s"
+    if isinstance(hint, type) and issubclass(hint, Enum):
+        return "one of " + ", ".join(m.value for m in hint)
+    words = {bool: "true or false", int: "a whole number", float: "a number", str: "a text"}
+    return words.get(hint, getattr(hint, "__name__", str(hint)))
+
+
+def _fail(key: str, value: Any, allowed: str) -> ConfigError:
+    return ConfigError(f"{key}={_show(value)} is not valid: {allowed}.")
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, (DictConfig, ListConfig)):
+        value = OmegaConf.to_container(value)
+    if isinstance(value, list):
+        return "[" + ",".join(map(_show, value)) + "]"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))  # as typed: lr=0 is shown as 0, not 0.0
+    return "null" if value is None else str(value)
+
+
+def _in_range(value: Any, m: typing.Mapping[str, Any]) -> bool:
+    ge, gt, lt = m.get("ge"), m.get("gt"), m.get("lt")
+    items = value if isinstance(value, list) else [value]
+    return all((ge is None or v >= ge) and (gt is None or v > gt) and (lt is None or v < lt) for v in items)
+
+
+def _check_node(node: DictConfig, prefix: str = "") -> None:
+    """Unknown keys and ranges of one node and its children, as the node's dataclass states them."""
+    schema = OmegaConf.get_type(node)
+    fields = {f.name: f for f in dataclasses.fields(schema)} if dataclasses.is_dataclass(schema) else {}
+    for key in fields:
+        if key not in node or OmegaConf.is_missing(node, key):  # `~key`, or `key=???`
+            raise _fail(f"{prefix}{key}", "???", f"every key needs a value; it must be {describe(schema, key)}")
+    for key in node:
+        full = f"{prefix}{key}"
+        if key not in fields:
+            raise unknown_key(full, schema)
+        value = node[key]
+        if isinstance(value, DictConfig) and dataclasses.is_dataclass(OmegaConf.get_type(value)):
+            _check_node(value, f"{full}.")
+        elif value is not None and not _in_range(_plain(value), fields[key].metadata):
+            raise _fail(full, value, "it must be " + describe(schema, key))
+
+
+def _plain(value: Any) -> Any:
+    return OmegaConf.to_container(value) if isinstance(value, ListConfig) else value
+
+
+def unknown_key(key: str, schema: type | None) -> ConfigError:
+    """The error for a key the schema does not have, naming the keys that exist there."""
+    group, _, leaf = key.rpartition(".")
+    known = [f.name for f in dataclasses.fields(schema)] if schema and dataclasses.is_dataclass(schema) else []
+    where = f" ({group}'s keys: {', '.join(known)})" if group else f" (top-level keys: {', '.join(known)})"
+    elsewhere = [
+        f"{group}={option}"
+        for option, other in group_schemas().get(group, {}).items()
+        if leaf in (f.name for f in dataclasses.fields(other))
+    ]
+    return ConfigError(
+        f"Unknown setting '{key}': normbench has no such key{where if known else ''}."
+        + (f" It is an option of {', '.join(elsewhere)}." if elsewhere else "")
+        + " `normbench run --cfg job` prints every key with its value; config groups are chosen with GROUP=NAME "
+        "(`normbench list`)."
+    )
+
+
+def check(cfg: DictConfig) -> None:
+    """Refuse a composed config that the schema does not allow: unknown keys, values out of range, and the
+    rules that tie keys together. Raises a ConfigError naming the key, the value and what is allowed."""
+    _check_node(cfg)
+    for group, options in group_schemas().items():
+        node = cfg[group]
+        if OmegaConf.get_type(node) is not options.get(node.name):
+            raise _fail(f"{group}.name", node.name, f"choose the {group} with {group}=NAME ({', '.join(options)})")
+    if cfg.budget == Budget.steps and cfg.max_steps is None:
+        raise _fail("max_steps", None, "budget=steps trains for max_steps optimizer steps, so set it (e.g. 2000)")
+    data: DataConfig = OmegaConf.to_object(cfg.data)  # type: ignore[assignment]
+    train_images, val_images = data.sizes()
+    for key, available, split in (("subset", train_images, "training"), ("val_subset", val_images, "validation")):
+        value = getattr(data, key)
+        if value is not None and value > available:
+            raise _fail(f"data.{key}", value, f"it must be between 1 and {available} (the {split} images)")
+    train_images = data.subset or train_images
+    if cfg.batch_size > train_images:
+        raise ConfigError(
+            f"batch_size={cfg.batch_size} is larger than the {train_images} training images of data={data.name}, "
+            "so an epoch would have no full batch (incomplete batches are dropped). Use a smaller batch_size."
+        )
