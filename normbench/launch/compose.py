@@ -17,10 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from hydra import compose, initialize_config_dir
-from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override
-from hydra.errors import HydraException
-from omegaconf import DictConfig, OmegaConf
+from hydra.errors import HydraException, MissingConfigException
+from omegaconf import DictConfig
 from omegaconf.errors import (
     ConfigAttributeError,
     ConfigKeyError,
@@ -31,7 +30,10 @@ from omegaconf.errors import (
 
 from normbench.base.errors import ConfigError, NormbenchError
 from normbench.base.resources import config_dir
+from normbench.launch.overrides import fixed, parse, replaced
 from normbench.run import schema
+
+EXCLUDE_KEYS = "hydra.job.config.override_dirname.exclude_keys"
 
 
 def _schema_error(error: OmegaConfBaseException) -> ConfigError | None:
@@ -59,32 +61,36 @@ def _schema_error(error: OmegaConfBaseException) -> ConfigError | None:
 
 
 @contextmanager
-def _hydra_errors() -> Iterator[None]:
+def hydra_errors() -> Iterator[None]:
     """Hydra's and OmegaConf's composition errors as ConfigError: a refused value names its key and what the
-    schema allows; Hydra's other messages (an unknown group option, ...) are already clear."""
+    schema allows (from the OmegaConf error Hydra chains), a missing group option lists the options (from Hydra's
+    MissingConfigException); Hydra's other messages (a malformed override, ...) are already clear."""
     try:
         yield
     except (HydraException, OmegaConfBaseException) as error:
         cause = error if isinstance(error, OmegaConfBaseException) else error.__cause__
         if isinstance(cause, OmegaConfBaseException) and (mapped := _schema_error(cause)):
             raise mapped from None
-        message = " ".join((str(error) or str(error.__cause__ or type(error).__name__)).split())
-        message = message.split(" Config search path:")[0]  # Hydra's search-path dump helps nobody here
-        unknown = re.match(r"Could not (?:override|append to config)[^']*'([^']+)'", message)
-        if unknown:
-            raise schema.unknown_key(unknown.group(1), None) from None
+        if isinstance(error, MissingConfigException) and error.options is not None:
+            group = str(error.missing_cfg_file).rpartition("/")[0]
+            message = (
+                f"Could not find '{error.missing_cfg_file}'\nAvailable options in '{group}': {' '.join(error.options)}."
+            )
+        else:
+            message = " ".join((str(error) or str(error.__cause__ or type(error).__name__)).split())
         raise ConfigError(f"{message} (`normbench list` shows the config groups and their options.)") from None
 
 
 def compose_unchecked(overrides: list[str], with_hydra: bool = False) -> DictConfig:
     """The composition without `validate`: for reading Hydra's settings (with_hydra) or the schema's defaults."""
     schema.register()
-    with _hydra_errors(), initialize_config_dir(str(config_dir()), version_base="1.3"):
+    with hydra_errors(), initialize_config_dir(str(config_dir()), version_base="1.3"):
         return compose("config", overrides=overrides, return_hydra_config=with_hydra)
 
 
 def compose_config(overrides: list[str]) -> DictConfig:
-    """The config these overrides describe, validated (`validate`): what every consumer gets."""
+    """The config these overrides describe, validated (`validate`): for tests and scripts. Commands compose through
+    Hydra's entry point and the pre-flight (`preflight.py`), once per config."""
     cfg = compose_unchecked(overrides)
     validate(cfg)
     return cfg
@@ -92,21 +98,20 @@ def compose_config(overrides: list[str]) -> DictConfig:
 
 def sweep_jobs(overrides: list[str]) -> list[list[str]]:
     """Every run of a sweep as its own override list, including a `sweep=` preset's `hydra.sweeper.params`."""
-    with _hydra_errors():
-        parsed = OverridesParser.create().parse_overrides(overrides)
-        fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
-        return expand_grid(overrides, compose_unchecked(fixed, with_hydra=True).hydra.sweeper.get("params") or {})
+    with hydra_errors():
+        hydra_node = compose_unchecked(fixed(overrides), with_hydra=True).hydra
+        return expand_grid(overrides, hydra_node.sweeper.get("params") or {})
 
 
 def expand_grid(overrides: Sequence[str], preset: Mapping[str, Any]) -> list[list[str]]:
     """The product of the swept keys' values, as Hydra's basic sweeper expands it: a preset's
     `hydra.sweeper.params` first, the command line winning on the same key."""
-    parser = OverridesParser.create()
-    given = {o.get_key_element() for o in parser.parse_overrides(list(overrides))}
-    from_preset = [f"{key}={value}" for key, value in preset.items() if key not in given]
-    axes: dict[str, list[str]] = {}  # a key given twice: the last one counts, as in Hydra
-    for override in parser.parse_overrides([*from_preset, *overrides]):
-        axes[override.get_key_element()] = _values(override)
+    with hydra_errors():
+        given = {o.get_key_element() for o in parse(overrides)}
+        from_preset = [f"{key}={value}" for key, value in preset.items() if key not in given]
+        axes: dict[str, list[str]] = {}  # a key given twice: the last one counts, as in Hydra
+        for override in parse([*from_preset, *overrides]):
+            axes[override.get_key_element()] = _values(override)
     return [list(job) for job in itertools.product(*axes.values())]
 
 
@@ -122,41 +127,25 @@ def _values(override: Override) -> list[str]:
     return [f"{key}={value}" for value in override.sweep_string_iterator()]
 
 
-def override_key(override: str) -> str:
-    """The key of a Hydra override: `+norm.groups=8` -> `norm.groups`."""
-    return override.split("=", 1)[0].lstrip("+~")
+def exclude_fixed(overrides: list[str], base: Sequence[str]) -> tuple[list[str], list[str]]:
+    """The keys that are fixed on the command line added to `override_dirname`'s exclude list `base`, so that run
+    names (`hydra.sweep.subdir`, `naming.run_name`) and HParams columns show only what varies: `gn_b008_seed001`.
+    Returns the overrides that set it and the list."""
+    with hydra_errors():
+        keys = [o.get_key_element() for o in parse(overrides) if not o.is_sweep_override()]
+    exclude = list(dict.fromkeys([*base, *(k for k in keys if not k.startswith("hydra"))]))
+    return replaced(overrides, EXCLUDE_KEYS, f"[{','.join(exclude)}]"), exclude
 
 
 def name_runs_by_swept_keys(overrides: list[str]) -> list[str]:
-    """Add the keys that are fixed on the command line to `override_dirname`'s exclude list, so that run names
-    (`hydra.sweep.subdir`, `sweeps.run_name`) and HParams columns show only what varies: `gn_b008_seed001`."""
-    with _hydra_errors():
-        parsed = OverridesParser.create().parse_overrides(overrides)
-        fixed = [o.get_key_element() for o in parsed if not o.is_sweep_override()]
+    """`exclude_fixed` on the configured exclude list."""
     base = compose_unchecked([], with_hydra=True).hydra.job.config.override_dirname.exclude_keys
-    keys = list(dict.fromkeys([*base, *(k for k in fixed if not k.startswith("hydra"))]))
-    return [*overrides, f"hydra.job.config.override_dirname.exclude_keys=[{','.join(keys)}]"]
-
-
-_VALIDATED: set[str] = set()  # configs this process has validated: `normbench run` composes twice (CLI, Hydra)
+    return exclude_fixed(overrides, base)[0]
 
 
 def validate(cfg: DictConfig) -> None:
-    """Raise a ConfigError naming the key, its bad value and what is allowed; runs before training.
-    Every config goes through here: `compose_config` for tests and scripts, the Hydra task for runs. A config
-    already validated in this process is not checked again (its model would be built and run again)."""
-    try:
-        text = OmegaConf.to_yaml(cfg, resolve=True)
-    except OmegaConfBaseException:  # a broken interpolation: `_validate` says which
-        text = None
-    if text in _VALIDATED:
-        return
-    _validate(cfg)
-    if text is not None:
-        _VALIDATED.add(text)
-
-
-def _validate(cfg: DictConfig) -> None:
+    """Raise a ConfigError naming the key, its bad value and what is allowed; runs before training. Every config
+    goes through here once: the pre-flight's (a run, each run of a sweep) and a sweep job's in another process."""
     schema.check(cfg)
     from normbench.run.devices import select_device  # deferred: this module is imported without torch
 

@@ -7,8 +7,9 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
+
+from normbench.launch.overrides import parse
 
 RUN_NAME_RESOLVER = "normbench_run"
 # Run names: norm first, then batch size, then the other swept keys in key order; labels are the key's last part.
@@ -18,7 +19,7 @@ LABELS = {"batch_size": "b"}
 def swept_keys(overrides: Sequence[str], exclude: Sequence[str]) -> list[str]:
     """The keys that tell a sweep's runs apart: those of a job's overrides that `override_dirname` does not
     exclude (`normbench sweep` excludes the keys fixed on its command line) and that are not Hydra's own."""
-    parsed = OverridesParser.create().parse_overrides(list(overrides))
+    parsed = parse(overrides)
     keys = [o.key_or_group for o in parsed if not o.is_delete() and not o.key_or_group.startswith("hydra")]
     return [k for k in dict.fromkeys(keys) if k not in set(exclude)]
 
@@ -42,7 +43,7 @@ def _label(key: str, value: Any) -> str:
 def run_name(norm: str, batch_size: int, overrides: Sequence[str], exclude: Sequence[str]) -> str:
     """A sweep run's directory name, e.g. `gn_b008` or `gn_b008_groups016_seed001`: never empty, so a sweep
     of one run still gets its own directory. Registered as the `normbench_run` resolver of `hydra.sweep.subdir`."""
-    parsed = {o.key_or_group: o.value() for o in OverridesParser.create().parse_overrides(list(overrides))}
+    parsed = {o.key_or_group: o.value() for o in parse(overrides)}
     others = sorted(k for k in swept_keys(overrides, exclude) if k not in ("norm", "batch_size"))
     return "_".join([norm, _label("batch_size", batch_size), *(_label(k, parsed[k]) for k in others)])
 

@@ -1,41 +1,89 @@
-"""Every run of a command checked before Hydra starts: its config composed and validated, its directory fixed and
-prepared, and a sweep's grid expanded, run by run, against what its directory already holds."""
+"""Every run of a command checked before it trains, on the config it will train with.
+
+A run: Hydra composes its config once, and `RunCheck` (a Hydra callback, configs/config.yaml) validates that very
+config and prepares its run directory before Hydra's own `mkdir`, so a bad value stops the command before anything
+is written. A sweep: `plan_sweep` composes the sweep's settings once, expands the grid once, and composes and checks
+each run once, against what its directory already holds; its HParams rows are those runs' rows. The task function
+then validates only what the pre-flight of its own process did not see (`checked`): a parallel worker's or a SLURM
+job's config."""
 
 from __future__ import annotations
 
-import re
+import contextlib
+import copy
+import traceback
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
-from omegaconf import DictConfig, OmegaConf
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf, open_dict
 
+from normbench.base.console import debugging, print_error
 from normbench.base.errors import NormbenchError, RunDirError
-from normbench.launch.compose import compose_config, compose_unchecked, override_key, sweep_jobs
-from normbench.launch.naming import RUN_NAME_RESOLVER, run_name
+from normbench.launch.compose import compose_config, compose_unchecked, exclude_fixed, expand_grid, validate
+from normbench.launch.naming import RUN_NAME_RESOLVER, run_name, swept_keys
+from normbench.launch.overrides import app_overrides, fixed, hydra_value, is_hydra_key, override_key, parse, replaced
 from normbench.launch.rundir import describe, differing, prepare
 from normbench.run import schema
+from normbench.run.board import HValue, run_hparams
 from normbench.run.record import RunRecord
+from normbench.run.setup import effective_lr
 
 
-def hydra_value(text: str) -> str:
-    """`text` as one value in Hydra's override grammar: quoted (with escapes) unless it is a plain path."""
-    if re.fullmatch(r"[\w./:+@%-]+", text):
-        return text
-    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+@dataclass
+class _Checked:
+    """What the pre-flight of this process checked: the run Hydra starts next, every job of the running sweep."""
+
+    run: bool = False
+    sweep: bool = False
 
 
-def fix_dir(args: list[str], key: str) -> tuple[list[str], Path]:
-    """Resolve the run (`hydra.run.dir`) or sweep (`hydra.sweep.dir`) directory once, here, and hand Hydra the
-    result: its `${now:...}` default must name the directory the pre-flight checked, and the printed resume
-    command must name it too. The directory is created (empty) if missing; a file there, a path below a file or
-    a read-only place is refused before anything trains."""
-    parsed = OverridesParser.create().parse_overrides(args)
-    fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
-    node = compose_unchecked(fixed, with_hydra=True).hydra
-    directory = Path(str(node.run.dir if key == "hydra.run.dir" else node.sweep.dir))
-    prepare(directory)
-    return [*(a for a in args if override_key(a) != key), f"{key}={hydra_value(str(directory))}"], directory
+CHECKED = _Checked()
+
+
+def checked(multirun: bool) -> bool:
+    """Whether this process's pre-flight validated the task's config (a run's: once, then it is used up)."""
+    if multirun:
+        return CHECKED.sweep
+    was, CHECKED.run = CHECKED.run, False
+    return was
+
+
+@contextlib.contextmanager
+def sweep_checked() -> Iterator[None]:
+    """Around Hydra's multirun of a sweep `plan_sweep` checked: jobs run in this process need no second check."""
+    CHECKED.sweep = True
+    try:
+        yield
+    finally:
+        CHECKED.sweep = False
+
+
+def without_hydra(config: DictConfig) -> DictConfig:
+    """The run's config of a composition that includes Hydra's node, made as Hydra makes the task function's."""
+    cfg = copy.deepcopy(config)
+    with open_dict(cfg):
+        del cfg["hydra"]
+    return cfg
+
+
+class RunCheck(Callback):
+    """Before Hydra starts a run (`normbench run`): its config validated and its directory prepared, once, on the
+    config Hydra composed. A refusal is one paragraph and the documented exit code, before anything is written."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        try:
+            validate(without_hydra(config))
+            prepare(Path(str(config.hydra.run.dir)))  # `${now:}` is cached: the directory Hydra then uses
+        except NormbenchError as error:
+            if debugging():
+                traceback.print_exc()
+            print_error(error)
+            raise SystemExit(error.exit_code) from None  # through Hydra, which reports only `Exception`s
+        CHECKED.run = True
 
 
 def has_grid(args: list[str]) -> bool:
@@ -43,44 +91,53 @@ def has_grid(args: list[str]) -> bool:
     (`norm=bn,gn`, `range(...)`, `interval(...)`); a quoted list such as `'model.widths=[16,32]'` is one value."""
     candidates = [a for a in args if "=" in a and not a.startswith("-")]
     try:
-        parsed = OverridesParser.create().parse_overrides(candidates)
+        parsed = parse(candidates)
     except HydraException:
         return True  # not ours to judge: Hydra reports the malformed override itself
     return any(override_key(a) == "sweep" for a in candidates) or any(o.is_sweep_override() for o in parsed)
 
 
-def app_overrides(overrides: list[str]) -> list[str]:
-    """The overrides that shape one run's config: Hydra's own keys go, except the search path (user configs)."""
-    return [o for o in overrides if not override_key(o).startswith("hydra") or override_key(o) == "hydra.searchpath"]
+@dataclass
+class SweepPlan:
+    """A checked sweep: the overrides Hydra gets (directory and run names fixed), its directory, the grid's run
+    names ([] for optimizing sweepers, which choose runs as they go) and their HParams rows."""
+
+    args: list[str]
+    sweep_dir: Path
+    runs: list[str] = field(default_factory=list)
+    rows: list[Mapping[str, HValue]] = field(default_factory=list)
 
 
-def preflight(args: list[str]) -> list[str]:
-    """Check every run of the sweep before anything trains; return the grid's run directory names ([]: not a
-    grid).
+def plan_sweep(args: list[str]) -> SweepPlan:
+    """Check every run of the sweep before anything trains (raises NormbenchError).
 
-    Grids (Hydra's basic sweeper) are expanded and each run is checked, its config and the directory it will
-    train in: a rerun into the same sweep directory with changed settings is refused here, before Hydra
-    rewrites multirun.yaml or the summary. Other sweepers (Optuna) choose their runs as they go, so the config
-    without the swept keys is checked, and the objective they optimize."""
-    parsed = OverridesParser.create().parse_overrides(args)
-    fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
-    hydra_node = compose_unchecked(fixed, with_hydra=True).hydra
+    Grids (Hydra's basic sweeper) are expanded and each run is checked, its config and the directory it will train
+    in: a rerun into the same sweep directory with changed settings is refused here, before Hydra rewrites
+    multirun.yaml or the summary. Other sweepers (Optuna) choose their runs as they go, so the config without the
+    swept keys is checked, and the objective they optimize. The sweep directory is created (empty) once all passed."""
+    settings = compose_unchecked(fixed(args), with_hydra=True)  # the sweep's one composition of Hydra's settings
+    hydra_node = settings.hydra
+    sweep_dir = Path(str(hydra_node.sweep.dir))  # resolved once, here: the directory checked and the one resumed
+    args, exclude = exclude_fixed(args, hydra_node.job.config.override_dirname.exclude_keys)
+    args = replaced(args, "hydra.sweep.dir", hydra_value(str(sweep_dir)))
+    plan = SweepPlan(args, sweep_dir)
     if hydra_node.runtime.choices["hydra/sweeper"] != "basic":
-        compose_config(app_overrides(fixed))  # validated, objective included
-        return []
-    jobs = sweep_jobs(args)
-    exclude = list(hydra_node.job.config.override_dirname.exclude_keys)
-    named = RUN_NAME_RESOLVER in str(OmegaConf.to_container(hydra_node.sweep)["subdir"])  # not a subdir of the user's
-    names = []
-    for job in jobs:
-        try:
-            cfg = compose_config(app_overrides(job))
-        except NormbenchError as error:
-            raise type(error)(f"in the run {' '.join(job)}: {error}") from None
-        task = [o for o in job if not override_key(o).startswith("hydra")]
-        names.append(run_name(cfg.norm.name, cfg.batch_size, task, exclude))
-        check_rerun(Path(str(hydra_node.sweep.dir)), names[-1], cfg)
-    return names if named else []
+        validate(without_hydra(settings))  # the objective included
+    else:
+        named = RUN_NAME_RESOLVER in str(OmegaConf.to_container(hydra_node.sweep)["subdir"])  # not the user's
+        for job in expand_grid(args, hydra_node.sweeper.get("params") or {}):
+            try:
+                cfg = compose_config(app_overrides(job))
+            except NormbenchError as error:
+                raise type(error)(f"in the run {' '.join(job)}: {error}") from None
+            name = run_name(cfg.norm.name, cfg.batch_size, [o for o in job if not is_hydra_key(o)], exclude)
+            check_rerun(sweep_dir, name, cfg)
+            plan.runs.append(name)
+            plan.rows.append(run_hparams(cfg, effective_lr(cfg.optim, cfg.batch_size), swept_keys(job, exclude)))
+        if not named:
+            plan.runs = []
+    prepare(sweep_dir)
+    return plan
 
 
 def check_rerun(sweep_dir: Path, name: str, cfg: DictConfig) -> None:

@@ -1,17 +1,24 @@
-"""`normbench run` and `normbench sweep` as the launch layer does them: every run checked before Hydra starts, the
-directory fixed once, then Hydra's own entry point (`task.hydra_main`), and a sweep's outcome from its records."""
+"""`normbench run` and `normbench sweep` as the launch layer does them: Hydra's own entry point (`task.hydra_main`)
+with every run checked before it trains (`preflight.py`), and a sweep's outcome from its records."""
 
 from __future__ import annotations
 
+import os
 import shlex
+import traceback
 
 from normbench.base.console import console
-from normbench.base.errors import EXIT_INTERRUPTED, EXIT_SWEEP_INCOMPLETE
-from normbench.launch.compose import compose_config, name_runs_by_swept_keys, override_key
-from normbench.launch.preflight import fix_dir, has_grid, hydra_value, preflight
+from normbench.base.errors import EXIT_CRASH, EXIT_INTERRUPTED, EXIT_SWEEP_INCOMPLETE, NormbenchError
+from normbench.launch import task
+from normbench.launch.compose import hydra_errors
+from normbench.launch.overrides import hydra_value, override_key
+from normbench.launch.preflight import has_grid, plan_sweep, sweep_checked
 from normbench.launch.stop import STOP
 from normbench.launch.summary import sweep_outcome
-from normbench.launch.task import hydra_main
+from normbench.run.board import write_experiment
+
+
+FULL_ERROR = "HYDRA_FULL_ERROR"
 
 
 def overrides_only(args: list[str]) -> bool:
@@ -27,11 +34,26 @@ def hydra_args(args: list[str]) -> list[str]:
 
 
 def start_run(args: list[str]) -> int:
-    """One run: checked (raises NormbenchError), then trained by Hydra's entry point; returns the exit code."""
-    if overrides_only(args):
-        compose_config(args)  # validated: refuses what the run would refuse
-        args, _ = fix_dir(args, "hydra.run.dir")
-    return hydra_main(hydra_args(args))
+    """One run through Hydra's entry point, which composes its config once; `preflight.RunCheck` checks that config
+    before anything is written. Returns the exit code; raises ConfigError for a config Hydra cannot compose.
+
+    HYDRA_FULL_ERROR (Hydra's documented switch) makes Hydra raise its errors instead of printing them, so that a
+    composition error gets normbench's paragraph and exit code 2; a crash keeps its traceback and exit code 1."""
+    saved = os.environ.get(FULL_ERROR)
+    os.environ[FULL_ERROR] = "1"
+    try:
+        with hydra_errors():
+            return task.hydra_main(hydra_args(args))
+    except NormbenchError:
+        raise
+    except Exception:
+        traceback.print_exc()
+        return EXIT_CRASH
+    finally:
+        if saved is None:
+            os.environ.pop(FULL_ERROR, None)
+        else:
+            os.environ[FULL_ERROR] = saved
 
 
 def start_sweep(given: list[str]) -> int:
@@ -39,18 +61,20 @@ def start_sweep(given: list[str]) -> int:
     multirun; returns the exit code the sweep's records give (`summary.sweep_outcome`)."""
     args = given if has_grid(given) else ["sweep=default", *given]  # no grid given: the named default grid
     if not overrides_only(args):
-        return hydra_main(["--multirun", *hydra_args(args)])
+        return task.hydra_main(["--multirun", *hydra_args(args)])
     with STOP.main_process():  # a signal from here on stops the sweep, whatever it is doing
-        args, sweep_dir = fix_dir(args, "hydra.sweep.dir")
-        args = name_runs_by_swept_keys(args)
-        runs = preflight(args)
+        plan = plan_sweep(args)
+        sweep_dir = plan.sweep_dir
         again = shlex.join(["normbench", "sweep", *(a for a in given if override_key(a) != "hydra.sweep.dir"),
                             f"hydra.sweep.dir={hydra_value(str(sweep_dir))}"])  # fmt: skip
         code = EXIT_INTERRUPTED
         if not STOP.stopping():
-            if runs:
-                console.print(f"Sweeping {len(runs)} runs.", highlight=False)
-            code = hydra_main(["--multirun", *hydra_args(args)])
+            if plan.rows and not any(sweep_dir.glob("events.out.tfevents.*")):  # a rerun's grid is the same
+                write_experiment(sweep_dir, plan.rows)  # the HParams experiment of the runs checked above
+            if plan.runs:
+                console.print(f"Sweeping {len(plan.runs)} runs.", highlight=False)
+            with sweep_checked():
+                code = task.hydra_main(["--multirun", *hydra_args(plan.args)])
         if code in (0, EXIT_INTERRUPTED, EXIT_SWEEP_INCOMPLETE):  # 4: a parallel worker died (stop.py)
-            code = sweep_outcome(sweep_dir, runs, again, interrupted=code == EXIT_INTERRUPTED or STOP.stopping())
+            code = sweep_outcome(sweep_dir, plan.runs, again, interrupted=code == EXIT_INTERRUPTED or STOP.stopping())
     return code

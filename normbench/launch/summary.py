@@ -1,50 +1,25 @@
-"""What a Hydra callback writes when a multirun starts (the HParams experiment of its grid) and ends (the summary
-table and files), so that it works under every launcher."""
+"""What a sweep leaves at its end: the summary table and files (a Hydra callback, so that it works under every
+launcher), and the exit code its records give."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-from hydra.errors import HydraException
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
-from omegaconf.errors import OmegaConfBaseException
 
 from normbench.base.console import console
-from normbench.base.errors import EXIT_INTERRUPTED, EXIT_SWEEP_INCOMPLETE, ConfigError, NormbenchError
-from normbench.launch.compose import expand_grid
-from normbench.launch.naming import swept_keys
+from normbench.base.errors import EXIT_INTERRUPTED, EXIT_SWEEP_INCOMPLETE, NormbenchError
 from normbench.launch.rundir import in_use
-from normbench.run.board import run_hparams, tensorboard_hint, write_experiment
+from normbench.run.board import tensorboard_hint
 from normbench.run.record import COMPLETED, RUNNING, UnreadableRecord, find_records
 from normbench.run.report import print_tables, write_summary
-from normbench.run.setup import effective_lr
 
 
 class SweepSummary(Callback):
-    """At the start of a multirun, the HParams experiment of its grid in the sweep directory; at the end, a
-    table of the grid, summary.csv / summary.json, and how to open it in TensorBoard."""
-
-    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        from hydra import compose  # inside the running app: composes with its config source
-
-        hydra_cfg = config.hydra
-        exclude = hydra_cfg.job.config.override_dirname.exclude_keys
-        runs = []
-        try:
-            jobs = expand_grid(hydra_cfg.overrides.task, hydra_cfg.sweeper.get("params") or {})
-        except ConfigError:  # not a grid (an optimizing sweeper's intervals): no experiment up front
-            return
-        for job in jobs:
-            try:
-                cfg = compose("config", overrides=[o for o in job if not o.lstrip("+~").startswith("hydra")])
-            except (HydraException, OmegaConfBaseException):  # that run fails and is recorded; the others go on
-                continue
-            runs.append(run_hparams(cfg, effective_lr(cfg.optim, cfg.batch_size), swept_keys(job, exclude)))
-        sweep_dir = Path(hydra_cfg.sweep.dir)
-        if runs and not any(sweep_dir.glob("events.out.tfevents.*")):  # a rerun's grid is the same: written once
-            write_experiment(sweep_dir, runs)
+    """At the end of a multirun: a table of the grid, summary.csv / summary.json, and how to open it in TensorBoard.
+    (The grid's HParams experiment is written before it starts, from the runs the pre-flight checked.)"""
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)

@@ -22,7 +22,7 @@ from rich.table import Table
 from normbench.base.console import console, print_error
 from normbench.base.errors import EXIT_CRASH, EXIT_INTERRUPTED, InterruptedRun, NormbenchError
 from normbench.base.resources import config_dir, load_plugins
-from normbench.launch import rundir
+from normbench.launch import preflight, rundir
 from normbench.launch.compose import validate
 from normbench.launch.jobs import assign_job_gpu, jobs_threads
 from normbench.launch.naming import swept_keys
@@ -112,7 +112,8 @@ def train(cfg: DictConfig, hydra_cfg: DictConfig, run_dir: Path, multirun: bool)
 
     where = f" in {run_dir.name}" if multirun else ""
     try:
-        validate(cfg)
+        if not preflight.checked(multirun):  # a parallel worker's or SLURM job's config, or Hydra called directly
+            validate(cfg)
         try:
             rundir.write_hydra_files(run_dir, cfg, hydra_cfg)
             if multirun or cfg.resume:
