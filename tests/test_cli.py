@@ -10,6 +10,7 @@ from conftest import ROOT, normbench
 from typer.testing import CliRunner
 
 from normbench.cli import app
+from normbench.parts.models import MODELS
 
 runner = CliRunner()
 
@@ -21,7 +22,7 @@ def invoke(*args: str) -> tuple[int, str]:
 
 def test_help_explains_groups_and_gives_examples() -> None:
     code, out = invoke("--help")
-    models = "|".join(sorted(p.stem for p in (ROOT / "configs" / "model").glob("*.yaml")))
+    models = "|".join(sorted(MODELS))
     assert code == 0 and f"model={models}" in out and "norm=bn|brn|ln|in|gn|rms|none" in out
     code, out = invoke("run", "--help")
     assert code == 0 and "normbench run model=cnn norm=gn norm.groups=8" in out and "--cfg job" in out

@@ -19,7 +19,6 @@ Every `NormbenchError` is printed as one paragraph without a traceback (set NORM
 
 from __future__ import annotations
 
-EXIT_OK = 0
 EXIT_CRASH = 1
 EXIT_BAD_INPUT = 2
 EXIT_DIVERGED = 3

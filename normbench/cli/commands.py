@@ -11,22 +11,25 @@ import os
 import sys
 import traceback
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.table import Table
+from typer.core import TyperGroup
 
 from normbench.base.console import console, debugging
 from normbench.base.errors import EXIT_BAD_INPUT, NormbenchError
-from normbench.base.resources import config_dir, load_plugins
+from normbench.base.resources import load_plugins
+from normbench.launch.compose import group_options
 from normbench.parts.norms import NORMS  # the registry imports no torch: help stays fast
 
 PASS_THROUGH = {"allow_extra_args": True, "ignore_unknown_options": True}
 
 
 def _choices(group: str) -> str:
-    """The options of a config group, read from the configs themselves (the one list of them)."""
+    """The options of a config group, from the one list of them that completion reads too."""
     try:
-        return "|".join(sorted(p.stem for p in (config_dir() / group).glob("*.yaml")))
+        return "|".join(group_options(group))
     except NormbenchError:
         return "NAME"
 
@@ -39,15 +42,28 @@ def _norms() -> str:
     return "|".join(NORMS)
 
 
-app = typer.Typer(
-    help=(
+def _help() -> str:
+    return (
         "Compare normalization layers (BatchNorm, LayerNorm, InstanceNorm, GroupNorm, ...) on small MLP, CNN and "
         "Transformer models, across batch sizes, in TensorBoard.\n\n"
         f"Config groups (pick one with `GROUP=NAME`): `model={_choices('model')}`, `norm={_norms()}`, "
         f"`data={_choices('data')}`, `optim={_choices('optim')}`. Any key can be set with `KEY=VALUE` (Hydra "
         "syntax), e.g. `norm.groups=16 optim.lr=0.05 batch_size=32 epochs=2`; `normbench run --help` explains the "
         "grammar."
-    ),
+    )
+
+
+class _Commands(TyperGroup):
+    """The command group whose help lists the config groups' options when it is shown: the model options come
+    from the model classes, which import torch, a cost every other command would pay at start-up."""
+
+    def format_help(self, ctx: Any, formatter: Any) -> None:  # typer's click Context and HelpFormatter
+        self.help = _help()
+        super().format_help(ctx, formatter)
+
+
+app = typer.Typer(
+    cls=_Commands,
     no_args_is_help=True,
     rich_markup_mode="markdown",  # paragraphs rewrap to the terminal, examples in code blocks stay whole
     pretty_exceptions_enable=False,
@@ -228,7 +244,6 @@ def report(
 @app.command("list")
 def list_() -> None:
     """The registered norms, models, datasets and optimizers, with one line each."""
-    from normbench.parts.data import DATASETS
     from normbench.parts.models import MODELS
     from normbench.run.schema import group_schemas
 
@@ -241,10 +256,9 @@ def list_() -> None:
         table.add_row("norm", name, f"{spec.summary} [dim](layouts: {layouts})[/]")
     for name, (_, text) in MODELS.items():
         table.add_row("model", name, text)
-    for name, text in DATASETS.items():
-        table.add_row("data", name, text)
-    for name, optim in group_schemas()["optim"].items():
-        table.add_row("optim", name, optim.__doc__)
+    for group in ("data", "optim"):
+        for name, schema in group_schemas()[group].items():
+            table.add_row(group, name, schema.__doc__)
     console.print(table)
 
 

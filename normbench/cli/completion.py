@@ -1,5 +1,6 @@
-"""Shell completion of Hydra overrides for `normbench run` and `sweep`, from the configs Hydra finds (normbench's
-own, the user's `hydra.searchpath`, Hydra's and its plugins' groups), so a new YAML file completes at once.
+"""Shell completion of Hydra overrides for `normbench run` and `sweep`: config groups and their options from the one
+list the help shows too (`compose.group_options`: the schema's options, normbench's YAML files, Hydra's and its
+plugins' launchers and sweepers), so a new YAML file completes at once, and the keys of the config composed so far.
 
 Typer's completion scripts hand over the words typed so far. bash splits words at `=` (COMP_WORDBREAKS), which
 Typer's script does not undo: the README's install note removes `=` from COMP_WORDBREAKS for bash.
@@ -7,44 +8,24 @@ Typer's script does not undo: the README's install note removes `=` from COMP_WO
 
 from __future__ import annotations
 
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig, OmegaConf
 
-from normbench.base.resources import config_dir
-from normbench.run import schema
-
-HYDRA_GROUPS = ("hydra/launcher", "hydra/sweeper")  # Hydra's own groups that a normbench user picks
+from normbench.base.errors import NormbenchError
+from normbench.launch.compose import compose_unchecked, config_groups, group_options
 
 
 def candidates(args: list[str], incomplete: str) -> list[str]:
     """What may follow the overrides `args` on the command line, starting with `incomplete`."""
     key, is_value, value = incomplete.partition("=")
-    schema.register()  # the YAML options extend the schema's nodes
-    with initialize_config_dir(str(config_dir()), version_base="1.3"):
-        loader = GlobalHydra.instance().config_loader()
-        groups = [
-            g
-            for g in _groups(loader, "")
-            if not g.startswith(("hydra", "schema")) or g.startswith(HYDRA_GROUPS)  # schema/: not chosen by users
-        ]
-        if is_value and key in groups:
-            return [f"{key}={option}" for option in loader.get_group_options(key) if option.startswith(value)]
-        cfg = compose("config", overrides=_valid(args))
-        if is_value:  # a key's value: booleans are the only closed set a plain key has
-            is_bool = isinstance(OmegaConf.select(cfg, key), bool)
-            return [f"{key}={v}" for v in ("true", "false") if is_bool and v.startswith(value)]
-        choices = [f"{group}={option}" for group in groups for option in loader.get_group_options(group)]
+    cfg = compose_unchecked(_valid(args))  # also has Hydra look for its plugins: their options are listed then
+    groups = config_groups()
+    if is_value and key in groups:
+        return [f"{key}={option}" for option in group_options(key) if option.startswith(value)]
+    if is_value:  # a key's value: booleans are the only closed set a plain key has
+        is_bool = isinstance(OmegaConf.select(cfg, key), bool)
+        return [f"{key}={v}" for v in ("true", "false") if is_bool and v.startswith(value)]
+    choices = [f"{group}={option}" for group in groups for option in group_options(group)]
     return [c for c in (*choices, *(f"{k}=" for k in _keys(cfg))) if c.startswith(incomplete)]
-
-
-def _groups(loader: object, parent: str) -> list[str]:
-    """Every config group under `parent`, nested ones included (`hydra/launcher`, `hydra/sweeper/sampler`)."""
-    found = []
-    for name in loader.list_groups(parent):  # type: ignore[attr-defined]
-        path = f"{parent}/{name}" if parent else name
-        found += [path, *_groups(loader, path)]
-    return found
 
 
 def _keys(cfg: DictConfig, prefix: str = "") -> list[str]:
@@ -59,8 +40,8 @@ def _valid(args: list[str]) -> list[str]:
     kept: list[str] = []
     for arg in (a for a in args if "=" in a and not a.startswith("-")):
         try:
-            compose("config", overrides=[*kept, arg])
+            compose_unchecked([*kept, arg])
             kept.append(arg)
-        except Exception:
+        except NormbenchError:
             continue
     return kept

@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from hydra import compose, initialize_config_dir
+from hydra.core.config_store import ConfigStore
+from hydra.core.object_type import ObjectType
 from hydra.core.override_parser.types import Override
 from hydra.errors import HydraException, MissingConfigException
 from omegaconf import DictConfig
@@ -170,3 +172,36 @@ def _validate_model(cfg: DictConfig) -> None:
     except (ValueError, TypeError, RuntimeError) as error:
         name, _ = split_name(cfg.model)
         raise ConfigError(f"model={name} cannot be built from its config {dict(cfg.model)}: {error}") from None
+
+
+# Hydra's own groups that a normbench user picks an option of (and their subgroups, e.g. hydra/sweeper/sampler).
+HYDRA_GROUPS = ("hydra/launcher", "hydra/sweeper")
+
+
+def group_options(group: str) -> list[str]:
+    """The options of config group `group`, the one list the CLI's help and shell completion show: the schema's
+    (registered in Hydra's ConfigStore), normbench's YAML files, and Hydra's and its plugins' launchers and sweepers
+    (in the ConfigStore once Hydra has looked for its plugins, i.e. after a composition)."""
+    schema.register()
+    store = ConfigStore.instance()
+    stored = store.list(group) if store.get_type(group) == ObjectType.GROUP else []
+    files = [p.stem for p in (config_dir() / group).glob("*.yaml")]
+    return sorted({*files, *(n.removesuffix(".yaml") for n in stored if n.endswith(".yaml"))})
+
+
+def config_groups(parent: str = "") -> list[str]:
+    """Every config group a user picks from, nested ones included: the schema's, normbench's YAML folders, and
+    HYDRA_GROUPS (not `schema/`, whose nodes only user YAML files extend, nor Hydra's internal groups)."""
+    schema.register()
+    store = ConfigStore.instance()
+    stored = store.list(parent) if store.get_type(parent) == ObjectType.GROUP else []
+    folder = config_dir() / parent
+    subfolders = {p.name for p in folder.iterdir() if p.is_dir()} if folder.is_dir() else set()
+    found = []
+    for name in sorted({n for n in stored if not n.endswith(".yaml")} | subfolders):
+        path = f"{parent}/{name}" if parent else name
+        if path.startswith(HYDRA_GROUPS) or not path.startswith(("hydra", "schema")):
+            found += [path, *config_groups(path)]
+        elif any(g.startswith(f"{path}/") for g in HYDRA_GROUPS):  # `hydra` itself: only its user groups
+            found += config_groups(path)
+    return found

@@ -28,13 +28,13 @@ from omegaconf import DictConfig, OmegaConf
 
 from normbench.base.errors import RunDirError
 from normbench.base.files import write_atomic
+from normbench.run import checkpoint, schema
 from normbench.run import record as R
-from normbench.run import schema
+from normbench.run.checkpoint import CHECKPOINT_FILE
 from normbench.run.record import RunRecord
 
 LOCK_FILE = ".normbench.lock"
 HYDRA_DIR = ".hydra"
-CHECKPOINT_FILE = "checkpoint.pt"  # the name checkpoint.py writes; repeated here so that this module needs no torch
 ELSEWHERE = "choose another directory (hydra.run.dir=DIR for a run, hydra.sweep.dir=DIR for a sweep)"
 ELSEWHERE_ = ELSEWHERE[0].upper() + ELSEWHERE[1:]  # at the start of a sentence
 
@@ -151,26 +151,18 @@ def check(run_dir: Path, cfg: DictConfig, resume: bool, multirun: bool) -> RunRe
     return None
 
 
-def verify_checkpoint(run_dir: Path) -> None:
-    """Refuse a checkpoint a resume cannot load (empty, truncated, not normbench's) with a message, before the
-    run is built; loading it twice costs a moment, a traceback half-way into a resume costs the user's trust."""
-    import torch
-
-    path = run_dir / CHECKPOINT_FILE
-    if not path.exists():
-        return
+def read_checkpoint(run_dir: Path) -> dict[str, Any] | None:
+    """The run's checkpoint, read once and checked before the run is built (`checkpoint.read`): one that a resume
+    cannot load (empty, truncated, not normbench's) is refused with a message, not a traceback half-way into the
+    resume. None when there is no checkpoint."""
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-        missing = {"model", "optimizer", "scheduler", "progress", "rng"} - set(payload)
-    except Exception as error:  # torch raises RuntimeError, UnpicklingError, EOFError, ... for a damaged file
-        why = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else 'empty'}"
-    else:
-        why = f"it lacks {', '.join(sorted(missing))}" if missing else ""
-    if why:
+        return checkpoint.read(run_dir)
+    except checkpoint.UnreadableCheckpoint as why:
+        path = run_dir / CHECKPOINT_FILE
         raise CheckpointError(
             f"{path} cannot be loaded to resume the run ({why}; {path.stat().st_size} bytes). Move it away to "
             f"start the run from step 0 in this directory, or {ELSEWHERE}."
-        )
+        ) from None
 
 
 class CheckpointError(RunDirError):

@@ -17,7 +17,6 @@ from normbench.launch.stop import STOP
 from normbench.launch.summary import sweep_outcome
 from normbench.run.board import write_experiment
 
-
 FULL_ERROR = "HYDRA_FULL_ERROR"
 
 

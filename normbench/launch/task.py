@@ -116,10 +116,10 @@ def train(cfg: DictConfig, hydra_cfg: DictConfig, run_dir: Path, multirun: bool)
             validate(cfg)
         try:
             rundir.write_hydra_files(run_dir, cfg, hydra_cfg)
-            if multirun or cfg.resume:
-                rundir.verify_checkpoint(run_dir)
+            resume = multirun or bool(cfg.resume)
+            saved = rundir.read_checkpoint(run_dir) if resume else None  # read once, checked, restored by the run
             swept = swept_keys(hydra_cfg.overrides.task, hydra_cfg.job.config.override_dirname.exclude_keys)
-            record = run(cfg, run_dir, console=console, resume=multirun or bool(cfg.resume),
+            record = run(cfg, run_dir, console=console, resume=resume, saved_checkpoint=saved,
                          swept=swept, experiment=not multirun)  # fmt: skip
         except OSError as error:
             raise rundir.io_error(error, run_dir) from None

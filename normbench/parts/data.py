@@ -24,10 +24,6 @@ CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 CIFAR10_FOLDER = "cifar-10-batches-py"
 CIFAR10_FILES = [*(f"data_batch_{i}" for i in range(1, 6)), "test_batch", "batches.meta"]
-DATASETS = {
-    "synthetic": "seeded CIFAR-shaped images (3×32×32, 10 classes) made in memory; no download",
-    "cifar10": "CIFAR-10 from data.root (torchvision's loader; data.download=true fetches it)",
-}
 
 
 @dataclass
@@ -51,7 +47,7 @@ def load_data(cfg: Mapping[str, Any]) -> ImageData:
     elif cfg["name"] == "cifar10":
         data = load_cifar10(cfg["root"], cfg["download"])
     else:
-        raise ConfigError(f"Unknown dataset '{cfg['name']}'. Datasets: {', '.join(DATASETS)}.")
+        raise ConfigError(f"Unknown dataset '{cfg['name']}' (`normbench list` names the datasets).")
     for key, split in (("subset", "train"), ("val_subset", "val")):
         n = cfg.get(key)
         if n is None:

@@ -33,8 +33,6 @@ from normbench.run import record as R
 HValue = str | float | bool
 # HParams columns: the last value of each of these tags in a run.
 METRICS = ("val/acc", "val/loss", "train/acc", "train/loss_epoch", "val/acc_batch_stats", "val/acc_precise_bn")
-# Shown for every run, swept or not: what a comparison of norms across batch sizes is about.
-ALWAYS = ("norm", "batch_size", "lr", "model", "seed")
 # HParams statuses of the results.json statuses that end a run for good. TensorBoard keeps the first status a
 # run directory holds, so an interrupted (resumable) run writes none: it shows as unknown until it ends.
 STATUS = {R.COMPLETED: api_pb2.STATUS_SUCCESS, R.DIVERGED: api_pb2.STATUS_FAILURE, R.FAILED: api_pb2.STATUS_FAILURE}

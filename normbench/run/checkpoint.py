@@ -16,6 +16,30 @@ from torch import nn
 from normbench.base.files import write_atomic
 
 CHECKPOINT_FILE = "checkpoint.pt"
+PARTS = ("model", "optimizer", "scheduler", "progress", "rng")
+
+
+class UnreadableCheckpoint(Exception):
+    """A checkpoint file that exists but cannot be resumed from; the message says why."""
+
+
+def read(run_dir: Path) -> dict[str, Any] | None:
+    """The checkpoint of `run_dir` as saved (tensors on the CPU), None when there is none; raises
+    UnreadableCheckpoint for a file that is empty, truncated or not normbench's. Read once per resume: the payload
+    is what `Checkpoint.load` restores."""
+    path = run_dir / CHECKPOINT_FILE
+    if not path.exists():
+        return None
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+        missing = set(PARTS) - set(payload)
+    except Exception as error:  # torch raises RuntimeError, UnpicklingError, EOFError, ... for a damaged file
+        raise UnreadableCheckpoint(
+            f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else 'empty'}"
+        ) from None
+    if missing:
+        raise UnreadableCheckpoint(f"it lacks {', '.join(sorted(missing))}")
+    return payload
 
 
 class Checkpoint:
@@ -45,12 +69,12 @@ class Checkpoint:
         }
         write_atomic(self.path, lambda f: torch.save(payload, f), binary=True)
 
-    def load(self) -> dict[str, Any] | None:
-        """Restore the saved state into the model, optimizer, scheduler and RNGs; return the saved progress,
-        or None when there is no checkpoint."""
-        if not self.path.exists():
+    def load(self, payload: dict[str, Any] | None = None) -> dict[str, Any] | None:
+        """Restore the saved state (`payload`, as `read` returned it; else read now) into the model, optimizer,
+        scheduler and RNGs; return the saved progress, or None when there is no checkpoint."""
+        payload = payload if payload is not None else read(self.path.parent)
+        if payload is None:
             return None
-        payload = torch.load(self.path, map_location=self.device, weights_only=True)
         self.model.load_state_dict(payload["model"])
         self.optimizer.load_state_dict(payload["optimizer"])
         self.scheduler.load_state_dict(payload["scheduler"])

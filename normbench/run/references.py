@@ -42,10 +42,6 @@ def _raw() -> dict[str, Any]:
     return json.loads(resources.files("normbench.run").joinpath("references.json").read_text(encoding="utf-8"))
 
 
-def reference_names() -> list[str]:
-    return list(_raw())
-
-
 def load_reference(name: str) -> Reference:
     raw = _raw()
     if name not in raw:

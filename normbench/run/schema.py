@@ -1,8 +1,10 @@
 """normbench's config schema: every key's type, default and allowed values, stated once.
 
-The dataclasses below are Hydra structured configs registered in Hydra's ConfigStore (`register()`), and the
-YAML files under configs/ extend them (`defaults: [/schema/norm/bn@_here_]`): YAML only selects, overrides
-and comments. The model and norm schemas are not written here at all: they are derived from the model
+The dataclasses below are Hydra structured configs registered in Hydra's ConfigStore (`register()`), each config
+group's options among them (`norm/gn`, `model/cnn`, ...): the YAML files under configs/ only choose groups, set
+Hydra and hold the sweep presets.
+
+The model and norm schemas are not written here at all: they are derived from the model
 classes' `__init__` signatures and from the norm registry, so a new model or norm brings its own schema.
 
 What is checked where:
@@ -342,8 +344,8 @@ def group_schemas() -> dict[str, dict[str, type]]:
     return {
         "model": _model_schemas(),
         "norm": _norm_schemas(),
-        "data": {"synthetic": SyntheticData, "cifar10": Cifar10Data},
-        "optim": {"sgd": SGD, "adamw": AdamW},
+        "data": {schema.name: schema for schema in (SyntheticData, Cifar10Data)},  # each name stated in its class
+        "optim": {schema.name: schema for schema in (SGD, AdamW)},
     }
 
 
@@ -359,11 +361,14 @@ def __getattr__(name: str) -> type:
 
 @cache  # once per process; Hydra's launchers hand the ConfigStore to their workers
 def register() -> None:
-    """Put the schema into Hydra's ConfigStore: `schema` (the root) and `schema/GROUP/OPTION`."""
+    """Put the schema into Hydra's ConfigStore: `schema` (the root), every option of a config group as
+    `GROUP/OPTION` (what `norm=gn` selects: no YAML file restates it), and again as `schema/GROUP/OPTION`, the node a
+    user's own YAML option extends (`defaults: [/schema/norm/NAME@_here_]`, then its own values)."""
     store = ConfigStore.instance()
     store.store(name="schema", node=Config)
     for group, options in group_schemas().items():
         for option, schema in options.items():
+            store.store(group=group, name=option, node=schema)
             store.store(group=f"schema/{group}", name=option, node=schema)
 
 

@@ -27,6 +27,7 @@ from normbench.base.files import write_atomic
 from normbench.parts import data as data_module
 from normbench.parts.data import Batches, ImageData, load_data
 from normbench.parts.models import build_model, count_parameters
+from normbench.run import schema
 from normbench.run.devices import select_device
 from normbench.run.evaluation import PreciseBNPlan, has_running_stats, plan_precise_bn
 from normbench.run.record import Budget
@@ -43,10 +44,11 @@ def effective_lr(optim: DictConfig, batch_size: int) -> float:
     return float(optim.lr * scale)
 
 
-# Each optimizer from its parameter groups, the effective lr and the `optim` config group.
-OPTIMIZERS: dict[str, Callable[[list[dict[str, Any]], float, DictConfig], torch.optim.Optimizer]] = {
-    "sgd": lambda groups, lr, o: torch.optim.SGD(groups, lr=lr, momentum=o.momentum, nesterov=o.nesterov),
-    "adamw": lambda groups, lr, o: torch.optim.AdamW(groups, lr=lr, betas=tuple(o.betas)),
+# Each optimizer from its parameter groups, the effective lr and the `optim` config group, by the group's schema
+# (which names it).
+OPTIMIZERS: dict[type, Callable[[list[dict[str, Any]], float, DictConfig], torch.optim.Optimizer]] = {
+    schema.SGD: lambda groups, lr, o: torch.optim.SGD(groups, lr=lr, momentum=o.momentum, nesterov=o.nesterov),
+    schema.AdamW: lambda groups, lr, o: torch.optim.AdamW(groups, lr=lr, betas=tuple(o.betas)),
 }
 
 
@@ -55,7 +57,7 @@ def build_optimizer(model: nn.Module, optim: DictConfig, lr: float) -> torch.opt
     decay = [p for p in model.parameters() if p.dim() > 1]
     no_decay = [p for p in model.parameters() if p.dim() <= 1]
     groups = [{"params": decay, "weight_decay": optim.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return OPTIMIZERS[optim.name](groups, lr, optim)
+    return OPTIMIZERS[OmegaConf.get_type(optim)](groups, lr, optim)
 
 
 def lr_lambda(schedule: str, warmup_steps: int, total_steps: int) -> Callable[[int], float]:

@@ -68,6 +68,7 @@ def run(
     console: Console | None = None,
     data: ImageData | None = None,
     resume: bool = False,
+    saved_checkpoint: dict[str, Any] | None = None,
     swept: Sequence[str] = (),
     experiment: bool = True,
 ) -> RunRecord:
@@ -75,7 +76,7 @@ def run(
 
     `swept`: the config keys that tell this run apart from the others of its sweep (HParams columns besides the
     usual ones); `experiment`: write the HParams experiment into the run (False in a sweep, which writes one for
-    all its runs at its root)."""
+    all its runs at its root); `saved_checkpoint`: with resume, the checkpoint already read (else it is read here)."""
     console = console or Console()
     # The run's HParams row: started now, ended with its status, so every run has one whatever happens.
     hparams = run_hparams(cfg, effective_lr(cfg.optim, cfg.batch_size), swept)
@@ -83,7 +84,7 @@ def run(
     try:
         setup = set_up(cfg, data)
         checkpoint = Checkpoint(run_dir, setup.model, setup.optimizer, setup.scheduler, setup.device)
-        saved = checkpoint.load() if resume else None
+        saved = checkpoint.load(saved_checkpoint) if resume else None
     except Exception:  # a run that cannot start (its record says why) still gets its row
         with closing(Board(run_dir, x_per_step)) as board:
             board.start_session(hparams, experiment=experiment)
