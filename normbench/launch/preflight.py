@@ -114,10 +114,11 @@ def plan_sweep(args: list[str]) -> SweepPlan:
     Grids (Hydra's basic sweeper) are expanded and each run is checked, its config and the directory it will train
     in: a rerun into the same sweep directory with changed settings is refused here, before Hydra rewrites
     multirun.yaml or the summary. Other sweepers (Optuna) choose their runs as they go, so the config without the
-    swept keys is checked, and the objective they optimize. The sweep directory is created (empty) once all passed."""
+    swept keys is checked, and the objective they optimize. The sweep directory is created (empty) first."""
     settings = compose_unchecked(fixed(args), with_hydra=True)  # the sweep's one composition of Hydra's settings
     hydra_node = settings.hydra
     sweep_dir = Path(str(hydra_node.sweep.dir))  # resolved once, here: the directory checked and the one resumed
+    prepare(sweep_dir)  # a file there, a path below a file, a read-only place: refused before the runs are read
     args, exclude = exclude_fixed(args, hydra_node.job.config.override_dirname.exclude_keys)
     args = replaced(args, "hydra.sweep.dir", hydra_value(str(sweep_dir)))
     plan = SweepPlan(args, sweep_dir)
@@ -136,7 +137,6 @@ def plan_sweep(args: list[str]) -> SweepPlan:
             plan.rows.append(run_hparams(cfg, effective_lr(cfg.optim, cfg.batch_size), swept_keys(job, exclude)))
         if not named:
             plan.runs = []
-    prepare(sweep_dir)
     return plan
 
 
