@@ -5,6 +5,7 @@ module, so the sweep process has them before Hydra resolves `hydra.launcher`."""
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import shutil
@@ -128,10 +129,8 @@ def stopped_with_the_sweep(params: Mapping[str, Any]) -> Iterator[None]:
     """While the sweep's main process submits and waits for its SLURM jobs: SIGINT/SIGTERM (Ctrl-C) stops them
     too (`stop_jobs`), then the sweep ends with exit code 130. Without it the stop would only be noted, and the
     process would wait for every job to end (forever for a cancelled one where SLURM keeps no accounting)."""
-    from submitit.core.utils import JobPaths
-
-    folder = JobPaths.get_first_id_independent_folder(params["submitit_folder"])  # SWEEP_DIR/.submitit
-    before = _job_ids(folder)  # the jobs of earlier runs of this sweep
+    folder = jobs_folder(str(params["submitit_folder"]))  # SWEEP_DIR/.submitit
+    before = job_ids(folder)  # the jobs of earlier runs of this sweep
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
 
     def stop(signum: int, frame: Any) -> None:
@@ -146,14 +145,25 @@ def stopped_with_the_sweep(params: Mapping[str, Any]) -> Iterator[None]:
     try:
         yield
     except _SweepStopped:
-        stop_jobs(sorted(_job_ids(folder) - before))
+        stop_jobs(sorted(job_ids(folder) - before))
         raise SystemExit(EXIT_INTERRUPTED) from None
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
 
 
-def _job_ids(folder: Path) -> set[str]:
+# The placeholders submitit fills per job in its `folder` setting (job id, task, array job, array task).
+JOB_TAGS = ("%j", "%t", "%A", "%a")
+
+
+def jobs_folder(submitit_folder: str) -> Path:
+    """The folder holding every job's folder: `submitit_folder` (`SWEEP_DIR/.submitit/%j`) up to its first part
+    that names a job. tests/test_adapters.py checks it against the folders submitit makes for real jobs."""
+    parts = Path(submitit_folder).expanduser().absolute().parts
+    return Path(*itertools.takewhile(lambda part: not any(tag in part for tag in JOB_TAGS), parts))
+
+
+def job_ids(folder: Path) -> set[str]:
     """The SLURM jobs submitit submitted into `folder`: one directory per job (JOBID) or array task (JOBID_TASK),
     made at submission; a signal that comes before that finds none."""
     return {p.name.split("_")[0] for p in folder.glob("[0-9]*") if p.is_dir()}

@@ -122,8 +122,7 @@ def workers_watched() -> Iterator[None]:
     try:
         yield
     except TerminatedWorkerError as error:
-        codes = re.search(r"exit codes of the workers are \{([^}]*)\}", str(error))  # loky's words
-        cause = codes.group(1) if codes else "unknown"
+        cause = worker_exit_codes(error) or "unknown"
         print_error(
             RuntimeError(
                 f"A worker process of this parallel sweep died (exit code {cause}; -9 is SIGKILL: `kill -9` or the "
@@ -133,6 +132,15 @@ def workers_watched() -> Iterator[None]:
             )
         )
         raise SystemExit(EXIT_SWEEP_INCOMPLETE) from None
+
+
+def worker_exit_codes(error: BaseException) -> str | None:
+    """The exit codes of the dead workers as loky states them (`SIGKILL(-9)`), None where it does not.
+
+    The adapter to loky: its TerminatedWorkerError carries the codes only in its message, so this reads them from
+    there, in one place; tests/test_adapters.py kills a real loky worker and fails when loky words it otherwise."""
+    codes = re.search(r"exit codes of the workers are \{([^}]*)\}", str(error))
+    return codes.group(1) if codes else None
 
 
 def child_pids(parent: int | None = None) -> list[int]:
