@@ -15,8 +15,13 @@
              for the default run and a small-batch run (batch 8, 2 epochs of 4,096 images).
 6. sweep:    a sweep's wall time over the sum of its runs' training loops divided by the parallel jobs
              (`--sweep`, default the quick sweep with hydra/launcher=parallel: long, so not in the default set).
+7. fixed:    the fixed cost of a `normbench run` (its process wall time minus its training, validation and BN-mode
+             validation time in results.json) for the two e2e runs, against the floor any hand-written script pays,
+             `python -c "import torch"`, in --reps blocks run, floor, floor, run (the median of the blocks' mean
+             differences; goal: at most 1.0 s above the floor); and how long the default sweep's main process takes
+             to start its first job (its run directory claimed; goal: within 3 s).
 
-    python scripts/bench.py [--sections data,logging,overhead,switches,e2e,sweep] [--steps 100] [--reps 2]
+    python scripts/bench.py [--sections data,logging,overhead,switches,e2e,sweep,fixed] [--steps 100] [--reps 2]
                             [--norms bn,gn] [--batches 2,8]   (overhead and switch cases)
 """
 
@@ -27,6 +32,7 @@ import itertools
 import math
 import os
 import shlex
+import signal
 import statistics
 import subprocess
 import sys
@@ -264,6 +270,65 @@ def bench_sweep(overrides: list[str]) -> None:
           f"records, idle slots)")  # fmt: skip
 
 
+def paired_difference(reps: int, a: Callable[[], float], b: Callable[[], float]) -> tuple[float, float, float]:
+    """`paired`'s blocks a, b, b, a for a difference: (median of a, median of b, median over blocks of the block's
+    mean of a - b), which cancels a steady drift within a block as `paired`'s ratio does."""
+    a(), b()
+    times_a: list[float] = []
+    times_b: list[float] = []
+    differences = []
+    for _ in range(reps):
+        a1, b1, b2, a2 = a(), b(), b(), a()
+        times_a += [a1, a2]
+        times_b += [b1, b2]
+        differences.append((a1 - b1 + a2 - b2) / 2)
+    return statistics.median(times_a), statistics.median(times_b), statistics.median(differences)
+
+
+def import_torch() -> float:
+    """Seconds of `python -c "import torch"`: the floor of any script that trains with torch."""
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-c", "import torch"], check=True)
+    return time.perf_counter() - start
+
+
+def fixed_cost(overrides: list[str]) -> float:
+    """A `normbench run`'s process wall time minus the training, validation and BN-mode validation in its record."""
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
+        subprocess.run([NORMBENCH, "run", *overrides, "quiet=true", f"hydra.run.dir={tmp}"], check=True,
+                       stdout=subprocess.DEVNULL)  # fmt: skip
+        wall = time.perf_counter() - start
+        (_, record), *_ = find_records(Path(tmp))
+    return wall - record.wall_s - record.eval_s - record.bn_modes_s
+
+
+def first_job_start() -> float:
+    """Seconds from the start of `normbench sweep` (the default grid) until its first run directory is claimed
+    (its lock file made, before the run is built); the sweep is then stopped as Ctrl-C stops it."""
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
+        sweep = subprocess.Popen([NORMBENCH, "sweep", f"hydra.sweep.dir={tmp}"], stdout=subprocess.DEVNULL)
+        while not any(Path(tmp).glob("*/.normbench.lock")) and sweep.poll() is None:
+            time.sleep(0.01)
+        started = time.perf_counter() - start
+        sweep.send_signal(signal.SIGINT)
+        sweep.wait()
+    return started
+
+
+def bench_fixed(reps: int) -> None:
+    for name, overrides in E2E.items():
+        cached_data(compose_config(overrides).data)  # as in bench_e2e: the images made once per machine
+        rest, floor, above = paired_difference(reps, lambda overrides=overrides: fixed_cost(overrides), import_torch)
+        print(f"{name} ({' '.join(overrides) or 'no overrides'}): fixed cost {rest:.2f} s, import torch {floor:.2f} "
+              f"s: {above:+.2f} s above the floor (goal: at most +1.00)")  # fmt: skip
+    cached_data(compose_config(["sweep=default"]).data)
+    started, floor, above = paired_difference(reps, first_job_start, import_torch)
+    print(f"default sweep: first job started after {started:.2f} s (goal: within 3 s); import torch {floor:.2f} s, "
+          f"{above:+.2f} s above it")  # fmt: skip
+
+
 def selected(cases: list[tuple[str, str, int]], norms: str | None, batches: str | None) -> list[tuple[str, str, int]]:
     """The cases of the given norms and batch sizes (comma lists; None: all)."""
     return [
@@ -274,7 +339,7 @@ def selected(cases: list[tuple[str, str, int]], norms: str | None, batches: str 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sections", default="data,logging,overhead,switches,e2e")
+    parser.add_argument("--sections", default="data,logging,overhead,switches,e2e,fixed")
     parser.add_argument("--steps", type=int, default=100, help="steps per timed round (at least 3,200 images)")
     parser.add_argument("--reps", type=int, default=2, help="blocks of 4 timed rounds per case")
     parser.add_argument("--threads", type=int, default=None)
@@ -312,6 +377,9 @@ def main() -> None:
     if "sweep" in sections:
         print("\n== sweep efficiency")
         bench_sweep(shlex.split(args.sweep))
+    if "fixed" in sections:
+        print("\n== fixed cost: a run beyond its training and validation, a sweep until its first job")
+        bench_fixed(args.reps)
 
 
 if __name__ == "__main__":
