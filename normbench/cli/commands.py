@@ -20,7 +20,6 @@ from typer.core import TyperGroup
 from normbench.base.console import console, debugging
 from normbench.base.errors import EXIT_BAD_INPUT, NormbenchError
 from normbench.base.resources import load_plugins
-from normbench.launch.compose import group_options
 from normbench.parts.norms import NORMS  # the registry imports no torch: help stays fast
 
 PASS_THROUGH = {"allow_extra_args": True, "ignore_unknown_options": True}
@@ -28,6 +27,8 @@ PASS_THROUGH = {"allow_extra_args": True, "ignore_unknown_options": True}
 
 def _choices(group: str) -> str:
     """The options of a config group, from the one list of them that completion reads too."""
+    from normbench.launch.compose import group_options  # deferred: only the help needs Hydra's ConfigStore here
+
     try:
         return "|".join(group_options(group))
     except NormbenchError:

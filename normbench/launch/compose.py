@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -83,11 +83,27 @@ def hydra_errors() -> Iterator[None]:
         raise ConfigError(f"{message} (`normbench list` shows the config groups and their options.)") from None
 
 
+Composer = Callable[..., DictConfig]
+
+
+@contextmanager
+def composing() -> Iterator[Composer]:
+    """Hydra's compose API set up once for many compositions (the pre-flight's runs of a sweep): yields
+    `compose(overrides, with_hydra=False)`, which raises ConfigError for what cannot be composed."""
+    schema.register()
+
+    def compose_one(overrides: list[str], with_hydra: bool = False) -> DictConfig:
+        with hydra_errors():
+            return compose("config", overrides=overrides, return_hydra_config=with_hydra)
+
+    with hydra_errors(), initialize_config_dir(str(config_dir()), version_base="1.3"):
+        yield compose_one
+
+
 def compose_unchecked(overrides: list[str], with_hydra: bool = False) -> DictConfig:
     """The composition without `validate`: for reading Hydra's settings (with_hydra) or the schema's defaults."""
-    schema.register()
-    with hydra_errors(), initialize_config_dir(str(config_dir()), version_base="1.3"):
-        return compose("config", overrides=overrides, return_hydra_config=with_hydra)
+    with composing() as compose_one:
+        return compose_one(overrides, with_hydra)
 
 
 def compose_config(overrides: list[str]) -> DictConfig:

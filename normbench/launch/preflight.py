@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from normbench.base.console import debugging, print_error
 from normbench.base.errors import NormbenchError, RunDirError
-from normbench.launch.compose import compose_config, compose_unchecked, exclude_fixed, expand_grid, validate
+from normbench.launch.compose import composing, exclude_fixed, expand_grid, validate
 from normbench.launch.naming import RUN_NAME_RESOLVER, run_name, swept_keys
 from normbench.launch.overrides import app_overrides, fixed, hydra_value, is_hydra_key, override_key, parse, replaced
 from normbench.launch.rundir import describe, differing, prepare
@@ -115,28 +115,30 @@ def plan_sweep(args: list[str]) -> SweepPlan:
     in: a rerun into the same sweep directory with changed settings is refused here, before Hydra rewrites
     multirun.yaml or the summary. Other sweepers (Optuna) choose their runs as they go, so the config without the
     swept keys is checked, and the objective they optimize. The sweep directory is created (empty) first."""
-    settings = compose_unchecked(fixed(args), with_hydra=True)  # the sweep's one composition of Hydra's settings
-    hydra_node = settings.hydra
-    sweep_dir = Path(str(hydra_node.sweep.dir))  # resolved once, here: the directory checked and the one resumed
-    prepare(sweep_dir)  # a file there, a path below a file, a read-only place: refused before the runs are read
-    args, exclude = exclude_fixed(args, hydra_node.job.config.override_dirname.exclude_keys)
-    args = replaced(args, "hydra.sweep.dir", hydra_value(str(sweep_dir)))
-    plan = SweepPlan(args, sweep_dir)
-    if hydra_node.runtime.choices["hydra/sweeper"] != "basic":
-        validate(without_hydra(settings))  # the objective included
-    else:
+    with composing() as compose:  # Hydra set up once for the sweep's compositions
+        settings = compose(fixed(args), with_hydra=True)  # the sweep's one composition of Hydra's settings
+        hydra_node = settings.hydra
+        sweep_dir = Path(str(hydra_node.sweep.dir))  # resolved once, here: the directory checked and resumed
+        prepare(sweep_dir)  # a file there, a path below a file, a read-only place: refused before runs are read
+        args, exclude = exclude_fixed(args, hydra_node.job.config.override_dirname.exclude_keys)
+        args = replaced(args, "hydra.sweep.dir", hydra_value(str(sweep_dir)))
+        plan = SweepPlan(args, sweep_dir)
+        if hydra_node.runtime.choices["hydra/sweeper"] != "basic":
+            validate(without_hydra(settings))  # the objective included
+            return plan
         named = RUN_NAME_RESOLVER in str(OmegaConf.to_container(hydra_node.sweep)["subdir"])  # not the user's
         for job in expand_grid(args, hydra_node.sweeper.get("params") or {}):
             try:
-                cfg = compose_config(app_overrides(job))
+                cfg = compose(app_overrides(job))
+                validate(cfg)
             except NormbenchError as error:
                 raise type(error)(f"in the run {' '.join(job)}: {error}") from None
             name = run_name(cfg.norm.name, cfg.batch_size, [o for o in job if not is_hydra_key(o)], exclude)
             check_rerun(sweep_dir, name, cfg)
             plan.runs.append(name)
             plan.rows.append(run_hparams(cfg, effective_lr(cfg.optim, cfg.batch_size), swept_keys(job, exclude)))
-        if not named:
-            plan.runs = []
+    if not named:
+        plan.runs = []
     return plan
 
 
