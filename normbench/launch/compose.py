@@ -31,8 +31,8 @@ from omegaconf.errors import (
 )
 
 from normbench.base.errors import ConfigError, NormbenchError
+from normbench.base.overrides import fixed, parse, replaced
 from normbench.base.resources import config_dir
-from normbench.launch.overrides import fixed, parse, replaced
 from normbench.run import schema
 
 EXCLUDE_KEYS = "hydra.job.config.override_dirname.exclude_keys"

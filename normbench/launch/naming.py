@@ -9,7 +9,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from normbench.launch.overrides import parse
+from normbench.base.overrides import parse
 
 RUN_NAME_RESOLVER = "normbench_run"
 # Run names: norm first, then batch size, then the other swept keys in key order; labels are the key's last part.

@@ -23,9 +23,9 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from normbench.base.console import debugging, print_error
 from normbench.base.errors import NormbenchError, RunDirError
+from normbench.base.overrides import app_overrides, fixed, hydra_value, is_hydra_key, override_key, parse, replaced
 from normbench.launch.compose import composing, exclude_fixed, expand_grid, validate
 from normbench.launch.naming import RUN_NAME_RESOLVER, run_name, swept_keys
-from normbench.launch.overrides import app_overrides, fixed, hydra_value, is_hydra_key, override_key, parse, replaced
 from normbench.launch.rundir import describe, differing, prepare
 from normbench.run import schema
 from normbench.run.board import HValue, run_hparams

@@ -9,9 +9,9 @@ import traceback
 
 from normbench.base.console import console
 from normbench.base.errors import EXIT_CRASH, EXIT_INTERRUPTED, EXIT_SWEEP_INCOMPLETE, NormbenchError
+from normbench.base.overrides import hydra_value, override_key
 from normbench.launch import task
 from normbench.launch.compose import hydra_errors
-from normbench.launch.overrides import hydra_value, override_key
 from normbench.launch.preflight import has_grid, plan_sweep, sweep_checked
 from normbench.launch.stop import STOP
 from normbench.launch.summary import sweep_outcome

@@ -21,12 +21,12 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from hydra.core.override_parser.overrides_parser import OverridesParser
 from rich.console import Console
 from rich.table import Table
 
 from normbench.base.errors import ConfigError
 from normbench.base.files import write_atomic, write_json
+from normbench.base.overrides import parse
 from normbench.parts.norms import NORMS
 from normbench.run import record as R
 from normbench.run.record import RunRecord, UnreadableRecord, find_records
@@ -66,7 +66,7 @@ def _overrides(run_dir: Path) -> list[str]:
 def _variant_overrides(run_dir: Path) -> list[str]:
     """The run's overrides of keys other than the table's axes, the volatile ones and Hydra's own."""
     overrides = _overrides(run_dir)
-    keys = [o.key_or_group for o in OverridesParser.create().parse_overrides(overrides)]
+    keys = [o.key_or_group for o in parse(overrides)]
     return [
         o for o, k in zip(overrides, keys, strict=True) if k not in (*AXES, *VOLATILE) and not k.startswith("hydra")
     ]

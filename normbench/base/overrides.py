@@ -1,5 +1,5 @@
-"""Hydra's override grammar as normbench reads a command line: the one place that calls Hydra's override parser,
-and the small helpers built on it."""
+"""Hydra's override grammar as normbench reads it (a command line, a run's overrides.yaml): the one place that calls
+Hydra's override parser, and the small helpers built on it."""
 
 from __future__ import annotations
 
