@@ -26,7 +26,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from normbench.base.errors import RunDirError
+from normbench.base.errors import CheckpointError, RunDirError
 from normbench.base.files import write_atomic
 from normbench.run import record as R
 from normbench.run import schema
@@ -151,9 +151,10 @@ def check(run_dir: Path, cfg: DictConfig, resume: bool, multirun: bool) -> RunRe
     return None
 
 
-def verify_checkpoint(run_dir: Path) -> None:
-    """Refuse a checkpoint a resume cannot load (empty, truncated, not normbench's) with a message, before the
-    run is built; loading it twice costs a moment, a traceback half-way into a resume costs the user's trust."""
+def verify_checkpoint(run_dir: Path, cfg: DictConfig) -> None:
+    """Refuse a checkpoint a resume cannot load (empty, truncated, not normbench's, another model's or norm's)
+    with a message, before anything is written into the directory; loading it twice costs a moment, a traceback
+    half-way into a resume costs the user's trust."""
     import torch
 
     path = run_dir / CHECKPOINT_FILE
@@ -165,16 +166,36 @@ def verify_checkpoint(run_dir: Path) -> None:
     except Exception as error:  # torch raises RuntimeError, UnpicklingError, EOFError, ... for a damaged file
         why = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else 'empty'}"
     else:
-        why = f"it lacks {', '.join(sorted(missing))}" if missing else ""
+        why = f"it lacks {', '.join(sorted(missing))}" if missing else _other_model(payload["model"], cfg)
     if why:
         raise CheckpointError(
-            f"{path} cannot be loaded to resume the run ({why}; {path.stat().st_size} bytes). Move it away to "
-            f"start the run from step 0 in this directory, or {ELSEWHERE}."
+            f"{path} cannot be loaded to resume the run ({why}; {path.stat().st_size} bytes). Nothing was changed. "
+            f"Move it away to start the run from step 0 in this directory, or {ELSEWHERE}."
         )
 
 
-class CheckpointError(RunDirError):
-    """A checkpoint that exists but cannot be loaded."""
+def _other_model(saved: Any, cfg: DictConfig) -> str:
+    """Why the saved model weights do not fit the model `cfg` builds ("" if they do): another run's checkpoint."""
+    from normbench.parts.models import build_model  # deferred like torch: this module is read without it
+
+    if not isinstance(saved, dict):
+        return "its model is not a state_dict"
+    expected = {k: tuple(v.shape) for k, v in build_model(cfg.model, cfg.norm).state_dict().items()}
+    found = {k: tuple(getattr(v, "shape", ())) for k, v in saved.items()}
+    if expected == found:
+        return ""
+    absent, extra = sorted(expected.keys() - found.keys()), sorted(found.keys() - expected.keys())
+    shapes = [f"{k} {found[k]} instead of {expected[k]}" for k in sorted(expected.keys() & found.keys())
+              if found[k] != expected[k]]  # fmt: skip
+    parts = [
+        f"lacks {', '.join(absent[:3])}" * bool(absent),
+        f"has {', '.join(extra[:3])} besides" * bool(extra),
+        f"holds {', '.join(shapes[:3])}" * bool(shapes),
+    ]
+    return (
+        f"it holds another run's model: its weights do not fit model={cfg.model.name} norm={cfg.norm.name} (it "
+        f"{'; it '.join(p for p in parts if p)})"
+    )
 
 
 def _flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -206,8 +227,11 @@ def describe(differ: dict[str, tuple[object, object]]) -> str:
 
 def claim(run_dir: Path, cfg: DictConfig, resume: bool, multirun: bool) -> Claim:
     """Check `run_dir` for `cfg`'s run, then lock it. Nothing is created before the checks pass; the checks are
-    repeated under the lock, since another process may have written the directory in between."""
-    check(run_dir, cfg, resume, multirun)
+    repeated under the lock, since another process may have written the directory in between. A checkpoint to
+    resume from must fit this run (`verify_checkpoint`) before the lock file is created."""
+    previous = check(run_dir, cfg, resume, multirun)
+    if (resume or multirun) and not (previous is not None and previous.status == R.COMPLETED):
+        verify_checkpoint(run_dir, cfg)
     lock = run_dir / LOCK_FILE
     try:
         fd = _open_lock(lock)

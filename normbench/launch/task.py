@@ -115,8 +115,6 @@ def train(cfg: DictConfig, hydra_cfg: DictConfig, run_dir: Path, multirun: bool)
         validate(cfg)
         try:
             rundir.write_hydra_files(run_dir, cfg, hydra_cfg)
-            if multirun or cfg.resume:
-                rundir.verify_checkpoint(run_dir)
             swept = swept_keys(hydra_cfg.overrides.task, hydra_cfg.job.config.override_dirname.exclude_keys)
             record = run(cfg, run_dir, console=console, resume=multirun or bool(cfg.resume),
                          swept=swept, experiment=not multirun)  # fmt: skip
