@@ -11,7 +11,8 @@ import shutil
 from pathlib import Path
 
 from conftest import normbench
-from test_records import SMALL, _ok, completed, tree_hashes  # noqa: F401 (completed: a fixture)
+from test_records import SMALL, _ok, tree_hashes
+from test_records import completed as completed  # a fixture: re-exported, pytest finds it by name
 
 from normbench.base.errors import EXIT_BAD_INPUT
 
