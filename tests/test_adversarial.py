@@ -135,3 +135,47 @@ def test_a_plugin_norm_that_breaks_the_contract_is_named_with_its_step(tmp_path)
     done = normbench("run", "--config-dir", str(plugins), *SMALL, "norm=strictbn", "eval.bn_modes=false",
                      f"hydra.run.dir={tmp_path / 'run2'}", cwd=tmp_path, **env)  # fmt: skip
     _ok(done, 0)
+
+
+# --- 2. Never write into a directory that holds something else -------------------------------------------------
+
+
+def test_no_directory_that_holds_something_else_is_written(completed, tmp_path) -> None:
+    sweep = tmp_path / "sweep"
+    _ok(normbench("sweep", *SMALL, "norm=bn,gn", f"hydra.sweep.dir={sweep}", cwd=tmp_path), 0)
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "notes.txt").write_text("mine")
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    (cwd / "paper.tex").write_text("mine")
+    broken = tmp_path / "broken"
+    shutil.copytree(sweep, broken)
+    (broken / "gn_b008" / "results.json").write_text('{"status": "comp')
+    before = {root: tree_hashes(root) for root in (completed, tmp_path)}
+    entries = sorted(p.name for p in tmp_path.iterdir())
+    for command, key, where, says in (
+        ("sweep", "hydra.sweep.dir", completed, "is a run's directory (it holds .hydra, checkpoint.pt, results.json)"),
+        ("run", "hydra.run.dir", sweep, "is a sweep's directory: it holds bn_b008"),
+        ("run", "hydra.run.dir", notes, "is not a run's directory: it holds notes.txt"),
+        ("sweep", "hydra.sweep.dir", notes, "is not a sweep's directory: it holds notes.txt"),
+        ("run", "hydra.run.dir", "", "hydra.run.dir is empty, which would write into the current directory"),
+        ("sweep", "hydra.sweep.dir", "", "hydra.sweep.dir is empty"),
+    ):
+        grid = ["norm=bn,gn"] if command == "sweep" else []
+        said = _ok(normbench(command, *SMALL, *grid, f"{key}={where}", cwd=cwd), EXIT_BAD_INPUT)
+        assert says in said and ("Nothing was changed" in said or "empty" in says)
+    # A sweep refused by its checks leaves no (empty) sweep directory behind.
+    new = tmp_path / "new"
+    _ok(normbench("sweep", *SMALL, "norm=bn,gn", "optim.lr=-1", f"hydra.sweep.dir={new}", cwd=tmp_path), 2)
+    _ok(normbench("run", *SMALL, "optim.lr=-1", f"hydra.run.dir={new}", cwd=tmp_path), 2)
+    # report refuses a sweep with an unreadable record: its summary files stay as they were.
+    said = _ok(normbench("report", str(broken), "--no-figures", cwd=tmp_path), EXIT_BAD_INPUT)
+    assert "unreadable gn_b008" in said and "Nothing was written" in said
+    assert {root: tree_hashes(root) for root in (completed, tmp_path)} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == entries and sorted(p.name for p in cwd.iterdir()) == [
+        "paper.tex"
+    ]
+    # The same sweep into its own directory still continues it.
+    said = _ok(normbench("sweep", *SMALL, "norm=bn,gn", f"hydra.sweep.dir={sweep}", cwd=tmp_path), 0)
+    assert said.count("already completed") == 2

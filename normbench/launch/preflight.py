@@ -13,7 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 from normbench.base.errors import NormbenchError, RunDirError
 from normbench.launch.compose import compose_config, compose_unchecked, override_key, sweep_jobs
 from normbench.launch.naming import RUN_NAME_RESOLVER, run_name
-from normbench.launch.rundir import describe, differing, prepare
+from normbench.launch.rundir import check_sweep_dir, describe, differing, refuse_unless_placed
 from normbench.run import schema
 from normbench.run.record import RunRecord
 
@@ -28,13 +28,19 @@ def hydra_value(text: str) -> str:
 def fix_dir(args: list[str], key: str) -> tuple[list[str], Path]:
     """Resolve the run (`hydra.run.dir`) or sweep (`hydra.sweep.dir`) directory once, here, and hand Hydra the
     result: its `${now:...}` default must name the directory the pre-flight checked, and the printed resume
-    command must name it too. The directory is created (empty) if missing; a file there, a path below a file or
-    a read-only place is refused before anything trains."""
+    command must name it too. Read-only: an empty value, a file there or a path below a file is refused; the
+    caller checks what the directory holds, then creates it (`rundir.prepare`), so a refusal leaves nothing."""
     parsed = OverridesParser.create().parse_overrides(args)
     fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
     node = compose_unchecked(fixed, with_hydra=True).hydra
-    directory = Path(str(node.run.dir if key == "hydra.run.dir" else node.sweep.dir))
-    prepare(directory)
+    value = str(node.run.dir if key == "hydra.run.dir" else node.sweep.dir)
+    if not value.strip():
+        raise RunDirError(
+            f"{key} is empty, which would write into the current directory ({Path.cwd()}). Give a directory of "
+            f"its own ({key}=DIR), or leave {key} out for a new dated one."
+        )
+    directory = Path(value)
+    refuse_unless_placed(directory)
     return [*(a for a in args if override_key(a) != key), f"{key}={hydra_value(str(directory))}"], directory
 
 
@@ -65,8 +71,10 @@ def preflight(args: list[str]) -> list[str]:
     parsed = OverridesParser.create().parse_overrides(args)
     fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
     hydra_node = compose_unchecked(fixed, with_hydra=True).hydra
+    sweep_dir = Path(str(hydra_node.sweep.dir))
     if hydra_node.runtime.choices["hydra/sweeper"] != "basic":
         compose_config(app_overrides(fixed))  # validated, objective included
+        check_sweep_dir(sweep_dir, [])
         return []
     jobs = sweep_jobs(args)
     exclude = list(hydra_node.job.config.override_dirname.exclude_keys)
@@ -79,7 +87,8 @@ def preflight(args: list[str]) -> list[str]:
             raise type(error)(f"in the run {' '.join(job)}: {error}") from None
         task = [o for o in job if not override_key(o).startswith("hydra")]
         names.append(run_name(cfg.norm.name, cfg.batch_size, task, exclude))
-        check_rerun(Path(str(hydra_node.sweep.dir)), names[-1], cfg)
+        check_rerun(sweep_dir, names[-1], cfg)
+    check_sweep_dir(sweep_dir, names)
     return names if named else []
 
 

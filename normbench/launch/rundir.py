@@ -69,11 +69,7 @@ def _free(where: Path) -> str:
 def prepare(run_dir: Path) -> None:
     """Make sure `run_dir` is, or can be made, a writable directory; create it (empty) if it is missing. Called
     by the CLI before Hydra, whose own `mkdir` would otherwise end in a traceback."""
-    if run_dir.exists() and not run_dir.is_dir():
-        raise RunDirError(f"{run_dir} is a file, not a directory. {ELSEWHERE_}.")
-    for parent in run_dir.parents:
-        if parent.exists() and not parent.is_dir():
-            raise RunDirError(f"{run_dir} is below {parent}, which is a file. {ELSEWHERE_}.")
+    refuse_unless_placed(run_dir)
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         probe = run_dir / f".normbench.write-test.{os.getpid()}"
@@ -81,6 +77,15 @@ def prepare(run_dir: Path) -> None:
         probe.unlink()
     except OSError as error:
         raise io_error(error, run_dir) from None
+
+
+def refuse_unless_placed(run_dir: Path) -> None:
+    """Refuse, read-only, a directory path that is a file or lies below one."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunDirError(f"{run_dir} is a file, not a directory. {ELSEWHERE_}.")
+    for parent in run_dir.parents:
+        if parent.exists() and not parent.is_dir():
+            raise RunDirError(f"{run_dir} is below {parent}, which is a file. {ELSEWHERE_}.")
 
 
 @dataclass
@@ -142,13 +147,56 @@ def check(run_dir: Path, cfg: DictConfig, resume: bool, multirun: bool) -> RunRe
         return previous
     if has_checkpoint and not (multirun or resume):
         raise RunDirError(f"{run_dir} holds a checkpoint but no record. Continue it with resume=true, or {ELSEWHERE}.")
-    entries = sorted(p.name for p in run_dir.iterdir() if p.name != LOCK_FILE) if run_dir.is_dir() else []
+    entries = _entries(run_dir)
     if resume and not multirun and not has_checkpoint and entries:
         raise RunDirError(
-            f"resume=true, but {run_dir} holds no checkpoint to continue from (it holds {', '.join(entries[:5])}). "
+            f"resume=true, but {run_dir} holds no checkpoint to continue from (it holds {_listed(entries)}). "
             f"Drop resume=true and {ELSEWHERE}, or remove that directory."
         )
+    if stored is None and not has_checkpoint and entries:  # neither this run's nor any run's: someone else's
+        what = "a sweep's directory" if SWEEP_FILE in entries else "not a run's directory"
+        raise RunDirError(
+            f"{run_dir} is {what}: it holds {_listed(entries)}. normbench writes a run only into an empty "
+            f"directory or one that holds the same run. Nothing was changed; {ELSEWHERE}."
+        )
     return None
+
+
+SWEEP_FILE = "multirun.yaml"  # what Hydra writes at a sweep's root
+# At a sweep's root besides its runs' directories: Hydra's file, the HParams experiment, the summary and report,
+# submitit's folder.
+SWEEP_ROOT_FILES = (SWEEP_FILE, "summary.csv", "summary.json", "report.md", ".submitit")
+RUN_MARKS = (R.RESULTS_FILE, CHECKPOINT_FILE, HYDRA_DIR)  # what says a directory holds a run
+
+
+def _entries(directory: Path) -> list[str]:
+    """The names in `directory` ([] if it is missing), its lock file left out."""
+    return sorted(p.name for p in directory.iterdir() if p.name != LOCK_FILE) if directory.is_dir() else []
+
+
+def _listed(entries: list[str]) -> str:
+    return ", ".join(entries[:5]) + (f" and {len(entries) - 5} more" if len(entries) > 5 else "")
+
+
+def check_sweep_dir(sweep_dir: Path, runs: list[str]) -> None:
+    """Refuse a sweep directory that holds a run (a sweep would write its runs inside another run) or, when it is
+    no sweep's (no multirun.yaml), anything besides a sweep's own files and the directories of its grid's `runs`;
+    read-only. Which runs of an earlier sweep may be continued is `preflight.check_rerun`'s question."""
+    entries = _entries(sweep_dir)
+    marks = [e for e in entries if e in RUN_MARKS]
+    if marks:
+        raise RunDirError(
+            f"{sweep_dir} is a run's directory (it holds {_listed(marks)}): a sweep writes its runs into a directory "
+            f"of their own. Nothing was changed; {ELSEWHERE}."
+        )
+    if SWEEP_FILE in entries:
+        return
+    foreign = [e for e in entries if e not in (*SWEEP_ROOT_FILES, *runs) and not e.startswith("events.out.tfevents.")]
+    if foreign:
+        raise RunDirError(
+            f"{sweep_dir} is not a sweep's directory: it holds {_listed(foreign)}. normbench writes a sweep only into "
+            f"an empty directory or an earlier sweep's. Nothing was changed; {ELSEWHERE}."
+        )
 
 
 def verify_checkpoint(run_dir: Path, cfg: DictConfig) -> None:

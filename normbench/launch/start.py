@@ -12,6 +12,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 
 from normbench.base.console import console
 from normbench.base.errors import EXIT_INTERRUPTED, EXIT_SWEEP_INCOMPLETE, ConfigError
+from normbench.launch import rundir
 from normbench.launch.compose import compose_config, name_runs_by_swept_keys, override_key, sweep_jobs
 from normbench.launch.preflight import fix_dir, has_grid, hydra_value, preflight
 from normbench.launch.stop import STOP
@@ -81,10 +82,12 @@ def start_run(args: list[str]) -> int:
     if flags.help or flags.hydra_help or flags.shell_completion or flags.config_path or flags.config_name:
         return hydra_main(hydra_args(args))
     overrides = with_config_dir(flags.overrides, flags.config_dir)
-    compose_config(overrides)  # validated: refuses what the run would refuse
+    cfg = compose_config(overrides)  # validated: refuses what the run would refuse
     if flags.cfg or flags.info or flags.multirun or flags.experimental_rerun or flags.package or flags.resolve:
         return hydra_main(hydra_args(args))
-    overrides, _ = fix_dir(overrides, "hydra.run.dir")
+    overrides, run_dir = fix_dir(overrides, "hydra.run.dir")
+    rundir.check(run_dir, cfg, resume=bool(cfg.resume), multirun=False)  # what it holds, before anything is written
+    rundir.prepare(run_dir)
     return hydra_main(overrides)
 
 
@@ -106,6 +109,7 @@ def start_sweep(given: list[str]) -> int:
         args, sweep_dir = fix_dir(args, "hydra.sweep.dir")
         args = name_runs_by_swept_keys(args)
         runs = preflight(args)
+        rundir.prepare(sweep_dir)  # after the checks: a refused sweep leaves no directory
         again = shlex.join(["normbench", "sweep", *(a for a in given if override_key(a) != "hydra.sweep.dir"),
                             f"hydra.sweep.dir={hydra_value(str(sweep_dir))}"])  # fmt: skip
         code = EXIT_INTERRUPTED
