@@ -60,5 +60,9 @@ class RunDirError(NormbenchError):
     """A run directory normbench must not or cannot write: another run's, locked, a file, read-only, full."""
 
 
+class CheckpointError(RunDirError):
+    """A checkpoint that exists but cannot be loaded into this run (damaged, or another run's)."""
+
+
 class SubmissionError(NormbenchError):
     """Jobs the cluster's scheduler refuses to take (sbatch: no such partition, no GPUs there, ...)."""

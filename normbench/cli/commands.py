@@ -212,15 +212,23 @@ def report(
     --reference NAME draws a published BN-vs-GN result beside the error-vs-batch figure, with its citation.
     A results.json that is not a readable record is listed as unreadable and the exit code is 2 (--skip-bad: 0)."""
     from normbench.run.references import load_reference
-    from normbench.run.report import print_tables, write_report, write_summary
+    from normbench.run.report import print_tables, summarize, write_report, write_summary
 
     try:
         published = load_reference(reference) if reference else None
+        summary = summarize(directory)  # read-only: a refusal below leaves the directory's files as they were
+        if summary["unreadable"] and not skip_bad and out is None:
+            print_tables(summary, console)
+            raise NormbenchError(
+                f"{len(summary['unreadable'])} results.json could not be read (listed above). Nothing was written: "
+                f"the summary files in {directory} are as they were. Pass --skip-bad to write them without those "
+                "runs, or --out DIR to write them elsewhere."
+            )
         try:
             if no_figures:
-                summary = write_summary(directory, out)
+                summary = write_summary(directory, out, summary)
             else:
-                summary, figures, path = write_report(directory, published, out)
+                summary, figures, path = write_report(directory, published, out, summary)
         except OSError as error:
             target = out or directory
             raise NormbenchError(

@@ -187,7 +187,8 @@ def _validate_model(cfg: DictConfig) -> None:
         raise
     except (ValueError, TypeError, RuntimeError) as error:
         name, _ = split_name(cfg.model)
-        raise ConfigError(f"model={name} cannot be built from its config {dict(cfg.model)}: {error}") from None
+        why = str(error).splitlines()[0] if str(error) else type(error).__name__  # torch appends C++ frames
+        raise ConfigError(f"model={name} cannot be built from its config {dict(cfg.model)}: {why}") from None
 
 
 # Hydra's own groups that a normbench user picks an option of (and their subgroups, e.g. hydra/sweeper/sampler).

@@ -24,6 +24,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from normbench.base.console import debugging, print_error
 from normbench.base.errors import NormbenchError, RunDirError
 from normbench.base.overrides import app_overrides, fixed, hydra_value, is_hydra_key, override_key, parse, replaced
+from normbench.launch import rundir
 from normbench.launch.compose import composing, exclude_fixed, expand_grid, validate
 from normbench.launch.naming import RUN_NAME_RESOLVER, run_name, swept_keys
 from normbench.launch.rundir import describe, differing, prepare
@@ -76,14 +77,30 @@ class RunCheck(Callback):
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         try:
-            validate(without_hydra(config))
-            prepare(Path(str(config.hydra.run.dir)))  # `${now:}` is cached: the directory Hydra then uses
+            cfg = without_hydra(config)
+            validate(cfg)
+            run_dir = placed(str(config.hydra.run.dir), "hydra.run.dir")  # `${now:}` is cached: Hydra's directory
+            rundir.check(run_dir, cfg, resume=bool(cfg.resume), multirun=False)  # what it holds, before any write
+            prepare(run_dir)
         except NormbenchError as error:
             if debugging():
                 traceback.print_exc()
             print_error(error)
             raise SystemExit(error.exit_code) from None  # through Hydra, which reports only `Exception`s
         CHECKED.run = True
+
+
+def placed(value: str, key: str) -> Path:
+    """The run or sweep directory `key` names, refused (read-only) when the value is empty (it would write into
+    the current directory), a file, or a path below a file."""
+    if not value.strip():
+        raise RunDirError(
+            f"{key} is empty, which would write into the current directory ({Path.cwd()}). Give a directory of its "
+            f"own ({key}=DIR), or leave {key} out for a new dated one."
+        )
+    directory = Path(value)
+    rundir.refuse_unless_placed(directory)
+    return directory
 
 
 def has_grid(args: list[str]) -> bool:
@@ -108,23 +125,27 @@ class SweepPlan:
     rows: list[Mapping[str, HValue]] = field(default_factory=list)
 
 
-def plan_sweep(args: list[str]) -> SweepPlan:
+def plan_sweep(args: list[str], create: bool = True) -> SweepPlan:
     """Check every run of the sweep before anything trains (raises NormbenchError).
 
     Grids (Hydra's basic sweeper) are expanded and each run is checked, its config and the directory it will train
     in: a rerun into the same sweep directory with changed settings is refused here, before Hydra rewrites
     multirun.yaml or the summary. Other sweepers (Optuna) choose their runs as they go, so the config without the
-    swept keys is checked, and the objective they optimize. The sweep directory is created (empty) first."""
+    swept keys is checked, and the objective they optimize. The sweep directory must be empty, an earlier sweep's
+    or hold only this grid's runs (`rundir.check_sweep_dir`); it is created after the checks (`create`), so a
+    refused sweep leaves nothing behind."""
     with composing() as compose:  # Hydra set up once for the sweep's compositions
         settings = compose(fixed(args), with_hydra=True)  # the sweep's one composition of Hydra's settings
         hydra_node = settings.hydra
-        sweep_dir = Path(str(hydra_node.sweep.dir))  # resolved once, here: the directory checked and resumed
-        prepare(sweep_dir)  # a file there, a path below a file, a read-only place: refused before runs are read
+        sweep_dir = placed(str(hydra_node.sweep.dir), "hydra.sweep.dir")  # resolved once: checked and resumed
         args, exclude = exclude_fixed(args, hydra_node.job.config.override_dirname.exclude_keys)
         args = replaced(args, "hydra.sweep.dir", hydra_value(str(sweep_dir)))
         plan = SweepPlan(args, sweep_dir)
         if hydra_node.runtime.choices["hydra/sweeper"] != "basic":
             validate(without_hydra(settings))  # the objective included
+            rundir.check_sweep_dir(sweep_dir, [])
+            if create:
+                prepare(sweep_dir)
             return plan
         named = RUN_NAME_RESOLVER in str(OmegaConf.to_container(hydra_node.sweep)["subdir"])  # not the user's
         for job in expand_grid(args, hydra_node.sweeper.get("params") or {}):
@@ -137,6 +158,9 @@ def plan_sweep(args: list[str]) -> SweepPlan:
             check_rerun(sweep_dir, name, cfg)
             plan.runs.append(name)
             plan.rows.append(run_hparams(cfg, effective_lr(cfg.optim, cfg.batch_size), swept_keys(job, exclude)))
+    rundir.check_sweep_dir(sweep_dir, plan.runs)
+    if create:
+        prepare(sweep_dir)  # read-only, full, not writable: refused here, before Hydra's own mkdir
     if not named:
         plan.runs = []
     return plan

@@ -26,7 +26,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from normbench.base.errors import RunDirError
+from normbench.base.errors import CheckpointError, RunDirError
 from normbench.base.files import write_atomic
 from normbench.run import checkpoint, schema
 from normbench.run import record as R
@@ -69,11 +69,7 @@ def _free(where: Path) -> str:
 def prepare(run_dir: Path) -> None:
     """Make sure `run_dir` is, or can be made, a writable directory; create it (empty) if it is missing. Called
     by the CLI before Hydra, whose own `mkdir` would otherwise end in a traceback."""
-    if run_dir.exists() and not run_dir.is_dir():
-        raise RunDirError(f"{run_dir} is a file, not a directory. {ELSEWHERE_}.")
-    for parent in run_dir.parents:
-        if parent.exists() and not parent.is_dir():
-            raise RunDirError(f"{run_dir} is below {parent}, which is a file. {ELSEWHERE_}.")
+    refuse_unless_placed(run_dir)
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         probe = run_dir / f".normbench.write-test.{os.getpid()}"
@@ -83,13 +79,24 @@ def prepare(run_dir: Path) -> None:
         raise io_error(error, run_dir) from None
 
 
+def refuse_unless_placed(run_dir: Path) -> None:
+    """Refuse, read-only, a directory path that is a file or lies below one."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunDirError(f"{run_dir} is a file, not a directory. {ELSEWHERE_}.")
+    for parent in run_dir.parents:
+        if parent.exists() and not parent.is_dir():
+            raise RunDirError(f"{run_dir} is below {parent}, which is a file. {ELSEWHERE_}.")
+
+
 @dataclass
 class Claim:
-    """An accepted run directory, locked until `release`. `previous` is the record found there (same run)."""
+    """An accepted run directory, locked until `release`. `previous` is the record found there (same run);
+    `checkpoint` the checkpoint a resume continues from, read once and checked (`read_checkpoint`)."""
 
     run_dir: Path
     previous: RunRecord | None
     fd: int
+    checkpoint: dict[str, Any] | None = None
 
     @property
     def completed(self) -> bool:
@@ -142,31 +149,99 @@ def check(run_dir: Path, cfg: DictConfig, resume: bool, multirun: bool) -> RunRe
         return previous
     if has_checkpoint and not (multirun or resume):
         raise RunDirError(f"{run_dir} holds a checkpoint but no record. Continue it with resume=true, or {ELSEWHERE}.")
-    entries = sorted(p.name for p in run_dir.iterdir() if p.name != LOCK_FILE) if run_dir.is_dir() else []
+    entries = _entries(run_dir)
     if resume and not multirun and not has_checkpoint and entries:
         raise RunDirError(
-            f"resume=true, but {run_dir} holds no checkpoint to continue from (it holds {', '.join(entries[:5])}). "
+            f"resume=true, but {run_dir} holds no checkpoint to continue from (it holds {_listed(entries)}). "
             f"Drop resume=true and {ELSEWHERE}, or remove that directory."
+        )
+    if stored is None and not has_checkpoint and entries:  # neither this run's nor any run's: someone else's
+        what = "a sweep's directory" if SWEEP_FILE in entries else "not a run's directory"
+        raise RunDirError(
+            f"{run_dir} is {what}: it holds {_listed(entries)}. normbench writes a run only into an empty "
+            f"directory or one that holds the same run. Nothing was changed; {ELSEWHERE}."
         )
     return None
 
 
-def read_checkpoint(run_dir: Path) -> dict[str, Any] | None:
-    """The run's checkpoint, read once and checked before the run is built (`checkpoint.read`): one that a resume
-    cannot load (empty, truncated, not normbench's) is refused with a message, not a traceback half-way into the
-    resume. None when there is no checkpoint."""
+SWEEP_FILE = "multirun.yaml"  # what Hydra writes at a sweep's root
+# At a sweep's root besides its runs' directories: Hydra's file, the HParams experiment, the summary and report,
+# submitit's folder.
+SWEEP_ROOT_FILES = (SWEEP_FILE, "summary.csv", "summary.json", "report.md", ".submitit")
+RUN_MARKS = (R.RESULTS_FILE, CHECKPOINT_FILE, HYDRA_DIR)  # what says a directory holds a run
+
+
+def _entries(directory: Path) -> list[str]:
+    """The names in `directory` ([] if it is missing), its lock file left out."""
+    return sorted(p.name for p in directory.iterdir() if p.name != LOCK_FILE) if directory.is_dir() else []
+
+
+def _listed(entries: list[str]) -> str:
+    return ", ".join(entries[:5]) + (f" and {len(entries) - 5} more" if len(entries) > 5 else "")
+
+
+def check_sweep_dir(sweep_dir: Path, runs: list[str]) -> None:
+    """Refuse a sweep directory that holds a run (a sweep would write its runs inside another run) or, when it is
+    no sweep's (no multirun.yaml), anything besides a sweep's own files and the directories of its grid's `runs`;
+    read-only. Which runs of an earlier sweep may be continued is `preflight.check_rerun`'s question."""
+    entries = _entries(sweep_dir)
+    marks = [e for e in entries if e in RUN_MARKS]
+    if marks:
+        raise RunDirError(
+            f"{sweep_dir} is a run's directory (it holds {_listed(marks)}): a sweep writes its runs into a directory "
+            f"of their own. Nothing was changed; {ELSEWHERE}."
+        )
+    if SWEEP_FILE in entries:
+        return
+    foreign = [e for e in entries if e not in (*SWEEP_ROOT_FILES, *runs) and not e.startswith("events.out.tfevents.")]
+    if foreign:
+        raise RunDirError(
+            f"{sweep_dir} is not a sweep's directory: it holds {_listed(foreign)}. normbench writes a sweep only into "
+            f"an empty directory or an earlier sweep's. Nothing was changed; {ELSEWHERE}."
+        )
+
+
+def read_checkpoint(run_dir: Path, cfg: DictConfig) -> dict[str, Any] | None:
+    """The run's checkpoint, read once (`checkpoint.read`) and checked before anything is written into the
+    directory: one that a resume cannot load (empty, truncated, not normbench's, another model's or norm's) is
+    refused with a message, not a traceback half-way into the resume. None when there is no checkpoint; the payload
+    is what the run restores."""
+    path = run_dir / CHECKPOINT_FILE
     try:
-        return checkpoint.read(run_dir)
-    except checkpoint.UnreadableCheckpoint as why:
-        path = run_dir / CHECKPOINT_FILE
+        payload = checkpoint.read(run_dir)
+        why = _other_model(payload["model"], cfg) if payload is not None else ""
+    except checkpoint.UnreadableCheckpoint as error:
+        why = str(error)
+    if why:
         raise CheckpointError(
-            f"{path} cannot be loaded to resume the run ({why}; {path.stat().st_size} bytes). Move it away to "
-            f"start the run from step 0 in this directory, or {ELSEWHERE}."
-        ) from None
+            f"{path} cannot be loaded to resume the run ({why}; {path.stat().st_size} bytes). Nothing was changed. "
+            f"Move it away to start the run from step 0 in this directory, or {ELSEWHERE}."
+        )
+    return payload
 
 
-class CheckpointError(RunDirError):
-    """A checkpoint that exists but cannot be loaded."""
+def _other_model(saved: Any, cfg: DictConfig) -> str:
+    """Why the saved model weights do not fit the model `cfg` builds ("" if they do): another run's checkpoint."""
+    from normbench.parts.models import build_model  # deferred like torch: this module is read without it
+
+    if not isinstance(saved, dict):
+        return "its model is not a state_dict"
+    expected = {k: tuple(v.shape) for k, v in build_model(cfg.model, cfg.norm).state_dict().items()}
+    found = {k: tuple(getattr(v, "shape", ())) for k, v in saved.items()}
+    if expected == found:
+        return ""
+    absent, extra = sorted(expected.keys() - found.keys()), sorted(found.keys() - expected.keys())
+    shapes = [f"{k} {found[k]} instead of {expected[k]}" for k in sorted(expected.keys() & found.keys())
+              if found[k] != expected[k]]  # fmt: skip
+    parts = [
+        f"lacks {', '.join(absent[:3])}" * bool(absent),
+        f"has {', '.join(extra[:3])} besides" * bool(extra),
+        f"holds {', '.join(shapes[:3])}" * bool(shapes),
+    ]
+    return (
+        f"it holds another run's model: its weights do not fit model={cfg.model.name} norm={cfg.norm.name} (it "
+        f"{'; it '.join(p for p in parts if p)})"
+    )
 
 
 def _flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -198,8 +273,12 @@ def describe(differ: dict[str, tuple[object, object]]) -> str:
 
 def claim(run_dir: Path, cfg: DictConfig, resume: bool, multirun: bool) -> Claim:
     """Check `run_dir` for `cfg`'s run, then lock it. Nothing is created before the checks pass; the checks are
-    repeated under the lock, since another process may have written the directory in between."""
-    check(run_dir, cfg, resume, multirun)
+    repeated under the lock, since another process may have written the directory in between. A checkpoint to
+    resume from must fit this run (`read_checkpoint`) before the lock file is created."""
+    previous = check(run_dir, cfg, resume, multirun)
+    resuming = (resume or multirun) and not (previous is not None and previous.status == R.COMPLETED)
+    saved = read_checkpoint(run_dir, cfg) if resuming else None
+    read_as = _stat(run_dir / CHECKPOINT_FILE)
     lock = run_dir / LOCK_FILE
     try:
         fd = _open_lock(lock)
@@ -215,10 +294,20 @@ def claim(run_dir: Path, cfg: DictConfig, resume: bool, multirun: bool) -> Claim
         ) from None
     try:
         previous = check(run_dir, cfg, resume, multirun)
+        if resuming and _stat(run_dir / CHECKPOINT_FILE) != read_as:  # another process saved one meanwhile
+            saved = read_checkpoint(run_dir, cfg)
     except BaseException:
         os.close(fd)
         raise
-    return Claim(run_dir, previous, fd)
+    return Claim(run_dir, previous, fd, saved)
+
+
+def _stat(path: Path) -> tuple[int, int] | None:
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        return None
+    return info.st_mtime_ns, info.st_size
 
 
 def _open_lock(lock: Path) -> int:

@@ -3,15 +3,21 @@ with every run checked before it trains (`preflight.py`), and a sweep's outcome 
 
 from __future__ import annotations
 
+import argparse
 import os
 import shlex
 import traceback
+from pathlib import Path
+
+# The one use of Hydra's internals in normbench: Hydra's own argparse parser, so that flags are read exactly as
+# Hydra reads them (no public API exposes it); tests/test_adversarial.py fails if it changes.
+from hydra._internal.utils import get_args_parser
 
 from normbench.base.console import console
-from normbench.base.errors import EXIT_CRASH, EXIT_INTERRUPTED, EXIT_SWEEP_INCOMPLETE, NormbenchError
-from normbench.base.overrides import hydra_value, override_key
+from normbench.base.errors import EXIT_CRASH, EXIT_INTERRUPTED, EXIT_SWEEP_INCOMPLETE, ConfigError, NormbenchError
+from normbench.base.overrides import hydra_value, override_key, parse
 from normbench.launch import task
-from normbench.launch.compose import hydra_errors
+from normbench.launch.compose import compose_config, hydra_errors, sweep_jobs
 from normbench.launch.preflight import has_grid, plan_sweep, sweep_checked
 from normbench.launch.stop import STOP
 from normbench.launch.summary import sweep_outcome
@@ -32,7 +38,74 @@ def hydra_args(args: list[str]) -> list[str]:
     return ["hydra/hydra_help=normbench", *args] if "--hydra-help" in args else args
 
 
+class _Refusal(Exception):
+    pass
+
+
+def _refuse(message: str) -> None:
+    raise _Refusal(message)
+
+
+def parse_flags(args: list[str]) -> argparse.Namespace:
+    """The command line as Hydra's own parser reads it (flags, and the overrides in `.overrides`); what it refuses
+    (a flag without its value, an unknown flag, overrides on both sides of a flag) as a ConfigError."""
+    parser = get_args_parser()
+    parser.exit_on_error = False
+    parser.error = _refuse  # type: ignore[method-assign]  # argparse would print its usage and exit
+    try:
+        return parser.parse_args(args)
+    except (argparse.ArgumentError, _Refusal) as error:
+        raise ConfigError(
+            f"{' '.join(args)}: {error}. Hydra's flags: --cfg job|hydra|all, --resolve, --info, --config-dir DIR, "
+            "--hydra-help; overrides go after them (`normbench run --help`)."
+        ) from None
+
+
+def with_config_dir(overrides: list[str], config_dir: str | None) -> list[str]:
+    """`--config-dir DIR` as the override `hydra.searchpath=[file://DIR, ...]` (the same search path for Hydra),
+    so that every check composes with the user's configs; a directory that does not exist is refused."""
+    if config_dir is None:
+        return overrides
+    path = Path(config_dir).expanduser().resolve()
+    if not path.is_dir():
+        raise ConfigError(
+            f"--config-dir {config_dir}: {path} is not a directory{' (it is a file)' if path.exists() else ''}. Give "
+            "the folder that holds your own configs (e.g. norm/mynorm.yaml), or leave --config-dir out."
+        )
+    given = [o for o in overrides if override_key(o) == "hydra.searchpath"]
+    earlier = []
+    if given:
+        value = parse(given[-1:])[0].value()
+        earlier = [hydra_value(str(v)) for v in (value if isinstance(value, list) else [value])]
+    paths = ",".join([hydra_value(f"file://{path}"), *earlier])
+    return [*(o for o in overrides if override_key(o) != "hydra.searchpath"), f"hydra.searchpath=[{paths}]"]
+
+
+def _passes_through(flags: argparse.Namespace) -> bool:
+    """Flags that need no config of normbench's: help, shell completion, another primary config."""
+    return bool(flags.help or flags.hydra_help or flags.shell_completion or flags.config_path or flags.config_name)
+
+
+def _shows(flags: argparse.Namespace) -> bool:
+    """Flags with which Hydra prints a config or what it composed instead of running."""
+    return bool(flags.cfg or flags.info or flags.multirun or flags.experimental_rerun or flags.package or flags.resolve)
+
+
 def start_run(args: list[str]) -> int:
+    """One run (see `run_through_hydra`); `--cfg`, `--info` and the like print a config only after the checks a
+    run makes; help and Hydra's rarer flags go straight to Hydra."""
+    flags = parse_flags(args)
+    if _passes_through(flags):
+        return task.hydra_main(hydra_args(args))
+    overrides = with_config_dir(flags.overrides, flags.config_dir)
+    if _shows(flags):
+        compose_config(overrides)  # validated: refuses what the run would refuse
+        flag_tokens = [a for a in args if a not in flags.overrides and a != f"--config-dir={flags.config_dir}"]
+        return task.hydra_main(hydra_args([*flag_tokens, *overrides]))
+    return run_through_hydra(overrides)
+
+
+def run_through_hydra(args: list[str]) -> int:
     """One run through Hydra's entry point, which composes its config once; `preflight.RunCheck` checks that config
     before anything is written. Returns the exit code; raises ConfigError for a config Hydra cannot compose.
 
@@ -58,9 +131,17 @@ def start_run(args: list[str]) -> int:
 def start_sweep(given: list[str]) -> int:
     """A sweep: every run of its grid checked before anything trains (raises NormbenchError), then Hydra's
     multirun; returns the exit code the sweep's records give (`summary.sweep_outcome`)."""
-    args = given if has_grid(given) else ["sweep=default", *given]  # no grid given: the named default grid
-    if not overrides_only(args):
-        return task.hydra_main(["--multirun", *hydra_args(args)])
+    flags = parse_flags(given)
+    if _passes_through(flags):
+        return task.hydra_main(["--multirun", *hydra_args(given)])
+    overrides = with_config_dir(flags.overrides, flags.config_dir)
+    default = [] if has_grid(overrides) else ["sweep=default"]  # no grid given: the named default grid
+    args = [*default, *overrides]
+    if _shows(flags):
+        plan_sweep(args, create=False)  # every run checked, as a sweep would; nothing written
+        # Hydra prints one config, not a multirun's: the grid's first run's.
+        flag_tokens = [a for a in given if a not in flags.overrides and a != f"--config-dir={flags.config_dir}"]
+        return task.hydra_main(hydra_args([*flag_tokens, *sweep_jobs(args)[0]]))
     with STOP.main_process():  # a signal from here on stops the sweep, whatever it is doing
         plan = plan_sweep(args)
         sweep_dir = plan.sweep_dir

@@ -12,6 +12,7 @@ import signal
 import sys
 import traceback
 from pathlib import Path
+from typing import Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -93,7 +94,7 @@ def task(cfg: DictConfig) -> RunRecord | None:
         if claim.completed:
             console.print(f"[green]Skipping[/] {run_dir.name}: already completed.", highlight=False)
             return claim.previous
-        return train(cfg, hydra_cfg, run_dir, multirun)
+        return train(cfg, hydra_cfg, run_dir, multirun, claim.checkpoint)
     finally:
         claim.release()
 
@@ -105,8 +106,11 @@ def not_started(run_dir: Path) -> None:
     return None
 
 
-def train(cfg: DictConfig, hydra_cfg: DictConfig, run_dir: Path, multirun: bool) -> RunRecord | None:
-    """Train the claimed run; turn every outcome into a record, a message and (outside a sweep) an exit code."""
+def train(
+    cfg: DictConfig, hydra_cfg: DictConfig, run_dir: Path, multirun: bool, saved: dict[str, Any] | None = None
+) -> RunRecord | None:
+    """Train the claimed run (`saved`: the checkpoint its claim read, to resume from); turn every outcome into a
+    record, a message and (outside a sweep) an exit code."""
     from normbench.run.board import tensorboard_hint  # deferred, like train: both import torch
     from normbench.run.train import run  # deferred: keeps `--cfg`/`--help` fast
 
@@ -117,7 +121,6 @@ def train(cfg: DictConfig, hydra_cfg: DictConfig, run_dir: Path, multirun: bool)
         try:
             rundir.write_hydra_files(run_dir, cfg, hydra_cfg)
             resume = multirun or bool(cfg.resume)
-            saved = rundir.read_checkpoint(run_dir) if resume else None  # read once, checked, restored by the run
             swept = swept_keys(hydra_cfg.overrides.task, hydra_cfg.job.config.override_dirname.exclude_keys)
             record = run(cfg, run_dir, console=console, resume=resume, saved_checkpoint=saved,
                          swept=swept, experiment=not multirun)  # fmt: skip

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from normbench.base.errors import CheckpointError
 from normbench.base.files import write_atomic
 
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -75,9 +76,15 @@ class Checkpoint:
         payload = payload if payload is not None else read(self.path.parent)
         if payload is None:
             return None
-        self.model.load_state_dict(payload["model"])
-        self.optimizer.load_state_dict(payload["optimizer"])
-        self.scheduler.load_state_dict(payload["scheduler"])
+        try:
+            self.model.load_state_dict(payload["model"])
+            self.optimizer.load_state_dict(payload["optimizer"])
+            self.scheduler.load_state_dict(payload["scheduler"])
+        except (RuntimeError, ValueError, KeyError) as error:  # another run's: other layers, shapes, optimizer
+            raise CheckpointError(
+                f"{self.path} does not fit this run: it belongs to another run ({str(error).splitlines()[0]}). "
+                "Move it away to start this run from step 0, or choose another directory (hydra.run.dir=DIR)."
+            ) from None
         rng = payload["rng"]
         torch.set_rng_state(rng["torch"].cpu())
         random.setstate(rng["python"])

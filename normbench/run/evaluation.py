@@ -12,7 +12,8 @@ estimated from the same images. Comparing the three separates noisy batch statis
 from __future__ import annotations
 
 import copy
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from types import TracebackType
 
@@ -20,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from normbench.base.errors import NormError
 from normbench.parts.data import Batches
 
 
@@ -91,14 +93,54 @@ def bn_mode_accuracies(
     """Validation accuracy with batch statistics of the training batch size (the running statistics are left as
     they were), and with PreciseBN statistics over `plan.batches` batches of `precise_bn_batches` (None without a
     plan). Leaves `model` in eval mode."""
-    with frozen_buffers(model):
+    with contract(BATCH_STATS_CONTRACT), frozen_buffers(model):
         model.train()
         batch_stats = evaluate(model, val_at_train_batch_size, autocast)[1]
     precise = None
     if precise_bn_batches is not None and plan is not None:
-        precise = evaluate(precise_bn(model, precise_bn_batches, plan.batches).eval(), val, autocast)[1]
+        with contract(PRECISE_BN_CONTRACT):
+            precise = evaluate(precise_bn(model, precise_bn_batches, plan.batches).eval(), val, autocast)[1]
     model.eval()
     return batch_stats, precise
+
+
+# What these validations ask of a norm with running statistics, in the words of docs/plugins.md ("What
+# normbench asks of a norm"), where the whole contract is written.
+BATCH_STATS_CONTRACT = (
+    "the validation with batch statistics, which puts the model in train mode and restores every buffer afterwards "
+    "(a norm with running statistics must normalize with the batch's statistics in train mode and keep its whole "
+    "state in buffers and parameters)"
+)
+PRECISE_BN_CONTRACT = (
+    "PreciseBN, which deep-copies the model, zeroes running_mean and num_batches_tracked, fills running_var with 1 "
+    "and sets momentum=None on every layer with running statistics (a norm with running_mean and momentum must "
+    "accept momentum=None as a cumulative average of the batches seen, as torch's BatchNorm does)"
+)
+
+
+class NormContractError(NormError):
+    """A norm that failed inside normbench's own machinery; `at` names the norm and the step."""
+
+    def __init__(self, phase: str, error: BaseException) -> None:
+        first = str(error).splitlines()[0] if str(error) else ""
+        super().__init__(f"{phase}: {type(error).__name__}: {first}")
+        self.phase, self.error = phase, f"{type(error).__name__}{': ' + first if first else ''}"
+
+    def at(self, norm: str, step: int) -> NormError:
+        return NormError(
+            f"norm={norm} failed at step {step} in {self.phase}; it raised {self.error}. That is the contract every "
+            'norm meets, the built-in ones included: see "What normbench asks of a norm" in docs/plugins.md. Fix '
+            "the norm, or set eval.bn_modes=false to skip these validations."
+        )
+
+
+@contextmanager
+def contract(phase: str) -> Iterator[None]:
+    """A norm's failure inside `phase` as a NormContractError, so that it is reported as the norm's, not a crash."""
+    try:
+        yield
+    except (TypeError, AttributeError, RuntimeError, ValueError) as error:
+        raise NormContractError(phase, error) from error
 
 
 class frozen_buffers:

@@ -11,7 +11,8 @@ import json
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
-from typing import Any, TypeVar, get_args, get_origin, get_type_hints
+from types import UnionType
+from typing import Any, TypeVar, Union, get_args, get_origin, get_type_hints
 
 from normbench.base.errors import NormbenchError
 from normbench.base.files import write_json
@@ -178,15 +179,52 @@ def find_records(root: Path) -> Iterator[tuple[Path, RunRecord | UnreadableRecor
 
 
 def from_dict(cls: type[T], data: dict[str, Any]) -> T:
-    """A dataclass from its JSON form: nested dataclasses (also in lists) rebuilt, unknown keys dropped."""
+    """A dataclass from its JSON form: nested dataclasses (also in lists) rebuilt, unknown keys dropped. A value
+    whose type does not match the field's annotation raises TypeError naming the field (`metrics.val_acc`)."""
     hints = get_type_hints(cls)
-    return cls(**{f.name: _convert(hints[f.name], data[f.name]) for f in fields(cls) if f.init and f.name in data})
+    return cls(
+        **{f.name: _convert(hints[f.name], data[f.name], f.name) for f in fields(cls) if f.init and f.name in data}
+    )
 
 
-def _convert(hint: Any, value: Any) -> Any:
-    for kind in (hint, *get_args(hint)):  # X itself, or the X of `X | None`
+def _convert(hint: Any, value: Any, name: str) -> Any:
+    """`value` as the annotation `hint` describes it (dataclasses rebuilt), or TypeError."""
+    if hint is Any:
+        return value
+    options = get_args(hint) if get_origin(hint) in (UnionType, Union) else (hint,)
+    for kind in options:
+        if kind is type(None) and value is None:
+            return None
         if is_dataclass(kind) and isinstance(value, dict):
-            return from_dict(kind, value)
-        if get_origin(kind) is list and isinstance(value, list):
-            return [_convert(get_args(kind)[0], v) for v in value]
-    return value
+            try:
+                return from_dict(kind, value)
+            except TypeError as error:
+                raise TypeError(f"{name}.{error}") from None
+        origin = get_origin(kind)
+        if origin is list and isinstance(value, list):
+            return [_convert(get_args(kind)[0], v, f"{name}[{i}]") for i, v in enumerate(value)]
+        if origin is dict and isinstance(value, dict):
+            return value
+        if kind is float and isinstance(value, int | float) and not isinstance(value, bool):
+            return value  # JSON writes 1.0 as 1.0, but a hand-edited 1 is the same number
+        if kind in (int, str, bool) and type(value) is kind:
+            return value
+    raise TypeError(f"{name} is {json.dumps(value)[:60]} ({_json_type(value)}), not {_words(hint)}")
+
+
+def _json_type(value: Any) -> str:
+    names = {bool: "true/false", int: "a number", float: "a number", str: "a text", list: "a list", dict: "an object"}
+    return "null" if value is None else names.get(type(value), type(value).__name__)
+
+
+def _words(hint: Any) -> str:
+    """A field's annotation in the words of JSON: "a whole number or null"."""
+    if get_origin(hint) in (UnionType, Union):
+        return " or ".join(_words(a) for a in get_args(hint))
+    if get_origin(hint) is list:
+        return "a list"
+    if get_origin(hint) is dict or is_dataclass(hint):
+        return "an object"
+    return {type(None): "null", int: "a whole number", float: "a number", str: "a text", bool: "true/false"}.get(
+        hint, str(hint)
+    )

@@ -163,9 +163,10 @@ def summarize(root: Path) -> dict[str, Any]:
     return {"root": str(root), "runs": rows, "groups": aggregate(rows), "unreadable": unreadable(root)}
 
 
-def write_summary(root: Path, out: Path | None = None) -> dict[str, Any]:
-    """summary.csv and summary.json of the runs under `root`, written into `out` (default: `root`)."""
-    summary = summarize(root)
+def write_summary(root: Path, out: Path | None = None, summary: dict[str, Any] | None = None) -> dict[str, Any]:
+    """summary.csv and summary.json of the runs under `root` (or the `summary` already made of them), written into
+    `out` (default: `root`)."""
+    summary = summary or summarize(root)
     out = out or root
     out.mkdir(parents=True, exist_ok=True)
 
@@ -394,12 +395,12 @@ def markdown(summary: dict[str, Any], figures: list[Path], reference: Reference 
 
 
 def write_report(
-    root: Path, reference: Reference | None = None, out: Path | None = None
+    root: Path, reference: Reference | None = None, out: Path | None = None, summary: dict[str, Any] | None = None
 ) -> tuple[dict[str, Any], list[Path], Path]:
     """Summary files, figures and report.md in `out` (default: `root`); returns (summary, figures, report path)."""
     root = root.resolve()
     out = (out or root).resolve()
-    summary = write_summary(root, out)
+    summary = write_summary(root, out, summary)
     figures = make_figures(summary, out, reference)
     path = out / "report.md"
     path.write_text(markdown(summary, figures, reference))

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import math
 import typing
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -115,6 +116,12 @@ def setting(
     return field(default=default, metadata=metadata)
 
 
+# Seeds within ±2³²: torch.manual_seed takes 64 bits, and an epoch's draw seeds with seed·1,000,003 + epoch
+# (parts/data.py Batches), which must fit there too.
+SEED_LIMIT = 2**32
+FLOAT32_MAX = 3.4028234663852886e38  # the largest float32: torch's optimizers take their settings as one
+
+
 # --- the fixed part of the schema -----------------------------------------------------------------------
 
 
@@ -147,7 +154,7 @@ class SyntheticData(DataConfig):
     name: str = "synthetic"
     train_size: int = setting(10_000, ge=1)
     val_size: int = setting(2_000, ge=1)
-    seed: int = 0  # the dataset's own seed: the same images for every run seed
+    seed: int = setting(0, gt=-SEED_LIMIT, lt=SEED_LIMIT)  # the dataset's own: the same images for every run seed
     difficulty: float = setting(1.5, ge=0)  # strength of overlay and noise (docs/science.md: what cnn+bn reaches)
     generator: Generator = Generator.v2
 
@@ -259,7 +266,7 @@ class Config:
     # Cap on optimizer steps; with budget=steps, the budget itself.
     max_steps: int | None = setting(None, ge=1, null="no cap")
     budget: Budget = Budget.epochs
-    seed: int = 0
+    seed: int = setting(0, gt=-SEED_LIMIT, lt=SEED_LIMIT)
     device: Device = setting(Device.auto, volatile=True)  # noqa: RUF009 (setting() returns a field)
     threads: int | None = setting(None, ge=1, null="all cores, divided among parallel sweep jobs", volatile=True)
     resume: bool = setting(False, volatile=True)  # continue from the run directory's checkpoint
@@ -419,7 +426,7 @@ def _show(value: Any) -> str:
         value = OmegaConf.to_container(value)
     if isinstance(value, list):
         return "[" + ",".join(map(_show, value)) + "]"
-    if isinstance(value, float) and value.is_integer():
+    if isinstance(value, float) and value.is_integer() and abs(value) < 1e16:
         return str(int(value))  # as typed: lr=0 is shown as 0, not 0.0
     return "null" if value is None else str(value)
 
@@ -428,6 +435,13 @@ def _in_range(value: Any, m: typing.Mapping[str, Any]) -> bool:
     ge, gt, lt = m.get("ge"), m.get("gt"), m.get("lt")
     items = value if isinstance(value, list) else [value]
     return all((ge is None or v >= ge) and (gt is None or v > gt) and (lt is None or v < lt) for v in items)
+
+
+def _finite(value: Any) -> bool:
+    """No inf or nan, in a number or a list of them, and nothing beyond float32 (the parameters' type, which
+    torch's optimizers convert their settings to: 1e300 raises mid-step); nan is refused by every range too."""
+    items = value if isinstance(value, list) else [value]
+    return all(math.isfinite(v) and abs(v) < FLOAT32_MAX for v in items if isinstance(v, float))
 
 
 def _check_node(node: DictConfig, prefix: str = "") -> None:
@@ -444,6 +458,9 @@ def _check_node(node: DictConfig, prefix: str = "") -> None:
         value = node[key]
         if isinstance(value, DictConfig) and dataclasses.is_dataclass(OmegaConf.get_type(value)):
             _check_node(value, f"{full}.")
+        elif value is not None and not _finite(_plain(value)):
+            within = f"within float32's ±{FLOAT32_MAX:.4g}"
+            raise _fail(full, value, f"it must be finite, {within} ({describe(schema, key)})")
         elif value is not None and not _in_range(_plain(value), fields[key].metadata):
             raise _fail(full, value, "it must be " + describe(schema, key))
 
@@ -470,6 +487,17 @@ def unknown_key(key: str, schema: type | None) -> ConfigError:
     )
 
 
+def effective_lr(optim: DictConfig, batch_size: int) -> float:
+    """optim.lr is the rate at optim.base_batch_size, scaled to the run's batch size.
+
+    linear: lr · B / base (Goyal et al. 2017, the GroupNorm paper's setting); sqrt: lr · sqrt(B / base);
+    none: lr as given.
+    """
+    ratio = batch_size / optim.base_batch_size
+    scale = {"linear": ratio, "sqrt": math.sqrt(ratio), "none": 1.0}[optim.lr_scaling]
+    return float(optim.lr * scale)
+
+
 def check(cfg: DictConfig) -> None:
     """Refuse a composed config that the schema does not allow: unknown keys, values out of range, and the
     rules that tie keys together. Raises a ConfigError naming the key, the value and what is allowed."""
@@ -478,6 +506,10 @@ def check(cfg: DictConfig) -> None:
         node = cfg[group]
         if OmegaConf.get_type(node) is not options.get(node.name):
             raise _fail(f"{group}.name", node.name, f"choose the {group} with {group}=NAME ({', '.join(options)})")
+    lr = effective_lr(cfg.optim, cfg.batch_size)
+    if not lr < FLOAT32_MAX:
+        raise _fail("optim.lr", cfg.optim.lr, f"scaled to batch_size={cfg.batch_size} (optim.lr_scaling="
+                    f"{cfg.optim.lr_scaling}) it is {lr:.4g}, beyond float32's {FLOAT32_MAX:.4g}")  # fmt: skip
     if cfg.budget == Budget.steps and cfg.max_steps is None:
         raise _fail("max_steps", None, "budget=steps trains for max_steps optimizer steps, so set it (e.g. 2000)")
     data: DataConfig = OmegaConf.to_object(cfg.data)  # type: ignore[assignment]

@@ -31,18 +31,7 @@ from normbench.run import schema
 from normbench.run.devices import select_device
 from normbench.run.evaluation import PreciseBNPlan, has_running_stats, plan_precise_bn
 from normbench.run.record import Budget
-
-
-def effective_lr(optim: DictConfig, batch_size: int) -> float:
-    """optim.lr is the rate at optim.base_batch_size, scaled to the run's batch size.
-
-    linear: lr · B / base (Goyal et al. 2017, the GroupNorm paper's setting); sqrt: lr · sqrt(B / base);
-    none: lr as given.
-    """
-    ratio = batch_size / optim.base_batch_size
-    scale = {"linear": ratio, "sqrt": math.sqrt(ratio), "none": 1.0}[optim.lr_scaling]
-    return float(optim.lr * scale)
-
+from normbench.run.schema import effective_lr  # the one statement of it; imported from here by the trainer
 
 # Each optimizer from its parameter groups, the effective lr and the `optim` config group, by the group's schema
 # (which names it).

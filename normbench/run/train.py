@@ -30,7 +30,7 @@ from normbench.parts.data import ImageData
 from normbench.run import record as R
 from normbench.run.board import Board, run_hparams
 from normbench.run.checkpoint import Checkpoint
-from normbench.run.evaluation import bn_mode_accuracies, evaluate
+from normbench.run.evaluation import NormContractError, bn_mode_accuracies, evaluate
 from normbench.run.monitor import Monitor
 from normbench.run.progress import ProgressBar
 from normbench.run.record import Epoch, Metrics, RunRecord
@@ -142,6 +142,10 @@ def run(
         record(R.INTERRUPTED, f"Stopped at once by a second Ctrl-C at step {state.step}; resume=true continues "
                "from the checkpoint saved at the last epoch's end, if there is one.")  # fmt: skip
         raise
+    except NormContractError as error:  # a plugin norm that fails in normbench's own validations
+        broken = error.at(cfg.norm.name, state.step)
+        record(R.FAILED, str(broken))
+        raise broken from None
     except BaseException as error:
         record(R.FAILED, f"{type(error).__name__}: {error}")
         raise

@@ -1,0 +1,181 @@
+"""What an adversarial user tries (issue 29), with real processes and real files: no traceback without --debug
+and the documented exit code; no directory written that holds something else (hashes before and after); no
+trace of an earlier attempt in TensorBoard; every printed command works when pasted into a shell; no process
+left behind when a sweep's main process is killed; no silent replacement of a norm; messages that say what
+happened; shared files with the run directory's permissions."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from conftest import normbench
+from test_records import SMALL, _ok, tree_hashes
+from test_records import completed as completed  # a fixture: re-exported, pytest finds it by name
+
+from normbench.base.errors import EXIT_BAD_INPUT
+
+STRICT_BN = '''
+import torch
+from torch import nn
+from normbench.parts.norms.registry import on, register_norm
+
+
+class StrictBN(nn.Module):
+    """A batch norm that takes its momentum for a number: PreciseBN's momentum=None breaks it."""
+
+    def __init__(self, channels, eps=1e-5):
+        super().__init__()
+        self.eps, self.momentum = eps, 0.1
+        self.weight, self.bias = nn.Parameter(torch.ones(channels)), nn.Parameter(torch.zeros(channels))
+        self.register_buffer("running_mean", torch.zeros(channels))
+        self.register_buffer("running_var", torch.ones(channels))
+        self.register_buffer("num_batches_tracked", torch.tensor(0))
+
+    def forward(self, x):
+        if self.training:
+            mean, var = x.mean([0, 2, 3]), x.var([0, 2, 3], unbiased=False)
+            with torch.no_grad():
+                self.running_mean.mul_(1 - self.momentum).add_(self.momentum * mean)
+                self.running_var.mul_(1 - self.momentum).add_(self.momentum * var)
+        else:
+            mean, var = self.running_mean, self.running_var
+        s = (None, slice(None), None, None)
+        return (x - mean[s]) / torch.sqrt(var[s] + self.eps) * self.weight[s] + self.bias[s]
+
+
+@register_norm("strictbn", summary="BN that needs a numeric momentum", batch_statistics=True,
+               layouts={"image": on("N,H,W", torch=StrictBN, reference=StrictBN)})
+def strict_bn(cls, num_features: int, *, eps: float = 1e-5) -> nn.Module:
+    return cls(num_features, eps=eps)
+'''
+
+
+def _plugin(root: Path, name: str, source: str) -> Path:
+    """A plugin module and its norm config in a --config-dir of their own."""
+    (root / "norm").mkdir(parents=True)
+    (root / "norm" / f"{name}.yaml").write_text(f"defaults: [/schema/norm/{name}@_here_]\n")
+    (root / f"{name}.py").write_text(source)
+    return root
+
+
+# --- 1. No traceback without --debug, exit codes as documented ------------------------------------------------
+
+
+def test_bad_input_is_one_paragraph_with_exit_code_2_and_changes_nothing(completed, tmp_path) -> None:
+    # report: a record whose fields have the wrong types is listed as unreadable, with or without --skip-bad.
+    sweep = tmp_path / "sweep"
+    shutil.copytree(completed, sweep / "good")
+    shutil.copytree(completed, sweep / "typed")
+    for key, value in (("metrics", {"val_acc": "high"}), ("steps", "3"), ("batch_size", [8]), ("history", [{}])):
+        data = json.loads((completed / "results.json").read_text())
+        data[key] = value
+        (sweep / "typed" / "results.json").write_text(json.dumps(data))
+        said = _ok(normbench("report", str(sweep), "--no-figures", cwd=tmp_path), EXIT_BAD_INPUT)
+        assert "unreadable typed" in said and f"{key}" in said and "B=8" in said  # the good run in the table
+        _ok(normbench("report", str(sweep), "--no-figures", "--skip-bad", cwd=tmp_path), 0)
+
+    # Numbers torch or Python's RNG cannot take: refused at config time, with the allowed range; nothing written.
+    before = tree_hashes(tmp_path)
+    for overrides, says in (
+        (["optim.lr=1e400"], "optim.lr=inf is not valid: it must be finite"),
+        (["optim.lr=inf"], "optim.lr=inf is not valid: it must be finite"),
+        (["optim.weight_decay=1e300"], "optim.weight_decay=1e+300 is not valid: it must be finite, within float32"),
+        (["optim.lr=3e38", "optim.base_batch_size=1"], "optim.lr=3e+38 is not valid: scaled to batch_size=8"),
+        ([f"seed={2**64}"], f"seed={2**64} is not valid: it must be a whole number > -4294967296 and < 4294967296"),
+        ([f"data.seed={-(2**63)}"], "data.seed=-9223372036854775808 is not valid: it must be a whole number >"),
+    ):
+        done = normbench("run", *SMALL, *overrides, f"hydra.run.dir={tmp_path / 'new'}", cwd=tmp_path)
+        assert says in _ok(done, EXIT_BAD_INPUT)
+    assert tree_hashes(tmp_path) == before and not (tmp_path / "new").exists()
+
+    # A checkpoint of another run (other norm, other model) on resume=true: exit 2 naming the file, nothing changed.
+    other = tmp_path / "other"
+    other.mkdir()
+    shutil.copy(completed / "checkpoint.pt", other)
+    before = tree_hashes(other)
+    for extra in ("norm=gn", "model=mlp"):
+        done = normbench("run", *SMALL, extra, "resume=true", f"hydra.run.dir={other}", cwd=tmp_path)
+        said = _ok(done, EXIT_BAD_INPUT)
+        assert f"{other / 'checkpoint.pt'} cannot be loaded" in said and "another run's model" in said
+        assert tree_hashes(other) == before
+
+    # Hydra's own error paths: --cfg checks like a run, a missing --config-dir, a flag without its value.
+    for args, says in (
+        (["--cfg", "job", "optim.lr=abc"], "optim.lr=abc is not valid: it must be a number > 0"),
+        (["--cfg", "job", "optim.lr=-1"], "optim.lr=-1 is not valid"),
+        (["--config-dir", str(tmp_path / "none"), "--cfg", "job"], "is not a directory"),
+        (["--config-dir", str(tmp_path / "none"), *SMALL], "is not a directory"),
+        (["--cfg"], "expected one argument"),
+    ):
+        assert says in _ok(normbench("run", *args, cwd=tmp_path), EXIT_BAD_INPUT)
+    for args, says in (
+        (["--cfg", "job", "norm=bn,gn", "optim.lr=-1"], "in the run norm=bn optim.lr=-1: optim.lr=-1 is not valid"),
+        (["--config-dir", str(tmp_path / "none"), "norm=bn,gn"], "is not a directory"),
+    ):
+        assert says in _ok(normbench("sweep", *args, cwd=tmp_path), EXIT_BAD_INPUT)
+    assert "name: bn" in _ok(normbench("sweep", "--cfg", "job", "norm=bn,gn", cwd=tmp_path), 0)
+
+
+def test_a_plugin_norm_that_breaks_the_contract_is_named_with_its_step(tmp_path) -> None:
+    plugins = _plugin(tmp_path / "mine", "strictbn", STRICT_BN)
+    env = {"NORMBENCH_PLUGINS": str(plugins / "strictbn.py")}
+    run_dir = tmp_path / "run"
+    done = normbench("run", "--config-dir", str(plugins), *SMALL, "norm=strictbn", f"hydra.run.dir={run_dir}",
+                     cwd=tmp_path, **env)  # fmt: skip
+    said = _ok(done, EXIT_BAD_INPUT)
+    assert "norm=strictbn failed at step 3 in PreciseBN" in said and "momentum=None" in said
+    assert "What normbench asks of a norm" in said and "docs/plugins.md" in said
+    record = json.loads((run_dir / "results.json").read_text())
+    assert record["status"] == "failed" and "norm=strictbn failed at step 3" in record["reason"]
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "plugins.md").read_text()
+    assert "## What normbench asks of a norm" in docs and "momentum=None" in docs
+    # Without the BN-mode validations the same norm trains to the end.
+    done = normbench("run", "--config-dir", str(plugins), *SMALL, "norm=strictbn", "eval.bn_modes=false",
+                     f"hydra.run.dir={tmp_path / 'run2'}", cwd=tmp_path, **env)  # fmt: skip
+    _ok(done, 0)
+
+
+# --- 2. Never write into a directory that holds something else -------------------------------------------------
+
+
+def test_no_directory_that_holds_something_else_is_written(completed, tmp_path) -> None:
+    sweep = tmp_path / "sweep"
+    _ok(normbench("sweep", *SMALL, "norm=bn,gn", f"hydra.sweep.dir={sweep}", cwd=tmp_path), 0)
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "notes.txt").write_text("mine")
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    (cwd / "paper.tex").write_text("mine")
+    broken = tmp_path / "broken"
+    shutil.copytree(sweep, broken)
+    (broken / "gn_b008" / "results.json").write_text('{"status": "comp')
+    before = {root: tree_hashes(root) for root in (completed, tmp_path)}
+    entries = sorted(p.name for p in tmp_path.iterdir())
+    for command, key, where, says in (
+        ("sweep", "hydra.sweep.dir", completed, "is a run's directory (it holds .hydra, checkpoint.pt, results.json)"),
+        ("run", "hydra.run.dir", sweep, "is a sweep's directory: it holds bn_b008"),
+        ("run", "hydra.run.dir", notes, "is not a run's directory: it holds notes.txt"),
+        ("sweep", "hydra.sweep.dir", notes, "is not a sweep's directory: it holds notes.txt"),
+        ("run", "hydra.run.dir", "", "hydra.run.dir is empty, which would write into the current directory"),
+        ("sweep", "hydra.sweep.dir", "", "hydra.sweep.dir is empty"),
+    ):
+        grid = ["norm=bn,gn"] if command == "sweep" else []
+        said = _ok(normbench(command, *SMALL, *grid, f"{key}={where}", cwd=cwd), EXIT_BAD_INPUT)
+        assert says in said and ("Nothing was changed" in said or "empty" in says)
+    # A sweep refused by its checks leaves no (empty) sweep directory behind.
+    new = tmp_path / "new"
+    _ok(normbench("sweep", *SMALL, "norm=bn,gn", "optim.lr=-1", f"hydra.sweep.dir={new}", cwd=tmp_path), 2)
+    _ok(normbench("run", *SMALL, "optim.lr=-1", f"hydra.run.dir={new}", cwd=tmp_path), 2)
+    # report refuses a sweep with an unreadable record: its summary files stay as they were.
+    said = _ok(normbench("report", str(broken), "--no-figures", cwd=tmp_path), EXIT_BAD_INPUT)
+    assert "unreadable gn_b008" in said and "Nothing was written" in said
+    assert {root: tree_hashes(root) for root in (completed, tmp_path)} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == entries and sorted(p.name for p in cwd.iterdir()) == [
+        "paper.tex"
+    ]
+    # The same sweep into its own directory still continues it.
+    said = _ok(normbench("sweep", *SMALL, "norm=bn,gn", f"hydra.sweep.dir={sweep}", cwd=tmp_path), 0)
+    assert said.count("already completed") == 2
