@@ -91,6 +91,13 @@ class Objective(Choice):
     val_loss = "val_loss"  # minimize
 
 
+class Launch(Choice):
+    """How a run with workers > 1 runs its workers (`launch`): both give the same numbers."""
+
+    emulated = "emulated"  # one process: the workers' shares side by side in one batch
+    processes = "processes"  # one process per worker through torch.distributed (normbench starts torchrun's agent)
+
+
 class Impl(Choice):
     torch = "torch"  # PyTorch's fused kernels
     reference = "reference"  # normbench's code written from the formulas
@@ -257,6 +264,10 @@ class Config:
     # Cap on optimizer steps; with budget=steps, the budget itself.
     max_steps: int | None = setting(None, ge=1, null="no cap")
     budget: Budget = Budget.epochs
+    workers: int = setting(1, ge=1)  # data-parallel workers sharing each batch (docs/workers.md)
+    # emulated: one process; processes: one process per worker (torchrun's agent). Under torchrun each process is
+    # a worker whatever this says.
+    launch: Launch = setting(Launch.emulated, volatile=True)  # noqa: RUF009 (setting() returns a field)
     seed: int = 0
     device: Device = setting(Device.auto, volatile=True)  # noqa: RUF009 (setting() returns a field)
     threads: int | None = setting(None, ge=1, null="all cores, divided among parallel sweep jobs", volatile=True)

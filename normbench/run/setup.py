@@ -28,6 +28,7 @@ from normbench.parts import data as data_module
 from normbench.parts.data import Batches, ImageData, load_data
 from normbench.parts.models import build_model, count_parameters
 from normbench.run.devices import select_device
+from normbench.run.distributed import Ranks
 from normbench.run.evaluation import PreciseBNPlan, has_running_stats, plan_precise_bn
 from normbench.run.record import Budget
 
@@ -132,12 +133,15 @@ def rebatched(batches: Batches, batch_size: int) -> Batches:
 
 @dataclass
 class Setup:
-    """What a run is built from. `forward` is the module the training step calls: `model` itself, or its
-    compiled version (evaluation and probed steps use `model`, eager)."""
+    """What a run is built from. `forward` is the module the training step calls: `eager`, or its compiled
+    version (probed steps call `eager`). `eager` is `model` itself, or DDP around it across real worker processes
+    (`ranks`); evaluation calls `model`."""
 
     device: torch.device
     model: nn.Module
     forward: Callable[..., torch.Tensor]
+    eager: Callable[..., torch.Tensor]
+    ranks: Ranks
     params: int
     lr: float
     optimizer: torch.optim.Optimizer
@@ -154,8 +158,10 @@ class Setup:
     precise_bn: PreciseBNPlan | None = None
 
 
-def set_up(cfg: DictConfig, data: ImageData | None = None) -> Setup:
-    """Build everything in a fixed order from the seed, so that the same config gives the same run."""
+def set_up(cfg: DictConfig, data: ImageData | None = None, ranks: Ranks | None = None) -> Setup:
+    """Build everything in a fixed order from the seed, so that the same config gives the same run; on every
+    rank of a multi-process run (`ranks`) the same."""
+    ranks = ranks or Ranks()
     device = select_device(cfg.device)
     if device.type == "cuda" and device.index is None:  # the current device: a sweep job's own GPU (launch/jobs.py)
         device = torch.device("cuda", torch.cuda.current_device())
@@ -185,10 +191,13 @@ def set_up(cfg: DictConfig, data: ImageData | None = None) -> Setup:
     small = min(cfg.batch_size, len(val_batches.labels))
     precise = plan_precise_bn(cfg.eval.precise_bn_images, cfg.eval.precise_bn_batch_size, len(data.train_labels))
     precise = precise if bn_modes else None
+    eager = ranks.wrap(model, device)
     return Setup(
         device=device,
         model=model,
-        forward=torch.compile(model, mode=cfg.train.compile_mode.value) if cfg.train.compile else model,
+        forward=torch.compile(eager, mode=cfg.train.compile_mode.value) if cfg.train.compile else eager,
+        eager=eager,
+        ranks=ranks,
         params=count_parameters(model),
         lr=lr,
         optimizer=optimizer,
