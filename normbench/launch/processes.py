@@ -17,6 +17,7 @@ import contextlib
 import dataclasses
 import logging
 import os
+import signal
 import sys
 import tempfile
 import traceback
@@ -136,7 +137,9 @@ def start(cfg: DictConfig, overrides: list[str], run_dir: Path) -> RunRecord | N
     the run directory's lock meanwhile. Returns the record; raises the run's end as a NormbenchError."""
     argv = ["-m", "normbench", "run", *overrides, f"hydra.run.dir={hydra_value(str(run_dir))}"]
     if not debugging():  # torchrun's agent logs each worker it stops; the parent's paragraph says what happened
-        logging.getLogger("torch.distributed.elastic").setLevel(logging.ERROR)
+        for name in [*logging.root.manager.loggerDict, "torch.distributed.elastic"]:
+            if name.startswith("torch.distributed.elastic"):
+                logging.getLogger(name).setLevel(logging.CRITICAL)  # each has its own level (LOGLEVEL)
     os.environ[LOCK_HELD] = str(run_dir)
     with tempfile.TemporaryDirectory(prefix="normbench-workers-") as logs:
         config = LaunchConfig(
@@ -147,10 +150,12 @@ def start(cfg: DictConfig, overrides: list[str], run_dir: Path) -> RunRecord | N
             elastic_launch(config, sys.executable)(*argv)
         except ChildFailedError as failed:
             raise outcome(failed.failures, int(cfg.workers), run_dir) from None
-        except SignalException as signal:  # the workers were given the signal and have stopped
+        except SignalException as stopped:  # the workers were given the signal and have stopped
             record = RunRecord.read(run_dir)
+            if record is not None and record.status == R.COMPLETED:  # the signal came after the last step
+                return record
             reason = record.reason if record and record.status == R.INTERRUPTED else None
-            raise WorkerStopped(reason or f"Stopped by {signal.sigval.name} while the workers started.") from None
+            raise WorkerStopped(reason or f"Stopped by {stopped.sigval.name} while the workers started.") from None
         finally:
             os.environ.pop(LOCK_HELD, None)
     return RunRecord.read(run_dir)
@@ -166,11 +171,17 @@ class WorkerDiverged(NormbenchError):
     exit_code = EXIT_DIVERGED
 
 
+def collateral(failure: ProcessFailure) -> bool:
+    """Whether a worker ended because another did: it lost contact with it, or torchrun's agent stopped it
+    (SIGTERM, after the first failure) before it could say so."""
+    return LOST in failure.message or failure.exitcode == -signal.SIGTERM
+
+
 def outcome(failures: dict[int, ProcessFailure], world: int, run_dir: Path) -> NormbenchError:
     """The run's end from its workers' ends: all stopped, diverged or refused alike (the record's or their
     paragraph), else the first rank that failed by itself, as one paragraph, also written into the record."""
     codes = {f.exitcode for f in failures.values()}
-    rank, first = min(failures.items(), key=lambda item: (LOST in item[1].message, item[1].timestamp, item[0]))
+    rank, first = min(failures.items(), key=lambda item: (collateral(item[1]), item[1].timestamp, item[0]))
     message = first.message.partition(": ")[2] if first.exitcode > 0 else first.message
     if codes == {EXIT_INTERRUPTED}:
         return WorkerStopped(message)

@@ -88,13 +88,17 @@ class Ranks:
         return values
 
     def stopping(self, stop: StopRequest) -> bool:
-        """Whether the run stops at this step boundary: a signal reached any rank. Every rank then takes the same
-        signal into its `stop`, so they all record and exit alike."""
-        if self.world > 1:
-            flag = torch.tensor([stop.signum or 0], dtype=torch.int32)
-            dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self.flags)
-            stop.signum = int(flag.item()) or None
-        return stop.signum is not None
+        """Whether the run stops at this step boundary: a signal reached any rank before it. Every rank then takes
+        that signal into its `stop`, so they all record and exit alike. A signal that arrives during the exchange
+        counts at the next boundary: the decision is the exchanged one, the same on every rank."""
+        if self.world == 1:
+            return stop.signum is not None
+        flag = torch.tensor([stop.signum or 0], dtype=torch.int32)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self.flags)
+        agreed = int(flag.item())
+        if agreed:
+            stop.signum = stop.signum or agreed
+        return agreed != 0
 
     def barrier(self) -> None:
         """Wait for every rank (the others, while rank 0 validates and writes)."""
