@@ -39,7 +39,7 @@ def _weights(run_dir: Path) -> dict[str, torch.Tensor]:
 
 
 def _torchrun(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    """`torchrun --standalone --nproc_per_node=2 -m normbench run ...` (torchrun is `python -m torch.distributed.run`)."""
+    """`torchrun --standalone --nproc_per_node=2 -m normbench run ...` (torchrun: `python -m torch.distributed.run`)."""
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "normbench",
                "run", *args]  # fmt: skip
     return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=240)
@@ -47,8 +47,8 @@ def _torchrun(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
 
 def _start(run_dir: Path, *args: str) -> subprocess.Popen[str]:
     exe = Path(sys.executable).with_name("normbench")
-    return subprocess.Popen([str(exe), "run", *LONG, "workers=2", "launch=processes", *args, f"hydra.run.dir={run_dir}"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    command = [str(exe), "run", *LONG, "workers=2", "launch=processes", *args, f"hydra.run.dir={run_dir}"]
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
 def _processes_of(run_dir: Path) -> list[int]:
