@@ -7,9 +7,15 @@ from __future__ import annotations
 
 import copy
 import json
+import os
+import socket
+from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
 import torch.nn.functional as F
 from conftest import TINY
 from torch import nn
@@ -214,3 +220,113 @@ def test_precise_bn_and_copies_keep_the_per_share_setting_apart() -> None:
     model = build_model({"name": "mlp", "width": 8, "depth": 1}, {"name": "bn"}, workers=2)
     assert copy.deepcopy(model).layer1.norm.workers == 2  # type: ignore[union-attr]
     assert "workers" not in str(model.state_dict().keys())
+
+
+# --- syncbn across real processes ---------------------------------------------------------------------------
+
+SYNC_SHAPES = {"vector": (8, 3), "image": (4, 3, 3, 3), "sequence": (4, 3, 3)}  # the total batch: two shares
+WORLD = 2
+
+
+def sync_inputs(layout: str, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The total batch of a step (mean far from 0, as after a ReLU) and the upstream gradient."""
+    torch.manual_seed(10 + step)
+    return torch.randn(SYNC_SHAPES[layout]) * 2 + 3, torch.randn(SYNC_SHAPES[layout])
+
+
+def sync_cases(device: str, impl: str, layout: str, rank: int, world: int) -> dict[str, torch.Tensor]:
+    """Two training steps of a syncbn (or, with world=1, a bn) layer on this rank's share; the γ/β gradients
+    summed over the ranks, as the gradient of the total batch's summed loss."""
+    name = "syncbn" if world > 1 else "bn"
+    layer = build_norm(name, 3, layout, impl=impl).to(device).train()  # type: ignore[arg-type]
+    with torch.no_grad():
+        layer.weight.copy_(torch.tensor([0.5, 2.0, -1.0]))
+        layer.bias.copy_(torch.tensor([0.1, -0.2, 0.3]))
+    out: dict[str, torch.Tensor] = {}
+    for step in range(2):
+        x, g = sync_inputs(layout, step)
+        k = x.shape[0] // world
+        share = x[rank * k : (rank + 1) * k].to(device).requires_grad_()
+        layer.zero_grad()
+        y = layer(share)
+        (y * g[rank * k : (rank + 1) * k].to(device)).sum().backward()
+        out |= {f"y{step}": y.detach().cpu(), f"dx{step}": share.grad.cpu()}  # type: ignore[union-attr]
+        for key, p in (("dw", layer.weight), ("db", layer.bias)):
+            grad = p.grad.detach().clone()  # type: ignore[union-attr]
+            if world > 1:
+                dist.all_reduce(grad)
+            out[f"{key}{step}"] = grad.cpu()
+    out |= {k: v.cpu() for k, v in layer.state_dict().items() if k.startswith(("running", "num_batches"))}
+    return out
+
+
+def sync_rank(rank: int, world: int, port: int, out: str) -> None:
+    """One process of the gloo group: every (device, impl, layout) case, saved for the test to compare."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        devices = ["cpu", *(["cuda"] if torch.cuda.is_available() else [])]
+        results = {
+            (device, impl, layout): sync_cases(device, impl, layout, rank, world)
+            for device in devices
+            for impl in ("torch", "reference")
+            for layout in SYNC_SHAPES
+        }
+        torch.save(results, Path(out) / f"rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.fixture(scope="module")
+def synced(tmp_path_factory: pytest.TempPathFactory) -> list[dict[Any, dict[str, torch.Tensor]]]:
+    """The results of each of two gloo processes on localhost (a free port), each given half of the batch."""
+    out = tmp_path_factory.mktemp("syncbn")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(sync_rank, args=(WORLD, port, str(out)), nprocs=WORLD, join=True)
+    return [torch.load(out / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
+
+
+def assert_rank_matches_one_process(result: dict[str, torch.Tensor], one: dict[str, torch.Tensor], rank: int) -> None:
+    for key, value in result.items():
+        expected = one[key]
+        if key.startswith(("y", "dx")):  # this rank's rows of the total batch
+            expected = expected.chunk(WORLD)[rank]
+        torch.testing.assert_close(value, expected, rtol=1e-5, atol=1e-5, msg=key)
+
+
+@pytest.mark.parametrize("impl", ["torch", "reference"])
+@pytest.mark.parametrize("layout", list(SYNC_SHAPES))
+def test_syncbn_across_two_gloo_processes_is_bn_over_the_total_batch(synced, impl: str, layout: str) -> None:
+    """Outputs, input gradients, γ/β gradients (summed over the ranks) and running statistics after two steps
+    equal those of bn in one process over the total batch (impl=torch here: PyTorch's own BatchNorm)."""
+    one = sync_cases("cpu", "torch", layout, rank=0, world=1)
+    for rank in range(WORLD):
+        assert_rank_matches_one_process(synced[rank][("cpu", impl, layout)], one, rank)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("layout", list(SYNC_SHAPES))
+def test_syncbn_formula_version_equals_torch_sync_batch_norm_on_cuda(synced, layout: str) -> None:
+    """On CUDA impl=torch is nn.SyncBatchNorm itself; impl=reference is the formula version: they agree."""
+    for rank in range(WORLD):
+        formula, torch_sync = synced[rank][("cuda", "reference", layout)], synced[rank][("cuda", "torch", layout)]
+        for key, value in formula.items():
+            torch.testing.assert_close(value, torch_sync[key], rtol=1e-5, atol=1e-5, msg=key)
+        assert_rank_matches_one_process(formula, sync_cases("cpu", "torch", layout, rank=0, world=1), rank)
+
+
+def test_syncbn_in_one_process_is_bn_and_ignores_emulated_workers() -> None:
+    """Emulated workers on one device: syncbn normalizes the whole batch, as bn at workers=1 does."""
+    models = []
+    for norm, workers in (("bn", 1), ("syncbn", 4)):
+        torch.manual_seed(6)
+        models.append(build_model({"name": "cnn", "widths": [4, 8]}, {"name": norm}, workers=workers))
+    losses = [train_steps(m, 2) for m in models]
+    torch.testing.assert_close(torch.stack(losses[0]), torch.stack(losses[1]), rtol=1e-6, atol=1e-6)
+    first, second = (m.state_dict() for m in models)
+    assert first.keys() == second.keys()
+    for key, value in first.items():
+        torch.testing.assert_close(value, second[key], rtol=1e-5, atol=1e-6, msg=key)

@@ -95,8 +95,9 @@ def build_model(
 
 def _refuse_without_shares(model: nn.Module, norm: str, workers: int) -> None:
     """Refuse a norm with batch statistics whose layers cannot take them per worker share."""
-    if not get_norm(norm).batch_statistics:
-        return  # per-sample statistics do not depend on the workers
+    spec = get_norm(norm)
+    if not spec.batch_statistics or spec.synced:
+        return  # per-sample statistics, or statistics over all the shares: nothing per worker
     for where, layer in model.named_modules():
         if getattr(layer, NORM_SLOT, False) and not takes_workers(layer):
             raise NormError(

@@ -13,7 +13,10 @@ leaves with broadcast_buffers=True). At W = 1 the forward is the wrapped class's
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -34,7 +37,7 @@ def set_workers(model: nn.Module, workers: int) -> None:
     statistics per share of `workers` contiguous shares of the batch; 1 = over the whole batch. A plain
     attribute, not a buffer: the state_dict does not change."""
     for module in model.modules():
-        if hasattr(module, "workers"):
+        if hasattr(module, "workers") and not getattr(module, "synced", False):
             module.workers = workers
 
 
@@ -223,4 +226,119 @@ class BatchRenorm(ReferenceBatchNorm):
 
 
 class SequenceBatchRenorm(FeaturesToChannels, BatchRenorm):
+    pass
+
+
+# --- SyncBN: batch statistics over every worker's share ----------------------------------------------------
+
+
+def synced_world(group: Any) -> int:
+    """How many processes a synced norm averages over: the size of `group` (None: the default group) when a
+    torch.distributed process group is running, else 1 (one process: BN over its batch)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return 1
+    return dist.get_world_size(group)
+
+
+class SyncStandardize(torch.autograd.Function):
+    """x̂ = (x - μ) / sqrt(σ² + eps), μ and the biased σ² per channel over the inputs of every process of `group`:
+    one all-reduce of the per-channel count, sum and sum of squares (in float64: the difference of sums loses
+    float32's digits when the mean is large against the spread). Backward, with g = ∂L/∂x̂ and sums over every
+    process's values (n of them):
+
+        ∂L/∂x = (g - Σg / n - x̂ · Σ(g·x̂) / n) / sqrt(σ² + eps)
+
+    one all-reduce of Σg and Σ(g·x̂). Outputs x̂ and, not differentiable, μ, σ² and n for the running statistics.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, eps: float, group: Any) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        dims = (0, *range(2, x.dim()))
+        total = x.sum(dims, dtype=torch.float64)
+        count = torch.full_like(total, x.numel() // x.shape[1])
+        stats = torch.stack([count, total, (x * x).sum(dims, dtype=torch.float64)])
+        dist.all_reduce(stats, group=group)
+        n, total, squares = stats
+        mean = total / n
+        var = (squares / n - mean * mean).clamp_min(0)
+        invstd = torch.rsqrt(var + eps).to(x.dtype)
+        x_hat = (x - per_channel(mean.to(x.dtype), x)) * per_channel(invstd, x)
+        ctx.save_for_backward(x_hat, invstd, n)
+        ctx.group = group
+        ctx.mark_non_differentiable(mean, var, n)
+        return x_hat, mean, var, n
+
+    @staticmethod
+    def backward(ctx: Any, g: Tensor, *unused: Any) -> tuple[Tensor, None, None]:
+        x_hat, invstd, n = ctx.saved_tensors
+        dims = (0, *range(2, g.dim()))
+        sums = torch.stack([g.sum(dims, dtype=torch.float64), (g * x_hat).sum(dims, dtype=torch.float64)])
+        dist.all_reduce(sums, group=ctx.group)
+        mean_g, mean_gx = (sums / n).to(g.dtype)
+        return (g - per_channel(mean_g, g) - x_hat * per_channel(mean_gx, g)) * per_channel(invstd, g), None, None
+
+
+def sync_batch_norm(bn: Any, x: Tensor) -> Tensor:
+    """Training BatchNorm of `bn` (weight, bias, running buffers, momentum, eps as nn.BatchNorm's) with the
+    statistics of every process of `bn.process_group`: the formula version of nn.SyncBatchNorm, for any device
+    torch.distributed can all-reduce on (gloo on the CPU). The running statistics take the global mean and the
+    unbiased global variance, as nn.SyncBatchNorm's do."""
+    x_hat, mean, var, n = SyncStandardize.apply(x, bn.eps, bn.process_group)
+    if bn.track_running_stats and bn.running_mean is not None:
+        with torch.no_grad():
+            bn.num_batches_tracked.add_(1)
+            m = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
+            count = float(n[0])
+            bn.running_mean.mul_(1 - m).add_(m * mean.to(x.dtype))
+            bn.running_var.mul_(1 - m).add_(m * (var * count / (count - 1)).to(x.dtype))
+    if bn.weight is None:
+        return x_hat
+    return x_hat * per_channel(bn.weight, x_hat) + per_channel(bn.bias, x_hat)
+
+
+class SyncBatchNorm(nn.SyncBatchNorm):
+    """norm=syncbn, impl=torch: BatchNorm over every worker's share. In one process, PyTorch's BatchNorm (also when
+    a group of one is running); under a torch.distributed group of several, nn.SyncBatchNorm on CUDA and the
+    formula version (`sync_batch_norm`) elsewhere, since nn.SyncBatchNorm syncs only GPU inputs. Emulated worker
+    shares do not concern it: on one device it normalizes the whole (total) batch."""
+
+    synced = True  # statistics over all worker shares: `set_workers` leaves it alone
+
+    def __init__(
+        self,
+        num_features: int,
+        eps: float = 1e-5,
+        momentum: float | None = 0.1,
+        affine: bool = True,
+        track_running_stats: bool = True,
+    ) -> None:
+        super().__init__(num_features, eps, momentum, affine, track_running_stats)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.training or synced_world(self.process_group) == 1:
+            return nn.modules.batchnorm._BatchNorm.forward(self, x)  # plain BN: nothing to sync
+        if x.device.type == "cuda":
+            return super().forward(x)
+        return sync_batch_norm(self, x)
+
+
+class ReferenceSyncBatchNorm(ReferenceBatchNorm):
+    """norm=syncbn, impl=reference: ReferenceBatchNorm, with the statistics of every process of `process_group`
+    (None: the default group) under torch.distributed (`sync_batch_norm`). Not per worker share: `workers` is
+    not its setting: emulated, it normalizes the whole (total) batch."""
+
+    synced = True  # `set_workers` leaves it alone
+    process_group: Any = None
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.training and synced_world(self.process_group) > 1:
+            return sync_batch_norm(self, x)
+        return super().forward(x)
+
+
+class SequenceSyncBatchNorm(FeaturesToChannels, SyncBatchNorm):
+    pass
+
+
+class SequenceReferenceSyncBatchNorm(FeaturesToChannels, ReferenceSyncBatchNorm):
     pass
