@@ -21,9 +21,11 @@ from conftest import TINY, events, normbench
 
 from normbench.base.errors import EXIT_BAD_INPUT, EXIT_CRASH, EXIT_INTERRUPTED
 from normbench.launch import rundir
+from normbench.launch.compose import compose_config
 from normbench.run import record as R
 from normbench.run.checkpoint import CHECKPOINT_FILE
 from normbench.run.record import RunRecord
+from normbench.run.train import run
 
 SMALL = [*TINY, "model=mlp", "model.width=32", "model.depth=2", "log.hist_every_images=0"]
 # Long enough to be stopped in its second epoch: 3 epochs of 96 steps of 8 images.
@@ -91,29 +93,43 @@ def _none_left(run_dir: Path) -> None:
         time.sleep(0.1)
 
 
-def test_two_processes_train_like_one_process_on_the_whole_batch_for_a_per_sample_norm(tmp_path) -> None:
-    """ln normalizes each sample: the two workers' shares, their mean loss and DDP's mean gradient are the whole
-    batch's. torchrun and launch=processes, rank 0's files only."""
-    one = normbench("run", *SMALL, "norm=ln", f"hydra.run.dir={tmp_path / 'one'}", cwd=tmp_path)
-    assert one.returncode == 0, one.stdout + one.stderr
-    spawned = normbench("run", *SMALL, "norm=ln", "workers=2", "launch=processes", f"hydra.run.dir={tmp_path / 'p'}",
+def _same_run(run_dir: Path, reference: Path) -> None:
+    """The same per-step losses, validation numbers (every BN mode) and weights and running statistics, to float
+    tolerance: a mean of two shares' mean losses and DDP's averaged gradients round differently than one batch."""
+    record, expected = RunRecord.read(run_dir), RunRecord.read(reference)
+    assert record.status == expected.status == R.COMPLETED and record.steps == expected.steps == 3
+    assert [p[1] for p in record.curve] == pytest.approx([p[1] for p in expected.curve], rel=1e-5)
+    for key in ("val_loss", "val_acc", "val_acc_batch_stats", "val_acc_precise_bn"):
+        assert getattr(record.metrics, key) == pytest.approx(getattr(expected.metrics, key), rel=1e-5), key
+    weights, expected_weights = _weights(run_dir), _weights(reference)
+    assert any("running_mean" in key for key in weights)
+    for key, value in expected_weights.items():
+        torch.testing.assert_close(weights[key], value, rtol=1e-5, atol=1e-6, msg=key)
+
+
+def test_two_worker_processes_train_like_two_emulated_workers(tmp_path) -> None:
+    """bn, workers=2: each process normalizes its own share; the emulated run, the same shares side by side. Started
+    by normbench (launch=processes) and by torchrun; rank 0 alone writes."""
+    run(compose_config([*SMALL, "workers=2"]), tmp_path / "emulated")
+    spawned = normbench("run", *SMALL, "workers=2", "launch=processes", f"hydra.run.dir={tmp_path / 'p'}",
                         cwd=tmp_path)  # fmt: skip
     assert spawned.returncode == 0, spawned.stdout + spawned.stderr
     assert spawned.stdout.count("completed") == 1 and "Traceback" not in spawned.stderr
-    torchrun = _torchrun(*SMALL, "norm=ln", "workers=2", f"hydra.run.dir={tmp_path / 't'}", cwd=tmp_path)
+    torchrun = _torchrun(*SMALL, "workers=2", f"hydra.run.dir={tmp_path / 't'}", cwd=tmp_path)
     assert torchrun.returncode == 0, torchrun.stdout + torchrun.stderr
-    reference = RunRecord.read(tmp_path / "one")
     for name in ("p", "t"):
         run_dir = tmp_path / name
-        record = RunRecord.read(run_dir)
-        assert record.status == "completed" and record.steps == reference.steps == 3
-        assert [p[1] for p in record.curve] == pytest.approx([p[1] for p in reference.curve], rel=1e-5)
-        assert record.metrics.val_loss == pytest.approx(reference.metrics.val_loss, rel=1e-5)
-        for key, value in _weights(tmp_path / "one").items():
-            torch.testing.assert_close(_weights(run_dir)[key], value, rtol=1e-5, atol=1e-6)
-        # Rank 0 alone wrote: one event file, one record, the losses once per step.
+        _same_run(run_dir, tmp_path / "emulated")
+        # Rank 0 alone wrote: one event file, the losses once per step.
         assert len(list(run_dir.glob("events.out.tfevents.*"))) == 1
         assert [e.step for e in events(run_dir).Scalars("train/loss")] == [8, 16, 24]
+
+
+def test_syncbn_across_two_processes_trains_like_bn_over_the_total_batch(tmp_path) -> None:
+    run(compose_config([*SMALL, "norm=bn"]), tmp_path / "bn")
+    done = _torchrun(*SMALL, "norm=syncbn", "workers=2", f"hydra.run.dir={tmp_path / 'sync'}", cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    _same_run(tmp_path / "sync", tmp_path / "bn")
 
 
 def test_processes_not_as_many_as_workers_are_refused(tmp_path) -> None:

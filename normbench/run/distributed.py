@@ -21,6 +21,7 @@ from __future__ import annotations
 import datetime
 import os
 from collections.abc import Iterator
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +32,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from normbench.base.errors import ConfigError
 from normbench.base.signals import StopRequest
+from normbench.parts.norms.layers import unsynced
 from normbench.run.devices import select_device
 
 # What torchrun (and submitit's TorchDistributedEnvironment) export to each worker process.
@@ -99,6 +101,10 @@ class Ranks:
         if agreed:
             stop.signum = stop.signum or agreed
         return agreed != 0
+
+    def alone(self) -> AbstractContextManager[None]:
+        """Rank 0 validating by itself: synced norms (syncbn) normalize its batches alone, as in one process."""
+        return unsynced() if self.world > 1 else nullcontext()
 
     def barrier(self) -> None:
         """Wait for every rank (the others, while rank 0 validates and writes)."""

@@ -267,7 +267,6 @@ class Config:
     # Cap on optimizer steps; with budget=steps, the budget itself.
     max_steps: int | None = setting(None, ge=1, null="no cap")
     budget: Budget = Budget.epochs
-    workers: int = setting(1, ge=1)  # data-parallel workers sharing each batch (docs/workers.md)
     # emulated: one process; processes: one process per worker (torchrun's agent). Under torchrun each process is
     # a worker whatever this says.
     launch: Launch = setting(Launch.emulated, volatile=True)  # noqa: RUF009 (setting() returns a field)

@@ -157,7 +157,7 @@ class Setup:
     val_at_train_batch_size: Batches | None
     precise_bn_batches: Batches | None = None
     precise_bn: PreciseBNPlan | None = None
-    workers: int = 1  # data-parallel worker shares of each batch (the BN-family layers know it too)
+    workers: int = 1  # worker shares of each batch emulated here (the BN-family layers know it too)
 
 
 def set_up(cfg: DictConfig, data: ImageData | None = None, ranks: Ranks | None = None) -> Setup:
@@ -174,7 +174,9 @@ def set_up(cfg: DictConfig, data: ImageData | None = None, ranks: Ranks | None =
     seed_everything(cfg.seed)
     data = data or cached_data(cfg.data)
     budget = make_budget(cfg, len(data.train_labels))
-    model = build_model(cfg.model, cfg.norm, data.num_classes, cfg.workers).to(device)
+    # The worker shares this process emulates: all of them in one process, its own alone in a worker process.
+    workers = cfg.workers // ranks.world
+    model = build_model(cfg.model, cfg.norm, data.num_classes, workers).to(device)
     channels_last = cfg.train.channels_last
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -217,5 +219,5 @@ def set_up(cfg: DictConfig, data: ImageData | None = None, ranks: Ranks | None =
         # The training images already on the device (padded when augmented), in PreciseBN's batch size.
         precise_bn_batches=rebatched(train_batches, precise.batch_size) if precise else None,
         precise_bn=precise,
-        workers=cfg.workers,
+        workers=workers,
     )

@@ -128,7 +128,8 @@ def run(
                     next_epoch(state)
                     ranks.barrier()
                     continue
-                epoch = end_epoch(setup, state, board, monitor, cfg.eval.bn_modes_every)
+                with ranks.alone():
+                    epoch = end_epoch(setup, state, board, monitor, cfg.eval.bn_modes_every)
                 checkpoint.save(asdict(state))
                 record(R.RUNNING)
                 ranks.barrier()

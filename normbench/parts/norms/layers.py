@@ -13,6 +13,8 @@ leaves with broadcast_buffers=True). At W = 1 the forward is the wrapped class's
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -232,10 +234,25 @@ class SequenceBatchRenorm(FeaturesToChannels, BatchRenorm):
 # --- SyncBN: batch statistics over every worker's share ----------------------------------------------------
 
 
+class _Unsynced:
+    depth = 0  # > 0 inside `unsynced()`
+
+
+@contextmanager
+def unsynced() -> Iterator[None]:
+    """Inside, synced norms normalize over this process's batch alone, as in one process: rank 0 validates by
+    itself while the other worker processes wait (run/distributed.py)."""
+    _Unsynced.depth += 1
+    try:
+        yield
+    finally:
+        _Unsynced.depth -= 1
+
+
 def synced_world(group: Any) -> int:
     """How many processes a synced norm averages over: the size of `group` (None: the default group) when a
-    torch.distributed process group is running, else 1 (one process: BN over its batch)."""
-    if not (dist.is_available() and dist.is_initialized()):
+    torch.distributed process group is running, else 1 (one process: BN over its batch; also `unsynced()`)."""
+    if _Unsynced.depth or not (dist.is_available() and dist.is_initialized()):
         return 1
     return dist.get_world_size(group)
 
@@ -296,13 +313,17 @@ def sync_batch_norm(bn: Any, x: Tensor) -> Tensor:
     return x_hat * per_channel(bn.weight, x_hat) + per_channel(bn.bias, x_hat)
 
 
-class SyncBatchNorm(nn.SyncBatchNorm):
+class SyncBatchNorm(nn.modules.batchnorm._BatchNorm):
     """norm=syncbn, impl=torch: BatchNorm over every worker's share. In one process, PyTorch's BatchNorm (also when
-    a group of one is running); under a torch.distributed group of several, nn.SyncBatchNorm on CUDA and the
-    formula version (`sync_batch_norm`) elsewhere, since nn.SyncBatchNorm syncs only GPU inputs. Emulated worker
-    shares do not concern it: on one device it normalizes the whole (total) batch."""
+    a group of one is running); under a torch.distributed group of several, nn.SyncBatchNorm's forward on CUDA and
+    the formula version (`sync_batch_norm`) elsewhere, since nn.SyncBatchNorm syncs only GPU inputs. Emulated worker
+    shares do not concern it: on one device it normalizes the whole (total) batch. Not an nn.SyncBatchNorm
+    subclass: DistributedDataParallel refuses those on the CPU, where the formula version serves."""
 
     synced = True  # statistics over all worker shares: `set_workers` leaves it alone
+    process_group: Any = None  # None: the default group, as nn.SyncBatchNorm's
+    _check_input_dim = nn.SyncBatchNorm._check_input_dim
+    _check_non_zero_input_channels = nn.SyncBatchNorm._check_non_zero_input_channels
 
     def __init__(
         self,
@@ -318,7 +339,7 @@ class SyncBatchNorm(nn.SyncBatchNorm):
         if not self.training or synced_world(self.process_group) == 1:
             return nn.modules.batchnorm._BatchNorm.forward(self, x)  # plain BN: nothing to sync
         if x.device.type == "cuda":
-            return super().forward(x)
+            return nn.SyncBatchNorm.forward(self, x)  # type: ignore[arg-type]
         return sync_batch_norm(self, x)
 
 
