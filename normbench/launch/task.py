@@ -102,7 +102,8 @@ def task(cfg: DictConfig) -> RunRecord | None:
         raise SystemExit(error.exit_code) from None
     try:
         if claim.completed:
-            console.print(f"[green]Skipping[/] {run_dir.name}: already completed.", highlight=False)
+            if ranks is None or ranks.writes:
+                console.print(f"[green]Skipping[/] {run_dir.name}: already completed.", highlight=False)
             return claim.previous
         return train(cfg, hydra_cfg, run_dir, multirun, ranks)
     finally:
