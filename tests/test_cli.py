@@ -23,7 +23,7 @@ def invoke(*args: str) -> tuple[int, str]:
 def test_help_explains_groups_and_gives_examples() -> None:
     code, out = invoke("--help")
     models = "|".join(sorted(MODELS))
-    assert code == 0 and f"model={models}" in out and "norm=bn|brn|ln|in|gn|rms|none" in out
+    assert code == 0 and f"model={models}" in out and "norm=bn|brn|syncbn|ln|in|gn|rms|none" in out
     code, out = invoke("run", "--help")
     assert code == 0 and "normbench run model=cnn norm=gn norm.groups=8" in out and "--cfg job" in out
     code, out = invoke("sweep", "--help")
@@ -49,7 +49,10 @@ def test_explain_answers_the_notes_question() -> None:
 
 
 BAD = [
-    (["norm=batchnorm"], "Could not find 'norm/batchnorm' Available options in 'norm': bn brn gn in ln none rms"),
+    (
+        ["norm=batchnorm"],
+        "Could not find 'norm/batchnorm' Available options in 'norm': bn brn gn in ln none rms syncbn",
+    ),
     (["model=mlp", "norm=gn"], "norm=gn cannot normalize vector features (N, C)"),
     (["model=mlp", "norm=in"], "norm=in cannot normalize vector features (N, C)"),
     (["norm=gn", "norm.groups=3"], "the norm layer 'stage1.norm' (32 channels) cannot be built. norm=gn: groups=3"),

@@ -29,6 +29,9 @@ AXES = {
     ("bn", "vector"): (0,),
     ("bn", "image"): (0, 2, 3),
     ("bn", "sequence"): (0, 1),
+    ("syncbn", "vector"): (0,),  # one process: bn's axes (tests/test_workers.py: across processes)
+    ("syncbn", "image"): (0, 2, 3),
+    ("syncbn", "sequence"): (0, 1),
     ("ln", "vector"): (1,),
     ("ln", "image"): (1, 2, 3),
     ("ln", "sequence"): (2,),
@@ -398,7 +401,7 @@ def test_model_check_names_model_norm_layer_and_what_is_allowed() -> None:
     message = str(error.value)
     # The CNN names each stage's norm by its place: the sixth stage's is stage6.norm.
     assert "batch_size=4 with norm=in on model=cnn" in message and "'stage6.norm' gets (4, 8, 1, 1)" in message
-    assert "a norm whose statistics average more values here (bn, brn, ln, rms)" in message
+    assert "a norm whose statistics average more values here (bn, brn, syncbn, ln, rms)" in message
     with pytest.raises(NormError, match=r"Use batch_size >= 2, or a norm that works per sample \(ln, rms\)"):
         check_norm_shapes({"name": "cnn", "widths": [8] * 6}, {"name": "bn"}, batch_size=1)
     check_norm_shapes({"name": "cnn", "widths": [8] * 5}, {"name": "in"}, batch_size=1)  # 2x2 maps are enough

@@ -313,3 +313,24 @@ def test_ctrl_c_on_a_slurm_sweep_stops_its_jobs_and_exits_130(partition, tmp_pat
     assert proc.returncode == EXIT_INTERRUPTED and "Sweep interrupted" in output and "Traceback" not in output
     assert {d.name: r.status for d, r in find_records(sweep_dir)} == {run_dir.name: "interrupted"}, output
     assert (run_dir / "checkpoint.pt").is_file() and _leaves_queue(job)  # the waiting task was cancelled
+
+
+@pytest.mark.slurm
+def test_a_run_of_two_worker_processes_as_two_tasks_of_one_job(partition, tmp_path) -> None:
+    """hydra.launcher.tasks_per_node=2 with workers=2: the job's two tasks are the run's two workers (submitit's
+    TorchDistributedEnvironment gives them torch.distributed's variables), and train like two emulated workers."""
+    small = [*TINY_SWEEP, "model=mlp", "model.width=32", "model.depth=2", "eval.batch_size=32", "workers=2",
+             "log.every=1", "log.hist_every_images=0"]  # fmt: skip
+    emulated = run(compose_config(small), tmp_path / "emulated")
+    sweep_dir = tmp_path / "sweep"
+    done = normbench("sweep", "norm=choice(bn)", *small, "hydra/launcher=slurm", "hydra.launcher.tasks_per_node=2",
+                     f"hydra.launcher.partition={partition}", "hydra.launcher.cpus_per_task=1",
+                     f"hydra.sweep.dir={sweep_dir}", cwd=tmp_path, timeout=600)  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    [(_, record)] = find_records(sweep_dir)
+    assert record.status == "completed" and record.steps == 3
+    logs = [p.read_text() for p in sorted((sweep_dir / ".submitit").rglob("*_log.out"))]
+    assert ["global_rank=1(2)" in log for log in logs] == [False, True]  # task 1 was rank 1 of 2
+    assert ["done bn_b008" in log for log in logs] == [True, False]  # rank 0 alone speaks
+    assert [p[1] for p in record.curve] == pytest.approx([p[1] for p in emulated.curve], rel=1e-5)
+    assert record.metrics.val_loss == pytest.approx(emulated.metrics.val_loss, rel=1e-5)

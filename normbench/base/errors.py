@@ -4,7 +4,7 @@ Every `NormbenchError` is printed as one paragraph without a traceback (set NORM
 `--debug` to see it). The exit code tells scripts what happened:
 
     0  completed (a sweep: every run completed)
-    1  unexpected crash
+    1  unexpected crash; in a run of several worker processes (`workers`), a worker that failed or was killed
     2  bad input: config, dataset, device, a run directory that holds another run, is locked by another
        process or cannot be written (read-only, full disk), an unreadable record or checkpoint, launcher
        settings the SLURM cluster refuses (sbatch's message, quoted)
@@ -54,6 +54,12 @@ class DivergedError(NormbenchError):
 
 class InterruptedRun(NormbenchError):
     exit_code = EXIT_INTERRUPTED
+
+
+class WorkerFailed(NormbenchError):
+    """A worker process of a multi-process run failed or was killed: the run ended on every rank."""
+
+    exit_code = EXIT_CRASH
 
 
 class RunDirError(NormbenchError):

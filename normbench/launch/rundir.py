@@ -95,7 +95,7 @@ class Claim:
 
     run_dir: Path
     previous: RunRecord | None
-    fd: int
+    fd: int | None  # None: another process holds the lock for this one (a worker's parent, rank 0)
     checkpoint: dict[str, Any] | None = None
 
     @property
@@ -103,7 +103,8 @@ class Claim:
         return self.previous is not None and self.previous.status == R.COMPLETED
 
     def release(self) -> None:
-        os.close(self.fd)  # closing the descriptor releases the flock
+        if self.fd is not None:
+            os.close(self.fd)  # closing the descriptor releases the flock
 
 
 def _stored_config(run_dir: Path, previous: RunRecord | None) -> dict | None:

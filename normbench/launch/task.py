@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import signal
 import sys
 import traceback
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -32,6 +33,9 @@ from normbench.launch.stop import STOP
 from normbench.run import record as R
 from normbench.run import schema
 from normbench.run.record import RunRecord
+
+if TYPE_CHECKING:
+    from normbench.run.distributed import Ranks
 
 # What a run returns to optimizing sweepers (sweep.objective), with the worst value it can take: the score of a
 # run that failed or diverged, so that Optuna steers away from it instead of stopping the study.
@@ -78,8 +82,14 @@ def task(cfg: DictConfig) -> RunRecord | None:
         if cfg.threads is None:
             cfg.threads = jobs_threads(hydra_cfg)
         assign_job_gpu(hydra_cfg)
+    ranks = None  # this process alone trains the run, or starts its workers
     try:
-        claim = rundir.claim(run_dir, cfg, resume=bool(cfg.resume), multirun=multirun)
+        if in_workers(cfg):  # one worker process of the run (deferred: imports torch)
+            from normbench.launch import processes
+
+            ranks, run_dir, claim = processes.enter(cfg, run_dir, multirun)
+        else:
+            claim = rundir.claim(run_dir, cfg, resume=bool(cfg.resume), multirun=multirun)
     except NormbenchError as error:  # the directory is someone else's: leave it exactly as it is
         if multirun and isinstance(error, rundir.RunInUse):  # another sweep into this directory trains it now
             console.print(
@@ -92,11 +102,23 @@ def task(cfg: DictConfig) -> RunRecord | None:
         raise SystemExit(error.exit_code) from None
     try:
         if claim.completed:
-            console.print(f"[green]Skipping[/] {run_dir.name}: already completed.", highlight=False)
+            if ranks is None or ranks.writes:
+                console.print(f"[green]Skipping[/] {run_dir.name}: already completed.", highlight=False)
             return claim.previous
-        return train(cfg, hydra_cfg, run_dir, multirun, claim.checkpoint)
+        return train(cfg, hydra_cfg, run_dir, multirun, ranks, claim.checkpoint)
     finally:
         claim.release()
+        if ranks is not None:
+            from normbench.run.distributed import leave
+
+            leave()
+
+
+def in_workers(cfg: DictConfig) -> bool:
+    """Whether this process is one worker of a multi-process run: started by torchrun (its variables), by
+    `launch=processes`, or as one task of a SLURM job of several."""
+    slurm_tasks = int(os.environ.get("SLURM_NTASKS", "1")) > 1 and "SUBMITIT_EXECUTOR" in os.environ
+    return "WORLD_SIZE" in os.environ or (cfg.workers > 1 and slurm_tasks)
 
 
 def not_started(run_dir: Path) -> None:
@@ -107,25 +129,42 @@ def not_started(run_dir: Path) -> None:
 
 
 def train(
-    cfg: DictConfig, hydra_cfg: DictConfig, run_dir: Path, multirun: bool, saved: dict[str, Any] | None = None
+    cfg: DictConfig,
+    hydra_cfg: DictConfig,
+    run_dir: Path,
+    multirun: bool,
+    ranks: Ranks | None = None,
+    saved: dict[str, Any] | None = None,
 ) -> RunRecord | None:
-    """Train the claimed run (`saved`: the checkpoint its claim read, to resume from); turn every outcome into a
-    record, a message and (outside a sweep) an exit code."""
+    """Train the claimed run; turn every outcome into a record, a message and (outside a sweep) an exit code.
+    `ranks`: this process is one of the run's worker processes; rank 0 writes and speaks for them
+    (`processes.end` for their errors). `saved`: the checkpoint the claim read, to resume from."""
+    from normbench.launch import processes  # deferred, like train: imports torch
     from normbench.run.board import tensorboard_hint  # deferred, like train: both import torch
     from normbench.run.train import run  # deferred: keeps `--cfg`/`--help` fast
 
     where = f" in {run_dir.name}" if multirun else ""
+    quiet = ranks is not None and processes.quiet(ranks, run_dir)
+    worker = ranks is not None and not multirun  # ends with processes.end
     try:
         if not preflight.checked(multirun):  # a parallel worker's or SLURM job's config, or Hydra called directly
             validate(cfg)
         try:
-            rundir.write_hydra_files(run_dir, cfg, hydra_cfg)
+            if ranks is None or ranks.writes:
+                rundir.write_hydra_files(run_dir, cfg, hydra_cfg)
             resume = multirun or bool(cfg.resume)
             swept = swept_keys(hydra_cfg.overrides.task, hydra_cfg.job.config.override_dirname.exclude_keys)
-            record = run(cfg, run_dir, console=console, resume=resume, saved_checkpoint=saved,
-                         swept=swept, experiment=not multirun)  # fmt: skip
+            if processes.starts_workers(cfg):
+                record = processes.start(cfg, list(hydra_cfg.overrides.task), run_dir)
+            else:
+                record = run(cfg, run_dir, console=console, resume=resume, saved_checkpoint=saved,
+                             swept=swept, experiment=not multirun, ranks=ranks)  # fmt: skip
         except OSError as error:
             raise rundir.io_error(error, run_dir) from None
+        if ranks is not None and not ranks.writes:
+            return None  # rank 0's record is the run's
+        if quiet or record is None:
+            return record
         if multirun:  # one line per run; the sweep's table comes at the end
             m = record.metrics
             console.print(
@@ -138,6 +177,8 @@ def train(
             console.print(tensorboard_hint(run_dir), highlight=False, soft_wrap=True)
         return record
     except InterruptedRun as error:
+        if worker:
+            processes.end(ranks, run_dir, error, error.exit_code)
         if not multirun:
             print_error(error)
             raise SystemExit(error.exit_code) from None
@@ -146,18 +187,27 @@ def train(
         STOP.request(signal.SIGTERM)
         return read_quietly(run_dir)
     except KeyboardInterrupt:  # a second Ctrl-C: the loop stopped mid-step and recorded it
-        if not multirun:
+        if not multirun or worker:
             raise SystemExit(EXIT_INTERRUPTED) from None
         console.print(f"[yellow]Interrupted[/] {run_dir.name} at once (second Ctrl-C).", highlight=False)
         STOP.request(signal.SIGINT)
         return read_quietly(run_dir)
     except NormbenchError as error:
+        if worker:
+            if ranks.writes:
+                record_failure(cfg, run_dir, str(error))
+            processes.end(ranks, run_dir, error, error.exit_code)
         print_error(error, where)
         record_failure(cfg, run_dir, str(error))
         if multirun:
             return read_quietly(run_dir)
         raise SystemExit(error.exit_code) from None
     except Exception as error:
+        if worker:
+            error = processes.failure(error)
+            if ranks.writes:
+                record_failure(cfg, run_dir, f"{type(error).__name__}: {error}")
+            processes.end(ranks, run_dir, error, EXIT_CRASH)
         record_failure(cfg, run_dir, f"{type(error).__name__}: {error}")
         if not multirun:
             raise

@@ -71,7 +71,9 @@ def _plain(value: Any) -> HValue:
 
 
 def run_hparams(cfg: DictConfig, lr: float, keys: Iterable[str] = ()) -> dict[str, HValue]:
-    """A run's HParams: the always-useful ones (lr = the effective learning rate) and the given swept `keys`."""
+    """A run's HParams: the always-useful ones (lr = the effective learning rate) and the given swept `keys`.
+    Workers and images per worker join them when workers are swept or more than one."""
+    keys = list(keys)
     values: dict[str, HValue] = {
         "norm": cfg.norm.name,
         "batch_size": cfg.batch_size,
@@ -79,6 +81,9 @@ def run_hparams(cfg: DictConfig, lr: float, keys: Iterable[str] = ()) -> dict[st
         "model": cfg.model.name,
         "seed": cfg.seed,
     }
+    workers = cfg.get("workers", 1)
+    if workers > 1 or "workers" in keys:
+        values |= {"workers": workers, "images_per_worker": cfg.batch_size // workers}
     for key in keys:
         values.setdefault(key, _plain(OmegaConf.select(cfg, key)))
     return values
@@ -128,11 +133,12 @@ class Board:
     training step: step · `x_per_step` (the batch size for examples seen: incomplete batches are dropped, so that
     is exact; 1 for steps)."""
 
-    def __init__(self, log_dir: Path, x_per_step: int = 1, resumed_at: int | None = None) -> None:
+    def __init__(self, log_dir: Path, x_per_step: int = 1, resumed_at: int | None = None, writes: bool = True) -> None:
         self.x_per_step = x_per_step
         # A run resumed at step `resumed_at` drops what the interrupted process wrote after its checkpoint.
         purge = None if resumed_at is None else self.x(resumed_at + 1)
-        self.writer = SummaryWriter(str(log_dir), purge_step=purge)
+        # writes=False: a worker process other than rank 0, which writes nothing (run/distributed.py).
+        self.writer: Any = SummaryWriter(str(log_dir), purge_step=purge) if writes else _NoWriter()
 
     def x(self, step: int) -> int:
         return step * self.x_per_step
@@ -192,6 +198,16 @@ class Board:
 
     def close(self) -> None:
         self.writer.close()
+
+
+class _NoWriter:
+    """Takes every SummaryWriter call (`add_scalar`, `file_writer.add_summary`, ...) and writes nothing."""
+
+    def __getattr__(self, name: str) -> _NoWriter:
+        return self
+
+    def __call__(self, *args: Any, **kwargs: Any) -> None:
+        return None
 
 
 def timeseries_url(port: int = 6006, runs: str = "", color_by_norm: bool = False) -> str:

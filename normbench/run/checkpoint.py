@@ -53,11 +53,15 @@ class Checkpoint:
         optimizer: torch.optim.Optimizer,
         scheduler: torch.optim.lr_scheduler.LRScheduler,
         device: torch.device,
+        writes: bool = True,
     ) -> None:
         self.path = run_dir / CHECKPOINT_FILE
         self.model, self.optimizer, self.scheduler, self.device = model, optimizer, scheduler, device
+        self.writes = writes  # False: a worker process other than rank 0, which holds the same state
 
     def save(self, progress: dict[str, Any]) -> None:
+        if not self.writes:
+            return
         rng: dict[str, Any] = {"torch": torch.get_rng_state(), "python": random.getstate()}
         if self.device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state(self.device)

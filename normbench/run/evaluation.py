@@ -23,6 +23,7 @@ from torch import nn
 
 from normbench.base.errors import NormError
 from normbench.parts.data import Batches
+from normbench.parts.norms.layers import set_workers
 
 
 def has_running_stats(module: nn.Module) -> bool:
@@ -89,13 +90,19 @@ def bn_mode_accuracies(
     precise_bn_batches: Batches | None,
     plan: PreciseBNPlan | None,
     autocast: AbstractContextManager[object] | None = None,
+    workers: int = 1,
 ) -> tuple[float, float | None]:
     """Validation accuracy with batch statistics of the training batch size (the running statistics are left as
     they were), and with PreciseBN statistics over `plan.batches` batches of `precise_bn_batches` (None without a
-    plan). Leaves `model` in eval mode."""
+    plan). Leaves `model` in eval mode. With `workers` > 1, `val_at_train_batch_size` holds batches of the
+    training images per worker, each normalized over itself as one worker's share is."""
     with contract(BATCH_STATS_CONTRACT), frozen_buffers(model):
         model.train()
-        batch_stats = evaluate(model, val_at_train_batch_size, autocast)[1]
+        set_workers(model, 1)
+        try:
+            batch_stats = evaluate(model, val_at_train_batch_size, autocast)[1]
+        finally:
+            set_workers(model, workers)
     precise = None
     if precise_bn_batches is not None and plan is not None:
         with contract(PRECISE_BN_CONTRACT):
@@ -166,6 +173,7 @@ def precise_bn(model: nn.Module, batches: Batches, num_batches: int) -> nn.Modul
     `batches` (momentum=None) with the weights frozen, instead of the exponential average of training. The draw
     is the same at every call, so successive estimates differ only by the weights."""
     model = copy.deepcopy(model)
+    set_workers(model, 1)  # population statistics over whole batches, whatever the training's worker shares
     for m in model.modules():
         if has_running_stats(m):
             m.running_mean.zero_()

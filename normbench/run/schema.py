@@ -94,6 +94,13 @@ class Objective(Choice):
     val_loss = "val_loss"  # minimize
 
 
+class Launch(Choice):
+    """How a run with workers > 1 runs its workers (`launch`): both give the same numbers."""
+
+    emulated = "emulated"  # one process: the workers' shares side by side in one batch
+    processes = "processes"  # one process per worker through torch.distributed (normbench starts torchrun's agent)
+
+
 class Impl(Choice):
     torch = "torch"  # PyTorch's fused kernels
     reference = "reference"  # normbench's code written from the formulas
@@ -261,11 +268,17 @@ class Config:
     norm: NormConfig = MISSING
     data: DataConfig = MISSING
     optim: OptimConfig = MISSING
-    batch_size: int = setting(128, ge=1)
+    batch_size: int = setting(128, ge=1)  # the optimizer's (total) batch: lr scaling and budgets follow it
+    # Data-parallel workers sharing the batch: BN-family norms take their statistics per worker share of
+    # batch_size / workers images (docs/workers.md). 1 = one worker, BN over the whole batch.
+    workers: int = setting(1, ge=1)
     epochs: int = setting(6, ge=1)
     # Cap on optimizer steps; with budget=steps, the budget itself.
     max_steps: int | None = setting(None, ge=1, null="no cap")
     budget: Budget = Budget.epochs
+    # emulated: one process; processes: one process per worker (torchrun's agent). Under torchrun each process is
+    # a worker whatever this says.
+    launch: Launch = setting(Launch.emulated, volatile=True)  # noqa: RUF009 (setting() returns a field)
     seed: int = setting(0, gt=-SEED_LIMIT, lt=SEED_LIMIT)
     device: Device = setting(Device.auto, volatile=True)  # noqa: RUF009 (setting() returns a field)
     threads: int | None = setting(None, ge=1, null="all cores, divided among parallel sweep jobs", volatile=True)
@@ -518,6 +531,14 @@ def check(cfg: DictConfig) -> None:
         value = getattr(data, key)
         if value is not None and value > available:
             raise _fail(f"data.{key}", value, f"it must be between 1 and {available} (the {split} images)")
+    if cfg.batch_size % cfg.workers:
+        divisors = [w for w in range(1, cfg.batch_size + 1) if cfg.batch_size % w == 0]
+        raise ConfigError(
+            f"workers={cfg.workers} does not divide batch_size={cfg.batch_size}: batch_size is the optimizer's total "
+            "batch and each worker gets an equal share of batch_size / workers images. Allowed workers for "
+            f"batch_size={cfg.batch_size}: {', '.join(map(str, divisors))}; or a batch_size that is a multiple of "
+            f"{cfg.workers}."
+        )
     train_images = data.subset or train_images
     if cfg.batch_size > train_images:
         raise ConfigError(

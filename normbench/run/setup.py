@@ -27,8 +27,10 @@ from normbench.base.files import write_atomic
 from normbench.parts import data as data_module
 from normbench.parts.data import Batches, ImageData, load_data
 from normbench.parts.models import build_model, count_parameters
+from normbench.parts.norms import get_norm
 from normbench.run import schema
 from normbench.run.devices import select_device
+from normbench.run.distributed import Ranks
 from normbench.run.evaluation import PreciseBNPlan, has_running_stats, plan_precise_bn
 from normbench.run.record import Budget
 from normbench.run.schema import effective_lr  # the one statement of it; imported from here by the trainer
@@ -123,12 +125,15 @@ def rebatched(batches: Batches, batch_size: int) -> Batches:
 
 @dataclass
 class Setup:
-    """What a run is built from. `forward` is the module the training step calls: `model` itself, or its
-    compiled version (evaluation and probed steps use `model`, eager)."""
+    """What a run is built from. `forward` is the module the training step calls: `eager`, or its compiled
+    version (probed steps call `eager`). `eager` is `model` itself, or DDP around it across real worker processes
+    (`ranks`); evaluation calls `model`."""
 
     device: torch.device
     model: nn.Module
     forward: Callable[..., torch.Tensor]
+    eager: Callable[..., torch.Tensor]
+    ranks: Ranks
     params: int
     lr: float
     optimizer: torch.optim.Optimizer
@@ -138,15 +143,18 @@ class Setup:
     memory_format: str
     train_batches: Batches
     val_batches: Batches
-    # BN-family models with eval.bn_modes: validation batches of the training batch size (batch statistics
+    # BN-family models with eval.bn_modes: validation batches of the training images per worker (batch statistics
     # depend on it), and PreciseBN's training batches of its own batch size with its plan; None otherwise.
     val_at_train_batch_size: Batches | None
     precise_bn_batches: Batches | None = None
     precise_bn: PreciseBNPlan | None = None
+    workers: int = 1  # worker shares of each batch emulated here (the BN-family layers know it too)
 
 
-def set_up(cfg: DictConfig, data: ImageData | None = None) -> Setup:
-    """Build everything in a fixed order from the seed, so that the same config gives the same run."""
+def set_up(cfg: DictConfig, data: ImageData | None = None, ranks: Ranks | None = None) -> Setup:
+    """Build everything in a fixed order from the seed, so that the same config gives the same run; on every
+    rank of a multi-process run (`ranks`) the same."""
+    ranks = ranks or Ranks()
     device = select_device(cfg.device)
     if device.type == "cuda" and device.index is None:  # the current device: a sweep job's own GPU (launch/jobs.py)
         device = torch.device("cuda", torch.cuda.current_device())
@@ -157,7 +165,9 @@ def set_up(cfg: DictConfig, data: ImageData | None = None) -> Setup:
     seed_everything(cfg.seed)
     data = data or cached_data(cfg.data)
     budget = make_budget(cfg, len(data.train_labels))
-    model = build_model(cfg.model, cfg.norm, data.num_classes).to(device)
+    # The worker shares this process emulates: all of them in one process, its own alone in a worker process.
+    workers = cfg.workers // ranks.world
+    model = build_model(cfg.model, cfg.norm, data.num_classes, workers).to(device)
     channels_last = cfg.train.channels_last
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -172,14 +182,19 @@ def set_up(cfg: DictConfig, data: ImageData | None = None) -> Setup:
     )  # fmt: skip
     val_batches = Batches(data.val_images, data.val_labels, cfg.eval.batch_size, train=False, **common)
     bn_modes = cfg.eval.bn_modes and any(has_running_stats(m) for m in model.modules())
-    # The validation images already on the device, cut into batches of the training batch size.
-    small = min(cfg.batch_size, len(val_batches.labels))
+    # The validation images already on the device, cut into batches of the images each training statistic
+    # averages: a worker's share, or the whole batch for a norm synced over the workers.
+    per_statistic = cfg.batch_size if get_norm(cfg.norm.name).synced else cfg.batch_size // cfg.workers
+    small = min(per_statistic, len(val_batches.labels))
     precise = plan_precise_bn(cfg.eval.precise_bn_images, cfg.eval.precise_bn_batch_size, len(data.train_labels))
     precise = precise if bn_modes else None
+    eager = ranks.wrap(model, device)
     return Setup(
         device=device,
         model=model,
-        forward=torch.compile(model, mode=cfg.train.compile_mode.value) if cfg.train.compile else model,
+        forward=torch.compile(eager, mode=cfg.train.compile_mode.value) if cfg.train.compile else eager,
+        eager=eager,
+        ranks=ranks,
         params=count_parameters(model),
         lr=lr,
         optimizer=optimizer,
@@ -195,4 +210,5 @@ def set_up(cfg: DictConfig, data: ImageData | None = None) -> Setup:
         # The training images already on the device (padded when augmented), in PreciseBN's batch size.
         precise_bn_batches=rebatched(train_batches, precise.batch_size) if precise else None,
         precise_bn=precise,
+        workers=workers,
     )

@@ -30,6 +30,7 @@ from normbench.parts.data import ImageData
 from normbench.run import record as R
 from normbench.run.board import Board, run_hparams
 from normbench.run.checkpoint import Checkpoint
+from normbench.run.distributed import Ranks
 from normbench.run.evaluation import NormContractError, bn_mode_accuracies, evaluate
 from normbench.run.monitor import Monitor
 from normbench.run.progress import ProgressBar
@@ -71,22 +72,26 @@ def run(
     saved_checkpoint: dict[str, Any] | None = None,
     swept: Sequence[str] = (),
     experiment: bool = True,
+    ranks: Ranks | None = None,
 ) -> RunRecord:
     """Train to the end of the budget; write the record whatever happens. Raises the run's error.
 
     `swept`: the config keys that tell this run apart from the others of its sweep (HParams columns besides the
     usual ones); `experiment`: write the HParams experiment into the run (False in a sweep, which writes one for
-    all its runs at its root); `saved_checkpoint`: with resume, the checkpoint already read (else it is read here)."""
+    all its runs at its root); `saved_checkpoint`: with resume, the checkpoint already read (else it is read here);
+    `ranks`: this process's place among the run's worker processes (default: the only one). Every rank trains;
+    rank 0 alone validates and writes, the others wait for it at each epoch's end."""
     console = console or Console()
+    ranks = ranks or Ranks()
     # The run's HParams row: started now, ended with its status, so every run has one whatever happens.
     hparams = run_hparams(cfg, effective_lr(cfg.optim, cfg.batch_size), swept)
     x_per_step = cfg.batch_size if cfg.log.x_axis == XAxis.examples else 1
     try:
-        setup = set_up(cfg, data)
-        checkpoint = Checkpoint(run_dir, setup.model, setup.optimizer, setup.scheduler, setup.device)
+        setup = set_up(cfg, data, ranks)
+        checkpoint = Checkpoint(run_dir, setup.model, setup.optimizer, setup.scheduler, setup.device, ranks.writes)
         saved = checkpoint.load(saved_checkpoint) if resume else None
     except Exception:  # a run that cannot start (its record says why) still gets its row
-        with closing(Board(run_dir, x_per_step)) as board:
+        with closing(Board(run_dir, x_per_step, writes=ranks.writes)) as board:
             board.start_session(hparams, experiment=experiment)
             board.end_session(R.FAILED)
         raise
@@ -94,33 +99,42 @@ def run(
     state = R.from_dict(RunState, saved) if saved is not None else RunState()
     state.attempt += saved is not None
     run_dir.mkdir(parents=True, exist_ok=True)
-    board = Board(run_dir, x_per_step, resumed_at=state.step if saved is not None else None)
+    board = Board(run_dir, x_per_step, resumed_at=state.step if saved is not None else None, writes=ranks.writes)
     board.start_session(hparams, experiment=experiment)
     board.layout()
     monitor = (
-        Monitor(setup.model, board, cfg.log.hist_every_images, cfg.log.hist_values) if cfg.log.activations else None
+        Monitor(setup.model, board, cfg.log.hist_every_images, cfg.log.hist_values)
+        if cfg.log.activations and ranks.writes
+        else None
     )
-    if saved is not None:
+    if saved is not None and ranks.writes:
         console.print(f"Resuming from step {state.step} (epoch {state.epoch + 1}).")
 
     def record(status: str, reason: str | None = None, **values: Any) -> RunRecord:
         written = make_record(config, status, reason, setup, state, **values)
-        written.write(run_dir)
+        if ranks.writes:
+            written.write(run_dir)
         board.end_session(status)  # completed, diverged, failed; nothing while running or interrupted
         return written
 
     stop = StopRequest()
     name = f"{cfg.model.name}/{cfg.norm.name} b={cfg.batch_size}"
-    show = console.is_terminal and not cfg.get("quiet", False)
+    show = console.is_terminal and not cfg.get("quiet", False) and ranks.writes
     try:
         with stop.installed(), ProgressBar(console, name, setup.budget.total_steps, state.step, show) as bar:
             while state.step < setup.budget.total_steps:
                 train_epoch(setup, state, board, monitor, bar, stop, cfg.log.every)
-                if stop.signum is not None:
+                if ranks.stopping(stop):
                     raise InterruptedRun(stop.reason(state.step, state.attempt, run_dir))
-                epoch = end_epoch(setup, state, board, monitor, cfg.eval.bn_modes_every)
+                if not ranks.writes:  # another worker process: rank 0 validates and writes; wait for it
+                    next_epoch(state)
+                    ranks.barrier()
+                    continue
+                with ranks.alone():
+                    epoch = end_epoch(setup, state, board, monitor, cfg.eval.bn_modes_every)
                 checkpoint.save(asdict(state))
                 record(R.RUNNING)
+                ranks.barrier()
                 bar.print(
                     f"epoch {epoch.epoch}/{setup.budget.epochs}  step {epoch.step}  train loss {epoch.train_loss:.4f} "
                     f"acc {epoch.train_acc:.3f}  val loss {epoch.val_loss:.4f} acc {epoch.val_acc:.3f}"
@@ -190,7 +204,9 @@ def train_epoch(
         nonlocal pending_correct
         if not pending:
             return
-        *losses, correct = torch.stack([*pending, pending_correct]).tolist()  # the one host sync
+        # The one host sync; across worker processes, summed over them: their mean loss is the batch's loss.
+        *totals, correct = setup.ranks.sum(torch.stack([*pending, pending_correct])).tolist()
+        losses = [total / setup.ranks.world for total in totals]
         first = s.step - len(losses) + 1
         for i, value in enumerate(losses):
             if not math.isfinite(value):
@@ -209,24 +225,26 @@ def train_epoch(
         pending_correct = torch.zeros((), device=setup.device)
         bar.update(s.step, losses[-1], s.examples / max(s.wall_s + time.perf_counter() - started, 1e-9))
 
+    batch = setup.train_batches.batch_size  # the optimizer's batch: all workers' shares together
     setup.model.train()
-    for x, y in setup.train_batches.epoch(s.epoch, start=s.batch_in_epoch):
+    # Each worker process trains on its share of every batch (the whole batch in one process).
+    for x, y in setup.ranks.shares(setup.train_batches.epoch(s.epoch, start=s.batch_in_epoch)):
         # A probed step runs the eager module: a compiled forward would skip the monitor's hooks.
-        probed = monitor is not None and monitor.due(s.step + 1, s.examples, len(y))
+        probed = monitor is not None and monitor.due(s.step + 1, s.examples, batch)
         if probed:
             monitor.attach()
-        loss, correct = train_step(setup, setup.model if probed else setup.forward, x, y)
+        loss, correct = train_step(setup, setup.eager if probed else setup.forward, x, y)
         pending.append(loss)
         pending_correct += correct
         s.step += 1
         s.batch_in_epoch += 1
-        s.examples += len(y)
-        s.epoch_seen += len(y)
+        s.examples += batch
+        s.epoch_seen += batch
         if s.step % flush_every == 0:
             flush()
         if probed:
             monitor.write(s.step)
-        if stop.signum is not None or s.step >= budget.total_steps:
+        if setup.ranks.stopping(stop) or s.step >= budget.total_steps:  # every worker stops at the same step
             break
     flush()
     s.wall_s += time.perf_counter() - started
@@ -254,7 +272,7 @@ def end_epoch(setup: Setup, state: RunState, board: Board, monitor: Monitor | No
         started = time.perf_counter()
         batch_stats, precise = bn_mode_accuracies(
             model, setup.val_batches, setup.val_at_train_batch_size, setup.precise_bn_batches, setup.precise_bn,
-            setup.autocast,
+            setup.autocast, setup.workers,
         )  # fmt: skip
         s.bn_modes_s += time.perf_counter() - started
         board.scalar("val/acc_batch_stats", batch_stats, board.x(s.step))
@@ -279,10 +297,15 @@ def end_epoch(setup: Setup, state: RunState, board: Board, monitor: Monitor | No
         board.x(s.step),
     )
     board.flush()
+    next_epoch(s)
+    return epoch
+
+
+def next_epoch(state: RunState) -> None:
+    s = state
     s.epoch += 1
     s.batch_in_epoch = s.epoch_seen = 0
     s.epoch_loss_sum = s.epoch_correct = 0.0
-    return epoch
 
 
 # --- What a run leaves behind ---------------------------------------------------------------------------

@@ -6,6 +6,7 @@ What each (norm, layout) pair averages, following the user's notes (shared/seed/
 |------|----------------------|------------------------------------|----------------------------------|
 | bn   | per C, over N        | per C, over N, H, W                | per D, over N, L                 |
 | brn  | as bn                | as bn                              | as bn                            |
+| syncbn | as bn, over all workers | as bn, over all workers        | as bn, over all workers          |
 | ln   | per sample, over C   | per sample, over C, H, W           | per token, over D                |
 | rms  | as ln (no mean)      | as ln (no mean)                    | as ln (no mean)                  |
 | in   | refused: 1 value     | per sample and C, over H, W        | per sample and D, over L         |
@@ -16,6 +17,9 @@ What each (norm, layout) pair averages, following the user's notes (shared/seed/
 the resolution: `ln` on images is the GroupNorm paper's LN (= GroupNorm with one group), `in` its IN (with
 affine), which is what its Table 1 compares. IN and GN are refused on vector features because each channel
 holds a single value per sample there: there is no variance to take (the question the notes end with).
+
+With data-parallel workers (`workers=W`, docs/workers.md) bn and brn take their statistics per worker share
+of batch_size / W images; syncbn takes them over every share, i.e. over the total batch.
 
 Classes are named by import path so that this module imports no torch (see registry.py).
 """
@@ -56,8 +60,8 @@ def _check_momentum(name: str, momentum: float | None) -> None:
     "bn",
     summary="BatchNorm: per channel over the batch; batch statistics in training, running ones in eval",
     layouts={
-        "vector": on("N", torch=f"{NN}.BatchNorm1d", reference=f"{REF}.ReferenceBatchNorm"),
-        "image": on("N,H,W", torch=f"{NN}.BatchNorm2d", reference=f"{REF}.ReferenceBatchNorm"),
+        "vector": on("N", torch=f"{LAYERS}.BatchNorm1d", reference=f"{REF}.ReferenceBatchNorm"),
+        "image": on("N,H,W", torch=f"{LAYERS}.BatchNorm2d", reference=f"{REF}.ReferenceBatchNorm"),
         "sequence": on("N,L", torch=f"{LAYERS}.SequenceBatchNorm", reference=f"{LAYERS}.SequenceReferenceBatchNorm"),
     },
     batch_statistics=True,
@@ -105,6 +109,33 @@ def batch_renorm(
     return cls(
         num_features, eps=eps, momentum=momentum, affine=affine, r_max=r_max, d_max=d_max, warmup_steps=warmup_steps
     )
+
+
+@register_norm(
+    "syncbn",
+    summary="SyncBatchNorm: BatchNorm over every data-parallel worker's share (= bn over the total batch)",
+    layouts={
+        "vector": on("N", torch=f"{LAYERS}.SyncBatchNorm", reference=f"{LAYERS}.ReferenceSyncBatchNorm"),
+        "image": on("N,H,W", torch=f"{LAYERS}.SyncBatchNorm", reference=f"{LAYERS}.ReferenceSyncBatchNorm"),
+        "sequence": on(
+            "N,L", torch=f"{LAYERS}.SequenceSyncBatchNorm", reference=f"{LAYERS}.SequenceReferenceSyncBatchNorm"
+        ),
+    },
+    batch_statistics=True,
+    synced=True,
+)
+def synced_batch_norm(
+    cls: Cls,
+    num_features: int,
+    *,
+    eps: float = 1e-5,
+    momentum: float | None = 0.1,
+    affine: bool = True,
+    track_running_stats: bool = True,
+) -> nn.Module:
+    _check_eps("syncbn", eps)
+    _check_momentum("syncbn", momentum)
+    return cls(num_features, eps=eps, momentum=momentum, affine=affine, track_running_stats=track_running_stats)
 
 
 @register_norm(

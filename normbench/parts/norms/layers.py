@@ -4,11 +4,21 @@ PyTorch's LayerNorm with the `(num_features, eps, affine)` arguments every norm 
 Models see three layouts: `vector` (N, C), `image` (N, C, H, W) and `sequence` (N, L, D). PyTorch's
 norms (and the reference ones) expect the channel axis at dim 1, so sequences are adapted by the two
 mixins below. They only move axes: parameters, buffers and state_dict keys stay those of the wrapped class.
+
+Worker shares (docs/workers.md): every BN-family class here holds a plain attribute `workers` (W, default 1),
+set on a built model by `set_workers`. With W > 1, training normalizes each of the W contiguous shares of the
+batch with its own statistics in one forward, and the running statistics follow share 0 (what PyTorch's DDP
+leaves with broadcast_buffers=True). At W = 1 the forward is the wrapped class's own, unchanged.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -19,7 +29,67 @@ from normbench.parts.norms.reference import (
     ReferenceLayerNorm,
     ReferenceRMSNorm,
     per_channel,
+    per_share,
+    shares,
 )
+
+
+def set_workers(model: nn.Module, workers: int) -> None:
+    """Make every BN-family layer of `model` (every module with a `workers` attribute) take its training batch
+    statistics per share of `workers` contiguous shares of the batch; 1 = over the whole batch. A plain
+    attribute, not a buffer: the state_dict does not change."""
+    for module in model.modules():
+        if hasattr(module, "workers") and not getattr(module, "synced", False):
+            module.workers = workers
+
+
+def takes_workers(module: nn.Module) -> bool:
+    """Whether a norm layer can take per-share statistics: normbench's BN-family classes, and plugin classes
+    derived from them (BatchNorm1d/2d here, reference.ReferenceBatchNorm)."""
+    return hasattr(module, "workers")
+
+
+def share_batch_norm(bn: nn.modules.batchnorm._BatchNorm, x: Tensor, workers: int) -> Tensor:
+    """Training BatchNorm with statistics per worker share, in one call of PyTorch's fused kernel (the ghost-BN
+    trick): (N, C, *) becomes (N/W, W·C, *), share r's channel c being channel r·C + c, so that each (share,
+    channel) pair is one channel of the kernel. γ and β are repeated per share (their gradients sum over the
+    shares); the running statistics take share 0's update alone, as DDP's buffer broadcast from rank 0 leaves
+    them."""
+    n, c, rest = x.shape[0], x.shape[1], x.shape[2:]
+    wide = shares(x, workers).transpose(0, 1).reshape(n // workers, workers * c, *rest)
+    running_mean = running_var = None
+    factor = 0.0
+    if bn.track_running_stats and bn.running_mean is not None and bn.running_var is not None:
+        bn.num_batches_tracked.add_(1)  # type: ignore[union-attr,operator]
+        factor = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
+        running_mean, running_var = bn.running_mean.repeat(workers), bn.running_var.repeat(workers)
+    weight = None if bn.weight is None else bn.weight.repeat(workers)
+    bias = None if bn.bias is None else bn.bias.repeat(workers)
+    y = F.batch_norm(wide, running_mean, running_var, weight, bias, True, factor, bn.eps)
+    if running_mean is not None and running_var is not None:
+        with torch.no_grad():
+            bn.running_mean.copy_(running_mean[:c])  # type: ignore[union-attr]
+            bn.running_var.copy_(running_var[:c])  # type: ignore[union-attr]
+    return y.reshape(n // workers, workers, c, *rest).transpose(0, 1).reshape(x.shape)
+
+
+class WorkerShares:
+    """PyTorch's BatchNorm with per-share training statistics at `workers` > 1 (`share_batch_norm`)."""
+
+    workers = 1
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.workers > 1 and self.training:  # type: ignore[attr-defined]
+            return share_batch_norm(self, x, self.workers)  # type: ignore[arg-type]
+        return super().forward(x)  # type: ignore[misc]
+
+
+class BatchNorm1d(WorkerShares, nn.BatchNorm1d):
+    pass
+
+
+class BatchNorm2d(WorkerShares, nn.BatchNorm2d):
+    pass
 
 
 class FeaturesToChannels:
@@ -37,7 +107,7 @@ class PerToken:
         return super().forward(x.reshape(n * length, d)).reshape(n, length, d)  # type: ignore[misc]
 
 
-class SequenceBatchNorm(FeaturesToChannels, nn.BatchNorm1d):
+class SequenceBatchNorm(FeaturesToChannels, BatchNorm1d):
     pass
 
 
@@ -108,7 +178,8 @@ class BatchRenorm(ReferenceBatchNorm):
     r and d are constants for backprop (computed without gradient). With r = 1, d = 0 this is BatchNorm;
     the clip limits therefore open linearly from (1, 0) to (r_max, d_max) over `warmup_steps` training
     batches, as the paper relaxes them. Running statistics and evaluation are BatchNorm's (PyTorch's
-    momentum convention, unbiased running variance), so the state_dict is BatchNorm's too.
+    momentum convention, unbiased running variance), so the state_dict is BatchNorm's too. With worker shares,
+    μ_B, σ_B, r and d are per share, and the running statistics follow share 0 (as ReferenceBatchNorm's).
     """
 
     def __init__(
@@ -136,18 +207,159 @@ class BatchRenorm(ReferenceBatchNorm):
     def forward(self, x: Tensor) -> Tensor:
         if not self.training:
             return super().forward(x)
-        mean, var, n = self.batch_statistics(x)
+        per_worker = self.workers > 1
+        mean, var, n = self.share_statistics(x) if per_worker else self.batch_statistics(x)  # (W, C) or (C,)
         sigma_batch = torch.sqrt(var + self.eps)
         with torch.no_grad():
             r_max, d_max = self.clip_limits()
             sigma = torch.sqrt(self.running_var + self.eps)
             r = torch.clamp(sigma_batch / sigma, 1.0 / r_max, r_max)
             d = torch.clamp((mean - self.running_mean) / sigma, -d_max, d_max)
-        x_hat = (x - per_channel(mean, x)) / per_channel(sigma_batch, x) * per_channel(r, x)
-        x_hat = x_hat + per_channel(d, x)
-        self.update_running_stats(mean.detach(), var.detach(), n)
+        if per_worker:
+            xs = shares(x, self.workers)
+            x_hat = (xs - per_share(mean, xs)) / per_share(sigma_batch, xs) * per_share(r, xs) + per_share(d, xs)
+            x_hat = x_hat.reshape(x.shape)
+            self.update_running_stats(mean[0].detach(), var[0].detach(), n)  # share 0: rank 0's buffers
+        else:
+            x_hat = (x - per_channel(mean, x)) / per_channel(sigma_batch, x) * per_channel(r, x)
+            x_hat = x_hat + per_channel(d, x)
+            self.update_running_stats(mean.detach(), var.detach(), n)
         return self.scale_shift(x_hat)
 
 
 class SequenceBatchRenorm(FeaturesToChannels, BatchRenorm):
+    pass
+
+
+# --- SyncBN: batch statistics over every worker's share ----------------------------------------------------
+
+
+class _Unsynced:
+    depth = 0  # > 0 inside `unsynced()`
+
+
+@contextmanager
+def unsynced() -> Iterator[None]:
+    """Inside, synced norms normalize over this process's batch alone, as in one process: rank 0 validates by
+    itself while the other worker processes wait (run/distributed.py)."""
+    _Unsynced.depth += 1
+    try:
+        yield
+    finally:
+        _Unsynced.depth -= 1
+
+
+def synced_world(group: Any) -> int:
+    """How many processes a synced norm averages over: the size of `group` (None: the default group) when a
+    torch.distributed process group is running, else 1 (one process: BN over its batch; also `unsynced()`)."""
+    if _Unsynced.depth or not (dist.is_available() and dist.is_initialized()):
+        return 1
+    return dist.get_world_size(group)
+
+
+class SyncStandardize(torch.autograd.Function):
+    """x̂ = (x - μ) / sqrt(σ² + eps), μ and the biased σ² per channel over the inputs of every process of `group`:
+    one all-reduce of the per-channel count, sum and sum of squares (in float64: the difference of sums loses
+    float32's digits when the mean is large against the spread). Backward, with g = ∂L/∂x̂ and sums over every
+    process's values (n of them):
+
+        ∂L/∂x = (g - Σg / n - x̂ · Σ(g·x̂) / n) / sqrt(σ² + eps)
+
+    one all-reduce of Σg and Σ(g·x̂). Outputs x̂ and, not differentiable, μ, σ² and n for the running statistics.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, eps: float, group: Any) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        dims = (0, *range(2, x.dim()))
+        total = x.sum(dims, dtype=torch.float64)
+        count = torch.full_like(total, x.numel() // x.shape[1])
+        stats = torch.stack([count, total, (x * x).sum(dims, dtype=torch.float64)])
+        dist.all_reduce(stats, group=group)
+        n, total, squares = stats
+        mean = total / n
+        var = (squares / n - mean * mean).clamp_min(0)
+        invstd = torch.rsqrt(var + eps).to(x.dtype)
+        x_hat = (x - per_channel(mean.to(x.dtype), x)) * per_channel(invstd, x)
+        ctx.save_for_backward(x_hat, invstd, n)
+        ctx.group = group
+        ctx.mark_non_differentiable(mean, var, n)
+        return x_hat, mean, var, n
+
+    @staticmethod
+    def backward(ctx: Any, g: Tensor, *unused: Any) -> tuple[Tensor, None, None]:
+        x_hat, invstd, n = ctx.saved_tensors
+        dims = (0, *range(2, g.dim()))
+        sums = torch.stack([g.sum(dims, dtype=torch.float64), (g * x_hat).sum(dims, dtype=torch.float64)])
+        dist.all_reduce(sums, group=ctx.group)
+        mean_g, mean_gx = (sums / n).to(g.dtype)
+        return (g - per_channel(mean_g, g) - x_hat * per_channel(mean_gx, g)) * per_channel(invstd, g), None, None
+
+
+def sync_batch_norm(bn: Any, x: Tensor) -> Tensor:
+    """Training BatchNorm of `bn` (weight, bias, running buffers, momentum, eps as nn.BatchNorm's) with the
+    statistics of every process of `bn.process_group`: the formula version of nn.SyncBatchNorm, for any device
+    torch.distributed can all-reduce on (gloo on the CPU). The running statistics take the global mean and the
+    unbiased global variance, as nn.SyncBatchNorm's do."""
+    x_hat, mean, var, n = SyncStandardize.apply(x, bn.eps, bn.process_group)
+    if bn.track_running_stats and bn.running_mean is not None:
+        with torch.no_grad():
+            bn.num_batches_tracked.add_(1)
+            m = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
+            count = float(n[0])
+            bn.running_mean.mul_(1 - m).add_(m * mean.to(x.dtype))
+            bn.running_var.mul_(1 - m).add_(m * (var * count / (count - 1)).to(x.dtype))
+    if bn.weight is None:
+        return x_hat
+    return x_hat * per_channel(bn.weight, x_hat) + per_channel(bn.bias, x_hat)
+
+
+class SyncBatchNorm(nn.modules.batchnorm._BatchNorm):
+    """norm=syncbn, impl=torch: BatchNorm over every worker's share. In one process, PyTorch's BatchNorm (also when
+    a group of one is running); under a torch.distributed group of several, nn.SyncBatchNorm's forward on CUDA and
+    the formula version (`sync_batch_norm`) elsewhere, since nn.SyncBatchNorm syncs only GPU inputs. Emulated worker
+    shares do not concern it: on one device it normalizes the whole (total) batch. Not an nn.SyncBatchNorm
+    subclass: DistributedDataParallel refuses those on the CPU, where the formula version serves."""
+
+    synced = True  # statistics over all worker shares: `set_workers` leaves it alone
+    process_group: Any = None  # None: the default group, as nn.SyncBatchNorm's
+    _check_input_dim = nn.SyncBatchNorm._check_input_dim
+    _check_non_zero_input_channels = nn.SyncBatchNorm._check_non_zero_input_channels
+
+    def __init__(
+        self,
+        num_features: int,
+        eps: float = 1e-5,
+        momentum: float | None = 0.1,
+        affine: bool = True,
+        track_running_stats: bool = True,
+    ) -> None:
+        super().__init__(num_features, eps, momentum, affine, track_running_stats)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.training or synced_world(self.process_group) == 1:
+            return nn.modules.batchnorm._BatchNorm.forward(self, x)  # plain BN: nothing to sync
+        if x.device.type == "cuda":
+            return nn.SyncBatchNorm.forward(self, x)  # type: ignore[arg-type]
+        return sync_batch_norm(self, x)
+
+
+class ReferenceSyncBatchNorm(ReferenceBatchNorm):
+    """norm=syncbn, impl=reference: ReferenceBatchNorm, with the statistics of every process of `process_group`
+    (None: the default group) under torch.distributed (`sync_batch_norm`). Not per worker share: `workers` is
+    not its setting: emulated, it normalizes the whole (total) batch."""
+
+    synced = True  # `set_workers` leaves it alone
+    process_group: Any = None
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.training and synced_world(self.process_group) > 1:
+            return sync_batch_norm(self, x)
+        return super().forward(x)
+
+
+class SequenceSyncBatchNorm(FeaturesToChannels, SyncBatchNorm):
+    pass
+
+
+class SequenceReferenceSyncBatchNorm(FeaturesToChannels, ReferenceSyncBatchNorm):
     pass
