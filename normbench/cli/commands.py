@@ -189,9 +189,13 @@ def report(
     skip_bad: bool = typer.Option(
         False, "--skip-bad", help="Exit 0 even if some results.json cannot be read (they are still listed)."
     ),
+    smooth: int = typer.Option(
+        None, "--smooth", min=1, help="Moving average of the training-loss curves over K logged points (1 = raw)."
+    ),
 ) -> None:
-    """Tables and figures from a run or sweep directory: validation error vs batch size per norm, loss
-    curves per batch size, summary.csv/json and report.md embedding the figures, written into DIR (or --out).
+    """Tables and figures from a run or sweep directory: validation error vs images per worker per norm (mean and
+    95% interval over seeds, paired differences against BN, runs that did not learn flagged), loss curves per
+    images per worker, summary.csv/json and report.md embedding the figures, written into DIR (or --out).
     --reference NAME draws a published BN-vs-GN result beside the error-vs-batch figure, with its citation.
     A results.json that is not a readable record is listed as unreadable and the exit code is 2 (--skip-bad: 0)."""
     from normbench.run.references import load_reference
@@ -203,7 +207,9 @@ def report(
             if no_figures:
                 summary = write_summary(directory, out)
             else:
-                summary, figures, path = write_report(directory, published, out)
+                summary, figures, path = write_report(
+                    directory, published, out, **({"smooth": smooth} if smooth else {})
+                )
         except OSError as error:
             target = out or directory
             raise NormbenchError(

@@ -18,7 +18,7 @@ from normbench.launch.naming import swept_keys
 from normbench.launch.rundir import in_use
 from normbench.run.board import run_hparams, tensorboard_hint, write_experiment
 from normbench.run.record import COMPLETED, RUNNING, UnreadableRecord, find_records
-from normbench.run.report import print_tables, write_summary
+from normbench.run.report import flagged_count, print_tables, write_summary
 from normbench.run.setup import effective_lr
 
 
@@ -57,6 +57,14 @@ class SweepSummary(Callback):
             console.print(f"[bold red]No summary:[/] {error}", highlight=False)
             return
         print_tables(summary)
+        flagged = flagged_count(summary)  # a number from a run that did not learn is not a finding: say so last
+        console.print(
+            "Flagged: "
+            + "; ".join(f"[bold red]{n} of {len(summary['runs'])} runs {flag}[/]" for flag, n in flagged.items())
+            if flagged
+            else f"Flagged: none of {len(summary['runs'])} runs (each learned and settled).",
+            highlight=False,
+        )
         console.print(
             f"Summary: {sweep_dir / 'summary.csv'}, {sweep_dir / 'summary.json'}. Figures: normbench report "
             f"{sweep_dir}.\n{tensorboard_hint(sweep_dir, [r['run'] for r in summary['runs']])}",

@@ -139,6 +139,7 @@ class Setup:
     model: nn.Module
     forward: Callable[..., torch.Tensor]
     params: int
+    num_classes: int
     lr: float
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LambdaLR
@@ -190,6 +191,7 @@ def set_up(cfg: DictConfig, data: ImageData | None = None) -> Setup:
         model=model,
         forward=torch.compile(model, mode=cfg.train.compile_mode.value) if cfg.train.compile else model,
         params=count_parameters(model),
+        num_classes=data.num_classes,
         lr=lr,
         optimizer=optimizer,
         scheduler=torch.optim.lr_scheduler.LambdaLR(optimizer, schedule),
