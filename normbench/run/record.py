@@ -196,7 +196,10 @@ def learning_flags(record: RunRecord) -> dict[str, str]:
         )
     uniform = math.log(record.num_classes)
     if m.train_loss > LOSS_NOT_FALLEN * uniform:
-        why.append(f"final training loss {m.train_loss:.2f} is still near ln {record.num_classes} = {uniform:.2f}")
+        why.append(
+            f"final training loss {m.train_loss:.2f} is not below {LOSS_NOT_FALLEN:.0%} of ln {record.num_classes} = "
+            f"{uniform:.2f}, the loss of a uniform guess"
+        )
     if why:
         flags[DID_NOT_LEARN] = "; ".join(why)
     falling = late_fall(record.curve)
