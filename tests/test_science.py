@@ -9,10 +9,12 @@ import pytest
 import torch
 from conftest import ROOT, normbench
 
+from normbench.base.errors import ConfigError
 from normbench.launch.compose import compose_config, compose_unchecked
 from normbench.parts.models import NORM_SLOT, build_model, count_parameters
 from normbench.parts.norms import NORMS
 from normbench.run import record as R
+from normbench.run.setup import set_up
 from normbench.run.train import run
 
 # He et al. 2016, Table 6: parameters of the CIFAR-10 ResNets by depth.
@@ -147,3 +149,19 @@ def test_converged_preset_runs_at_a_tiny_scale(tmp_path) -> None:
     tiny = compose_config(["sweep=converged", "batch_size=2", "norm=ln", "max_steps=2", "data.train_size=16",
                            "data.val_size=8", "eval.precise_bn_images=8", "threads=1"])  # fmt: skip
     assert run(tiny, tmp_path).status == R.COMPLETED
+
+
+def test_the_step_schedule_is_torchs_multistep_at_the_paper_fractions(tiny) -> None:
+    """optim.schedule=step with milestones 0.3, 0.6, 0.9 of a 20-step budget: PyTorch's MultiStepLR at steps 6, 12,
+    18 (÷10 each), the GroupNorm paper's epochs 30/60/90 of 100 scaled to the budget."""
+    cfg = tiny("budget=steps", "max_steps=20", "optim.schedule=step", "optim.milestones=[0.3,0.6,0.9]",
+               "optim.lr_scaling=none", "optim.lr=0.1")  # fmt: skip
+    setup = set_up(cfg)
+    oracle = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+    multistep = torch.optim.lr_scheduler.MultiStepLR(oracle, milestones=[6, 12, 18], gamma=0.1)
+    for _ in range(20):
+        assert setup.optimizer.param_groups[0]["lr"] == pytest.approx(oracle.param_groups[0]["lr"], rel=1e-12)
+        setup.optimizer.step(), setup.scheduler.step(), oracle.step(), multistep.step()
+    assert oracle.param_groups[0]["lr"] == pytest.approx(1e-4)
+    with pytest.raises(ConfigError, match=r"optim.milestones=\[0.5,1.5\] is not valid"):
+        compose_config(["optim.milestones=[0.5,1.5]"])

@@ -261,7 +261,8 @@ def settings(rows: list[dict[str, Any]]) -> list[tuple[str, str]]:
         ("training / validation images",
          f"{values(key('data.subset', 'data.train_size'))} / {values(key('data.val_subset', 'data.val_size'))}"),
         ("model", values(key("model.name"))),
-        ("budget", f"{values(key('budget'))}: {values(key('epochs'))} epochs, max_steps {values(key('max_steps')) or 'none'}; "
+        ("budget", f"{values(key('budget'))}: {values(key('epochs'))} epochs, "
+                   f"max_steps {values(key('max_steps')) or 'none'}; "
                    f"optimizer steps per run: {values(lambda r: r['steps'])}"),
         ("optimizer", f"{values(key('optim.name'))}, momentum {values(key('optim.momentum'))}, weight decay "
                       f"{values(key('optim.weight_decay'))}"),
