@@ -66,6 +66,8 @@ BAD = [
     (["+train.foo=1"], "'train.foo'"),
     (["norm.groups=4"], "'norm.groups'"),  # a gn option, while norm=bn
     (["~batch_size"], "batch_size"),
+    (["workers=0"], "workers=0"),
+    (["workers=3"], "workers=3"),  # does not divide the default batch_size=128
 ]
 
 

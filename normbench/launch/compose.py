@@ -175,7 +175,7 @@ def _validate_model(cfg: DictConfig) -> None:
     from normbench.parts.models import check_norm_shapes, split_name
 
     try:
-        check_norm_shapes(cfg.model, cfg.norm, cfg.batch_size)
+        check_norm_shapes(cfg.model, cfg.norm, cfg.batch_size, workers=cfg.workers)
     except NormbenchError:
         raise
     except (ValueError, TypeError, RuntimeError) as error:

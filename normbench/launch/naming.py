@@ -1,5 +1,6 @@
-"""Run names of a sweep: `gn_b008`, `gn_b008_seed001`. The `normbench_run` resolver names run directories
-(`hydra.sweep.subdir`), and the same function names them in the pre-flight, so both agree."""
+"""Run names of a sweep: `gn_b008`, `gn_b008_seed001`, `bn_b016_w008` (workers swept). The `normbench_run`
+resolver names run directories (`hydra.sweep.subdir`), and the same function names them in the pre-flight,
+so both agree."""
 
 from __future__ import annotations
 
@@ -11,8 +12,10 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
 RUN_NAME_RESOLVER = "normbench_run"
-# Run names: norm first, then batch size, then the other swept keys in key order; labels are the key's last part.
-LABELS = {"batch_size": "b"}
+# Run names: norm first, then batch size, then workers, then the other swept keys in key order; labels are the
+# key's last part.
+LABELS = {"batch_size": "b", "workers": "w"}
+FIRST = ("norm", "batch_size", "workers")
 
 
 def swept_keys(overrides: Sequence[str], exclude: Sequence[str]) -> list[str]:
@@ -40,10 +43,12 @@ def _label(key: str, value: Any) -> str:
 
 
 def run_name(norm: str, batch_size: int, overrides: Sequence[str], exclude: Sequence[str]) -> str:
-    """A sweep run's directory name, e.g. `gn_b008` or `gn_b008_groups016_seed001`: never empty, so a sweep
-    of one run still gets its own directory. Registered as the `normbench_run` resolver of `hydra.sweep.subdir`."""
+    """A sweep run's directory name, e.g. `gn_b008`, `bn_b016_w008` or `gn_b008_groups016_seed001`: never empty,
+    so a sweep of one run still gets its own directory. Registered as the `normbench_run` resolver of
+    `hydra.sweep.subdir`."""
     parsed = {o.key_or_group: o.value() for o in OverridesParser.create().parse_overrides(list(overrides))}
-    others = sorted(k for k in swept_keys(overrides, exclude) if k not in ("norm", "batch_size"))
+    swept = swept_keys(overrides, exclude)
+    others = (["workers"] if "workers" in swept else []) + sorted(k for k in swept if k not in FIRST)
     return "_".join([norm, _label("batch_size", batch_size), *(_label(k, parsed[k]) for k in others)])
 
 

@@ -73,7 +73,9 @@ def _plain(value: Any) -> HValue:
 
 
 def run_hparams(cfg: DictConfig, lr: float, keys: Iterable[str] = ()) -> dict[str, HValue]:
-    """A run's HParams: the always-useful ones (lr = the effective learning rate) and the given swept `keys`."""
+    """A run's HParams: the always-useful ones (lr = the effective learning rate) and the given swept `keys`.
+    Workers and images per worker join them when workers are swept or more than one."""
+    keys = list(keys)
     values: dict[str, HValue] = {
         "norm": cfg.norm.name,
         "batch_size": cfg.batch_size,
@@ -81,6 +83,9 @@ def run_hparams(cfg: DictConfig, lr: float, keys: Iterable[str] = ()) -> dict[st
         "model": cfg.model.name,
         "seed": cfg.seed,
     }
+    workers = cfg.get("workers", 1)
+    if workers > 1 or "workers" in keys:
+        values |= {"workers": workers, "images_per_worker": cfg.batch_size // workers}
     for key in keys:
         values.setdefault(key, _plain(OmegaConf.select(cfg, key)))
     return values

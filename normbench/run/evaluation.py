@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from normbench.parts.data import Batches
+from normbench.parts.norms.layers import set_workers
 
 
 def has_running_stats(module: nn.Module) -> bool:
@@ -87,13 +88,19 @@ def bn_mode_accuracies(
     precise_bn_batches: Batches | None,
     plan: PreciseBNPlan | None,
     autocast: AbstractContextManager[object] | None = None,
+    workers: int = 1,
 ) -> tuple[float, float | None]:
     """Validation accuracy with batch statistics of the training batch size (the running statistics are left as
     they were), and with PreciseBN statistics over `plan.batches` batches of `precise_bn_batches` (None without a
-    plan). Leaves `model` in eval mode."""
+    plan). Leaves `model` in eval mode. With `workers` > 1, `val_at_train_batch_size` holds batches of the
+    training images per worker, each normalized over itself as one worker's share is."""
     with frozen_buffers(model):
         model.train()
-        batch_stats = evaluate(model, val_at_train_batch_size, autocast)[1]
+        set_workers(model, 1)
+        try:
+            batch_stats = evaluate(model, val_at_train_batch_size, autocast)[1]
+        finally:
+            set_workers(model, workers)
     precise = None
     if precise_bn_batches is not None and plan is not None:
         precise = evaluate(precise_bn(model, precise_bn_batches, plan.batches).eval(), val, autocast)[1]
@@ -124,6 +131,7 @@ def precise_bn(model: nn.Module, batches: Batches, num_batches: int) -> nn.Modul
     `batches` (momentum=None) with the weights frozen, instead of the exponential average of training. The draw
     is the same at every call, so successive estimates differ only by the weights."""
     model = copy.deepcopy(model)
+    set_workers(model, 1)  # population statistics over whole batches, whatever the training's worker shares
     for m in model.modules():
         if has_running_stats(m):
             m.running_mean.zero_()

@@ -110,7 +110,9 @@ class RunRecord:
     metrics: Metrics = field(default_factory=Metrics)
     model: str | None = None
     norm: str | None = None
-    batch_size: int | None = None
+    batch_size: int | None = None  # the optimizer's (total) batch
+    workers: int | None = None  # data-parallel worker shares of the batch (None: a record from before workers)
+    images_per_worker: int | None = None  # batch_size / workers: what a BN-family norm's statistics average
     seed: int | None = None
     params: int | None = None
     steps: int = 0
@@ -145,7 +147,9 @@ class RunRecord:
     def of(cls, config: dict[str, Any], status: str, reason: str | None = None, **values: Any) -> RunRecord:
         """The record of the run `config` describes: its identity comes from the config."""
         identity = {"model": config["model"]["name"], "norm": config["norm"]["name"]}
-        identity |= {"batch_size": config["batch_size"], "seed": config["seed"]}
+        workers = config.get("workers", 1)
+        identity |= {"batch_size": config["batch_size"], "workers": workers}
+        identity |= {"images_per_worker": config["batch_size"] // workers, "seed": config["seed"]}
         return cls(status=status, reason=reason, **identity, **values, config=config)
 
     def write(self, run_dir: Path) -> None:

@@ -257,7 +257,10 @@ class Config:
     norm: NormConfig = MISSING
     data: DataConfig = MISSING
     optim: OptimConfig = MISSING
-    batch_size: int = setting(128, ge=1)
+    batch_size: int = setting(128, ge=1)  # the optimizer's (total) batch: lr scaling and budgets follow it
+    # Data-parallel workers sharing the batch: BN-family norms take their statistics per worker share of
+    # batch_size / workers images (docs/workers.md). 1 = one worker, BN over the whole batch.
+    workers: int = setting(1, ge=1)
     epochs: int = setting(6, ge=1)
     # Cap on optimizer steps; with budget=steps, the budget itself.
     max_steps: int | None = setting(None, ge=1, null="no cap")
@@ -486,6 +489,14 @@ def check(cfg: DictConfig) -> None:
         value = getattr(data, key)
         if value is not None and value > available:
             raise _fail(f"data.{key}", value, f"it must be between 1 and {available} (the {split} images)")
+    if cfg.batch_size % cfg.workers:
+        divisors = [w for w in range(1, cfg.batch_size + 1) if cfg.batch_size % w == 0]
+        raise ConfigError(
+            f"workers={cfg.workers} does not divide batch_size={cfg.batch_size}: batch_size is the optimizer's total "
+            "batch and each worker gets an equal share of batch_size / workers images. Allowed workers for "
+            f"batch_size={cfg.batch_size}: {', '.join(map(str, divisors))}; or a batch_size that is a multiple of "
+            f"{cfg.workers}."
+        )
     train_images = data.subset or train_images
     if cfg.batch_size > train_images:
         raise ConfigError(

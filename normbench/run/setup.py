@@ -27,6 +27,7 @@ from normbench.base.files import write_atomic
 from normbench.parts import data as data_module
 from normbench.parts.data import Batches, ImageData, load_data
 from normbench.parts.models import build_model, count_parameters
+from normbench.parts.norms import get_norm
 from normbench.run.devices import select_device
 from normbench.run.evaluation import PreciseBNPlan, has_running_stats, plan_precise_bn
 from normbench.run.record import Budget
@@ -157,11 +158,12 @@ class Setup:
     memory_format: str
     train_batches: Batches
     val_batches: Batches
-    # BN-family models with eval.bn_modes: validation batches of the training batch size (batch statistics
+    # BN-family models with eval.bn_modes: validation batches of the training images per worker (batch statistics
     # depend on it), and PreciseBN's training batches of its own batch size with its plan; None otherwise.
     val_at_train_batch_size: Batches | None
     precise_bn_batches: Batches | None = None
     precise_bn: PreciseBNPlan | None = None
+    workers: int = 1  # data-parallel worker shares of each batch (the BN-family layers know it too)
 
 
 def set_up(cfg: DictConfig, data: ImageData | None = None) -> Setup:
@@ -176,7 +178,7 @@ def set_up(cfg: DictConfig, data: ImageData | None = None) -> Setup:
     seed_everything(cfg.seed)
     data = data or cached_data(cfg.data)
     budget = make_budget(cfg, len(data.train_labels))
-    model = build_model(cfg.model, cfg.norm, data.num_classes).to(device)
+    model = build_model(cfg.model, cfg.norm, data.num_classes, cfg.workers).to(device)
     channels_last = cfg.train.channels_last
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -192,8 +194,10 @@ def set_up(cfg: DictConfig, data: ImageData | None = None) -> Setup:
     )  # fmt: skip
     val_batches = Batches(data.val_images, data.val_labels, cfg.eval.batch_size, train=False, **common)
     bn_modes = cfg.eval.bn_modes and any(has_running_stats(m) for m in model.modules())
-    # The validation images already on the device, cut into batches of the training batch size.
-    small = min(cfg.batch_size, len(val_batches.labels))
+    # The validation images already on the device, cut into batches of the images each training statistic
+    # averages: a worker's share, or the whole batch for a norm synced over the workers.
+    per_statistic = cfg.batch_size if get_norm(cfg.norm.name).synced else cfg.batch_size // cfg.workers
+    small = min(per_statistic, len(val_batches.labels))
     precise = plan_precise_bn(cfg.eval.precise_bn_images, cfg.eval.precise_bn_batch_size, len(data.train_labels))
     precise = precise if bn_modes else None
     return Setup(
@@ -216,4 +220,5 @@ def set_up(cfg: DictConfig, data: ImageData | None = None) -> Setup:
         # The training images already on the device (padded when augmented), in PreciseBN's batch size.
         precise_bn_batches=rebatched(train_batches, precise.batch_size) if precise else None,
         precise_bn=precise,
+        workers=cfg.workers,
     )

@@ -249,7 +249,7 @@ def end_epoch(setup: Setup, state: RunState, board: Board, monitor: Monitor | No
         started = time.perf_counter()
         batch_stats, precise = bn_mode_accuracies(
             model, setup.val_batches, setup.val_at_train_batch_size, setup.precise_bn_batches, setup.precise_bn,
-            setup.autocast,
+            setup.autocast, setup.workers,
         )  # fmt: skip
         s.bn_modes_s += time.perf_counter() - started
         board.scalar("val/acc_batch_stats", batch_stats, board.x(s.step))

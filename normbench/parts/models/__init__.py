@@ -17,6 +17,7 @@ from normbench.parts.models.mlp import MLP
 from normbench.parts.models.resnet import ResNet20, ResNet32, ResNet56
 from normbench.parts.models.transformer import ViT
 from normbench.parts.norms import NORMS, build_norm, get_norm
+from normbench.parts.norms.layers import set_workers, takes_workers
 from normbench.parts.norms.registry import shape_of
 
 MODELS: dict[str, tuple[type[nn.Module], str]] = {
@@ -50,7 +51,12 @@ class _NormSlot(nn.Identity):
         self.channels = channels
 
 
-def build_model(model_cfg: Mapping[str, Any], norm_cfg: Mapping[str, Any], num_classes: int = 10) -> nn.Module:
+def build_model(
+    model_cfg: Mapping[str, Any], norm_cfg: Mapping[str, Any], num_classes: int = 10, workers: int = 1
+) -> nn.Module:
+    """The model with the configured norm in each norm slot. `workers` > 1: its BN-family layers take their
+    training statistics per worker share (`set_workers`, docs/workers.md); a norm with batch statistics whose
+    class cannot is refused."""
     name, options = split_name(model_cfg)
     if name not in MODELS:
         raise ConfigError(f"Unknown model '{name}'. Models: {', '.join(MODELS)} (`normbench list`).")
@@ -70,7 +76,7 @@ def build_model(model_cfg: Mapping[str, Any], norm_cfg: Mapping[str, Any], num_c
         return layer
 
     try:
-        return cls(norm_layer=counted_norm_layer, num_classes=num_classes, **options)
+        model = cls(norm_layer=counted_norm_layer, num_classes=num_classes, **options)
     except NormError as error:
         # Name the failing layer by its place in the model, found by building it with placeholders.
         slots = [(n, m.channels) for n, m in _placeholder_model(model_cfg, num_classes).named_modules()
@@ -81,29 +87,67 @@ def build_model(model_cfg: Mapping[str, Any], norm_cfg: Mapping[str, Any], num_c
             f"model={name}: the norm layer '{where}' ({channels} channels) cannot be built. {error} "
             f"This model's norm layers have {', '.join(map(str, widths))} channels."
         ) from None
+    if workers > 1:
+        _refuse_without_shares(model, norm_name, workers)
+        set_workers(model, workers)
+    return model
+
+
+def _refuse_without_shares(model: nn.Module, norm: str, workers: int) -> None:
+    """Refuse a norm with batch statistics whose layers cannot take them per worker share."""
+    if not get_norm(norm).batch_statistics:
+        return  # per-sample statistics do not depend on the workers
+    for where, layer in model.named_modules():
+        if getattr(layer, NORM_SLOT, False) and not takes_workers(layer):
+            raise NormError(
+                f"workers={workers} with norm={norm}: its layer '{where}' ({type(layer).__name__}) takes batch "
+                "statistics but cannot take them per worker share (its class has no `workers` attribute). Use "
+                "workers=1, norm=bn or brn (per-share statistics), a per-sample norm (ln, gn, in, rms), or derive "
+                "the class from normbench.parts.norms.layers.BatchNorm2d (or reference.ReferenceBatchNorm), "
+                "which take per-share statistics (docs/workers.md)."
+            )
 
 
 def check_norm_shapes(
-    model_cfg: Mapping[str, Any], norm_cfg: Mapping[str, Any], batch_size: int, image: tuple[int, ...] = (3, 32, 32)
+    model_cfg: Mapping[str, Any],
+    norm_cfg: Mapping[str, Any],
+    batch_size: int,
+    image: tuple[int, ...] = (3, 32, 32),
+    workers: int = 1,
 ) -> None:
     """Refuse a (model, norm, batch size) whose norm layers would get inputs the norm cannot normalize in
     training, e.g. bn on (1, C) at batch 1. Each norm layer's input shape is found by one forward of a single image
     through the model with identities in the norms' places, the batch size put in dim 0 (every layout's N), and
     goes through the norm's own `check`. On the CPU: a few milliseconds, where a forward on the meta device
-    imported torch's Python decompositions (dynamo, sympy: 1.5 s and more at every process start)."""
+    imported torch's Python decompositions (dynamo, sympy: 1.5 s and more at every process start).
+    With `workers` > 1 a norm with per-worker batch statistics sees batch_size / workers images per statistic."""
     model_name, _ = split_name(model_cfg)
     norm_name, norm_options = split_name(norm_cfg)
     spec = get_norm(norm_name)
-    build_model(model_cfg, norm_cfg)  # construction errors first (e.g. groups that do not divide the channels)
+    build_model(model_cfg, norm_cfg, workers=workers)  # construction errors first (e.g. groups, plugin classes)
     layout = MODELS[model_name][0].layout
+    per_worker = workers > 1 and spec.batch_statistics and not spec.synced
+    images = batch_size // workers if per_worker else batch_size
+    setting = (
+        f"batch_size={batch_size} with workers={workers} ({images} image{'s' * (images != 1)} per worker)"
+        if per_worker
+        else (f"batch_size={batch_size}")
+    )
 
     def check(layer: str) -> Callable[[nn.Module, tuple[Any, ...]], None]:
         def pre_hook(module: nn.Module, args: tuple[Any, ...]) -> None:
-            shape = (batch_size, *args[0].shape[1:])
+            shape = (images, *args[0].shape[1:])
             problem = spec.shape_problem(shape, True, **norm_options)
             if problem is None:
                 return
-            if spec.batch_statistics:
+            if spec.batch_statistics and per_worker:
+                per_sample = [n for n, s in NORMS.items() if not s.batch_statistics and s.normalizes(shape, True)]
+                advice = (
+                    f"Each worker's BatchNorm needs >= 2 images: use batch_size >= {2 * workers}, fewer workers, "
+                    f"a norm whose statistics span all workers (syncbn), or one that works per sample "
+                    f"({', '.join(per_sample)})."
+                )
+            elif spec.batch_statistics:
                 per_sample = [n for n, s in NORMS.items() if not s.batch_statistics and s.normalizes(shape, True)]
                 advice = f"Use batch_size >= 2, or a norm that works per sample ({', '.join(per_sample)})."
             else:
@@ -113,7 +157,7 @@ def check_norm_shapes(
                     "or a model config that gives this layer larger inputs."
                 )
             raise NormError(
-                f"batch_size={batch_size} with norm={norm_name} on model={model_name}: this model's norms see "
+                f"{setting} with norm={norm_name} on model={model_name}: this model's norms see "
                 f"{shape_of(layout)} {layout}s, and its norm layer '{layer}' gets {shape}. {problem} {advice}"
             )
 

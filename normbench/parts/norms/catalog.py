@@ -56,8 +56,8 @@ def _check_momentum(name: str, momentum: float | None) -> None:
     "bn",
     summary="BatchNorm: per channel over the batch; batch statistics in training, running ones in eval",
     layouts={
-        "vector": on("N", torch=f"{NN}.BatchNorm1d", reference=f"{REF}.ReferenceBatchNorm"),
-        "image": on("N,H,W", torch=f"{NN}.BatchNorm2d", reference=f"{REF}.ReferenceBatchNorm"),
+        "vector": on("N", torch=f"{LAYERS}.BatchNorm1d", reference=f"{REF}.ReferenceBatchNorm"),
+        "image": on("N,H,W", torch=f"{LAYERS}.BatchNorm2d", reference=f"{REF}.ReferenceBatchNorm"),
         "sequence": on("N,L", torch=f"{LAYERS}.SequenceBatchNorm", reference=f"{LAYERS}.SequenceReferenceBatchNorm"),
     },
     batch_statistics=True,

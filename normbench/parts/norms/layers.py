@@ -4,6 +4,11 @@ PyTorch's LayerNorm with the `(num_features, eps, affine)` arguments every norm 
 Models see three layouts: `vector` (N, C), `image` (N, C, H, W) and `sequence` (N, L, D). PyTorch's
 norms (and the reference ones) expect the channel axis at dim 1, so sequences are adapted by the two
 mixins below. They only move axes: parameters, buffers and state_dict keys stay those of the wrapped class.
+
+Worker shares (docs/workers.md): every BN-family class here holds a plain attribute `workers` (W, default 1),
+set on a built model by `set_workers`. With W > 1, training normalizes each of the W contiguous shares of the
+batch with its own statistics in one forward, and the running statistics follow share 0 (what PyTorch's DDP
+leaves with broadcast_buffers=True). At W = 1 the forward is the wrapped class's own, unchanged.
 """
 
 from __future__ import annotations
@@ -19,7 +24,67 @@ from normbench.parts.norms.reference import (
     ReferenceLayerNorm,
     ReferenceRMSNorm,
     per_channel,
+    per_share,
+    shares,
 )
+
+
+def set_workers(model: nn.Module, workers: int) -> None:
+    """Make every BN-family layer of `model` (every module with a `workers` attribute) take its training batch
+    statistics per share of `workers` contiguous shares of the batch; 1 = over the whole batch. A plain
+    attribute, not a buffer: the state_dict does not change."""
+    for module in model.modules():
+        if hasattr(module, "workers"):
+            module.workers = workers
+
+
+def takes_workers(module: nn.Module) -> bool:
+    """Whether a norm layer can take per-share statistics: normbench's BN-family classes, and plugin classes
+    derived from them (BatchNorm1d/2d here, reference.ReferenceBatchNorm)."""
+    return hasattr(module, "workers")
+
+
+def share_batch_norm(bn: nn.modules.batchnorm._BatchNorm, x: Tensor, workers: int) -> Tensor:
+    """Training BatchNorm with statistics per worker share, in one call of PyTorch's fused kernel (the ghost-BN
+    trick): (N, C, *) becomes (N/W, W·C, *), share r's channel c being channel r·C + c, so that each (share,
+    channel) pair is one channel of the kernel. γ and β are repeated per share (their gradients sum over the
+    shares); the running statistics take share 0's update alone, as DDP's buffer broadcast from rank 0 leaves
+    them."""
+    n, c, rest = x.shape[0], x.shape[1], x.shape[2:]
+    wide = shares(x, workers).transpose(0, 1).reshape(n // workers, workers * c, *rest)
+    running_mean = running_var = None
+    factor = 0.0
+    if bn.track_running_stats and bn.running_mean is not None and bn.running_var is not None:
+        bn.num_batches_tracked.add_(1)  # type: ignore[union-attr,operator]
+        factor = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
+        running_mean, running_var = bn.running_mean.repeat(workers), bn.running_var.repeat(workers)
+    weight = None if bn.weight is None else bn.weight.repeat(workers)
+    bias = None if bn.bias is None else bn.bias.repeat(workers)
+    y = F.batch_norm(wide, running_mean, running_var, weight, bias, True, factor, bn.eps)
+    if running_mean is not None and running_var is not None:
+        with torch.no_grad():
+            bn.running_mean.copy_(running_mean[:c])  # type: ignore[union-attr]
+            bn.running_var.copy_(running_var[:c])  # type: ignore[union-attr]
+    return y.reshape(n // workers, workers, c, *rest).transpose(0, 1).reshape(x.shape)
+
+
+class WorkerShares:
+    """PyTorch's BatchNorm with per-share training statistics at `workers` > 1 (`share_batch_norm`)."""
+
+    workers = 1
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.workers > 1 and self.training:  # type: ignore[attr-defined]
+            return share_batch_norm(self, x, self.workers)  # type: ignore[arg-type]
+        return super().forward(x)  # type: ignore[misc]
+
+
+class BatchNorm1d(WorkerShares, nn.BatchNorm1d):
+    pass
+
+
+class BatchNorm2d(WorkerShares, nn.BatchNorm2d):
+    pass
 
 
 class FeaturesToChannels:
@@ -37,7 +102,7 @@ class PerToken:
         return super().forward(x.reshape(n * length, d)).reshape(n, length, d)  # type: ignore[misc]
 
 
-class SequenceBatchNorm(FeaturesToChannels, nn.BatchNorm1d):
+class SequenceBatchNorm(FeaturesToChannels, BatchNorm1d):
     pass
 
 
@@ -108,7 +173,8 @@ class BatchRenorm(ReferenceBatchNorm):
     r and d are constants for backprop (computed without gradient). With r = 1, d = 0 this is BatchNorm;
     the clip limits therefore open linearly from (1, 0) to (r_max, d_max) over `warmup_steps` training
     batches, as the paper relaxes them. Running statistics and evaluation are BatchNorm's (PyTorch's
-    momentum convention, unbiased running variance), so the state_dict is BatchNorm's too.
+    momentum convention, unbiased running variance), so the state_dict is BatchNorm's too. With worker shares,
+    μ_B, σ_B, r and d are per share, and the running statistics follow share 0 (as ReferenceBatchNorm's).
     """
 
     def __init__(
@@ -136,16 +202,23 @@ class BatchRenorm(ReferenceBatchNorm):
     def forward(self, x: Tensor) -> Tensor:
         if not self.training:
             return super().forward(x)
-        mean, var, n = self.batch_statistics(x)
+        per_worker = self.workers > 1
+        mean, var, n = self.share_statistics(x) if per_worker else self.batch_statistics(x)  # (W, C) or (C,)
         sigma_batch = torch.sqrt(var + self.eps)
         with torch.no_grad():
             r_max, d_max = self.clip_limits()
             sigma = torch.sqrt(self.running_var + self.eps)
             r = torch.clamp(sigma_batch / sigma, 1.0 / r_max, r_max)
             d = torch.clamp((mean - self.running_mean) / sigma, -d_max, d_max)
-        x_hat = (x - per_channel(mean, x)) / per_channel(sigma_batch, x) * per_channel(r, x)
-        x_hat = x_hat + per_channel(d, x)
-        self.update_running_stats(mean.detach(), var.detach(), n)
+        if per_worker:
+            xs = shares(x, self.workers)
+            x_hat = (xs - per_share(mean, xs)) / per_share(sigma_batch, xs) * per_share(r, xs) + per_share(d, xs)
+            x_hat = x_hat.reshape(x.shape)
+            self.update_running_stats(mean[0].detach(), var[0].detach(), n)  # share 0: rank 0's buffers
+        else:
+            x_hat = (x - per_channel(mean, x)) / per_channel(sigma_batch, x) * per_channel(r, x)
+            x_hat = x_hat + per_channel(d, x)
+            self.update_running_stats(mean.detach(), var.detach(), n)
         return self.scale_shift(x_hat)
 
 

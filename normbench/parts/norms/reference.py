@@ -9,6 +9,11 @@ Common to all: the variance used to normalize is the *biased* one (divide by n),
 square root, and the affine transform is per channel: y = γ_c · (x - μ) / sqrt(σ² + eps) + β_c.
 
 Inputs are (N, C, *) with the channel axis at dim 1; `layers.py` adapts (N, L, D) sequences.
+
+Worker shares (the `workers` setting, docs/workers.md): data-parallel training splits the optimizer's batch into
+W equal, contiguous shares, one per worker, and BatchNorm takes its statistics per share. The batch norms here
+hold a plain attribute `workers` (1 unless `layers.set_workers` sets it; not a buffer, so not in the state_dict)
+and, in training with W > 1, view the batch as (W, N/W, C, *) to take every share's statistics in one pass.
 """
 
 from __future__ import annotations
@@ -27,6 +32,17 @@ def standardize(x: Tensor, dims: tuple[int, ...], eps: float) -> Tensor:
 def per_channel(v: Tensor, x: Tensor) -> Tensor:
     """View a (C,) vector so that it broadcasts along dim 1 of x."""
     return v.view(1, -1, *([1] * (x.dim() - 2)))
+
+
+def shares(x: Tensor, workers: int) -> Tensor:
+    """(N, C, *) as (W, N/W, C, *): worker share r is the contiguous rows r·N/W to (r+1)·N/W of the batch, the
+    slice a data-parallel process of rank r gets."""
+    return x.reshape(workers, x.shape[0] // workers, *x.shape[1:])
+
+
+def per_share(v: Tensor, xs: Tensor) -> Tensor:
+    """View a (W, C) statistic so that it broadcasts over shares `xs` of shape (W, N/W, C, *)."""
+    return v.view(v.shape[0], 1, v.shape[1], *([1] * (xs.dim() - 3)))
 
 
 class _PerChannelAffine(nn.Module):
@@ -61,7 +77,13 @@ class ReferenceBatchNorm(_PerChannelAffine):
     with the *unbiased* batch variance (n / (n - 1) times the biased one) going into running_var.
     `momentum=None` makes the running statistics a cumulative average: momentum = 1 / batches_seen.
     Evaluation normalizes with the running statistics instead, so train and eval outputs differ.
+
+    With `workers` = W > 1, training normalizes each worker share with its own statistics, and the running
+    statistics follow share 0 alone: PyTorch's DDP (broadcast_buffers=True, its default) copies rank 0's
+    buffers to every rank at each forward, so rank 0's updates, from its share, are the ones that survive.
     """
+
+    workers = 1  # worker shares taking their own batch statistics in training (layers.set_workers)
 
     def __init__(
         self,
@@ -90,6 +112,15 @@ class ReferenceBatchNorm(_PerChannelAffine):
             raise ValueError(f"Expected more than 1 value per channel when training, got input size {x.shape}")
         return x.mean(dim=dims), x.var(dim=dims, unbiased=False), n
 
+    def share_statistics(self, x: Tensor) -> tuple[Tensor, Tensor, int]:
+        """Per-share, per-channel mean and biased variance, each (W, C), and how many values each averages."""
+        xs = shares(x, self.workers)
+        dims = (1, *range(3, xs.dim()))
+        n = xs[0].numel() // x.shape[1]
+        if n == 1:
+            raise ValueError(f"Expected more than 1 value per channel in each worker share, got input size {x.shape}")
+        return xs.mean(dim=dims), xs.var(dim=dims, unbiased=False), n
+
     @torch.no_grad()
     def update_running_stats(self, mean: Tensor, var: Tensor, n: int) -> None:
         self.num_batches_tracked += 1
@@ -99,6 +130,13 @@ class ReferenceBatchNorm(_PerChannelAffine):
         self.running_var.mul_(1 - m).add_(m * unbiased_var)
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.training and self.workers > 1:
+            mean, var, n = self.share_statistics(x)
+            if self.track_running_stats:
+                self.update_running_stats(mean[0].detach(), var[0].detach(), n)  # share 0: rank 0's buffers
+            xs = shares(x, self.workers)
+            x_hat = (xs - per_share(mean, xs)) / torch.sqrt(per_share(var, xs) + self.eps)
+            return self.scale_shift(x_hat.reshape(x.shape))
         if self.training or not self.track_running_stats:
             mean, var, n = self.batch_statistics(x)
             if self.training and self.track_running_stats:

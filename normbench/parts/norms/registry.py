@@ -72,6 +72,8 @@ class NormSpec:
     refused: Mapping[str, str] = field(default_factory=dict)  # layout -> why it has no meaning there
     batch_statistics: bool = False  # normalizes with batch statistics in training, running ones in eval
     min_values: int = 2  # fewest values one statistic may average: a variance needs two
+    # Batch statistics over every worker's share (SyncBN); otherwise per worker share (docs/workers.md).
+    synced: bool = False
 
     @property
     def axes(self) -> dict[str, str]:
@@ -169,6 +171,7 @@ def register_norm(
     refused: Mapping[str, str] | None = None,
     batch_statistics: bool = False,
     min_values: int = 2,
+    synced: bool = False,
 ) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
     """Register `builder(cls, num_features, *, **options) -> nn.Module` under `name`; `cls` is the class that
     `layouts` names for the layout and implementation being built."""
@@ -180,7 +183,9 @@ def register_norm(
                 f"register_norm('{name}'): layouts must map some of {', '.join(LAYOUTS)} to on(axes, impl=class, "
                 f"...) with the same implementations for every layout; got {dict(layouts)}."
             )
-        NORMS[name] = NormSpec(name, summary, builder, dict(layouts), dict(refused or {}), batch_statistics, min_values)
+        NORMS[name] = NormSpec(
+            name, summary, builder, dict(layouts), dict(refused or {}), batch_statistics, min_values, synced
+        )
         return builder
 
     return decorator
