@@ -128,7 +128,8 @@ def grid(tmp_path_factory) -> Path:
     for (norm, workers), errors in ERRORS.items():
         for seed, err in enumerate(errors):
             config = {"workers": workers, "data": {"name": "synthetic", "train_size": 100}, "optim": {"lr": 0.02}}
-            rec = record(1 - err, 1.0 if err < 0.9 else 2.3, falling(2.4, 1.0), norm=norm, seed=seed, config=config)
+            rec = record(1 - err, 1.0 if err < 0.9 else 2.3, falling(2.4, 1.0), norm=norm, seed=seed, config=config,
+                         workers=workers, images_per_worker=32 // workers)  # fmt: skip
             if norm == "bn":
                 rec.metrics.val_acc_batch_stats, rec.metrics.val_acc_precise_bn = 0.123, 0.456
                 rec.precise_bn_images = 16

@@ -117,7 +117,7 @@ def _row(name: str, rec: RunRecord, variant: str) -> dict[str, Any]:
     row |= {f.name: getattr(rec.metrics, f.name) for f in fields(R.Metrics)}
     row |= {f"budget_{f.name}": getattr(rec.budget, f.name) if rec.budget else None for f in fields(R.Budget)}
     completed = rec.status == R.COMPLETED
-    workers = int(rec.config.get("workers") or 1)
+    workers = rec.workers or 1  # records from before workers: one
     row |= {
         "run": name,
         "variant": variant,
@@ -141,7 +141,7 @@ def split_free(norm: str | None) -> bool:
     """Whether the norm's training statistics do not depend on how the batch is split among workers: per-sample
     norms (ln, in, gn, rms, none) and statistics synced over all workers."""
     spec = NORMS.get(str(norm))
-    return spec is not None and (not spec.batch_statistics or bool(getattr(spec, "synced", False)))
+    return spec is not None and (not spec.batch_statistics or spec.synced)
 
 
 def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
