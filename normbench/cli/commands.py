@@ -285,6 +285,20 @@ def explain(
         table.add_row("statistics over", f"{e.axes}  (one mean and one variance per {per})")
         table.add_row("number of statistics", f"{e.num_statistics} means and {e.num_statistics} variances")
         table.add_row("values per statistic", str(e.values_per_statistic))
+        if e.groups is not None:
+            channels = dims[-1] if e.layout == "sequence" else dims[1]
+            each = channels // e.groups
+            same = f" (G = C = {channels}: each group is one channel, which is InstanceNorm)" if each == 1 else ""
+            table.add_row("groups", f"G = {e.groups}, {each} channel{'s' * (each != 1)} per group{same}")
+            if e.layout == "vector":
+                table.add_row(
+                    "on vectors",
+                    "statistics per sample over the channels of a group (G=1 is LN). The user's notes call GN not "
+                    "applicable to (N, C); normbench allows it because groups of channels have a mean and variance "
+                    "whenever a group holds 2 or more channels; only G = C is refused, as IN is",
+                )
+        if e.problem:
+            table.add_row("[red]refused[/]", f"[red]{e.problem}[/]")
         table.add_row("parameters", f"{e.params} (γ and β per channel)" if e.params else "0")
         table.add_row(
             "train vs eval",
