@@ -149,17 +149,18 @@ def test_report_on_a_single_run_directory(tiny, tmp_path) -> None:
 
 @pytest.mark.parametrize("preset", ["default", "quick"])
 def test_the_default_and_quick_grids_are_the_runs_their_yaml_lists(preset, tmp_path, monkeypatch) -> None:
-    """The oracle is the preset's YAML read here: the product of its norms and batch sizes, with its own epochs and
-    data sizes. `normbench sweep` without a grid goes through the real command and its pre-flight check of every
-    run (only Hydra's multirun is replaced, by a recorder); `sweep=quick` through the same grid expansion."""
+    """The oracle is the preset's YAML read here: the product of its cells and seeds, each cell's norm and workers
+    as configs/cell/ states them, one optimizer for every run. `normbench sweep` without a grid goes through the
+    real command and its pre-flight check of every run (only Hydra's multirun is replaced, by a recorder);
+    `sweep=quick` through the same grid expansion."""
     import normbench.launch.task
     from normbench.launch.compose import sweep_jobs
     from normbench.run.schema import EvalConfig
 
     stated = yaml.safe_load((ROOT / "configs" / "sweep" / f"{preset}.yaml").read_text())
     params = stated["hydra"]["sweeper"]["params"]
-    grid = {(n, int(b)) for n in params["norm"].split(",") for b in str(params["batch_size"]).split(",")}
-    assert len(grid) == 28
+    grid = {(c, int(s)) for c in params["cell"].split(",") for s in str(params["seed"]).split(",")}
+    assert len(grid) == 24
     args = [f"sweep={preset}"]
     if preset == "default":
         handed: list[list[str]] = []
@@ -170,10 +171,15 @@ def test_the_default_and_quick_grids_are_the_runs_their_yaml_lists(preset, tmp_p
         ((multirun, *args),) = handed
         assert multirun == "--multirun" and "sweep=default" in args
     jobs = [dict(o.split("=", 1) for o in job) for job in sweep_jobs(args)]
-    assert len(jobs) == len(grid) and {(j["norm"], int(j["batch_size"])) for j in jobs} == grid
-    for job in (jobs[0], jobs[-1]):  # the preset's settings reach its runs
+    assert len(jobs) == len(grid) and {(j["cell"], int(j["seed"])) for j in jobs} == grid
+    for job in jobs:  # the preset's settings reach every run; only the cell's norm and workers differ
         cfg = compose_unchecked([f"{k}={v}" for k, v in job.items() if not k.startswith("hydra")])
-        assert (cfg.model.name, cfg.epochs, cfg.optim.lr_scaling) == ("cnn", stated["epochs"], "linear")
-        assert cfg.data.subset == stated.get("data", {}).get("subset")
+        cell = yaml.safe_load((ROOT / "configs" / "cell" / f"{job['cell']}.yaml").read_text())
+        assert (cfg.norm.name, cfg.workers) == (cell["defaults"][0]["override /norm"], cell["workers"])
+        assert (cfg.model.name, cfg.epochs, cfg.batch_size) == ("cnn", stated["epochs"], stated["batch_size"])
+        assert (cfg.optim.lr, cfg.optim.lr_scaling) == (stated["optim"]["lr"], "none")
+        assert (cfg.data.train_size, cfg.data.subset) == (stated["data"]["train_size"], None)
         default = EvalConfig.precise_bn_images  # the schema's, where the preset states none
         assert cfg.eval.precise_bn_images == stated.get("eval", {}).get("precise_bn_images", default)
+    splits = {cfg_split for cfg_split in (stated["batch_size"] // int(c.split("_w")[1]) for c, _ in grid if "_w" in c)}
+    assert splits == {2, 4, 8, 16, 32}  # BN at 2 … 32 images per worker
