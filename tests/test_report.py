@@ -214,3 +214,35 @@ def test_summary_csv_has_every_field_of_the_record(grid) -> None:
     bulky = {"metrics", "budget", "history", "curve", "config", "hparams"}
     wanted = {f.name for f in fields(RunRecord)} - bulky | {f.name for f in fields(Metrics)} | {"val_err"}
     assert wanted <= set(header) and {f"budget_{f.name}" for f in fields(R.Budget)} <= set(header)
+
+
+def test_tuned_learning_rates_are_gathered_beside_the_fixed_lr_grid(grid, tmp_path) -> None:
+    """One Optuna study per cell (optimization_results.yaml and its trials' records) next to a fixed-lr grid:
+    one table row per study with its best lr and that trial's error, and the grid's error for the same cell; the
+    trials are not grid cells."""
+    import shutil
+
+    import yaml
+
+    root = tmp_path / "both"
+    shutil.copytree(grid, root / "grid")
+    for cell, (norm, workers), trials in (
+        ("gn", ("gn", 1), {0.05: 0.40, 0.2: 0.30}),
+        ("bn_w16", ("bn", 16), {0.01: 0.5}),
+    ):
+        study = root / "tune" / cell
+        for i, (lr, err) in enumerate(trials.items()):
+            config = {"workers": workers, "optim": {"lr": lr}}
+            rec = record(1 - err, 1.0, falling(2.4, 1.0), norm=norm, config=config, workers=workers,
+                         images_per_worker=32 // workers)  # fmt: skip
+            rec.write(study / str(i))
+        best = min(trials, key=trials.get)
+        (study / "optimization_results.yaml").write_text(
+            yaml.safe_dump({"name": "optuna", "best_params": {"optim.lr": best}, "best_value": 1 - trials[best]})
+        )
+    summary, _, path = write_report(root)
+    text = path.read_text()
+    assert len(summary["runs"]) == 12  # the grid's runs only
+    gn_grid = 100 * sum(ERRORS[("gn", 1)]) / 3
+    assert f"| gn | 32 | B=32, W=1 | 0.2 | 30.0 | 2 | {gn_grid:.1f} |" in text
+    assert f"| bn | 2 | B=32, W=16 | 0.01 | 50.0 | 1 | {100 * sum(ERRORS[('bn', 16)]) / 3:.1f} |" in text

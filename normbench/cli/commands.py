@@ -149,13 +149,13 @@ def sweep(overrides: list[str] | None = OVERRIDES, debug: bool = DEBUG) -> None:
     """Run many runs through Hydra's multirun: comma lists are sweep axes, every combination is one run.
 
     ```
-    normbench sweep                       # the default grid: bn, ln, in, gn x batch 2..128
-    normbench sweep sweep=quick           # the same grid, small budget (~15 min)
+    normbench sweep                       # the default grid: bn at 2..32 images per worker; ln, in, gn; 3 seeds
+    normbench sweep sweep=quick           # the same cells, small budget (~5 min on 2 idle cores, in parallel)
     normbench sweep norm=bn,gn batch_size=2,8,32 seed=0,1,2
     normbench sweep 'batch_size=range(2,10,2)' norm=gn
     normbench sweep sweep=quick hydra/launcher=parallel  # joblib, this machine
     normbench sweep sweep=quick hydra/launcher=slurm     # SLURM (submitit)
-    normbench sweep sweep=tune_lr norm=gn  # tune optim.lr with Optuna
+    normbench sweep sweep=tune_lr cell=gn  # tune optim.lr for one cell with Optuna
     ```
 
     With no sweep axis and no `sweep=` preset, the default grid runs (quoted lists such as

@@ -97,7 +97,10 @@ def collect(root: Path) -> list[dict[str, Any]]:
     if not root.exists():
         raise ConfigError(f"{root} does not exist: give a run or sweep directory (it holds results.json files).")
     everything = list(find_records(root))
-    found = [(d, r) for d, r in everything if isinstance(r, RunRecord)]
+    trials = studies(root)  # an Optuna study's trials are summed up by `tuned`, not drawn as grid cells
+    found = [(d, r) for d, r in everything if isinstance(r, RunRecord) and not _inside(d, trials)]
+    if not found and trials:
+        found = [(d, r) for d, r in everything if isinstance(r, RunRecord)]
     if not found:
         bad = f" ({len(everything)} results.json there, none readable as a record)" if everything else ""
         raise ConfigError(f"No normbench record under {root}{bad}: give a run or sweep directory written by normbench.")
@@ -130,6 +133,49 @@ def _row(name: str, rec: RunRecord, variant: str) -> dict[str, Any]:
         "config": rec.config,
     }
     return row
+
+
+STUDY_FILE = "optimization_results.yaml"  # what Hydra's Optuna sweeper writes into a study's sweep directory
+
+
+def studies(root: Path) -> list[Path]:
+    """The Optuna studies under `root` (`sweep=tune_lr`): directories holding optimization_results.yaml."""
+    return sorted(path.parent for path in root.rglob(STUDY_FILE))
+
+
+def _inside(run_dir: Path, dirs: list[Path]) -> bool:
+    return any(run_dir == d or d in run_dir.parents for d in dirs)
+
+
+def tuned(root: Path) -> list[dict[str, Any]]:
+    """One row per Optuna study under `root`: its cell (norm, total batch, workers, images per worker), the best
+    lr and the best trial's final validation error and flags, and how many trials completed."""
+    out = []
+    for study in studies(root):
+        try:
+            best = yaml.safe_load((study / STUDY_FILE).read_text()) or {}
+        except (OSError, yaml.YAMLError):
+            continue
+        runs = [r for _, r in find_records(study) if isinstance(r, RunRecord)]
+        done = [r for r in runs if r.status == R.COMPLETED and r.metrics.val_acc is not None]
+        if not done:
+            continue
+        top = max(done, key=lambda r: r.metrics.val_acc or 0.0)
+        out.append(
+            {
+                "study": _run_name(root, study),
+                "norm": top.norm,
+                "batch_size": top.batch_size,
+                "workers": top.workers or 1,
+                "images_per_worker": top.images_per_worker or top.batch_size,
+                "best_lr": (best.get("best_params") or {}).get("optim.lr", top.config.get("optim", {}).get("lr")),
+                "best_val_err": 1 - (top.metrics.val_acc or 0.0),
+                "flags": sorted(top.flags),
+                "trials": len(done),
+                "seed": top.seed,
+            }
+        )
+    return sorted(out, key=lambda t: (_norm_rank(t["norm"]), t["images_per_worker"] or 0))
 
 
 def _norm_rank(norm: str | None) -> tuple[int, str]:
@@ -285,7 +331,7 @@ def summarize(root: Path) -> dict[str, Any]:
     groups = aggregate(rows)
     pairs = {f"{m}{' ' + v if v else ''}": paired(g) for (m, v), g in _by_experiment(groups).items()}
     return {"root": str(root), "runs": rows, "groups": groups, "paired": pairs, "settings": settings(rows),
-            "unreadable": unreadable(root)}  # fmt: skip
+            "tuned": tuned(root), "unreadable": unreadable(root)}  # fmt: skip
 
 
 def _csv_value(value: Any) -> Any:
@@ -618,6 +664,7 @@ def markdown(summary: dict[str, Any], figures: list[Path], reference: Reference 
                 )
                 lines.append(f"| {p['images_per_worker']} | {p['norm']} | {diff} | {p['n']} | {p['verdict']} |")
             lines.append("")
+    lines += _tuned_lines(summary)
     for path in figures:
         lines += [f"![{path.stem}]({path.name})", ""]
     bn_runs = [r for r in runs if r["val_acc_batch_stats"] is not None or r["val_acc_precise_bn"] is not None]
@@ -668,6 +715,39 @@ def markdown(summary: dict[str, Any], figures: list[Path], reference: Reference 
         lines.append("")
     lines += [f"- `{r['run']}`: **unreadable** — {r['reason']}" for r in summary.get("unreadable", [])]
     return "\n".join(lines)
+
+
+def _tuned_lines(summary: dict[str, Any]) -> list[str]:
+    """The tuned-lr table: per cell, the best lr of its Optuna study and its error, beside the grid's error at the
+    fixed lr for the same cell (mean over the grid's seeds), where the report holds that grid too."""
+    if not summary.get("tuned"):
+        return []
+    grid = {(g["norm"], g["images_per_worker"]): g for g in summary["groups"] if g["val_err_mean"] is not None}
+    fixed = {}
+    for (_, _), groups in _experiments(summary).items():
+        xs, lines = cells(groups)
+        for norm, line in lines:
+            for x, c in zip(xs, line, strict=True):
+                if c and c[0]["val_err_mean"] is not None:
+                    fixed.setdefault((norm, x), c[0])
+    lines = [
+        "## Tuned learning rates (one Optuna study per cell)",
+        "",
+        "Each cell's own best lr (`sweep=tune_lr`, seed 0, final validation accuracy maximized) beside the "
+        "fixed-lr grid's error for that cell.",
+        "",
+        "| norm | images per worker | split | best lr | error at best lr (%) | trials | fixed-lr grid error (%) |",
+        "|---|---:|---|---:|---:|---:|---:|",
+    ]
+    for t in summary["tuned"]:
+        g = fixed.get((t["norm"], t["images_per_worker"])) or grid.get((t["norm"], t["images_per_worker"]))
+        flag = f" ({', '.join(t['flags'])})" if t["flags"] else ""
+        lr = "" if t["best_lr"] is None else f"{t['best_lr']:.3g}"
+        lines.append(
+            f"| {t['norm']} | {t['images_per_worker']} | B={t['batch_size']}, W={t['workers']} | {lr} | "
+            f"{100 * t['best_val_err']:.1f}{flag} | {t['trials']} | {_pct(g['val_err_mean']) if g else ''} |"
+        )
+    return [*lines, ""]
 
 
 def write_report(
