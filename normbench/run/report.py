@@ -271,6 +271,8 @@ def paired(groups: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 verdict = f"{norm if diff.mean < 0 else BASELINE} better"
             else:
                 verdict = "not distinguishable"
+            if line[i][0]["flagged"] or base[0]["flagged"]:
+                verdict += " (flagged runs in the pair)"
             out.append({"images_per_worker": x, "norm": norm, "seeds": seeds, "n": diff.n, "diff_mean": diff.mean,
                         "diff_half": diff.half, "verdict": verdict})  # fmt: skip
     return out
@@ -301,13 +303,14 @@ def settings(rows: list[dict[str, Any]]) -> list[tuple[str, str]]:
         return None if r["effective_lr"] is None else f"{r['effective_lr']:.4g}"
 
     milestones = values(key("optim.milestones"))
+    step = any(key("optim.schedule")(r) == "step" for r in rows)
     return [
         ("data", f"{values(key('data.name'))} (generator {values(key('data.generator'))}, difficulty "
                  f"{values(key('data.difficulty'))}, augment {values(key('data.augment'))})"),
         ("training / validation images",
          f"{values(key('data.subset', 'data.train_size'))} / {values(key('data.val_subset', 'data.val_size'))}"),
         ("model", values(key("model.name"))),
-        ("budget", f"{values(key('budget'))}: {values(key('epochs'))} epochs, "
+        ("budget", f"{values(key('epochs'))} epochs (budget={values(key('budget'))}), "
                    f"max_steps {values(key('max_steps')) or 'none'}; "
                    f"optimizer steps per run: {values(lambda r: r['steps'])}"),
         ("optimizer", f"{values(key('optim.name'))}, momentum {values(key('optim.momentum'))}, weight decay "
@@ -316,7 +319,7 @@ def settings(rows: list[dict[str, Any]]) -> list[tuple[str, str]]:
                           f"scaled to the total batch by rule `{values(key('optim.lr_scaling'))}`; effective lr "
                           f"{values(lr)}"),
         ("schedule", f"{values(key('optim.schedule'))}, warm-up {values(key('optim.warmup_steps'))} steps"
-                     + (f", milestones {milestones}" if milestones else "")),
+                     + (f", ×{values(key('optim.gamma'))} at {milestones} of the steps" if step else "")),
         ("total batch", values(lambda r: r["batch_size"])),
         ("workers", values(lambda r: r["workers"])),
         ("images per worker", values(lambda r: r["images_per_worker"])),
@@ -388,7 +391,7 @@ def _cell(found: tuple[dict[str, Any], bool] | None) -> str:
         text += f" ({len(g['not_completed'])} not completed)"
     flags = sorted({f for names in g["flagged"].values() for f in names})
     if flags:
-        text += f" ({', '.join(flags)}: {len(g['flagged'])} of {g['runs']})"
+        text += f" ({len(g['flagged'])}/{g['runs']} {', '.join(flags)})"
     return text
 
 
@@ -434,8 +437,8 @@ def print_tables(summary: dict[str, Any], console: Console | None = None) -> Non
         for x in xs:
             table.add_column(f"{x}/worker\n{_split(groups, x)}", justify="right")
         for norm, texts in rows:
-            table.add_row(norm, *(f"[red]{c}[/]" if c.startswith("not completed") or "(did" in c or "(not" in c
-                                  else c for c in texts))  # fmt: skip
+            marked = (c.startswith("not completed") or R.DID_NOT_LEARN in c or R.NOT_CONVERGED in c for c in texts)
+            table.add_row(norm, *(f"[red]{c}[/]" if red else c for c, red in zip(texts, marked, strict=True)))
         console.print(table)
         if any("†" in c for _, texts in rows for c in texts):
             console.print(ONE_WORKER, highlight=False)
