@@ -247,3 +247,10 @@ def test_tuned_learning_rates_are_gathered_beside_the_fixed_lr_grid(grid, tmp_pa
     gn_grid = 100 * sum(ERRORS[("gn", 1)]) / 3
     assert f"| gn | 32 | B=32, W=1 | 0.2 | 30.0 | 2 | {gn_grid:.1f} |" in text
     assert f"| bn | 2 | B=32, W=16 | 0.01 | 50.0 | 1 | {100 * sum(ERRORS[('bn', 16)]) / 3:.1f} |" in text
+
+
+def test_curves_are_smoothed_by_a_trailing_moving_average() -> None:
+    from normbench.run.report import smoothed
+
+    assert smoothed([1.0, 2.0, 3.0, 4.0, 5.0], 2) == [1.0, 1.5, 2.5, 3.5, 4.5]
+    assert smoothed([4.0, 2.0, 6.0], 1) == [4.0, 2.0, 6.0]  # 1: the raw curve
