@@ -46,6 +46,10 @@ def test_explain_answers_the_notes_question() -> None:
     assert code == 0 and "C/G,H,W" in out and "8 means" in out and "identical" in out
     code, out = invoke("explain", "in", "--shape", "4,256")
     assert code == 2 and "single value per sample" in out and "Traceback" not in out
+    code, out = invoke("explain", "gn", "--shape", "4,256")  # GN on vectors: groups of channels, per sample
+    assert code == 0 and "G = 8, 32 channels per group" in out and "32 means" in out and "notes call GN" in out
+    code, out = invoke("explain", "gn", "--shape", "4,8")
+    assert "G = C = 8: each group is one channel, which is InstanceNorm" in " ".join(out.split()) and "refused" in out
 
 
 BAD = [
@@ -53,12 +57,12 @@ BAD = [
         ["norm=batchnorm"],
         "Could not find 'norm/batchnorm' Available options in 'norm': bn brn gn in ln none rms syncbn",
     ),
-    (["model=mlp", "norm=gn"], "norm=gn cannot normalize vector features (N, C)"),
+    (["model=mlp", "norm=gn", "norm.groups=512"], "With as many groups as channels each group is one channel"),
     (["model=mlp", "norm=in"], "norm=in cannot normalize vector features (N, C)"),
     (["norm=gn", "norm.groups=3"], "the norm layer 'stage1.norm' (32 channels) cannot be built. norm=gn: groups=3"),
     (["batch_size=0"], "batch_size=0 is not valid: it must be a whole number >= 1"),
     (["model=mlp", "batch_size=1"], "batch_size=1 with norm=bn on model=mlp: this model's norms see (N, C) vectors"),
-    (["model=mlp", "batch_size=1", "norm=brn"], "or a norm that works per sample (ln, rms)."),
+    (["model=mlp", "batch_size=1", "norm=brn"], "or a norm that works per sample (ln, gn, rms)."),
     (["epochs=0"], "epochs=0 is not valid"),
     (["max_steps=-5"], "max_steps=-5 is not valid"),
     (["optim.lr=0"], "optim.lr=0 is not valid: it must be a number > 0"),
@@ -86,7 +90,7 @@ def test_bad_input_stops_before_training_with_one_paragraph(overrides, message, 
 
 
 def test_a_bad_run_in_a_sweep_stops_the_whole_sweep_before_training(tmp_path) -> None:
-    code, out = invoke("sweep", "model=mlp,cnn", "norm=gn", f"hydra.sweep.dir={tmp_path}")
+    code, out = invoke("sweep", "model=mlp,cnn", "norm=in", f"hydra.sweep.dir={tmp_path}")
     assert code == 2
     assert "in the run" in out and "model=mlp" in out and "cannot normalize vector features" in " ".join(out.split())
     assert not any(tmp_path.iterdir())

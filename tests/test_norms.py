@@ -53,7 +53,7 @@ def expected(name: str, layout: str, x: torch.Tensor, eps: float, groups: int = 
     """Normalization written independently, in float64, from the notes' formulas (γ = 1, β = 0)."""
     x = x.double()
     if name == "gn":
-        if layout == "image":
+        if layout in ("image", "vector"):  # (N, G, C/G, *spatial): per sample and group
             n, c = x.shape[:2]
             g = x.reshape(n, groups, c // groups, *x.shape[2:])
             dims = tuple(range(2, g.dim()))
@@ -241,14 +241,47 @@ def test_bn_without_running_statistics_uses_batch_statistics_in_eval_too(layout:
     assert dict(layer.named_buffers()) == {}
 
 
-@pytest.mark.parametrize("name", ["in", "gn"])
-def test_instance_and_group_norm_refuse_vector_features(name: str) -> None:
+def test_instance_norm_refuses_vector_features() -> None:
     with pytest.raises(NormError) as error:
-        build_norm(name, 256, "vector")
+        build_norm("in", 256, "vector")
     message = str(error.value)
-    assert f"norm={name} cannot normalize vector features (N, C)" in message
+    assert "norm=in cannot normalize vector features (N, C)" in message
     assert "single value per sample" in message and "image (N, C, H, W)" in message
-    assert "Norms for vector features: bn, brn, ln, rms" in message
+    assert "Norms for vector features: bn, brn, gn, ln, rms" in message
+
+
+@pytest.mark.parametrize("impl", ["torch", "reference"])
+@pytest.mark.parametrize("groups", [1, 4, 32])
+def test_group_norm_on_vectors_is_per_sample_over_the_channels_of_a_group(impl: str, groups: int) -> None:
+    """GN on (N, C), float64 formula by hand: sample n, group g holds channels g·C/G … (g+1)·C/G − 1; G=1 is LN."""
+    torch.manual_seed(3)
+    x = torch.randn(5, 64, dtype=torch.float64) * 2 + 0.7
+    layer = build_norm("gn", 64, "vector", impl=impl, groups=groups).double().train()
+    with torch.no_grad():
+        layer.weight.copy_(torch.linspace(0.5, 2, 64)), layer.bias.copy_(torch.linspace(-1, 1, 64))
+    want = torch.empty_like(x)
+    size = 64 // groups
+    for n in range(5):
+        for g in range(groups):
+            values = x[n, g * size : (g + 1) * size]
+            mean = values.sum() / size
+            var = ((values - mean) ** 2).sum() / size
+            want[n, g * size : (g + 1) * size] = (values - mean) / torch.sqrt(var + layer.eps)
+    want = want * layer.weight + layer.bias
+    torch.testing.assert_close(layer(x), want, atol=1e-12, rtol=1e-12)
+    if groups == 1:
+        ln = build_norm("ln", 64, "vector", impl=impl).double()
+        ln.load_state_dict(layer.state_dict())
+        torch.testing.assert_close(ln(x), want, atol=1e-12, rtol=1e-12)
+
+
+def test_group_norm_with_one_channel_per_group_on_vectors_is_refused_as_instance_norm() -> None:
+    with pytest.raises(NormError, match=r"gives 1 value per statistic on \(4, 8\).*one channel \(InstanceNorm\)"):
+        get_norm("gn").check((4, 8), training=True)  # default groups=8 on 8 channels
+    get_norm("gn").check((4, 8), training=True, groups=4)
+    e = explain("gn", (4, 256))
+    assert (e.groups, e.values_per_statistic, e.num_statistics, e.problem) == (8, 32, 32, None)
+    assert "InstanceNorm" in explain("gn", (4, 8)).problem
 
 
 def test_refusals_name_the_bad_value_and_what_is_allowed() -> None:
@@ -298,6 +331,7 @@ def test_group_norm_paper_identities(impl: str) -> None:
         ("gn", (2, 8, 4, 4), "C/G,H,W", 8, 32, 16, False),  # groups=4: 2 channels × 16 positions
         ("bn", (4, 256), "N", 256, 4, 512, True),
         ("ln", (4, 256), "C", 4, 256, 512, False),
+        ("gn", (4, 256), "C/G", 16, 64, 512, False),  # groups=4: 64 channels per group, per sample
         ("ln", (2, 5, 8), "D", 10, 8, 16, False),
     ],
 )
@@ -312,7 +346,7 @@ def test_explain_matches_the_notes_table(name, shape, axes, stats, each, params,
     )
 
 
-@pytest.mark.parametrize("name", ["in", "gn"])
+@pytest.mark.parametrize("name", ["in"])
 def test_explain_refuses_vector_features_like_the_registry(name: str) -> None:
     with pytest.raises(NormError) as from_explain:
         explain(name, (4, 256))
@@ -391,8 +425,9 @@ def test_shape_check_by_mode_and_by_group() -> None:
         get_norm("gn").check((2, 8, 1, 1), training=True)  # default groups=8: one channel per group
     get_norm("gn").check((2, 8, 1, 1), training=True, groups=4)
     get_norm("rms").check((1, 1), training=True)  # no variance: one value is fine
-    with pytest.raises(NormError, match="norm=gn cannot normalize vector features"):
-        get_norm("gn").check((4, 8), training=True)
+    with pytest.raises(NormError, match="norm=gn takes each statistic over C/G, which gives 1 value"):
+        get_norm("gn").check((4, 8), training=True)  # groups = channels on vectors: one value, as IN
+    get_norm("gn").check((4, 8), training=True, groups=2)
 
 
 def test_model_check_names_model_norm_layer_and_what_is_allowed() -> None:

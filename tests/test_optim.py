@@ -50,6 +50,7 @@ def test_the_optimizer_starts_at_the_scaled_learning_rate(optim, scaling, batch,
 SCHEDULES = {
     "cosine": [0.5, 1.0, 1.0, 0.8535533905932737, 0.5, 0.14644660940672627, 0.0],
     "constant": [0.5, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0],
+    "step": [0.5, 1.0, 1.0, 0.1, 0.01, 0.01, 0.01],  # milestones 0.5, 0.75 of 6 steps: steps 3 and 4
 }
 
 

@@ -174,7 +174,7 @@ def test_report_reads_the_schema_without_importing_torch() -> None:
         (["norm=bn,gn", "batch_size=2,8"], 4),
         (["norm=bn,gn", "batch_size=range(2,10,4)", "seed=0"], 4),
         (["model=choice(mlp,cnn)", "norm=ln", "norm=rms,bn"], 4),  # a key given twice: the last one counts
-        (["sweep=quick", "batch_size=8,16"], 8),  # the preset's grid, the command line winning on batch_size
+        (["sweep=paper", "batch_size=16,32"], 20),  # the preset's grid, the command line winning on batch_size
     ],
 )
 def test_sweep_expansion_agrees_with_hydras_basic_sweeper(overrides, runs) -> None:
@@ -182,7 +182,7 @@ def test_sweep_expansion_agrees_with_hydras_basic_sweeper(overrides, runs) -> No
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    preset = {"sweep=quick": ["norm=bn,ln,in,gn", "batch_size=2,4,8,16,32,64,128"]}.get(overrides[0], [])
+    preset = {"sweep=paper": ["norm=bn,gn", "batch_size=16,32,64,128,256", "seed=0,1,2,3,4"]}.get(overrides[0], [])
     given = {o.split("=")[0] for o in overrides}
     merged = [*(p for p in preset if p.split("=")[0] not in given), *overrides]
     expected = BasicSweeper.split_arguments(OverridesParser.create().parse_overrides(merged), None)[0]

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
 import torch
 from conftest import ROOT, normbench
 
+from normbench.base.errors import ConfigError
 from normbench.launch.compose import compose_config, compose_unchecked
+from normbench.launch.preflight import preflight
 from normbench.parts.models import NORM_SLOT, build_model, count_parameters
 from normbench.parts.norms import NORMS
 from normbench.run import record as R
+from normbench.run.setup import effective_lr, set_up
 from normbench.run.train import run
 
 # He et al. 2016, Table 6: parameters of the CIFAR-10 ResNets by depth.
@@ -133,11 +137,40 @@ def test_report_command_with_a_reference_and_an_unknown_name(sweep_dir, tmp_path
 # --- Presets --------------------------------------------------------------------------------------------
 
 
-def test_paper_preset_is_the_public_sweep() -> None:
+def test_paper_preset_is_the_papers_design_on_eight_workers() -> None:
     cfg = compose_unchecked(["sweep=paper"], with_hydra=True)
-    assert (cfg.model.name, cfg.data.name, cfg.epochs) == ("resnet20", "cifar10", 100)
-    assert (cfg.optim.lr, cfg.optim.base_batch_size, cfg.optim.lr_scaling) == (0.1, 32, "linear")
-    assert dict(cfg.hydra.sweeper.params) == {"norm": "bn,gn", "batch_size": "2,4,8,16,32", "seed": "0,1,2,3,4"}
+    assert (cfg.model.name, cfg.data.name, cfg.epochs, cfg.workers) == ("resnet20", "cifar10", 100, 8)
+    assert (cfg.optim.lr, cfg.optim.base_batch_size, cfg.optim.lr_scaling) == (0.1, 256, "linear")
+    assert (cfg.optim.schedule, list(cfg.optim.milestones), cfg.optim.gamma) == ("step", [0.3, 0.6, 0.9], 0.1)
+    params = dict(cfg.hydra.sweeper.params)
+    assert params == {"norm": "bn,gn", "batch_size": "16,32,64,128,256", "seed": "0,1,2,3,4"}
+    for total in (16, 256):  # lr = 0.1 · images per worker / 32: the public sweep's per-GPU rule
+        assert effective_lr(cfg.optim, total) == pytest.approx(0.1 * (total // 8) / 32)
+
+
+PRESETS = sorted(p.stem for p in (ROOT / "configs" / "sweep").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_every_preset_passes_the_real_preflight(preset, tmp_path, monkeypatch) -> None:
+    """Every run of every preset composed and validated by the pre-flight `normbench sweep` runs; the run names
+    are distinct. CIFAR-10 (sweep=paper) is faked by an empty archive directory: its presence is what is checked."""
+    extra = []
+    if preset == "paper":
+        (tmp_path / "data" / "cifar-10-batches-py").mkdir(parents=True)
+        for name in ("data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5", "test_batch",
+                     "batches.meta"):  # fmt: skip
+            (tmp_path / "data" / "cifar-10-batches-py" / name).write_bytes(b"")
+        extra = [f"data.root={tmp_path / 'data'}"]
+    if preset == "tune_lr":
+        pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    if preset in ("paper", "converged"):  # ResNet-20 checks take a second per run: one seed (it changes no shape)
+        extra.append("seed=0")
+    names = preflight([f"sweep={preset}", f"hydra.sweep.dir={tmp_path / 'sweep'}", *extra])
+    grid = dict(compose_unchecked([f"sweep={preset}"], with_hydra=True).hydra.sweeper.params)
+    grid |= {"seed": "0"} if "seed=0" in extra else {}
+    expected = 0 if preset == "tune_lr" else math.prod(len(str(v).split(",")) for v in grid.values())
+    assert len(names) == len(set(names)) == expected
 
 
 def test_converged_preset_runs_at_a_tiny_scale(tmp_path) -> None:
@@ -147,3 +180,19 @@ def test_converged_preset_runs_at_a_tiny_scale(tmp_path) -> None:
     tiny = compose_config(["sweep=converged", "batch_size=2", "norm=ln", "max_steps=2", "data.train_size=16",
                            "data.val_size=8", "eval.precise_bn_images=8", "threads=1"])  # fmt: skip
     assert run(tiny, tmp_path).status == R.COMPLETED
+
+
+def test_the_step_schedule_is_torchs_multistep_at_the_paper_fractions(tiny) -> None:
+    """optim.schedule=step with milestones 0.3, 0.6, 0.9 of a 20-step budget: PyTorch's MultiStepLR at steps 6, 12,
+    18 (÷10 each), the GroupNorm paper's epochs 30/60/90 of 100 scaled to the budget."""
+    cfg = tiny("budget=steps", "max_steps=20", "optim.schedule=step", "optim.milestones=[0.3,0.6,0.9]",
+               "optim.lr_scaling=none", "optim.lr=0.1")  # fmt: skip
+    setup = set_up(cfg)
+    oracle = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+    multistep = torch.optim.lr_scheduler.MultiStepLR(oracle, milestones=[6, 12, 18], gamma=0.1)
+    for _ in range(20):
+        assert setup.optimizer.param_groups[0]["lr"] == pytest.approx(oracle.param_groups[0]["lr"], rel=1e-12)
+        setup.optimizer.step(), setup.scheduler.step(), oracle.step(), multistep.step()
+    assert oracle.param_groups[0]["lr"] == pytest.approx(1e-4)
+    with pytest.raises(ConfigError, match=r"optim.milestones=\[0.5,1.5\] is not valid"):
+        compose_config(["optim.milestones=[0.5,1.5]"])

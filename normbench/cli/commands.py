@@ -166,13 +166,13 @@ def sweep(overrides: list[str] | None = OVERRIDES, debug: bool = DEBUG) -> None:
     """Run many runs through Hydra's multirun: comma lists are sweep axes, every combination is one run.
 
     ```
-    normbench sweep                       # the default grid: bn, ln, in, gn x batch 2..128
-    normbench sweep sweep=quick           # the same grid, small budget (~15 min)
+    normbench sweep                       # the default grid: bn at 2..32 images per worker; ln, in, gn; 3 seeds
+    normbench sweep sweep=quick           # the same cells, small budget (~5 min on 2 idle cores, in parallel)
     normbench sweep norm=bn,gn batch_size=2,8,32 seed=0,1,2
     normbench sweep 'batch_size=range(2,10,2)' norm=gn
     normbench sweep sweep=quick hydra/launcher=parallel  # joblib, this machine
     normbench sweep sweep=quick hydra/launcher=slurm     # SLURM (submitit)
-    normbench sweep sweep=tune_lr norm=gn  # tune optim.lr with Optuna
+    normbench sweep sweep=tune_lr cell=gn  # tune optim.lr for one cell with Optuna
     ```
 
     With no sweep axis and no `sweep=` preset, the default grid runs (quoted lists such as
@@ -206,9 +206,13 @@ def report(
     skip_bad: bool = typer.Option(
         False, "--skip-bad", help="Exit 0 even if some results.json cannot be read (they are still listed)."
     ),
+    smooth: int = typer.Option(
+        None, "--smooth", min=1, help="Moving average of the training-loss curves over K logged points (1 = raw)."
+    ),
 ) -> None:
-    """Tables and figures from a run or sweep directory: validation error vs batch size per norm, loss
-    curves per batch size, summary.csv/json and report.md embedding the figures, written into DIR (or --out).
+    """Tables and figures from a run or sweep directory: validation error vs images per worker per norm (mean and
+    95% interval over seeds, paired differences against BN, runs that did not learn flagged), loss curves per
+    images per worker, summary.csv/json and report.md embedding the figures, written into DIR (or --out).
     --reference NAME draws a published BN-vs-GN result beside the error-vs-batch figure, with its citation.
     A results.json that is not a readable record is listed as unreadable and the exit code is 2 (--skip-bad: 0)."""
     from normbench.run.references import load_reference
@@ -228,7 +232,9 @@ def report(
             if no_figures:
                 summary = write_summary(directory, out, summary)
             else:
-                summary, figures, path = write_report(directory, published, out, summary)
+                summary, figures, path = write_report(
+                    directory, published, out, summary, **({"smooth": smooth} if smooth else {})
+                )
         except OSError as error:
             target = out or directory
             raise NormbenchError(
@@ -302,6 +308,20 @@ def explain(
         table.add_row("statistics over", f"{e.axes}  (one mean and one variance per {per})")
         table.add_row("number of statistics", f"{e.num_statistics} means and {e.num_statistics} variances")
         table.add_row("values per statistic", str(e.values_per_statistic))
+        if e.groups is not None:
+            channels = dims[-1] if e.layout == "sequence" else dims[1]
+            each = channels // e.groups
+            same = f" (G = C = {channels}: each group is one channel, which is InstanceNorm)" if each == 1 else ""
+            table.add_row("groups", f"G = {e.groups}, {each} channel{'s' * (each != 1)} per group{same}")
+            if e.layout == "vector":
+                table.add_row(
+                    "on vectors",
+                    "statistics per sample over the channels of a group (G=1 is LN). The user's notes call GN not "
+                    "applicable to (N, C); normbench allows it because groups of channels have a mean and variance "
+                    "whenever a group holds 2 or more channels; only G = C is refused, as IN is",
+                )
+        if e.problem:
+            table.add_row("[red]refused[/]", f"[red]{e.problem}[/]")
         table.add_row("parameters", f"{e.params} (γ and β per channel)" if e.params else "0")
         table.add_row(
             "train vs eval",

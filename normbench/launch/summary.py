@@ -14,7 +14,7 @@ from normbench.base.errors import EXIT_INTERRUPTED, EXIT_SWEEP_INCOMPLETE, Normb
 from normbench.launch.rundir import in_use
 from normbench.run.board import tensorboard_hint
 from normbench.run.record import COMPLETED, RUNNING, UnreadableRecord, find_records
-from normbench.run.report import print_tables, write_summary
+from normbench.run.report import flagged_count, print_tables, write_summary
 
 
 class SweepSummary(Callback):
@@ -32,6 +32,14 @@ class SweepSummary(Callback):
             console.print(f"[bold red]No summary:[/] {error}", highlight=False)
             return
         print_tables(summary)
+        flagged = flagged_count(summary)  # a number from a run that did not learn is not a finding: say so last
+        console.print(
+            "Flagged: "
+            + "; ".join(f"[bold red]{n} of {len(summary['runs'])} runs {flag}[/]" for flag, n in flagged.items())
+            if flagged
+            else f"Flagged: none of {len(summary['runs'])} runs (each learned and settled).",
+            highlight=False,
+        )
         console.print(
             f"Summary: {sweep_dir / 'summary.csv'}, {sweep_dir / 'summary.json'}. Figures: normbench report "
             f"{sweep_dir}.\n{tensorboard_hint(sweep_dir, [r['run'] for r in summary['runs']])}",

@@ -64,6 +64,8 @@ def print_summary(record: RunRecord) -> None:
     ]
     for row in rows:
         table.add_row(*row)
+    for flag, why in record.flags.items():  # a number from a run that did not learn is not a finding
+        table.add_row(f"[bold red]{flag}[/]", f"[red]{why}[/]")
     console.print(table)
 
 
@@ -169,7 +171,7 @@ def train(
             m = record.metrics
             console.print(
                 f"[green]done[/] {run_dir.name}: val acc {m.val_acc:.4f} (best {m.best_val_acc:.4f}), "
-                f"{record.wall_s:.0f} s",
+                f"{record.wall_s:.0f} s{''.join(f' [bold red]({flag})[/]' for flag in record.flags)}",
                 highlight=False,
             )
         else:

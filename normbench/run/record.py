@@ -8,6 +8,8 @@ default, a key this version does not know is dropped. No torch here: `normbench 
 from __future__ import annotations
 
 import json
+import math
+import statistics
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
@@ -23,6 +25,24 @@ REQUEUED = "requeued"  # stopped with a checkpoint ahead of a time limit or pree
 STATUSES = (COMPLETED, FAILED, DIVERGED, INTERRUPTED, RUNNING, REQUEUED)
 
 T = TypeVar("T")
+
+# --- Whether a run learned: flags computed from the record's own numbers ----------------------------------
+# A run is flagged so that a table never shows a number from a run that did not train as if it were a finding.
+DID_NOT_LEARN, NOT_CONVERGED = "did not learn", "not converged"
+# "Near chance": final validation accuracy below chance + 5 points. On 1,000-2,000 validation images the
+# accuracy of a classifier at chance has a standard deviation under 1 point, so 5 points is far outside noise,
+# yet low enough that a run that learned something small (chance + 10) is not called a failure.
+NEAR_CHANCE = 0.05
+# "Loss did not fall": the final epoch's mean training loss is still above 95% of ln(K), the cross-entropy of a
+# uniform guess over K classes, which is where an untrained classifier starts (the first logged loss is near or
+# above it). 5% of ln 10 is 0.12 nats: less than that is noise around not having learned.
+LOSS_NOT_FALLEN = 0.95
+# "Still improving fast": of the whole fall of the training loss (mean of the first 5% of training minus mean of
+# the last 10%), more than 15% happened over the last fifth (mean of 70-80% minus mean of the last 10%). A loss
+# falling at a constant rate to the end puts 21.6% there (0.20 / 0.925 of the distance between the windows'
+# centres); a loss that settles, a few percent. 15% is about 70% of the constant pace: a run still going down that
+# fast would score differently with a little more budget, so its number is the budget's, not the norm's.
+STILL_FALLING = 0.15
 
 
 @dataclass(frozen=True)
@@ -113,7 +133,12 @@ class RunRecord:
     normbench_version: str | None = None
     diverged_step: int | None = None  # the first step whose loss was not finite
     precise_bn_images: int | None = None  # training images PreciseBN re-estimated BN statistics from
+    # The data's classes (chance = 1 / num_classes). Records before this field: 10, as every dataset then had.
+    num_classes: int = 10
     warnings: list[str] = field(default_factory=list)  # what makes a number less trustworthy than asked for
+    # {flag: why} for a completed run that did not learn or had not converged (see `learning_flags`). Computed
+    # from the record's own history and curve when written and again when read, so older records get it too.
+    flags: dict[str, str] = field(default_factory=dict)
     hparams: dict[str, Any] | None = None  # the run's HParams entry in TensorBoard, once completed
     history: list[Epoch] = field(default_factory=list)
     curve: list[list[float]] = field(default_factory=list)  # [examples seen, mean train loss], at most 400 points
@@ -129,6 +154,7 @@ class RunRecord:
         return cls(status=status, reason=reason, **identity, **values, config=config)
 
     def write(self, run_dir: Path) -> None:
+        self.flags = learning_flags(self)
         write_json(run_dir / RESULTS_FILE, asdict(self))
 
     @classmethod
@@ -152,9 +178,58 @@ class RunRecord:
         if data.get("status") not in STATUSES:
             raise UnreadableRecord(path, f"its status is {data.get('status')!r}, not one of {', '.join(STATUSES)}")
         try:
-            return from_dict(cls, data)
+            record = from_dict(cls, data)
         except (TypeError, ValueError) as error:
             raise UnreadableRecord(path, str(error)) from None
+        record.flags = learning_flags(record)
+        return record
+
+
+def learning_flags(record: RunRecord) -> dict[str, str]:
+    """{DID_NOT_LEARN or NOT_CONVERGED: why} of a completed run, from its last epoch and its training-loss curve
+    (thresholds above); {} for a run that learned and settled, and for a run that did not complete."""
+    m = record.metrics
+    if record.status != COMPLETED or m.val_acc is None or m.train_loss is None:
+        return {}
+    chance = 1 / record.num_classes
+    flags = {}
+    why = []
+    if m.val_acc < chance + NEAR_CHANCE:
+        why.append(
+            f"final validation accuracy {100 * m.val_acc:.1f}% is within {100 * NEAR_CHANCE:.0f} points of chance "
+            f"({100 * chance:.0f}%)"
+        )
+    uniform = math.log(record.num_classes)
+    if m.train_loss > LOSS_NOT_FALLEN * uniform:
+        why.append(
+            f"final training loss {m.train_loss:.2f} is not below {LOSS_NOT_FALLEN:.0%} of ln {record.num_classes} = "
+            f"{uniform:.2f}, the loss of a uniform guess"
+        )
+    if why:
+        flags[DID_NOT_LEARN] = "; ".join(why)
+    falling = late_fall(record.curve)
+    if falling is not None and falling > STILL_FALLING:
+        flags[NOT_CONVERGED] = (
+            f"{100 * falling:.0f}% of the training loss's fall came in the last fifth of training: still improving"
+        )
+    return flags
+
+
+def late_fall(curve: list[list[float]]) -> float | None:
+    """The share of a training-loss curve's fall (mean of its first 5% to mean of its last 10%) that happened over
+    its last fifth (mean of 70-80% to the last 10%); None when the curve is too short to tell or did not fall.
+    The curve's points are evenly spaced in examples (one per log flush, downsampled evenly), so fractions of the
+    points are fractions of training."""
+    n = len(curve)
+    if n < 10:
+        return None
+    loss = [p[1] for p in curve]
+    start = statistics.fmean(loss[: max(1, n // 20)])
+    late = statistics.fmean(loss[int(0.7 * n) : int(0.8 * n)])
+    last = statistics.fmean(loss[int(0.9 * n) :])
+    if start <= last:
+        return None
+    return max(0.0, late - last) / (start - last)
 
 
 class UnreadableRecord(NormbenchError):

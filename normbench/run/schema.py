@@ -65,8 +65,9 @@ class LrScaling(Choice):
 
 
 class Schedule(Choice):
-    cosine = "cosine"
+    cosine = "cosine"  # from lr to 0 over the budget
     constant = "constant"
+    step = "step"  # lr × gamma at each of optim.milestones (the GroupNorm paper's ÷10 at set epochs)
 
 
 class Generator(Choice):
@@ -194,6 +195,10 @@ class OptimConfig:
     weight_decay: float = setting(MISSING, ge=0)  # on weights only, not on γ/β or biases
     schedule: Schedule = Schedule.cosine
     warmup_steps: int = setting(0, ge=0)
+    # schedule=step: the lr is multiplied by gamma at each milestone, given as a fraction of the run's optimizer
+    # steps (fractions, not epochs, so that one list fits every budget: 0.3,0.6,0.9 of 100 epochs = epochs 30/60/90).
+    milestones: list[float] = setting([0.5, 0.75], gt=0, lt=1)  # noqa: RUF009 (setting() returns a field)
+    gamma: float = setting(0.1, gt=0)
 
 
 @dataclass

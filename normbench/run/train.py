@@ -321,6 +321,7 @@ def make_record(
         reason,
         metrics=Metrics.of(s.history, s.best_val_acc),
         params=setup.params,
+        num_classes=setup.num_classes,
         steps=s.step,
         epochs=len(s.history),
         examples=s.examples,

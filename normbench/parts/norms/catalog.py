@@ -2,21 +2,27 @@
 
 What each (norm, layout) pair averages, following the user's notes (shared/seed/normalization-notes.md):
 
-| norm | vector (N, C)        | image (N, C, H, W)                 | sequence (N, L, D)               |
-|------|----------------------|------------------------------------|----------------------------------|
-| bn   | per C, over N        | per C, over N, H, W                | per D, over N, L                 |
-| brn  | as bn                | as bn                              | as bn                            |
-| syncbn | as bn, over all workers | as bn, over all workers        | as bn, over all workers          |
-| ln   | per sample, over C   | per sample, over C, H, W           | per token, over D                |
-| rms  | as ln (no mean)      | as ln (no mean)                    | as ln (no mean)                  |
-| in   | refused: 1 value     | per sample and C, over H, W        | per sample and D, over L         |
-| gn   | refused: 1 value     | per sample and group, over C/G,H,W | per token and group, over D/G    |
-| none | identity             | identity                           | identity                         |
+| norm   | vector (N, C)                   | image (N, C, H, W)                 | sequence (N, L, D)         |
+|--------|---------------------------------|------------------------------------|----------------------------|
+| bn     | per C, over N                   | per C, over N, H, W                | per D, over N, L           |
+| brn    | as bn                           | as bn                              | as bn                      |
+| syncbn | as bn, over all workers         | as bn, over all workers            | as bn, over all workers    |
+| ln     | per sample, over C              | per sample, over C, H, W           | per token, over D          |
+| rms    | as ln (no mean)                 | as ln (no mean)                    | as ln (no mean)            |
+| in     | refused: 1 value                | per sample and C, over H, W        | per sample and D, over L   |
+| gn     | per sample and group, over C/G  | per sample and group, over C/G,H,W | per token and group, D/G   |
+| none   | identity                        | identity                           | identity                   |
 
 γ and β are always per channel (C or D of each), never per position, so parameter counts do not depend on
 the resolution: `ln` on images is the GroupNorm paper's LN (= GroupNorm with one group), `in` its IN (with
-affine), which is what its Table 1 compares. IN and GN are refused on vector features because each channel
-holds a single value per sample there: there is no variance to take (the question the notes end with).
+affine), which is what its Table 1 compares. IN is refused on vector features because each channel holds a
+single value per sample there: there is no variance to take (the question the notes end with).
+
+GN on vector features is where normbench departs from the notes, which call it not applicable ("cannot group a
+single value"). GN groups channels, not positions: on (N, C) a group is C/G channels of one sample, and their
+mean and variance exist whenever C/G >= 2. G=1 is LN on vectors; only G=C leaves one value per statistic (each
+group one channel: IN), and that one case is refused, as IN is. The layer is the same formula as on images
+with no spatial axes, which is what PyTorch's nn.GroupNorm computes on (N, C) input.
 
 With data-parallel workers (`workers=W`, docs/workers.md) bn and brn take their statistics per worker share
 of batch_size / W images; syncbn takes them over every share, i.e. over the total batch.
@@ -170,12 +176,13 @@ def instance_norm(cls: Cls, num_features: int, *, eps: float = 1e-5, affine: boo
 
 @register_norm(
     "gn",
-    summary="GroupNorm: per sample and channel group over (C/G, H, W); per-channel affine",
+    summary="GroupNorm: per sample and channel group over (C/G, H, W), or C/G on vectors; per-channel affine",
     layouts={
+        # (N, C): per sample over the C/G channels of a group; groups=C (one value each) is refused by the shape check.
+        "vector": on("C/G", torch=f"{NN}.GroupNorm", reference=f"{REF}.ReferenceGroupNorm"),
         "image": on("C/G,H,W", torch=f"{NN}.GroupNorm", reference=f"{REF}.ReferenceGroupNorm"),
         "sequence": on("D/G", torch=f"{LAYERS}.TokenGroupNorm", reference=f"{LAYERS}.TokenReferenceGroupNorm"),
     },
-    refused={"vector": ONE_VALUE},
 )
 def group_norm(cls: Cls, num_features: int, *, groups: int = 8, eps: float = 1e-5, affine: bool = True) -> nn.Module:
     _check_eps("gn", eps)

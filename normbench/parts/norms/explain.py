@@ -19,6 +19,8 @@ class NormExplanation:
     values_per_statistic: int
     params: int
     batch_statistics: bool
+    groups: int | None = None  # grouped norms (gn): the number of groups; groups = channels is InstanceNorm
+    problem: str | None = None  # why the norm cannot normalize this shape in training (too few values), if so
 
 
 def explain(name: str, shape: tuple[int, ...], **options: Any) -> NormExplanation:
@@ -32,4 +34,8 @@ def explain(name: str, shape: tuple[int, ...], **options: Any) -> NormExplanatio
         return NormExplanation(name, shape, layout, "", 0, 0, 0, False)
     params = sum(p.numel() for p in module.parameters())
     axes = spec.layouts[layout].axes
-    return NormExplanation(name, shape, layout, axes, math.prod(shape) // each, each, params, spec.batch_statistics)
+    groups = options.get("groups", spec.options.get("groups")) if "/G" in axes else None
+    problem = spec.shape_problem(shape, training=True, **options)
+    return NormExplanation(
+        name, shape, layout, axes, math.prod(shape) // each, each, params, spec.batch_statistics, groups, problem
+    )

@@ -124,18 +124,28 @@ class NormSpec:
         layout = layout_of(shape)
         if layout not in self.layouts or not self.layouts[layout].axes:
             return False
-        return not self.too_few_values(shape, training, **{k: v for k, v in options.items() if k in self.options})
+        mine = {k: v for k, v in options.items() if k in self.options}
+        grouped = [a.split("/")[0] for a in self.layouts[layout].axes.split(",") if "/" in a]
+        groups = mine.get("groups", self.options.get("groups", 1))
+        sizes = dict(zip(LAYOUTS[layout], shape, strict=True))
+        if any(sizes[a] % groups for a in grouped):  # the groups must divide the channels
+            return False
+        return not self.too_few_values(shape, training, **mine)
 
     def shape_problem(self, shape: tuple[int, ...], training: bool, **options: Any) -> str | None:
         """Why this norm cannot normalize an input of `shape` (a sentence), or None if it can."""
         if not self.too_few_values(shape, training, **options):
             return None
         layout, each = layout_of(shape), self.statistic_size(shape, **options)
+        axes = self.layouts[layout].axes
+        one_channel = "/G" in axes and each == 1 and axes.count(",") == 0  # groups = channels on (N, C) or tokens
         return (
             f"{'In training, ' if self.batch_statistics else ''}norm={self.name} takes each statistic over "
-            f"{self.layouts[layout].axes}, which gives {each} value{'s' * (each != 1)} per statistic on "
-            f"{tuple(shape)}: a variance needs {self.min_values}."
-        )
+            f"{axes}, which gives {each} value{'s' * (each != 1)} per statistic on {tuple(shape)}: a variance "
+            f"needs {self.min_values}."
+            + (" With as many groups as channels each group is one channel (InstanceNorm), which has one value "
+               "per sample here; use fewer groups." if one_channel else "")
+        )  # fmt: skip
 
     def check(self, shape: tuple[int, ...], training: bool, **options: Any) -> None:
         """Refuse an input of `shape` that this norm cannot normalize, e.g. bn on (1, C) in training."""

@@ -1,0 +1,256 @@
+"""The report's science: runs that did not learn are flagged, cells carry 95% intervals over seeds, and each norm
+is compared with BN on the same seeds. Numbers are checked against scipy.stats (or published t tables)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from dataclasses import fields
+from pathlib import Path
+
+import pytest
+
+from normbench.run import record as R
+from normbench.run.record import Epoch, Metrics, RunRecord, learning_flags
+from normbench.run.report import run_columns, summarize, write_report
+from normbench.run.stats import interval, t_quantile
+
+# --- Flags ----------------------------------------------------------------------------------------------
+
+
+def falling(start: float, end: float, n: int = 100, late: bool = False) -> list[list[float]]:
+    """A training-loss curve from `start` to `end`: settling early (exponential), or falling evenly (late)."""
+    if late:
+        return [[32.0 * (i + 1), start + (end - start) * i / (n - 1)] for i in range(n)]
+    return [[32.0 * (i + 1), end + (start - end) * math.exp(-8 * i / (n - 1))] for i in range(n)]
+
+
+def record(val_acc: float, train_loss: float, curve: list[list[float]], status: str = R.COMPLETED, **kw) -> RunRecord:
+    epoch = Epoch(1, 100, 3200, train_loss, 0.5, 1.5, val_acc, 0.01, 1.0)
+    values = dict(model="cnn", norm="bn", batch_size=32, seed=0, history=[epoch], curve=curve, config={})
+    return RunRecord(status, metrics=Metrics.of([epoch], val_acc), **(values | kw))
+
+
+def test_a_run_that_learned_and_settled_is_not_flagged() -> None:
+    assert learning_flags(record(0.55, 1.2, falling(2.4, 1.2))) == {}
+
+
+def test_a_run_at_chance_did_not_learn() -> None:
+    flags = learning_flags(record(0.12, 1.9, falling(2.4, 1.9)))
+    assert (
+        list(flags) == [R.DID_NOT_LEARN]
+        and "12.0%" in flags[R.DID_NOT_LEARN]
+        and "chance (10%)" in flags[R.DID_NOT_LEARN]
+    )
+    assert learning_flags(record(0.16, 1.9, falling(2.4, 1.9))) == {}  # 6 points above chance: learned a little
+    assert R.DID_NOT_LEARN in learning_flags(record(0.50, 2.0, falling(2.4, 2.0), num_classes=2))  # chance 50%
+
+
+def test_a_run_whose_loss_stayed_flat_did_not_learn() -> None:
+    flags = learning_flags(record(0.20, 2.25, falling(2.31, 2.25)))  # above chance + 5, loss near ln 10 = 2.30
+    assert list(flags) == [R.DID_NOT_LEARN] and "training loss 2.25" in flags[R.DID_NOT_LEARN]
+
+
+def test_a_run_still_improving_fast_has_not_converged() -> None:
+    flags = learning_flags(record(0.45, 1.5, falling(2.4, 1.5, late=True)))
+    assert list(flags) == [R.NOT_CONVERGED] and "still improving" in flags[R.NOT_CONVERGED]
+    # A loss falling at a constant rate: window centres at 2.5%, 75% and 95% of training, so 0.20 / 0.925 of the
+    # fall lies between the last two.
+    assert R.late_fall(falling(2.4, 1.5, late=True)) == pytest.approx(0.2 / 0.925, rel=0.02)
+
+
+def test_runs_that_did_not_complete_are_not_flagged() -> None:
+    assert learning_flags(record(0.1, 2.3, [], status=R.DIVERGED)) == {}
+
+
+def test_an_old_record_gets_its_flags_when_read(tmp_path) -> None:
+    data = json.loads(json.dumps(record(0.11, 2.3, falling(2.4, 2.3)), default=lambda o: o.__dict__))
+    del data["flags"], data["num_classes"]  # written before these fields existed
+    (tmp_path / R.RESULTS_FILE).write_text(json.dumps(data))
+    assert list(RunRecord.read(tmp_path).flags) == [R.DID_NOT_LEARN]
+
+
+def test_a_one_step_run_is_flagged_in_its_record_summary_and_report(tiny, tmp_path) -> None:
+    from normbench.launch.task import print_summary
+    from normbench.run.train import run
+
+    run_dir = tmp_path / "one"
+    done = run(tiny("max_steps=1", "log.activations=false"), run_dir)
+    written = json.loads((run_dir / R.RESULTS_FILE).read_text())
+    assert done.status == R.COMPLETED and done.steps == 1 and written["num_classes"] == 10
+    assert R.DID_NOT_LEARN in written["flags"]  # one step of SGD: at chance, loss at ln 10
+    print_summary(done)  # the console summary shows it (captured: no exception is the check here; text below)
+    _, _, report = write_report(run_dir)
+    text = report.read_text()
+    assert "1 run, 1 completed. Flagged: 1 run did not learn." in text and "## Flagged runs" in text
+    with (run_dir / "summary.csv").open() as f:
+        (row,) = csv.DictReader(f)
+    assert row["flags"].startswith("did not learn: ")
+
+
+# --- Intervals and paired differences -------------------------------------------------------------------
+
+# Published two-sided 95% t values (e.g. NIST/SEMATECH e-Handbook, table of the t distribution's upper critical
+# values at 0.025): the oracle where scipy is not installed.
+T_TABLE = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 9: 2.262, 10: 2.228, 20: 2.086, 30: 2.042, 100: 1.984}
+
+
+@pytest.mark.parametrize("df", sorted(T_TABLE))
+def test_t_quantile_against_the_published_table(df) -> None:
+    assert t_quantile(0.975, df) == pytest.approx(T_TABLE[df], abs=6e-4)
+
+
+def test_t_quantile_and_interval_against_scipy() -> None:
+    stats = pytest.importorskip("scipy.stats")
+    for df in (1, 2, 3, 7, 15, 60, 500):
+        for p in (0.9, 0.975, 0.995):
+            assert t_quantile(p, df) == pytest.approx(stats.t.ppf(p, df), rel=1e-10)
+    values = [0.41, 0.37, 0.45, 0.40]
+    got = interval(values)
+    low, high = stats.t.interval(0.95, len(values) - 1, loc=stats.tmean(values), scale=stats.sem(values))
+    assert (got.low, got.high) == (pytest.approx(low, rel=1e-10), pytest.approx(high, rel=1e-10))
+    assert interval([0.3]).half is None
+
+
+ERRORS = {  # (norm, workers) -> final val error per seed: a BN that gets worse as its share shrinks
+    ("bn", 16): [0.62, 0.58, 0.60],
+    ("bn", 1): [0.40, 0.43, 0.41],
+    ("gn", 1): [0.45, 0.46, 0.47],
+    ("ln", 1): [0.90, 0.50, 0.52],  # seed 0 flagged: at chance
+}
+
+
+@pytest.fixture(scope="module")
+def grid(tmp_path_factory) -> Path:
+    """A 3-seed sweep with BN at 2 and 32 images per worker (total batch 32) and GN, LN at one worker."""
+    root = tmp_path_factory.mktemp("grid")
+    for (norm, workers), errors in ERRORS.items():
+        for seed, err in enumerate(errors):
+            config = {"workers": workers, "data": {"name": "synthetic", "train_size": 100}, "optim": {"lr": 0.02}}
+            rec = record(1 - err, 1.0 if err < 0.9 else 2.3, falling(2.4, 1.0), norm=norm, seed=seed, config=config,
+                         workers=workers, images_per_worker=32 // workers)  # fmt: skip
+            if norm == "bn":
+                rec.metrics.val_acc_batch_stats, rec.metrics.val_acc_precise_bn = 0.123, 0.456
+                rec.precise_bn_images = 16
+            rec.warnings = ["PreciseBN used 16 images, fewer than asked"] if norm == "bn" else []
+            rec.write(root / f"{norm}_w{workers:02d}_seed{seed}")
+    return root
+
+
+def test_cells_carry_the_mean_and_t_interval_and_per_sample_norms_stand_at_every_x(grid) -> None:
+    stats = pytest.importorskip("scipy.stats")
+    summary = summarize(grid)
+    cells = {(g["norm"], g["images_per_worker"]): g for g in summary["groups"]}
+    assert set(cells) == {("bn", 2), ("bn", 32), ("gn", 32), ("ln", 32)}
+    for (norm, workers), errors in ERRORS.items():
+        g = cells[(norm, 32 // workers)]
+        low, high = stats.t.interval(0.95, 2, loc=sum(errors) / 3, scale=stats.sem(errors))
+        assert g["val_err_mean"] == pytest.approx(sum(errors) / 3)
+        assert g["val_err_mean"] - g["val_err_half"] == pytest.approx(low) and g["completed"] == 3
+        assert g["val_err_mean"] + g["val_err_half"] == pytest.approx(high)
+    assert list(cells[("ln", 32)]["flagged"]) == ["ln_w01_seed0"]
+
+
+def test_paired_differences_against_bn_on_the_same_seeds(grid) -> None:
+    stats = pytest.importorskip("scipy.stats")
+    pairs = {(p["images_per_worker"], p["norm"]): p for p in summarize(grid)["paired"]["cnn"]}
+    assert set(pairs) == {(2, "gn"), (2, "ln"), (32, "gn"), (32, "ln")}  # gn and ln drawn at 2 from one worker
+    for x, workers in ((2, 16), (32, 1)):
+        for norm in ("gn", "ln"):
+            diffs = [a - b for a, b in zip(ERRORS[(norm, 1)], ERRORS[("bn", workers)], strict=True)]
+            test = stats.ttest_rel(ERRORS[(norm, 1)], ERRORS[("bn", workers)])
+            low, high = test.confidence_interval(0.95)
+            p = pairs[(x, norm)]
+            assert p["diff_mean"] == pytest.approx(sum(diffs) / 3) and p["n"] == 3 and p["seeds"] == [0, 1, 2]
+            assert (p["diff_mean"] - p["diff_half"], p["diff_mean"] + p["diff_half"]) == (
+                pytest.approx(low),
+                pytest.approx(high),
+            )
+            reading = "not distinguishable" if low < 0 < high else f"{norm if high < 0 else 'bn'} better"
+            assert p["verdict"].startswith(reading)
+    assert pairs[(2, "gn")]["verdict"] == "gn better" and pairs[(32, "gn")]["verdict"] == "bn better"
+    assert pairs[(2, "ln")]["verdict"] == "not distinguishable (flagged runs in the pair)"  # a flagged seed: wide
+
+
+def test_report_md_and_figure_show_intervals_differences_flags_and_chance(grid, tmp_path, monkeypatch) -> None:
+    import matplotlib.axes
+
+    lines: list[float] = []
+    hollow: list[tuple[float, float]] = []
+    original_axhline, original_plot = matplotlib.axes.Axes.axhline, matplotlib.axes.Axes.plot
+
+    def axhline(self, y=0, *args, **kwargs):
+        lines.append(y)
+        return original_axhline(self, y, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "axhline", axhline)
+
+    def plot(self, *args, **kwargs):
+        if kwargs.get("mfc") == "white" and kwargs.get("marker") == "o" and len(args) >= 2 and args[0]:
+            hollow.append((args[0][0], args[1][0]))
+        return original_plot(self, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "plot", plot)
+    _, figures, path = write_report(grid, out=tmp_path)
+    text = path.read_text()
+    ln = ERRORS[("ln", 1)]
+    assert 90.0 in lines  # chance: 90% error
+    assert {x for x, _ in hollow} == {2, 32} and all(y == pytest.approx(100 * sum(ln) / 3) for _, y in hollow)
+    assert "12 runs, 12 completed. Flagged: 1 run did not learn." in text
+    assert f"| bn | {100 * sum(ERRORS[('bn', 16)]) / 3:.1f} ± " in text and "(n=3)" in text
+    assert "†" in text and "| *split* | B=32, W=16 | B=32, W=1 |" in text
+    assert "| 2 | gn | " in text and "gn better" in text and "not distinguishable" in text
+    assert "## Settings" in text and "| workers | 16, 1 |" in text and "| seeds | 0, 1, 2 |" in text
+    assert "## BN's three evaluations" in text and "| `bn_w16_seed0` | 38.0 | 12.3 | 45.6 | 16 |" in text
+    assert "## Warnings the records carry" in text and "PreciseBN used 16 images" in text
+    assert all(p.stat().st_size > 10_000 for p in figures)
+
+
+def test_summary_csv_has_every_field_of_the_record(grid) -> None:
+    write_report(grid)
+    with (grid / "summary.csv").open() as f:
+        header = next(csv.reader(f))
+    assert header == run_columns()
+    bulky = {"metrics", "budget", "history", "curve", "config", "hparams"}
+    wanted = {f.name for f in fields(RunRecord)} - bulky | {f.name for f in fields(Metrics)} | {"val_err"}
+    assert wanted <= set(header) and {f"budget_{f.name}" for f in fields(R.Budget)} <= set(header)
+
+
+def test_tuned_learning_rates_are_gathered_beside_the_fixed_lr_grid(grid, tmp_path) -> None:
+    """One Optuna study per cell (optimization_results.yaml and its trials' records) next to a fixed-lr grid:
+    one table row per study with its best lr and that trial's error, and the grid's error for the same cell; the
+    trials are not grid cells."""
+    import shutil
+
+    import yaml
+
+    root = tmp_path / "both"
+    shutil.copytree(grid, root / "grid")
+    for cell, (norm, workers), trials in (
+        ("gn", ("gn", 1), {0.05: 0.40, 0.2: 0.30}),
+        ("bn_w16", ("bn", 16), {0.01: 0.5}),
+    ):
+        study = root / "tune" / cell
+        for i, (lr, err) in enumerate(trials.items()):
+            config = {"workers": workers, "optim": {"lr": lr}}
+            rec = record(1 - err, 1.0, falling(2.4, 1.0), norm=norm, config=config, workers=workers,
+                         images_per_worker=32 // workers)  # fmt: skip
+            rec.write(study / str(i))
+        best = min(trials, key=trials.get)
+        (study / "optimization_results.yaml").write_text(
+            yaml.safe_dump({"name": "optuna", "best_params": {"optim.lr": best}, "best_value": 1 - trials[best]})
+        )
+    summary, _, path = write_report(root)
+    text = path.read_text()
+    assert len(summary["runs"]) == 12  # the grid's runs only
+    gn_grid = 100 * sum(ERRORS[("gn", 1)]) / 3
+    assert f"| gn | 32 | B=32, W=1 | 0.2 | 30.0 | 2 | {gn_grid:.1f} |" in text
+    assert f"| bn | 2 | B=32, W=16 | 0.01 | 50.0 | 1 | {100 * sum(ERRORS[('bn', 16)]) / 3:.1f} |" in text
+
+
+def test_curves_are_smoothed_by_a_trailing_moving_average() -> None:
+    from normbench.run.report import smoothed
+
+    assert smoothed([1.0, 2.0, 3.0, 4.0, 5.0], 2) == [1.0, 1.5, 2.5, 3.5, 4.5]
+    assert smoothed([4.0, 2.0, 6.0], 1) == [4.0, 2.0, 6.0]  # 1: the raw curve
