@@ -189,7 +189,7 @@ def bench_logging(data: ImageData, steps: int, reps: int) -> None:
         off = config("cnn", "bn", batch, round_steps(batch, steps), "log.activations=false")
         t_on, t_off, ratio = paired(reps, lambda: normbench_step(on, data), lambda: normbench_step(off, data))  # noqa: B023
         print(f"b={batch:<4d} logging on {1000 * t_on:7.2f} ms/step, off {1000 * t_off:7.2f} ms/step "
-              f"(histograms every {on.log.hist_every_images} images): ratio {ratio:.3f}")  # fmt: skip
+              f"({on.log.hist_points} histogram steps per run): ratio {ratio:.3f}")  # fmt: skip
 
 
 def bench_overhead(data: ImageData, steps: int, reps: int, cases: list[tuple[str, str, int]]) -> float:

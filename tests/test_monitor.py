@@ -12,44 +12,46 @@ from torch import nn
 from normbench.base.errors import DivergedError
 from normbench.parts.data import make_synthetic
 from normbench.run.evaluation import frozen_buffers, precise_bn
+from normbench.run.monitor import schedule
 from normbench.run.train import run
 
 CNN_NORMS = ("stage1.norm", "stage2.norm", "stage3.norm")
 
 
 def test_histograms_of_every_norm_layer_at_the_logging_steps(tiny, tmp_path) -> None:
-    record = run(tiny("max_steps=4", "data.train_size=64", "log.hist_every_images=16"), tmp_path)
+    record = run(tiny("max_steps=4", "data.train_size=64", "log.hist_points=2"), tmp_path)
     ea = events(tmp_path)
     histograms = set(ea.Tags()["histograms"])
     for layer in CNN_NORMS:
-        for kind in ("pre", "post"):
-            train = ea.Histograms(f"act/{layer}/{kind}")
-            assert [h.step for h in train] == [8, 16, 32]  # steps 1, 2, 4 at batch 8: examples seen
-            assert [h.step for h in ea.Histograms(f"act_eval/{layer}/{kind}")] == [32]
-            assert f"act/{layer}/{kind}_std" in ea.Tags()["scalars"]
+        for kind in ("in", "out"):
+            train = ea.Histograms(f"watch/act/{layer}/{kind}")
+            assert [h.step for h in train] == [8, 16, 32]  # steps 1, 2 (half the run), 4 at batch 8: examples seen
+            assert [h.step for h in ea.Histograms(f"watch/act_eval/{layer}/{kind}")] == [32]
+            assert f"watch/act/{layer}/{kind}_std" in ea.Tags()["scalars"]
         for statistic in ("mean", "var"):
-            assert {f"bn/{layer}/{statistic}/batch", f"bn/{layer}/{statistic}/running"} <= histograms
-        assert [e.step for e in ea.Scalars(f"bn/{layer}/mean/gap")] == [8, 16, 32]
-        assert [e.step for e in ea.Scalars(f"bn/{layer}/var/ratio")] == [8, 16, 32]
+            assert {f"watch/bn/{layer}/{statistic}/batch", f"watch/bn/{layer}/{statistic}/running"} <= histograms
+        assert [e.step for e in ea.Scalars(f"watch/bn/{layer}/mean/gap")] == [8, 16, 32]
+        assert [e.step for e in ea.Scalars(f"watch/bn/{layer}/var/ratio")] == [8, 16, 32]
     # stage1.norm sees 8 × 32 × 32 × 32 = 262,144 values: strided down to log.hist_values = 65,536.
-    assert ea.Histograms("act/stage1.norm/pre")[0].histogram_value.num == 65_536
+    assert ea.Histograms("watch/act/stage1.norm/in")[0].histogram_value.num == 65_536
     # stage3.norm sees 8 × 128 × 8 × 8 = 65,536 values: all of them.
-    assert ea.Histograms("act/stage3.norm/post")[0].histogram_value.num == 65_536
+    assert ea.Histograms("watch/act/stage3.norm/out")[0].histogram_value.num == 65_536
     # After BN (γ = 1, β = 0 at the start) the output is standardized per channel.
-    post_std = ea.Scalars("act/stage2.norm/post_std")[0].value
+    post_std = ea.Scalars("watch/act/stage2.norm/out_std")[0].value
     assert abs(post_std - 1.0) < 0.05
     assert record.steps == 4
 
 
 def test_histograms_come_at_the_same_images_seen_at_every_batch_size(tiny, tmp_path) -> None:
-    """Every 16 images: at batch 4 steps 4 and 8, at batch 8 steps 2 and 4, both after 16 and 32 images; plus the
-    first step of each (4 and 8 images). A cadence in steps would put them at 8/16/32 against 16/32."""
+    """Two points: half and all of the run, at batch 4 steps 4 and 8, at batch 8 steps 2 and 4, both after 16 and
+    32 images; plus the first step of each (4 and 8 images). A cadence in steps would put them at 8/16/32 against
+    16/32."""
     x = {}
     for batch, axis in ((4, "examples"), (8, "examples"), (4, "steps")):
         run_dir = tmp_path / f"{batch}_{axis}"
-        run(tiny(f"batch_size={batch}", f"max_steps={32 // batch}", "log.hist_every_images=16", f"log.x_axis={axis}"),
+        run(tiny(f"batch_size={batch}", f"max_steps={32 // batch}", "log.hist_points=2", f"log.x_axis={axis}"),
             run_dir)  # fmt: skip
-        x[batch, axis] = [h.step for h in events(run_dir).Histograms("act/stage2.norm/post")]
+        x[batch, axis] = [h.step for h in events(run_dir).Histograms("watch/act/stage2.norm/out")]
     assert x[4, "examples"] == [4, 16, 32] and x[8, "examples"] == [8, 16, 32]
     assert x[4, "steps"] == [1, 4, 8]
 
@@ -84,17 +86,18 @@ def test_bn_modes_follow_eval_bn_modes_not_activation_logging(tiny, tmp_path) ->
 def test_norm_none_is_probed_at_the_same_places_and_has_no_bn_extras(tiny, tmp_path) -> None:
     record = run(tiny("norm=none"), tmp_path)
     ea = events(tmp_path)
-    assert {f"act/{layer}/pre" for layer in CNN_NORMS} <= set(ea.Tags()["histograms"])
-    assert not any(t.startswith("bn/") for t in ea.Tags()["histograms"])
+    assert {f"watch/act/{layer}/in" for layer in CNN_NORMS} <= set(ea.Tags()["histograms"])
+    assert not any(t.startswith("watch/bn/") for t in ea.Tags()["histograms"])
     assert record.metrics.val_acc_batch_stats is None and "val/acc_batch_stats" not in ea.Tags()["scalars"]
 
 
-def test_a_run_shorter_than_hist_every_images_still_shows_the_starting_distribution(tiny, tmp_path) -> None:
-    run(tiny("max_steps=3", "log.hist_every_images=800", "log.x_axis=steps"), tmp_path)
+def test_every_run_shows_its_starting_and_final_distributions(tiny, tmp_path) -> None:
+    run(tiny("max_steps=3", "log.hist_points=1", "log.x_axis=steps"), tmp_path)
     ea = events(tmp_path)
-    assert [h.step for h in ea.Histograms("act/stage1.norm/pre")] == [1]  # the first step only (x: steps)
-    assert [e.step for e in ea.Scalars("bn/stage1.norm/mean/gap")] == [1]
-    assert [h.step for h in ea.Histograms("act_eval/stage1.norm/pre")] == [3]
+    assert [h.step for h in ea.Histograms("watch/act/stage1.norm/in")] == [1, 3]  # the first and last steps
+    assert [e.step for e in ea.Scalars("watch/bn/stage1.norm/mean/gap")] == [1, 3]
+    assert [h.step for h in ea.Histograms("watch/act_eval/stage1.norm/in")] == [3]
+    assert schedule(4, 10) == {1, 3, 5, 8, 10} and schedule(0, 10) == set() and schedule(16, 3) == {1, 2, 3}
 
 
 def test_activation_logging_can_be_turned_off(tiny, tmp_path) -> None:
@@ -116,8 +119,7 @@ def test_hparams_session_and_custom_scalars_in_the_run_directory(tiny, tmp_path)
     end = next(s.session_end_info for s in sessions if s.HasField("session_end_info"))
     assert end.status == Status.STATUS_SUCCESS
     experiment = next(s.experiment for s in sessions if s.HasField("experiment"))
-    assert {m.name.tag for m in experiment.metric_infos} == {"val/acc", "val/loss", "train/acc", "train/loss_epoch",
-                                                            "val/acc_batch_stats", "val/acc_precise_bn"}  # fmt: skip
+    assert [m.name.tag for m in experiment.metric_infos] == ["val/acc", "val/loss", "train/acc", "train/loss_epoch"]
     assert not any(tag.startswith("hparam/") for tag in ea.Tags()["scalars"])  # metrics read the existing tags
     assert ea.PluginTagToContent("custom_scalars")
 

@@ -3,6 +3,7 @@ table and files), so that it works under every launcher."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -14,37 +15,41 @@ from omegaconf.errors import OmegaConfBaseException
 from normbench.base.console import console
 from normbench.base.errors import EXIT_INTERRUPTED, EXIT_SWEEP_INCOMPLETE, ConfigError, NormbenchError
 from normbench.launch.compose import expand_grid
-from normbench.launch.naming import swept_keys
+from normbench.launch.naming import run_name, swept_keys
 from normbench.launch.rundir import in_use
-from normbench.run.board import run_hparams, tensorboard_hint, write_experiment
+from normbench.run.board import SweepExperiment, run_hparams, run_metrics, tensorboard_hint
 from normbench.run.record import COMPLETED, RUNNING, UnreadableRecord, find_records
 from normbench.run.report import print_tables, write_summary
 from normbench.run.setup import effective_lr
 
 
 class SweepSummary(Callback):
-    """At the start of a multirun, the HParams experiment of its grid in the sweep directory; at the end, a
-    table of the grid, summary.csv / summary.json, and how to open it in TensorBoard."""
+    """At the start of a multirun, the HParams experiment of its grid in the sweep directory (`SweepExperiment`:
+    each run copies it into its events); at the end, a table of the grid, summary.csv / summary.json, and how to
+    open it in TensorBoard."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         from hydra import compose  # inside the running app: composes with its config source
 
         hydra_cfg = config.hydra
         exclude = hydra_cfg.job.config.override_dirname.exclude_keys
-        runs = []
         try:
             jobs = expand_grid(hydra_cfg.overrides.task, hydra_cfg.sweeper.get("params") or {})
         except ConfigError:  # not a grid (an optimizing sweeper's intervals): no experiment up front
             return
+        sweep_dir = Path(hydra_cfg.sweep.dir)
+        # A sweep continued or extended in the same directory keeps its start (its runs' order) and adds its runs.
+        grid = SweepExperiment.read(sweep_dir) or SweepExperiment(time.time(), {}, {})
         for job in jobs:
             try:
                 cfg = compose("config", overrides=[o for o in job if not o.lstrip("+~").startswith("hydra")])
             except (HydraException, OmegaConfBaseException):  # that run fails and is recorded; the others go on
                 continue
-            runs.append(run_hparams(cfg, effective_lr(cfg.optim, cfg.batch_size), swept_keys(job, exclude)))
-        sweep_dir = Path(hydra_cfg.sweep.dir)
-        if runs and not any(sweep_dir.glob("events.out.tfevents.*")):  # a rerun's grid is the same: written once
-            write_experiment(sweep_dir, runs)
+            name = run_name(cfg.norm.name, cfg.batch_size, job, exclude)
+            grid.hparams[name] = run_hparams(cfg, effective_lr(cfg.optim, cfg.batch_size), swept_keys(job, exclude))
+            grid.metrics[name] = run_metrics(cfg)
+        if grid.hparams:
+            grid.write(sweep_dir)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)

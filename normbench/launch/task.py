@@ -119,7 +119,7 @@ def train(cfg: DictConfig, hydra_cfg: DictConfig, run_dir: Path, multirun: bool)
                 rundir.verify_checkpoint(run_dir)
             swept = swept_keys(hydra_cfg.overrides.task, hydra_cfg.job.config.override_dirname.exclude_keys)
             record = run(cfg, run_dir, console=console, resume=multirun or bool(cfg.resume),
-                         swept=swept, experiment=not multirun)  # fmt: skip
+                         swept=swept, sweep_dir=Path(hydra_cfg.sweep.dir) if multirun else None)  # fmt: skip
         except OSError as error:
             raise rundir.io_error(error, run_dir) from None
         if multirun:  # one line per run; the sweep's table comes at the end

@@ -28,7 +28,7 @@ from normbench.base.errors import DivergedError, InterruptedRun
 from normbench.base.signals import StopRequest
 from normbench.parts.data import ImageData
 from normbench.run import record as R
-from normbench.run.board import Board, run_hparams
+from normbench.run.board import LR_TAG, Board, run_experiment, run_hparams, run_metrics
 from normbench.run.checkpoint import Checkpoint
 from normbench.run.evaluation import bn_mode_accuracies, evaluate
 from normbench.run.monitor import Monitor
@@ -69,23 +69,24 @@ def run(
     data: ImageData | None = None,
     resume: bool = False,
     swept: Sequence[str] = (),
-    experiment: bool = True,
+    sweep_dir: Path | None = None,
 ) -> RunRecord:
     """Train to the end of the budget; write the record whatever happens. Raises the run's error.
 
     `swept`: the config keys that tell this run apart from the others of its sweep (HParams columns besides the
-    usual ones); `experiment`: write the HParams experiment into the run (False in a sweep, which writes one for
-    all its runs at its root)."""
+    usual ones); `sweep_dir`: the sweep the run belongs to (its HParams experiment and its place in TensorBoard's
+    run lists), None for a run alone."""
     console = console or Console()
     # The run's HParams row: started now, ended with its status, so every run has one whatever happens.
     hparams = run_hparams(cfg, effective_lr(cfg.optim, cfg.batch_size), swept)
     x_per_step = cfg.batch_size if cfg.log.x_axis == XAxis.examples else 1
+    experiment, first_event = run_experiment(hparams, run_metrics(cfg), run_dir, sweep_dir)
     try:
         setup = set_up(cfg, data)
         checkpoint = Checkpoint(run_dir, setup.model, setup.optimizer, setup.scheduler, setup.device)
         saved = checkpoint.load() if resume else None
     except Exception:  # a run that cannot start (its record says why) still gets its row
-        with closing(Board(run_dir, x_per_step)) as board:
+        with closing(Board(run_dir, x_per_step, first_event=first_event)) as board:
             board.start_session(hparams, experiment=experiment)
             board.end_session(R.FAILED)
         raise
@@ -93,11 +94,13 @@ def run(
     state = R.from_dict(RunState, saved) if saved is not None else RunState()
     state.attempt += saved is not None
     run_dir.mkdir(parents=True, exist_ok=True)
-    board = Board(run_dir, x_per_step, resumed_at=state.step if saved is not None else None)
+    board = Board(run_dir, x_per_step, resumed_at=state.step if saved is not None else None, first_event=first_event)
     board.start_session(hparams, experiment=experiment)
     board.layout()
     monitor = (
-        Monitor(setup.model, board, cfg.log.hist_every_images, cfg.log.hist_values) if cfg.log.activations else None
+        Monitor(setup.model, board, cfg.log.hist_points, cfg.log.hist_values, setup.budget.total_steps)
+        if cfg.log.activations
+        else None
     )
     if saved is not None:
         console.print(f"Resuming from step {state.step} (epoch {state.epoch + 1}).")
@@ -196,7 +199,7 @@ def train_epoch(
                     step=first + i,
                 )
             board.scalar("train/loss", value, board.x(first + i))
-        board.scalar("lr", setup.scheduler.get_last_lr()[0], board.x(s.step))
+        board.scalar(LR_TAG, setup.scheduler.get_last_lr()[0], board.x(s.step))
         s.epoch_loss_sum += sum(losses) * setup.train_batches.batch_size
         s.epoch_correct += correct
         s.curve.append([s.examples, sum(losses) / len(losses)])
@@ -207,7 +210,7 @@ def train_epoch(
     setup.model.train()
     for x, y in setup.train_batches.epoch(s.epoch, start=s.batch_in_epoch):
         # A probed step runs the eager module: a compiled forward would skip the monitor's hooks.
-        probed = monitor is not None and monitor.due(s.step + 1, s.examples, len(y))
+        probed = monitor is not None and monitor.due(s.step + 1)
         if probed:
             monitor.attach()
         loss, correct = train_step(setup, setup.model if probed else setup.forward, x, y)
