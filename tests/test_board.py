@@ -228,6 +228,10 @@ def test_a_real_sweep_lines_up_its_batch_sizes_and_shows_norm_and_batch_size(tmp
     assert done.returncode == 0, done.stdout + done.stderr
     names = ["bn_b004", "bn_b008", "gn_b004", "gn_b008"]
     assert sorted(p.name for p in sweep_dir.iterdir() if p.is_dir() and not p.name.startswith(".")) == names
+    lines = done.stdout.splitlines()  # each job's lines start with its run's name; no live bar
+    assert any(line.startswith("bn_b004 | epoch 1/1  step 8  train loss") for line in lines)
+    assert any(line.startswith("bn_b004 | BN evaluations") for line in lines)
+    assert any(line.startswith("gn_b008 | done") and line.endswith("4/4 runs of the sweep ended") for line in lines)
     for name in names:
         ea = events(sweep_dir / name)
         assert ea.Scalars("val/acc")[-1].step == 32  # examples seen, whatever the batch size

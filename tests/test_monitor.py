@@ -2,17 +2,25 @@
 
 from __future__ import annotations
 
+import io
+
 import pytest
 import torch
 from conftest import events, saved_model_scores
+from omegaconf import OmegaConf
+from rich.console import Console
 from tensorboard.plugins.hparams.api_pb2 import Status
 from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
 from torch import nn
 
 from normbench.base.errors import DivergedError
 from normbench.parts.data import make_synthetic
+from normbench.run import progress
+from normbench.run import record as R
+from normbench.run.board import SweepExperiment
 from normbench.run.evaluation import frozen_buffers, precise_bn
 from normbench.run.monitor import schedule
+from normbench.run.record import RunRecord
 from normbench.run.train import run
 
 CNN_NORMS = ("stage1.norm", "stage2.norm", "stage3.norm")
@@ -194,3 +202,36 @@ def test_channel_statistics_for_each_layout() -> None:
     tokens = torch.randn(3, 7, 6)  # (N, L, D): BN's channels are last
     mean, var = channel_stats(tokens, -1)
     torch.testing.assert_close(var, tokens.var(dim=(0, 1), unbiased=False), atol=1e-5, rtol=1e-4)
+
+
+def test_a_sweep_job_prints_named_status_lines_with_phase_and_runs_ended(tiny, tmp_path, monkeypatch) -> None:
+    """No live bar in a sweep: lines that start with the run's name, say its phase, and count the runs whose
+    records under the sweep directory have ended, of the grid's size."""
+    cfg = tiny()
+    SweepExperiment(0.0, {"bn_b004": {}, "bn_b032": {}}, {"bn_b004": [], "bn_b032": []}).write(tmp_path)
+    RunRecord.of(OmegaConf.to_container(cfg, resolve=True), R.COMPLETED, None).write(tmp_path / "bn_b032")
+    out = io.StringIO()
+    monkeypatch.setattr(progress, "STATUS_EVERY_S", 0.0)  # a line at every update
+    with progress.progress(Console(file=out, width=300), "x", 10, 0, True, tmp_path, tmp_path / "bn_b004") as lines:
+        lines.update(4, 2.5, 100.0)
+        lines.phase(progress.VALIDATION)  # shows in the next line only
+        lines.print("epoch 1/1")
+        lines.update(10, 2.25, 100.0)
+        lines.phase(progress.BN_EVALUATIONS)
+    text = out.getvalue().splitlines()
+    assert all(line.startswith("bn_b004 | ") for line in text), text
+    assert "training" in text[0] and "step 0/10" in text[0] and text[0].endswith("1/2 runs of the sweep ended")
+    assert "step 4/10 (40%)  loss 2.5000  100 img/s" in text[1] and "left" in text[1]
+    assert text[2] == "bn_b004 | epoch 1/1"
+    assert text[3].startswith("bn_b004 | validation") and "training done" in text[3]
+    assert text[4].startswith("bn_b004 | BN evaluations") and len(text) == 5
+
+
+def test_a_run_alone_keeps_its_live_bar_labelled_with_the_phase(tmp_path) -> None:
+    out = io.StringIO()
+    console = Console(file=out, force_terminal=True, width=160)
+    with progress.progress(console, "cnn/bn b=8", 10, 0, True, None, tmp_path) as bar:
+        bar.update(10, 2.0, 50.0)
+        bar.phase(progress.BN_EVALUATIONS)
+        bar.progress.refresh()
+    assert "cnn/bn b=8 · BN evaluations" in out.getvalue() and "10/10" in out.getvalue()

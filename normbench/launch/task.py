@@ -108,6 +108,7 @@ def not_started(run_dir: Path) -> None:
 def train(cfg: DictConfig, hydra_cfg: DictConfig, run_dir: Path, multirun: bool) -> RunRecord | None:
     """Train the claimed run; turn every outcome into a record, a message and (outside a sweep) an exit code."""
     from normbench.run.board import tensorboard_hint  # deferred, like train: both import torch
+    from normbench.run.progress import sweep_count
     from normbench.run.train import run  # deferred: keeps `--cfg`/`--help` fast
 
     where = f" in {run_dir.name}" if multirun else ""
@@ -122,12 +123,13 @@ def train(cfg: DictConfig, hydra_cfg: DictConfig, run_dir: Path, multirun: bool)
                          swept=swept, sweep_dir=Path(hydra_cfg.sweep.dir) if multirun else None)  # fmt: skip
         except OSError as error:
             raise rundir.io_error(error, run_dir) from None
-        if multirun:  # one line per run; the sweep's table comes at the end
+        if multirun:  # one line per run, named first like its progress lines; the sweep's table comes at the end
             m = record.metrics
             console.print(
-                f"[green]done[/] {run_dir.name}: val acc {m.val_acc:.4f} (best {m.best_val_acc:.4f}), "
-                f"{record.wall_s:.0f} s",
+                f"[bold]{run_dir.name}[/] | [green]done[/]: val acc {m.val_acc:.4f} (best {m.best_val_acc:.4f}), "
+                f"{record.wall_s:.0f} s training | {sweep_count(Path(hydra_cfg.sweep.dir))}",
                 highlight=False,
+                soft_wrap=True,
             )
         else:
             print_summary(record)

@@ -32,7 +32,7 @@ from normbench.run.board import LR_TAG, Board, run_experiment, run_hparams, run_
 from normbench.run.checkpoint import Checkpoint
 from normbench.run.evaluation import bn_mode_accuracies, evaluate
 from normbench.run.monitor import Monitor
-from normbench.run.progress import ProgressBar
+from normbench.run.progress import BN_EVALUATIONS, TRAINING, VALIDATION, RunProgress, progress
 from normbench.run.record import Epoch, Metrics, RunRecord
 from normbench.run.schema import XAxis
 from normbench.run.setup import Setup, effective_lr, set_up
@@ -115,14 +115,16 @@ def run(
     name = f"{cfg.model.name}/{cfg.norm.name} b={cfg.batch_size}"
     show = console.is_terminal and not cfg.get("quiet", False)
     try:
-        with stop.installed(), ProgressBar(console, name, setup.budget.total_steps, state.step, show) as bar:
+        bar = progress(console, name, setup.budget.total_steps, state.step, show, sweep_dir, run_dir)
+        with stop.installed(), bar:
             while state.step < setup.budget.total_steps:
                 train_epoch(setup, state, board, monitor, bar, stop, cfg.log.every)
                 if stop.signum is not None:
                     raise InterruptedRun(stop.reason(state.step, state.attempt, run_dir))
-                epoch = end_epoch(setup, state, board, monitor, cfg.eval.bn_modes_every)
+                epoch = end_epoch(setup, state, board, monitor, cfg.eval.bn_modes_every, bar.phase)
                 checkpoint.save(asdict(state))
                 record(R.RUNNING)
+                bar.phase(TRAINING)
                 bar.print(
                     f"epoch {epoch.epoch}/{setup.budget.epochs}  step {epoch.step}  train loss {epoch.train_loss:.4f} "
                     f"acc {epoch.train_acc:.3f}  val loss {epoch.val_loss:.4f} acc {epoch.val_acc:.3f}"
@@ -173,7 +175,7 @@ def train_epoch(
     state: RunState,
     board: Board,
     monitor: Monitor | None,
-    bar: ProgressBar,
+    bar: RunProgress,
     stop: StopRequest,
     log_every: int,
 ) -> None:
@@ -230,10 +232,19 @@ def train_epoch(
     s.wall_s += time.perf_counter() - started
 
 
-def end_epoch(setup: Setup, state: RunState, board: Board, monitor: Monitor | None, bn_modes_every: int) -> Epoch:
+def end_epoch(
+    setup: Setup,
+    state: RunState,
+    board: Board,
+    monitor: Monitor | None,
+    bn_modes_every: int,
+    phase: Callable[[str], None] = lambda _: None,
+) -> Epoch:
     """Validate, log, and move `state` to the next epoch. BN-family models are also validated with batch
-    statistics and with PreciseBN at the end of training, and every `bn_modes_every` epochs (0: only at the end)."""
+    statistics and with PreciseBN at the end of training, and every `bn_modes_every` epochs (0: only at the end).
+    `phase` hears which of the two is under way."""
     s, model = state, setup.model
+    phase(VALIDATION)
     train_loss = s.epoch_loss_sum / max(1, s.epoch_seen)
     train_acc = s.epoch_correct / max(1, s.epoch_seen)
     started = time.perf_counter()
@@ -249,6 +260,7 @@ def end_epoch(setup: Setup, state: RunState, board: Board, monitor: Monitor | No
     last = s.step >= setup.budget.total_steps
     due = last or (bn_modes_every > 0 and (s.epoch + 1) % bn_modes_every == 0)
     if setup.val_at_train_batch_size is not None and due:
+        phase(BN_EVALUATIONS)
         started = time.perf_counter()
         batch_stats, precise = bn_mode_accuracies(
             model, setup.val_batches, setup.val_at_train_batch_size, setup.precise_bn_batches, setup.precise_bn,
