@@ -205,12 +205,13 @@ def run_experiment(
 
 def write_order_marker(log_dir: Path, wall_time: float) -> None:
     """A run's first event file: one empty event at `wall_time`, which TensorBoard takes as the run's start and
-    lists runs by. Named to sort before the SummaryWriter's files (`events.out.tfevents.<time>...`), so it is the
-    first event TensorBoard reads; written only into a run that has no events yet."""
+    lists runs by. Its name holds "tfevents" (what TensorBoard reads) and sorts before the SummaryWriter's files
+    (`events.out.tfevents.<time>...`, a pattern it does not match), so it is the first event TensorBoard reads.
+    Written only into a run that has no events yet."""
     if any(log_dir.glob("events.out.tfevents.*")):
         return
     log_dir.mkdir(parents=True, exist_ok=True)
-    with open(log_dir / "events.out.tfevents.0.order", "wb") as f:
+    with open(log_dir / "events.0.tfevents.order", "wb") as f:
         RecordWriter(f).write(Event(wall_time=wall_time, file_version="brain.Event:2").SerializeToString())
 
 
