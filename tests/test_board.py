@@ -19,6 +19,7 @@ import pytest
 import torch
 from conftest import events, normbench
 from omegaconf import OmegaConf
+from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
 
 from normbench.launch.compose import compose_unchecked, name_runs_by_swept_keys, sweep_jobs
 from normbench.launch.naming import swept_keys
@@ -257,3 +258,16 @@ def test_a_real_sweep_lines_up_its_batch_sizes_and_shows_norm_and_batch_size(tmp
         s["name"]: next(m for m in s["metricValues"] if m["name"]["tag"] == "val/acc") for s in sessions.values()
     }
     assert {n: m["trainingStep"] for n, m in val_acc.items()} == dict.fromkeys(names, 32)
+
+
+def test_a_run_of_a_sweep_without_a_grid_writes_its_experiment_without_domains(tmp_path) -> None:
+    """An optimizing sweeper's runs are not known up front: each run's experiment names its hparams and metrics
+    but no domains (TensorBoard would hide the runs outside a domain) and no place in the run lists."""
+    hparams = {"norm": "gn", "batch_size": 8, "lr": 0.05}
+    summary, first_event = run_experiment(hparams, ["val/acc"], tmp_path / "0", tmp_path)
+    experiment = HParamsPluginData.FromString(summary.value[0].metadata.plugin_data.content).experiment
+    assert first_event is None and [m.name.tag for m in experiment.metric_infos] == ["val/acc"]
+    assert all(i.differs and not i.HasField("domain_discrete") for i in experiment.hparam_infos)
+    alone, first_event = run_experiment(hparams, ["val/acc"], tmp_path / "0", None)
+    experiment = HParamsPluginData.FromString(alone.value[0].metadata.plugin_data.content).experiment
+    assert first_event is None and not any(i.differs for i in experiment.hparam_infos)
