@@ -42,6 +42,7 @@ from rich.console import Console
 from normbench.launch.compose import compose_config
 from normbench.parts.data import Batches, ImageData, make_synthetic
 from normbench.parts.models import build_model
+from normbench.run import schema
 from normbench.run.devices import select_device
 from normbench.run.record import find_records
 from normbench.run.setup import build_optimizer, cached_data, effective_lr
@@ -56,6 +57,7 @@ CASES = [
 
 
 THREADS = torch.get_num_threads()  # main() sets it after --threads
+DEFAULT_RUN_IMAGES = 6 * 10_000  # a default run: 6 epochs of the synthetic data's 10,000 training images
 
 
 def sync(device: torch.device) -> None:
@@ -67,9 +69,11 @@ def config(model: str, norm: str, batch: int, steps: int, *extra: str):
     # The thread count always explicit: a run sets torch's for the whole process, and a `threads=1` case must
     # not leave the cases after it on one thread.
     threads = [] if any(e.startswith("threads=") for e in extra) else [f"threads={THREADS}"]
+    # Histogram steps as dense as in a default run (log.hist_points over its 60,000 images), not 16 in a round.
+    points = f"log.hist_points={max(1, round(schema.LogConfig.hist_points * batch * steps / DEFAULT_RUN_IMAGES))}"
     return compose_config([
         f"model={model}", f"norm={norm}", f"batch_size={batch}", f"max_steps={steps}", "epochs=1000", "quiet=true",
-        "eval.bn_modes=false", "data.val_size=500", *threads, *extra,
+        "eval.bn_modes=false", "data.val_size=500", points, *threads, *extra,
     ])  # fmt: skip
 
 
@@ -179,7 +183,7 @@ def bench_data(data: ImageData, reps: int) -> None:
 
 def round_steps(batch: int, steps: int) -> int:
     """Steps per timed round: at least `steps`, and at least 3,200 images, so that a small-batch round lasts
-    seconds (noise) and its first step's histograms weigh as little as in a run."""
+    seconds (noise); its histogram steps are as dense as in a default run (`config`)."""
     return max(steps, 3200 // batch)
 
 

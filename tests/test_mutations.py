@@ -113,7 +113,7 @@ def test_bn_gap_and_ratio_match_float64_statistics_of_the_captured_batch(name, t
             m.running_var.copy_(torch.rand(m.num_features, generator=g) * 3 + 0.2)
         m.register_forward_pre_hook(lambda mod, args, layer=layer: inputs.setdefault(layer, args[0].detach()))
     board = Board(tmp_path)
-    monitor = Monitor(model, board, every=1, most=10_000)
+    monitor = Monitor(model, board, points=1, most=10_000, total_steps=1)
     monitor.attach()
     with torch.no_grad():
         model(torch.randn(shape, generator=g))
