@@ -49,18 +49,53 @@ CLICK_TAB = """(() => {
   return Boolean(tab);
 })()"""
 # (file, TensorBoard page, script to run before the shot): what TensorBoard opens on (Time Series); the printed
-# link for one norm at every batch size (a colour per run); HParams' parallel coordinates (every run must be drawn);
-# one layer's input and output distributions; the Custom Scalars charts.
+# link for one norm at every batch size (a colour per run); Scalars; HParams' parallel coordinates (every run must be
+# drawn); one layer's input and output distributions in every run (Histograms) and side by side for one run (Time
+# Series); the Custom Scalars charts.
 PAGES = [
     ("timeseries.png", lambda port: f"http://localhost:{port}/#timeseries", None),
     ("timeseries_batch_sizes.png", lambda port: timeseries_url(port, runs="^bn_"), None),
     ("hparams.png", lambda port: f"http://localhost:{port}/#hparams", CLICK_TAB % "parallel coordinates"),
     ("scalars.png", lambda port: f"http://localhost:{port}/#scalars", None),
     ("histograms.png", lambda port: f"http://localhost:{port}/#histograms&tagFilter=" + quote(LAYER), None),
+    ("layer_in_out.png", lambda port: timeseries_url(port, runs="^bn_b004$", tags=LAYER), None),
     ("custom_scalars.png", lambda port: f"http://localhost:{port}/#custom_scalars", None),
 ]  # fmt: skip
 # TensorBoard's stored settings, read before its scripts run: Time Series' settings pane closed (open by default).
 SETTINGS = {"timeSeriesSettingsPaneOpened": False}
+
+
+def ask(port: int, path: str, body: dict[str, Any] | None = None) -> Any:
+    """TensorBoard's JSON answer to a GET (no `body`) or a POST."""
+    data = None if body is None else json.dumps(body).encode()
+    headers = {"Content-Type": "application/json", "X-XSRF-Protected": "1"}
+    request = urllib.request.Request(f"http://localhost:{port}{path}", data=data, headers=headers)
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.loads(response.read())
+
+
+def check_board(port: int, seconds: float = 60) -> None:
+    """What the pictures promise, asked of TensorBoard once it has loaded the runs (bounded wait): no "." run,
+    runs in name order, and every run has every metric of the HParams experiment (parallel coordinates draw
+    only those)."""
+    deadline = time.monotonic() + seconds
+    while not board_as_promised(port) and time.monotonic() < deadline:
+        time.sleep(2)
+    if not board_as_promised(port, say=True):
+        sys.exit("TensorBoard does not show the sweep as the pictures should: see the line above.")
+
+
+def board_as_promised(port: int, say: bool = False) -> bool:
+    runs = ask(port, "/data/runs")
+    experiment = ask(port, "/data/plugin/hparams/experiment", {"experimentName": ""})
+    metrics = {m["name"]["tag"] for m in experiment["metricInfos"]}
+    statuses = ["STATUS_UNKNOWN", "STATUS_SUCCESS", "STATUS_FAILURE", "STATUS_RUNNING"]
+    request = {"experimentName": "", "startIndex": 0, "sliceSize": 1000, "colParams": [], "allowedStatuses": statuses}
+    groups = ask(port, "/data/plugin/hparams/session_groups", request)["sessionGroups"]
+    drawn = [g["name"] for g in groups if metrics <= {m["name"]["tag"] for m in g["metricValues"]}]
+    if say:
+        print(f"runs {runs}; HParams metrics {sorted(metrics)}; in parallel coordinates: {len(drawn)} of {len(runs)}")
+    return bool(runs) and "." not in runs and runs == sorted(runs) and len(drawn) == len(runs)
 
 
 def free_port() -> int:
@@ -166,6 +201,7 @@ def main() -> None:
                 break
             except OSError:
                 time.sleep(0.5)
+        check_board(port)
         chromium = Chromium(1400, 1000)
         args.out.mkdir(parents=True, exist_ok=True)
         for name, page, script in PAGES:

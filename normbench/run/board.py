@@ -293,11 +293,11 @@ class Board:
 LOSS_AND_ACCURACY = "^(train/(loss|acc)|val/)"
 
 
-def timeseries_url(port: int = 6006, runs: str = "", color: str = "run") -> str:
-    """TensorBoard's Time Series filtered to loss and accuracy (diagnostic cards would sort first), optionally
-    to the runs matching `runs` (a regex), one colour per run (`color="run"`) or per norm (`"norm"`: run names
-    start with the norm, so a norm's seeds share its colour)."""
-    query = {"tagFilter": LOSS_AND_ACCURACY}
+def timeseries_url(port: int = 6006, runs: str = "", color: str = "run", tags: str = LOSS_AND_ACCURACY) -> str:
+    """TensorBoard's Time Series filtered to `tags` (a regex; loss and accuracy by default), optionally to the
+    runs matching `runs` (a regex), one colour per run (`color="run"`) or per norm (`"norm"`: run names start
+    with the norm, so a norm's seeds share its colour)."""
+    query = {"tagFilter": tags}
     if runs:
         query["runFilter"] = runs
     query["runColorGroup"] = "regex:^([^_]+)_" if color == "norm" else "run"
