@@ -138,7 +138,7 @@ def scale_norm(cls, num_features: int, *, eps: float = 1e-5):
 
 
 def test_a_plugin_module_adds_a_norm_to_an_installed_normbench(tmp_path) -> None:
-    """The README's story, word for word: a module outside the package registers `scalenorm` (one learned scalar
+    """docs/norms.md's story, word for word: a module outside the package registers `scalenorm` (one learned scalar
     per layer), a config folder of the user's own selects it; it trains, is probed by the monitor, and is listed by
     `list`, `--help` and `explain`, and refused on the layouts it does not declare."""
     mine = tmp_path / "my-normbench"
