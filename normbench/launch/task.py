@@ -82,7 +82,8 @@ def task(cfg: DictConfig) -> RunRecord | None:
     except NormbenchError as error:  # the directory is someone else's: leave it exactly as it is
         if multirun and isinstance(error, rundir.RunInUse):  # another sweep into this directory trains it now
             console.print(
-                f"[yellow]Skipping[/] {run_dir.name}: another normbench process is running it.", highlight=False
+                f"[bold]{run_dir.name}[/] | [yellow]skipped[/]: another normbench process is running it.",
+                highlight=False,
             )
             return None
         print_error(error, where)
@@ -91,7 +92,7 @@ def task(cfg: DictConfig) -> RunRecord | None:
         raise SystemExit(error.exit_code) from None
     try:
         if claim.completed:
-            console.print(f"[green]Skipping[/] {run_dir.name}: already completed.", highlight=False)
+            console.print(f"[bold]{run_dir.name}[/] | [green]skipped[/]: already completed.", highlight=False)
             return claim.previous
         return train(cfg, hydra_cfg, run_dir, multirun)
     finally:
@@ -140,13 +141,13 @@ def train(cfg: DictConfig, hydra_cfg: DictConfig, run_dir: Path, multirun: bool)
             print_error(error)
             raise SystemExit(error.exit_code) from None
         # The sweep's resume command is printed by `normbench sweep`: the same sweep command.
-        console.print(f"[yellow]Interrupted[/] {run_dir.name}: checkpoint saved.", highlight=False)
+        console.print(f"[bold]{run_dir.name}[/] | [yellow]interrupted[/]: checkpoint saved.", highlight=False)
         STOP.request(signal.SIGTERM)
         return read_quietly(run_dir)
     except KeyboardInterrupt:  # a second Ctrl-C: the loop stopped mid-step and recorded it
         if not multirun:
             raise SystemExit(EXIT_INTERRUPTED) from None
-        console.print(f"[yellow]Interrupted[/] {run_dir.name} at once (second Ctrl-C).", highlight=False)
+        console.print(f"[bold]{run_dir.name}[/] | [yellow]interrupted[/] at once (second Ctrl-C).", highlight=False)
         STOP.request(signal.SIGINT)
         return read_quietly(run_dir)
     except NormbenchError as error:

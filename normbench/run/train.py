@@ -102,8 +102,6 @@ def run(
         if cfg.log.activations
         else None
     )
-    if saved is not None:
-        console.print(f"Resuming from step {state.step} (epoch {state.epoch + 1}).")
 
     def record(status: str, reason: str | None = None, **values: Any) -> RunRecord:
         written = make_record(config, status, reason, setup, state, **values)
@@ -116,6 +114,8 @@ def run(
     show = console.is_terminal and not cfg.get("quiet", False)
     try:
         bar = progress(console, name, setup.budget.total_steps, state.step, show, sweep_dir, run_dir)
+        if saved is not None:
+            bar.print(f"Resuming from step {state.step} (epoch {state.epoch + 1}).")
         with stop.installed(), bar:
             while state.step < setup.budget.total_steps:
                 train_epoch(setup, state, board, monitor, bar, stop, cfg.log.every)
