@@ -48,6 +48,7 @@ from rich.console import Console
 from normbench.launch.compose import compose_config
 from normbench.parts.data import Batches, ImageData, make_synthetic
 from normbench.parts.models import build_model
+from normbench.run import schema
 from normbench.run.devices import select_device
 from normbench.run.record import find_records
 from normbench.run.setup import build_optimizer, cached_data, effective_lr
@@ -62,6 +63,7 @@ CASES = [
 
 
 THREADS = torch.get_num_threads()  # main() sets it after --threads
+DEFAULT_RUN_IMAGES = 6 * 10_000  # a default run: 6 epochs of the synthetic data's 10,000 training images
 
 
 def sync(device: torch.device) -> None:
@@ -73,9 +75,11 @@ def config(model: str, norm: str, batch: int, steps: int, *extra: str):
     # The thread count always explicit: a run sets torch's for the whole process, and a `threads=1` case must
     # not leave the cases after it on one thread.
     threads = [] if any(e.startswith("threads=") for e in extra) else [f"threads={THREADS}"]
+    # Histogram steps as dense as in a default run (log.hist_points over its 60,000 images), not 16 in a round.
+    points = f"log.hist_points={max(1, round(schema.LogConfig.hist_points * batch * steps / DEFAULT_RUN_IMAGES))}"
     return compose_config([
         f"model={model}", f"norm={norm}", f"batch_size={batch}", f"max_steps={steps}", "epochs=1000", "quiet=true",
-        "eval.bn_modes=false", "data.val_size=500", *threads, *extra,
+        "eval.bn_modes=false", "data.val_size=500", points, *threads, *extra,
     ])  # fmt: skip
 
 
@@ -185,7 +189,7 @@ def bench_data(data: ImageData, reps: int) -> None:
 
 def round_steps(batch: int, steps: int) -> int:
     """Steps per timed round: at least `steps`, and at least 3,200 images, so that a small-batch round lasts
-    seconds (noise) and its first step's histograms weigh as little as in a run."""
+    seconds (noise); its histogram steps are as dense as in a default run (`config`)."""
     return max(steps, 3200 // batch)
 
 
@@ -195,7 +199,7 @@ def bench_logging(data: ImageData, steps: int, reps: int) -> None:
         off = config("cnn", "bn", batch, round_steps(batch, steps), "log.activations=false")
         t_on, t_off, ratio = paired(reps, lambda: normbench_step(on, data), lambda: normbench_step(off, data))  # noqa: B023
         print(f"b={batch:<4d} logging on {1000 * t_on:7.2f} ms/step, off {1000 * t_off:7.2f} ms/step "
-              f"(histograms every {on.log.hist_every_images} images): ratio {ratio:.3f}")  # fmt: skip
+              f"({on.log.hist_points} histogram steps per run): ratio {ratio:.3f}")  # fmt: skip
 
 
 def bench_overhead(data: ImageData, steps: int, reps: int, cases: list[tuple[str, str, int]]) -> float:

@@ -32,18 +32,70 @@ from normbench.run.board import timeseries_url  # noqa: E402
 
 BIN = Path(sys.executable).parent
 SWEEP = ["norm=bn,gn", "batch_size=4,32", "epochs=3", "data.train_size=768", "data.val_size=256",
-         "eval.precise_bn_images=128", "log.hist_every_images=768", "quiet=true",
+         "eval.precise_bn_images=128", "quiet=true",
          "hydra/launcher=parallel"]  # fmt: skip
-# (file, TensorBoard page): the link a sweep prints (loss and accuracy, one colour per norm), the HParams table,
-# one layer's activations, the Custom Scalars charts.
+LAYER = r"^watch/act/stage2\.norm/(in|out)$"  # one layer's input and output
+# JavaScript run on a page before its screenshot: clicks the tab whose label matches, searching shadow roots
+# (TensorBoard's HParams dashboard is a Polymer element; its views are tabs without a URL).
+CLICK_TAB = """(() => {
+  const all = [];
+  const walk = (root) => root.querySelectorAll("*").forEach((e) => {
+    all.push(e);
+    if (e.shadowRoot) walk(e.shadowRoot);
+  });
+  walk(document);
+  const tab = all.find((e) => e.tagName === "PAPER-TAB" && /%s/i.test(e.textContent));
+  if (tab) tab.click();
+  return Boolean(tab);
+})()"""
+# (file, TensorBoard page, script to run before the shot): what TensorBoard opens on (Time Series); the printed
+# link for one norm at every batch size (a colour per run); Scalars; HParams' parallel coordinates (every run must be
+# drawn); one layer's input and output distributions in every run (Histograms) and side by side for one run (Time
+# Series); the Custom Scalars charts.
 PAGES = [
-    ("timeseries.png", lambda port: timeseries_url(port, color_by_norm=True)),
-    ("hparams.png", lambda port: f"http://localhost:{port}/#hparams"),
-    ("histograms.png", lambda port: f"http://localhost:{port}/#histograms&tagFilter=" + quote(r"^act/stage2\.norm/")),
-    ("custom_scalars.png", lambda port: f"http://localhost:{port}/#custom_scalars"),
-]
+    ("timeseries.png", lambda port: f"http://localhost:{port}/#timeseries", None),
+    ("timeseries_batch_sizes.png", lambda port: timeseries_url(port, runs="^bn_"), None),
+    ("hparams.png", lambda port: f"http://localhost:{port}/#hparams", CLICK_TAB % "parallel coordinates"),
+    ("scalars.png", lambda port: f"http://localhost:{port}/#scalars", None),
+    ("histograms.png", lambda port: f"http://localhost:{port}/#histograms&tagFilter=" + quote(LAYER), None),
+    ("layer_in_out.png", lambda port: timeseries_url(port, runs="^bn_b004$", tags=LAYER), None),
+    ("custom_scalars.png", lambda port: f"http://localhost:{port}/#custom_scalars", None),
+]  # fmt: skip
 # TensorBoard's stored settings, read before its scripts run: Time Series' settings pane closed (open by default).
 SETTINGS = {"timeSeriesSettingsPaneOpened": False}
+
+
+def ask(port: int, path: str, body: dict[str, Any] | None = None) -> Any:
+    """TensorBoard's JSON answer to a GET (no `body`) or a POST."""
+    data = None if body is None else json.dumps(body).encode()
+    headers = {"Content-Type": "application/json", "X-XSRF-Protected": "1"}
+    request = urllib.request.Request(f"http://localhost:{port}{path}", data=data, headers=headers)
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.loads(response.read())
+
+
+def check_board(port: int, seconds: float = 60) -> None:
+    """What the pictures promise, asked of TensorBoard once it has loaded the runs (bounded wait): no "." run,
+    runs in name order, and every run has every metric of the HParams experiment (parallel coordinates draw
+    only those)."""
+    deadline = time.monotonic() + seconds
+    while not board_as_promised(port) and time.monotonic() < deadline:
+        time.sleep(2)
+    if not board_as_promised(port, say=True):
+        sys.exit("TensorBoard does not show the sweep as the pictures should: see the line above.")
+
+
+def board_as_promised(port: int, say: bool = False) -> bool:
+    runs = ask(port, "/data/runs")
+    experiment = ask(port, "/data/plugin/hparams/experiment", {"experimentName": ""})
+    metrics = {m["name"]["tag"] for m in experiment["metricInfos"]}
+    statuses = ["STATUS_UNKNOWN", "STATUS_SUCCESS", "STATUS_FAILURE", "STATUS_RUNNING"]
+    request = {"experimentName": "", "startIndex": 0, "sliceSize": 1000, "colParams": [], "allowedStatuses": statuses}
+    groups = ask(port, "/data/plugin/hparams/session_groups", request)["sessionGroups"]
+    drawn = [g["name"] for g in groups if metrics <= {m["name"]["tag"] for m in g["metricValues"]}]
+    if say:
+        print(f"runs {runs}; HParams metrics {sorted(metrics)}; in parallel coordinates: {len(drawn)} of {len(runs)}")
+    return bool(runs) and "." not in runs and runs == sorted(runs) and len(drawn) == len(runs)
 
 
 def free_port() -> int:
@@ -102,9 +154,14 @@ class Chromium:
                     raise RuntimeError(f"{method}: {reply['error']}")
                 return reply["result"]
 
-    def screenshot(self, url: str, path: Path, wait: float) -> None:
+    def screenshot(self, url: str, path: Path, wait: float, script: str | None = None) -> None:
         self.call("Page.navigate", url=url)
         time.sleep(wait)  # real time: TensorBoard fetches data and draws charts after the page has loaded
+        if script is not None:
+            done = self.call("Runtime.evaluate", expression=script, returnByValue=True)["result"].get("value")
+            if not done:
+                raise RuntimeError(f"{url}: the page has nothing to click for the screenshot {path.name}")
+            time.sleep(wait)
         path.write_bytes(base64.b64decode(self.call("Page.captureScreenshot", format="png")["data"]))
 
     def close(self) -> None:
@@ -122,16 +179,17 @@ def main() -> None:
     parser.add_argument("--wait", type=float, default=15.0, help="seconds each page gets to draw")
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="normbench-screens-"))
-    sweep_dir = args.sweep_dir
+    sweep_dir = args.sweep_dir.resolve() if args.sweep_dir else None
     if sweep_dir is None:
         sweep_dir = workdir / "sweep"
         # This checkout's normbench, whatever the environment has installed.
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-        command = [sys.executable, "-m", "normbench.cli", "sweep", *SWEEP, f"hydra.sweep.dir={sweep_dir}"]
+        command = [sys.executable, "-m", "normbench", "sweep", *SWEEP, f"hydra.sweep.dir={sweep_dir}"]
         subprocess.run(command, cwd=workdir, env=env, check=True)
     port = free_port()
-    board = subprocess.Popen(
-        [str(BIN / "tensorboard"), "--logdir", str(sweep_dir), "--host", "127.0.0.1", "--port", str(port)],
+    board = subprocess.Popen(  # the log directory by its name: the pictures show no path of this machine
+        [str(BIN / "tensorboard"), "--logdir", sweep_dir.name, "--host", "127.0.0.1", "--port", str(port)],
+        cwd=sweep_dir.parent,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -143,10 +201,11 @@ def main() -> None:
                 break
             except OSError:
                 time.sleep(0.5)
-        chromium = Chromium(1400, 900)
+        check_board(port)
+        chromium = Chromium(1400, 1000)
         args.out.mkdir(parents=True, exist_ok=True)
-        for name, page in PAGES:
-            chromium.screenshot(page(port), args.out / name, args.wait)
+        for name, page, script in PAGES:
+            chromium.screenshot(page(port), args.out / name, args.wait, script)
             print(f"wrote {args.out / name}")
     finally:
         if chromium is not None:

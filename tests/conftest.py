@@ -30,7 +30,7 @@ from normbench.run.record import RunRecord
 ROOT = Path(__file__).resolve().parents[1]
 TINY = [
     "device=cpu", "data.train_size=64", "data.val_size=32", "batch_size=8", "max_steps=3", "epochs=1", "quiet=true",
-    "eval.batch_size=32", "eval.precise_bn_images=16", "log.hist_every_images=16", "log.every=1", "threads=1",
+    "eval.batch_size=32", "eval.precise_bn_images=16", "log.hist_points=2", "log.every=1", "threads=1",
 ]  # fmt: skip
 
 

@@ -19,11 +19,23 @@ import pytest
 import torch
 from conftest import events, normbench
 from omegaconf import OmegaConf
+from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
 
 from normbench.launch.compose import compose_unchecked, name_runs_by_swept_keys, sweep_jobs
 from normbench.launch.naming import swept_keys
 from normbench.run import record as R
-from normbench.run.board import LAYOUT, Board, bn_tag, run_hparams, tensorboard_hint, write_experiment
+from normbench.run.board import (
+    EXPERIMENT_FILE,
+    LAYOUT,
+    Board,
+    SweepExperiment,
+    act_tag,
+    bn_tag,
+    run_experiment,
+    run_hparams,
+    run_metrics,
+    tensorboard_hint,
+)
 
 
 def _run_names(*overrides: str) -> list[str]:
@@ -44,24 +56,33 @@ def test_run_names_sort_by_norm_then_numeric_batch_size() -> None:
     assert _run_names("norm=ln", "batch_size=4") == ["ln_b004"]  # a sweep of one run still gets a directory
 
 
-def test_bn_statistics_sit_side_by_side() -> None:
+def test_bn_statistics_sit_side_by_side_and_diagnostics_sort_after_loss_and_accuracy() -> None:
     tags = sorted(bn_tag("stage2.norm", s, k) for s in ("mean", "var") for k in ("batch", "running", "gap"))
-    assert tags[:3] == ["bn/stage2.norm/mean/batch", "bn/stage2.norm/mean/gap", "bn/stage2.norm/mean/running"]
+    assert tags[:3] == [f"watch/bn/stage2.norm/mean/{k}" for k in ("batch", "gap", "running")]
+    layer = [act_tag("act", "stage2.norm", k) for k in ("out", "in_std", "in", "out_mean")]
+    assert sorted(layer) == ["watch/act/stage2.norm/in", "watch/act/stage2.norm/in_std", "watch/act/stage2.norm/out",
+                             "watch/act/stage2.norm/out_mean"]  # fmt: skip
+    groups = {t.split("/")[0] for t in ["train/loss", "train/lr", "val/acc", *tags, *layer]}
+    assert sorted(groups) == ["train", "val", "watch"]  # TensorBoard sorts groups by name: loss and accuracy first
 
 
 def test_printed_links_filter_loss_and_accuracy_and_one_norm_or_batch_size() -> None:
     runs = ["bn_b002", "bn_b016", "gn_b002", "gn_b016", "gn_b002_seed001"]
     text = tensorboard_hint(Path("multirun/x"), runs)
     assert "tensorboard --logdir multirun/x" in text and "Sweep directory: multirun/x" in text
-    queries = [parse_qs(urlsplit(word).query) for word in text.split() if word.startswith("http://")]
-    tags = ["train/loss", "val/acc", "val/acc_precise_bn", "act/stage1.norm/pre", "bn/stage1.norm/mean/batch", "lr"]
-    assert [t for t in tags if re.search(queries[0]["tagFilter"][0], t)] == [
-        "train/loss",
-        "val/acc",
-        "val/acc_precise_bn",
-    ]
-    assert [r for r in runs if re.search(queries[1]["runFilter"][0], r)] == ["bn_b002", "bn_b016"]
-    assert [r for r in runs if re.search(queries[2]["runFilter"][0], r)] == ["bn_b002", "gn_b002", "gn_b002_seed001"]
+    queries = [parse_qs(urlsplit(word).query) for word in text.split() if word.endswith("#timeseries")]
+    tags = ["train/loss", "val/acc", "val/acc_precise_bn", "watch/act/stage1.norm/in", "train/lr",
+            "watch/bn/stage1.norm/mean/batch"]  # fmt: skip
+    assert all([t for t in tags if re.search(q["tagFilter"][0], t)] == tags[:3] for q in queries)
+    # Every run: a colour each. The norms at one batch size: a colour per norm (its seeds share it).
+    assert "runFilter" not in queries[0] and queries[0]["runColorGroup"] == ["run"]
+    assert [r for r in runs if re.search(queries[1]["runFilter"][0], r)] == ["bn_b002", "gn_b002", "gn_b002_seed001"]
+    colour = re.compile(queries[1]["runColorGroup"][0].removeprefix("regex:"))
+    assert {r: colour.match(r).group(1) for r in runs}["gn_b002_seed001"] == "gn"
+    # One norm at every batch size: a colour per run, so each batch size is its own line.
+    assert [r for r in runs if re.search(queries[2]["runFilter"][0], r)] == ["bn_b002", "bn_b016"]
+    assert queries[2]["runColorGroup"] == ["run"]
+    assert "every norm at b002" in text and "bn at every batch size" in text
     assert "Run directory: runs/y" in tensorboard_hint(Path("runs/y"))
 
 
@@ -85,10 +106,11 @@ def tensorboard() -> Iterator[callable]:
         command = [str(exe), "--logdir", str(logdir), "--host", "127.0.0.1", "--port", str(port), "--load_fast=false"]
         servers.append(subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
 
-        def post(path: str, body: dict) -> dict:
+        def post(path: str, body: dict | None) -> dict:
+            """POST `body` to `path`; GET it when `body` is None."""
             request = urllib.request.Request(
                 f"http://127.0.0.1:{port}{path}",
-                data=json.dumps(body).encode(),
+                data=None if body is None else json.dumps(body).encode(),
                 headers={"Content-Type": "application/json", "X-XSRF-Protected": "1"},
             )
             with urllib.request.urlopen(request, timeout=10) as response:
@@ -138,21 +160,26 @@ def _session_groups(post: callable, count: int) -> list[dict]:
 
 def test_hparams_show_the_swept_keys_and_every_run_with_its_status(tiny, tmp_path, tensorboard) -> None:
     statuses = {"bn_b002": R.COMPLETED, "bn_b016": R.DIVERGED, "gn_b002": R.INTERRUPTED, "gn_b016": None}
-    runs = {}
+    runs, metrics = {}, {}
     for name in statuses:
         norm, batch = name.split("_b")
-        runs[name] = run_hparams(tiny(f"norm={norm}", f"batch_size={int(batch)}"), 0.1 * int(batch) / 128)
-    write_experiment(tmp_path, list(runs.values()))  # as the sweep's callback does at the root
-    for name, status in statuses.items():
-        board = Board(tmp_path / name)
-        board.start_session(runs[name])
-        board.scalar("val/acc", 0.25, x=64)  # x: examples seen, the same for every batch size
-        board.histogram("act/stage1.norm/pre", torch.randn(100), x=64)
+        cfg = tiny(f"norm={norm}", f"batch_size={int(batch)}")
+        runs[name], metrics[name] = run_hparams(cfg, 0.1 * int(batch) / 128), run_metrics(cfg)
+    assert metrics["bn_b002"][-2:] == ["val/acc_batch_stats", "val/acc_precise_bn"] and len(metrics["gn_b002"]) == 4
+    SweepExperiment(time.time(), runs, metrics).write(tmp_path)  # as the sweep's callback does at its start
+    for name, status in reversed(statuses.items()):  # started in reverse name order
+        experiment, first_event = run_experiment(runs[name], metrics[name], tmp_path / name, tmp_path)
+        board = Board(tmp_path / name, first_event=first_event)
+        board.start_session(runs[name], experiment)
+        for tag in metrics[name]:
+            board.scalar(tag, 0.25, x=64)  # x: examples seen, the same for every batch size
+        board.histogram("watch/act/stage1.norm/in", torch.randn(100), x=64)
         if status is not None:  # gn_b016 is still running (or died without a word)
             board.end_session(status)
         board.close()
     resumed = Board(tmp_path / "gn_b002", resumed_at=64)  # the interrupted run resumed, then completed
-    resumed.start_session(runs["gn_b002"])
+    resumed.start_session(runs["gn_b002"], run_experiment(runs["gn_b002"], metrics["gn_b002"], tmp_path / "gn_b002",
+                                                          tmp_path)[0])  # fmt: skip
     resumed.end_session(R.COMPLETED)
     resumed.close()
 
@@ -161,7 +188,11 @@ def test_hparams_show_the_swept_keys_and_every_run_with_its_status(tiny, tmp_pat
     assert infos["norm"]["differs"] and infos["norm"]["domainDiscrete"] == ["bn", "gn"]
     assert infos["batch_size"]["differs"] and infos["batch_size"]["domainDiscrete"] == [2, 16]
     assert infos["lr"]["differs"] and not infos["model"]["differs"] and not infos["seed"]["differs"]
-    assert [m["name"]["tag"] for m in experiment["metricInfos"]][:2] == ["val/acc", "val/loss"]
+    # TensorBoard's parallel coordinates show the first five metrics and drop a run that lacks one: only the
+    # metrics every run has, so the BN-only ones are not among them.
+    assert [m["name"]["tag"] for m in experiment["metricInfos"]] == ["val/acc", "val/loss", "train/acc",
+                                                                     "train/loss_epoch"]  # fmt: skip
+    assert post("/data/runs", None) == sorted(statuses)  # name order, though started in reverse; no "." run
 
     groups = _session_groups(post, 4)
     sessions = {s["name"]: s for g in groups for s in g["sessions"]}
@@ -182,30 +213,40 @@ def test_a_sweep_of_one_run_gets_its_directory_experiment_and_command(tmp_path) 
     assert done.returncode == 0, done.stdout + done.stderr
     assert (sweep_dir / "gn_b008" / "results.json").exists()
     assert f"tensorboard --logdir {sweep_dir}" in " ".join(done.stdout.split())
-    content = events(sweep_dir).PluginTagToContent("hparams")  # the root: the experiment only
-    assert list(content) == ["_hparams_/experiment"]
+    assert not list(sweep_dir.glob("events.out.tfevents.*"))  # no "." run in TensorBoard
+    assert (sweep_dir / EXPERIMENT_FILE).exists()
+    assert "_hparams_/experiment" in events(sweep_dir / "gn_b008").PluginTagToContent("hparams")
     assert swept_keys(["norm=gn", "batch_size=8", "hydra.x=1", "seed=1"], ["seed"]) == ["norm", "batch_size"]
 
 
 def test_a_real_sweep_lines_up_its_batch_sizes_and_shows_norm_and_batch_size(tmp_path, tensorboard) -> None:
-    """2 norms × 2 batch sizes, one epoch of 32 examples: 8 steps at batch 4, 4 at batch 8, the same 32 examples."""
+    """2 norms × 2 batch sizes, one epoch of 32 examples: 8 steps at batch 4, 4 at batch 8, the same 32 examples.
+    Histograms at 4 points: after 8, 16, 24 and 32 examples at both batch sizes (and at each one's first step)."""
     sweep_dir = tmp_path / "sweep"
     done = normbench("sweep", "norm=bn,gn", "batch_size=4,8", "epochs=1", "data.train_size=32", "data.val_size=16",
-                     "eval.precise_bn_images=16", "log.hist_every_images=800", "threads=1", "quiet=true",
+                     "eval.precise_bn_images=16", "log.hist_points=4", "threads=1", "quiet=true",
                      f"hydra.sweep.dir={sweep_dir}", cwd=tmp_path)  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
     names = ["bn_b004", "bn_b008", "gn_b004", "gn_b008"]
     assert sorted(p.name for p in sweep_dir.iterdir() if p.is_dir() and not p.name.startswith(".")) == names
+    lines = done.stdout.splitlines()  # each job's lines start with its run's name; no live bar
+    assert any(line.startswith("bn_b004 | epoch 1/1  step 8  train loss") for line in lines)
+    assert any(line.startswith("bn_b004 | BN evaluations") for line in lines)
+    assert any(line.startswith("gn_b008 | done") and line.endswith("4/4 runs of the sweep ended") for line in lines)
     for name in names:
         ea = events(sweep_dir / name)
         assert ea.Scalars("val/acc")[-1].step == 32  # examples seen, whatever the batch size
         batch = int(name[-3:])
         assert [e.step for e in ea.Scalars("train/loss")] == list(range(batch, 33, batch))
-        assert [h.step for h in ea.Histograms("act/stage1.norm/pre")] == [batch]  # the first step, x = B
+        for tag in ("watch/act/stage1.norm/in", "watch/act/stage3.norm/out"):
+            x = [h.step for h in ea.Histograms(tag)]
+            assert x == sorted({batch, 8, 16, 24, 32})  # the first step, then 1/4 ... 4/4 of the run: the last step
         assert json.loads((sweep_dir / name / "results.json").read_text())["steps"] == 32 // batch
 
     post = tensorboard(sweep_dir)
-    _, infos = _experiment(post)
+    experiment, infos = _experiment(post)
+    assert post("/data/runs", None) == names  # no "." run; name order in every tab
+    assert len(experiment["metricInfos"]) == 4  # the metrics gn has too: all four runs in parallel coordinates
     assert infos["norm"]["differs"] and infos["norm"]["domainDiscrete"] == ["bn", "gn"]
     assert infos["batch_size"]["differs"] and infos["batch_size"]["domainDiscrete"] == [4, 8]
     groups = _session_groups(post, 4)
@@ -217,3 +258,16 @@ def test_a_real_sweep_lines_up_its_batch_sizes_and_shows_norm_and_batch_size(tmp
         s["name"]: next(m for m in s["metricValues"] if m["name"]["tag"] == "val/acc") for s in sessions.values()
     }
     assert {n: m["trainingStep"] for n, m in val_acc.items()} == dict.fromkeys(names, 32)
+
+
+def test_a_run_of_a_sweep_without_a_grid_writes_its_experiment_without_domains(tmp_path) -> None:
+    """An optimizing sweeper's runs are not known up front: each run's experiment names its hparams and metrics
+    but no domains (TensorBoard would hide the runs outside a domain) and no place in the run lists."""
+    hparams = {"norm": "gn", "batch_size": 8, "lr": 0.05}
+    summary, first_event = run_experiment(hparams, ["val/acc"], tmp_path / "0", tmp_path)
+    experiment = HParamsPluginData.FromString(summary.value[0].metadata.plugin_data.content).experiment
+    assert first_event is None and [m.name.tag for m in experiment.metric_infos] == ["val/acc"]
+    assert all(i.differs and not i.HasField("domain_discrete") for i in experiment.hparam_infos)
+    alone, first_event = run_experiment(hparams, ["val/acc"], tmp_path / "0", None)
+    experiment = HParamsPluginData.FromString(alone.value[0].metadata.plugin_data.content).experiment
+    assert first_event is None and not any(i.differs for i in experiment.hparam_infos)

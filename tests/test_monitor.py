@@ -2,54 +2,64 @@
 
 from __future__ import annotations
 
+import io
+
 import pytest
 import torch
 from conftest import events, saved_model_scores
+from omegaconf import OmegaConf
+from rich.console import Console
 from tensorboard.plugins.hparams.api_pb2 import Status
 from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
 from torch import nn
 
 from normbench.base.errors import DivergedError
 from normbench.parts.data import make_synthetic
+from normbench.run import progress
+from normbench.run import record as R
+from normbench.run.board import SweepExperiment
 from normbench.run.evaluation import frozen_buffers, precise_bn
+from normbench.run.monitor import schedule
+from normbench.run.record import RunRecord
 from normbench.run.train import run
 
 CNN_NORMS = ("stage1.norm", "stage2.norm", "stage3.norm")
 
 
 def test_histograms_of_every_norm_layer_at_the_logging_steps(tiny, tmp_path) -> None:
-    record = run(tiny("max_steps=4", "data.train_size=64", "log.hist_every_images=16"), tmp_path)
+    record = run(tiny("max_steps=4", "data.train_size=64", "log.hist_points=2"), tmp_path)
     ea = events(tmp_path)
     histograms = set(ea.Tags()["histograms"])
     for layer in CNN_NORMS:
-        for kind in ("pre", "post"):
-            train = ea.Histograms(f"act/{layer}/{kind}")
-            assert [h.step for h in train] == [8, 16, 32]  # steps 1, 2, 4 at batch 8: examples seen
-            assert [h.step for h in ea.Histograms(f"act_eval/{layer}/{kind}")] == [32]
-            assert f"act/{layer}/{kind}_std" in ea.Tags()["scalars"]
+        for kind in ("in", "out"):
+            train = ea.Histograms(f"watch/act/{layer}/{kind}")
+            assert [h.step for h in train] == [8, 16, 32]  # steps 1, 2 (half the run), 4 at batch 8: examples seen
+            assert [h.step for h in ea.Histograms(f"watch/act_eval/{layer}/{kind}")] == [32]
+            assert f"watch/act/{layer}/{kind}_std" in ea.Tags()["scalars"]
         for statistic in ("mean", "var"):
-            assert {f"bn/{layer}/{statistic}/batch", f"bn/{layer}/{statistic}/running"} <= histograms
-        assert [e.step for e in ea.Scalars(f"bn/{layer}/mean/gap")] == [8, 16, 32]
-        assert [e.step for e in ea.Scalars(f"bn/{layer}/var/ratio")] == [8, 16, 32]
+            assert {f"watch/bn/{layer}/{statistic}/batch", f"watch/bn/{layer}/{statistic}/running"} <= histograms
+        assert [e.step for e in ea.Scalars(f"watch/bn/{layer}/mean/gap")] == [8, 16, 32]
+        assert [e.step for e in ea.Scalars(f"watch/bn/{layer}/var/ratio")] == [8, 16, 32]
     # stage1.norm sees 8 × 32 × 32 × 32 = 262,144 values: strided down to log.hist_values = 65,536.
-    assert ea.Histograms("act/stage1.norm/pre")[0].histogram_value.num == 65_536
+    assert ea.Histograms("watch/act/stage1.norm/in")[0].histogram_value.num == 65_536
     # stage3.norm sees 8 × 128 × 8 × 8 = 65,536 values: all of them.
-    assert ea.Histograms("act/stage3.norm/post")[0].histogram_value.num == 65_536
+    assert ea.Histograms("watch/act/stage3.norm/out")[0].histogram_value.num == 65_536
     # After BN (γ = 1, β = 0 at the start) the output is standardized per channel.
-    post_std = ea.Scalars("act/stage2.norm/post_std")[0].value
+    post_std = ea.Scalars("watch/act/stage2.norm/out_std")[0].value
     assert abs(post_std - 1.0) < 0.05
     assert record.steps == 4
 
 
 def test_histograms_come_at_the_same_images_seen_at_every_batch_size(tiny, tmp_path) -> None:
-    """Every 16 images: at batch 4 steps 4 and 8, at batch 8 steps 2 and 4, both after 16 and 32 images; plus the
-    first step of each (4 and 8 images). A cadence in steps would put them at 8/16/32 against 16/32."""
+    """Two points: half and all of the run, at batch 4 steps 4 and 8, at batch 8 steps 2 and 4, both after 16 and
+    32 images; plus the first step of each (4 and 8 images). A cadence in steps would put them at 8/16/32 against
+    16/32."""
     x = {}
     for batch, axis in ((4, "examples"), (8, "examples"), (4, "steps")):
         run_dir = tmp_path / f"{batch}_{axis}"
-        run(tiny(f"batch_size={batch}", f"max_steps={32 // batch}", "log.hist_every_images=16", f"log.x_axis={axis}"),
+        run(tiny(f"batch_size={batch}", f"max_steps={32 // batch}", "log.hist_points=2", f"log.x_axis={axis}"),
             run_dir)  # fmt: skip
-        x[batch, axis] = [h.step for h in events(run_dir).Histograms("act/stage2.norm/post")]
+        x[batch, axis] = [h.step for h in events(run_dir).Histograms("watch/act/stage2.norm/out")]
     assert x[4, "examples"] == [4, 16, 32] and x[8, "examples"] == [8, 16, 32]
     assert x[4, "steps"] == [1, 4, 8]
 
@@ -84,17 +94,18 @@ def test_bn_modes_follow_eval_bn_modes_not_activation_logging(tiny, tmp_path) ->
 def test_norm_none_is_probed_at_the_same_places_and_has_no_bn_extras(tiny, tmp_path) -> None:
     record = run(tiny("norm=none"), tmp_path)
     ea = events(tmp_path)
-    assert {f"act/{layer}/pre" for layer in CNN_NORMS} <= set(ea.Tags()["histograms"])
-    assert not any(t.startswith("bn/") for t in ea.Tags()["histograms"])
+    assert {f"watch/act/{layer}/in" for layer in CNN_NORMS} <= set(ea.Tags()["histograms"])
+    assert not any(t.startswith("watch/bn/") for t in ea.Tags()["histograms"])
     assert record.metrics.val_acc_batch_stats is None and "val/acc_batch_stats" not in ea.Tags()["scalars"]
 
 
-def test_a_run_shorter_than_hist_every_images_still_shows_the_starting_distribution(tiny, tmp_path) -> None:
-    run(tiny("max_steps=3", "log.hist_every_images=800", "log.x_axis=steps"), tmp_path)
+def test_every_run_shows_its_starting_and_final_distributions(tiny, tmp_path) -> None:
+    run(tiny("max_steps=3", "log.hist_points=1", "log.x_axis=steps"), tmp_path)
     ea = events(tmp_path)
-    assert [h.step for h in ea.Histograms("act/stage1.norm/pre")] == [1]  # the first step only (x: steps)
-    assert [e.step for e in ea.Scalars("bn/stage1.norm/mean/gap")] == [1]
-    assert [h.step for h in ea.Histograms("act_eval/stage1.norm/pre")] == [3]
+    assert [h.step for h in ea.Histograms("watch/act/stage1.norm/in")] == [1, 3]  # the first and last steps
+    assert [e.step for e in ea.Scalars("watch/bn/stage1.norm/mean/gap")] == [1, 3]
+    assert [h.step for h in ea.Histograms("watch/act_eval/stage1.norm/in")] == [3]
+    assert schedule(4, 10) == {1, 3, 5, 8, 10} and schedule(0, 10) == set() and schedule(16, 3) == {1, 2, 3}
 
 
 def test_activation_logging_can_be_turned_off(tiny, tmp_path) -> None:
@@ -116,8 +127,7 @@ def test_hparams_session_and_custom_scalars_in_the_run_directory(tiny, tmp_path)
     end = next(s.session_end_info for s in sessions if s.HasField("session_end_info"))
     assert end.status == Status.STATUS_SUCCESS
     experiment = next(s.experiment for s in sessions if s.HasField("experiment"))
-    assert {m.name.tag for m in experiment.metric_infos} == {"val/acc", "val/loss", "train/acc", "train/loss_epoch",
-                                                            "val/acc_batch_stats", "val/acc_precise_bn"}  # fmt: skip
+    assert [m.name.tag for m in experiment.metric_infos] == ["val/acc", "val/loss", "train/acc", "train/loss_epoch"]
     assert not any(tag.startswith("hparam/") for tag in ea.Tags()["scalars"])  # metrics read the existing tags
     assert ea.PluginTagToContent("custom_scalars")
 
@@ -192,3 +202,36 @@ def test_channel_statistics_for_each_layout() -> None:
     tokens = torch.randn(3, 7, 6)  # (N, L, D): BN's channels are last
     mean, var = channel_stats(tokens, -1)
     torch.testing.assert_close(var, tokens.var(dim=(0, 1), unbiased=False), atol=1e-5, rtol=1e-4)
+
+
+def test_a_sweep_job_prints_named_status_lines_with_phase_and_runs_ended(tiny, tmp_path, monkeypatch) -> None:
+    """No live bar in a sweep: lines that start with the run's name, say its phase, and count the runs whose
+    records under the sweep directory have ended, of the grid's size."""
+    cfg = tiny()
+    SweepExperiment(0.0, {"bn_b004": {}, "bn_b032": {}}, {"bn_b004": [], "bn_b032": []}).write(tmp_path)
+    RunRecord.of(OmegaConf.to_container(cfg, resolve=True), R.COMPLETED, None).write(tmp_path / "bn_b032")
+    out = io.StringIO()
+    monkeypatch.setattr(progress, "STATUS_EVERY_S", 0.0)  # a line at every update
+    with progress.progress(Console(file=out, width=300), "x", 10, 0, True, tmp_path, tmp_path / "bn_b004") as lines:
+        lines.update(4, 2.5, 100.0)
+        lines.phase(progress.VALIDATION)  # shows in the next line only
+        lines.print("epoch 1/1")
+        lines.update(10, 2.25, 100.0)
+        lines.phase(progress.BN_EVALUATIONS)
+    text = out.getvalue().splitlines()
+    assert all(line.startswith("bn_b004 | ") for line in text), text
+    assert "training" in text[0] and "step 0/10" in text[0] and text[0].endswith("1/2 runs of the sweep ended")
+    assert "step 4/10 (40%)  loss 2.5000  100 img/s" in text[1] and "left" in text[1]
+    assert text[2] == "bn_b004 | epoch 1/1"
+    assert text[3].startswith("bn_b004 | validation") and "training done" in text[3]
+    assert text[4].startswith("bn_b004 | BN evaluations") and len(text) == 5
+
+
+def test_a_run_alone_keeps_its_live_bar_labelled_with_the_phase(tmp_path) -> None:
+    out = io.StringIO()
+    console = Console(file=out, force_terminal=True, width=160)
+    with progress.progress(console, "cnn/bn b=8", 10, 0, True, None, tmp_path) as bar:
+        bar.update(10, 2.0, 50.0)
+        bar.phase(progress.BN_EVALUATIONS)
+        bar.progress.refresh()
+    assert "cnn/bn b=8 · BN evaluations" in out.getvalue() and "10/10" in out.getvalue()

@@ -31,9 +31,9 @@ CPU = torch.device("cpu")
 
 def bn_scalar(ea: EventAccumulator, layer: str, statistic: str) -> list[tuple[int, float]]:
     """(x, value) of a BN layer's `gap` (of the means) or `ratio` (of the variances), under the tag names of
-    either version of the monitor: `bn/<layer>/mean/gap` or `bn/<layer>/mean_gap`."""
+    either version of the monitor: `watch/bn/<layer>/mean/gap` or `watch/bn/<layer>/mean_gap`."""
     names = {"gap": ("mean/gap", "mean_gap"), "ratio": ("var/ratio", "var_ratio")}[statistic]
-    tags = [f"bn/{layer}/{n}" for n in names if f"bn/{layer}/{n}" in ea.Tags()["scalars"]]
+    tags = [f"watch/bn/{layer}/{n}" for n in names if f"watch/bn/{layer}/{n}" in ea.Tags()["scalars"]]
     assert len(tags) == 1, ea.Tags()["scalars"]
     return [(e.step, e.value) for e in ea.Scalars(tags[0])]
 
@@ -113,7 +113,7 @@ def test_bn_gap_and_ratio_match_float64_statistics_of_the_captured_batch(name, t
             m.running_var.copy_(torch.rand(m.num_features, generator=g) * 3 + 0.2)
         m.register_forward_pre_hook(lambda mod, args, layer=layer: inputs.setdefault(layer, args[0].detach()))
     board = Board(tmp_path)
-    monitor = Monitor(model, board, every=1, most=10_000)
+    monitor = Monitor(model, board, points=1, most=10_000, total_steps=1)
     monitor.attach()
     with torch.no_grad():
         model(torch.randn(shape, generator=g))
@@ -137,7 +137,7 @@ def test_the_monitor_probes_every_norm_layer_of_the_mlp_and_the_transformer(mode
     options = {"mlp": {"width": 16}, "transformer": {"dim": 16, "depth": 1, "heads": 2}}[model]
     overrides = [f"model.{k}={v}" for k, v in options.items()]
     run(
-        tiny(f"model={model}", *overrides, "norm=bn", "max_steps=4", "log.hist_every_images=16", "log.x_axis=steps"),
+        tiny(f"model={model}", *overrides, "norm=bn", "max_steps=4", "log.hist_points=2", "log.x_axis=steps"),
         tmp_path,
     )
     built = build_model({"name": model, **options}, {"name": "bn"})
@@ -145,9 +145,9 @@ def test_the_monitor_probes_every_norm_layer_of_the_mlp_and_the_transformer(mode
     ea = events(tmp_path)
     assert len(layers) >= 3
     for layer in layers:
-        for kind in ("pre", "post"):
-            assert [h.step for h in ea.Histograms(f"act/{layer}/{kind}")] == [1, 2, 4]  # the first step too
-            assert [h.step for h in ea.Histograms(f"act_eval/{layer}/{kind}")] == [4]
+        for kind in ("in", "out"):
+            assert [h.step for h in ea.Histograms(f"watch/act/{layer}/{kind}")] == [1, 2, 4]  # the first step too
+            assert [h.step for h in ea.Histograms(f"watch/act_eval/{layer}/{kind}")] == [4]
         assert [x for x, _ in bn_scalar(ea, layer, "ratio")] == [1, 2, 4]
         assert all(0 < v < 100 for _, v in bn_scalar(ea, layer, "ratio"))
 
@@ -155,7 +155,7 @@ def test_the_monitor_probes_every_norm_layer_of_the_mlp_and_the_transformer(mode
 # --- Resume after a kill that came after the last checkpoint -------------------------------------------
 
 KILLED = ["device=cpu", "model.widths=[8,16]", "data.train_size=768", "data.val_size=32", "batch_size=16",
-          "epochs=2", "quiet=true", "threads=1", "eval.precise_bn_images=16", "log.every=1", "log.hist_every_images=64",
+          "epochs=2", "quiet=true", "threads=1", "eval.precise_bn_images=16", "log.every=1", "log.hist_points=24",
           "log.x_axis=steps"]  # fmt: skip
 
 

@@ -72,7 +72,7 @@ def test_tensorboard_shows_the_cosine_learning_rate_of_every_step(tiny, tmp_path
     cfg = tiny("model=mlp", "model.width=16", "budget=steps", "max_steps=4", "optim.lr_scaling=none",
                "log.x_axis=steps", "log.activations=false")  # fmt: skip
     run(cfg, tmp_path)
-    lr = events(tmp_path).Scalars("lr")
+    lr = events(tmp_path).Scalars("train/lr")
     assert [e.step for e in lr] == [1, 2, 3, 4]
     assert [e.value for e in lr] == pytest.approx([BASE * f for f in (0.8535534, 0.5, 0.1464466, 0.0)], abs=1e-7)
 

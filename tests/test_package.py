@@ -139,7 +139,7 @@ def scale_norm(cls, num_features: int, *, eps: float = 1e-5):
 
 
 def test_a_plugin_module_adds_a_norm_to_an_installed_normbench(tmp_path) -> None:
-    """The README's story, word for word: a module outside the package registers `scalenorm` (one learned scalar
+    """docs/norms.md's story, word for word: a module outside the package registers `scalenorm` (one learned scalar
     per layer), a config folder of the user's own selects it; it trains, is probed by the monitor, and is listed by
     `list`, `--help` and `explain`, and refused on the layouts it does not declare."""
     mine = tmp_path / "my-normbench"
@@ -157,7 +157,7 @@ def test_a_plugin_module_adds_a_norm_to_an_installed_normbench(tmp_path) -> None
     # Counted by hand: three Linear layers of width 16 and the head, and one scalar g per norm layer.
     assert record["params"] == (3072 * 16 + 16) + 2 * (16 * 16 + 16) + (16 * 10 + 10) + 3
     tags = events(run_dir).Tags()["histograms"]
-    assert {f"act/layer{i}.norm/{k}" for i in (1, 2, 3) for k in ("pre", "post")} <= set(tags)
+    assert {f"watch/act/layer{i}.norm/{k}" for i in (1, 2, 3) for k in ("in", "out")} <= set(tags)
 
     listed = " ".join(normbench("list", cwd=tmp_path, **env).stdout.split())
     assert "│ norm │ scalenorm │ x / ||x|| · g (Nguyen & Salazar 2019) (layouts: vector, sequence)" in listed

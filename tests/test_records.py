@@ -8,6 +8,7 @@ import csv
 import hashlib
 import json
 import os
+import re
 import resource
 import shlex
 import shutil
@@ -313,7 +314,7 @@ def test_two_identical_sweeps_at_once_train_each_run_once(tmp_path, launcher) ->
     outputs = [" ".join(s.output().split()) for s in sweeps]
     codes = sorted(s.proc.returncode for s in sweeps)
     assert all("Traceback" not in said for said in outputs), outputs
-    trained = [name.split(":")[0] for said in outputs for name in said.split("done ")[1:]]
+    trained = [name for said in outputs for name in re.findall(r"(\S+) \| done:", said)]
     assert sorted(trained) == ["bn_b008", "ln_b008", "rms_b008"]  # each run by one of the two, once
     assert sum(said.count("another normbench process is running it") for said in outputs) >= 1
     records = _records(sweep_dir)

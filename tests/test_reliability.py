@@ -23,7 +23,7 @@ from normbench.run.record import RunRecord
 from normbench.run.train import run
 
 LONG = ["device=cpu", "data.train_size=768", "data.val_size=64", "batch_size=16", "epochs=3", "quiet=true",
-        "threads=1", "eval.precise_bn_images=32", "log.hist_every_images=160", "log.every=4"]  # fmt: skip
+        "threads=1", "eval.precise_bn_images=32", "log.hist_points=4", "log.every=4"]  # fmt: skip
 
 
 def _history(record: RunRecord) -> list[R.Epoch]:

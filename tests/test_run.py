@@ -158,8 +158,8 @@ def test_same_seed_same_metrics(tiny, tmp_path) -> None:
 
 
 def test_channels_last_gives_the_same_outputs_in_another_memory_format(tiny, tmp_path) -> None:
-    default = run(tiny("max_steps=4", "log.hist_every_images=16"), tmp_path / "default")
-    last = run(tiny("max_steps=4", "log.hist_every_images=16", "train.channels_last=true"), tmp_path / "last")
+    default = run(tiny("max_steps=4", "log.hist_points=2"), tmp_path / "default")
+    last = run(tiny("max_steps=4", "log.hist_points=2", "train.channels_last=true"), tmp_path / "last")
     assert (default.memory_format, last.memory_format) == ("contiguous", "channels_last")
     assert last.status == R.COMPLETED and last.steps == default.steps and len(last.history) == len(default.history)
     assert [p[1] for p in last.curve] == pytest.approx([p[1] for p in default.curve], rel=1e-4)
@@ -174,13 +174,13 @@ def test_channels_last_gives_the_same_outputs_in_another_memory_format(tiny, tmp
 # The suite's one torch.compile test: compilation on CPU takes 20-50 s, so the smallest model (mlp) only.
 def test_compiled_training_logs_activations_at_its_training_steps(tiny, tmp_path) -> None:
     """dynamo ignores hooks added after compilation: the probed steps must still show up in TensorBoard."""
-    record = run(tiny("model=mlp", "train.compile=true", "max_steps=4", "log.hist_every_images=16"), tmp_path)
+    record = run(tiny("model=mlp", "train.compile=true", "max_steps=4", "log.hist_points=2"), tmp_path)
     assert record.status == R.COMPLETED and math.isfinite(record.metrics.train_loss)
     ea = events(tmp_path)
     for layer in ("layer1.norm", "layer2.norm", "layer3.norm"):  # the mlp's norm layers
-        for kind in ("pre", "post"):
-            assert [h.step for h in ea.Histograms(f"act/{layer}/{kind}")] == [8, 16, 32]  # steps 1, 2, 4
-        assert [e.step for e in ea.Scalars(f"bn/{layer}/mean/gap")] == [8, 16, 32]
+        for kind in ("in", "out"):
+            assert [h.step for h in ea.Histograms(f"watch/act/{layer}/{kind}")] == [8, 16, 32]  # steps 1, 2, 4
+        assert [e.step for e in ea.Scalars(f"watch/bn/{layer}/mean/gap")] == [8, 16, 32]
     assert [e.step for e in ea.Scalars("train/loss")] == [8, 16, 24, 32]
 
 

@@ -38,7 +38,7 @@ BAD = [
     (["eval.batch_size=0"], "eval.batch_size=0"),
     (["eval.precise_bn_images=-1"], "eval.precise_bn_images=-1"),
     (["log.every=0"], "log.every=0"),
-    (["log.hist_every_images=-1"], "log.hist_every_images=-1"),
+    (["log.hist_points=-1"], "log.hist_points=-1"),
     (["log.hist_values=0"], "log.hist_values=0"),
     (["optim.lr=fast"], "optim.lr=fast"),
     (["optim.lr=0"], "optim.lr=0"),

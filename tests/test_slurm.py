@@ -32,7 +32,7 @@ from normbench.run.record import RunRecord, find_records
 from normbench.run.train import run
 
 LONG = ["data.train_size=768", "data.val_size=64", "batch_size=16", "epochs=3", "quiet=true", "threads=1",
-        "eval.precise_bn_images=32", "log.hist_every_images=160", "device=cpu", "log.every=4"]  # fmt: skip
+        "eval.precise_bn_images=32", "log.hist_points=4", "device=cpu", "log.every=4"]  # fmt: skip
 TINY_SWEEP = ["batch_size=8", "data.train_size=64", "data.val_size=32", "max_steps=3", "epochs=1", "quiet=true",
               "threads=1", "eval.precise_bn_images=16", "device=cpu"]  # fmt: skip
 # About 3 minutes of training on one loaded core, epochs of about a minute: longer than a 1-minute limit.

@@ -65,7 +65,7 @@ def test_joblib_sweep_summary_report_and_rerun(tmp_path) -> None:
 
     stamps = {n: (sweep_dir / n / "results.json").stat().st_mtime_ns for n in RUNS}
     again = normbench("sweep", *GRID, "hydra/launcher=parallel", f"hydra.sweep.dir={sweep_dir}", cwd=tmp_path)
-    assert again.returncode == 0 and again.stdout.count("Skipping") == 4
+    assert again.returncode == 0 and again.stdout.count("| skipped: already completed") == 4
     assert stamps == {n: (sweep_dir / n / "results.json").stat().st_mtime_ns for n in RUNS}
 
 
@@ -86,7 +86,7 @@ def test_a_failing_run_is_recorded_and_the_others_complete(tmp_path) -> None:
 
     (broken / "checkpoint.pt").unlink()  # mended: the rerun redoes only that run
     again = normbench("sweep", *GRID, f"hydra.sweep.dir={sweep_dir}", cwd=tmp_path)
-    assert again.stdout.count("Skipping") == 3 and again.returncode == 0
+    assert again.stdout.count("| skipped: already completed") == 3 and again.returncode == 0
     assert all(r.status == "completed" for r in _records(sweep_dir).values())
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import traceback
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,7 +29,7 @@ from normbench.launch.compose import composing, exclude_fixed, expand_grid, vali
 from normbench.launch.naming import RUN_NAME_RESOLVER, run_name, swept_keys
 from normbench.launch.rundir import describe, differing, prepare
 from normbench.run import schema
-from normbench.run.board import HValue, run_hparams
+from normbench.run.board import HValue, run_hparams, run_metrics
 from normbench.run.record import RunRecord
 from normbench.run.setup import effective_lr
 
@@ -117,12 +117,13 @@ def has_grid(args: list[str]) -> bool:
 @dataclass
 class SweepPlan:
     """A checked sweep: the overrides Hydra gets (directory and run names fixed), its directory, the grid's run
-    names ([] for optimizing sweepers, which choose runs as they go) and their HParams rows."""
+    names ([] for optimizing sweepers, which choose runs as they go) and their HParams rows and metric tags."""
 
     args: list[str]
     sweep_dir: Path
     runs: list[str] = field(default_factory=list)
-    rows: list[Mapping[str, HValue]] = field(default_factory=list)
+    hparams: dict[str, dict[str, HValue]] = field(default_factory=dict)  # by run name: the HParams experiment
+    metrics: dict[str, list[str]] = field(default_factory=dict)
 
 
 def plan_sweep(args: list[str], create: bool = True) -> SweepPlan:
@@ -157,7 +158,8 @@ def plan_sweep(args: list[str], create: bool = True) -> SweepPlan:
             name = run_name(cfg.norm.name, cfg.batch_size, [o for o in job if not is_hydra_key(o)], exclude)
             check_rerun(sweep_dir, name, cfg)
             plan.runs.append(name)
-            plan.rows.append(run_hparams(cfg, effective_lr(cfg.optim, cfg.batch_size), swept_keys(job, exclude)))
+            plan.hparams[name] = run_hparams(cfg, effective_lr(cfg.optim, cfg.batch_size), swept_keys(job, exclude))
+            plan.metrics[name] = run_metrics(cfg)
     rundir.check_sweep_dir(sweep_dir, plan.runs)
     if create:
         prepare(sweep_dir)  # read-only, full, not writable: refused here, before Hydra's own mkdir

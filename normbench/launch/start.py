@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
+import time
 import traceback
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from normbench.launch.compose import compose_config, hydra_errors, sweep_jobs
 from normbench.launch.preflight import has_grid, plan_sweep, sweep_checked
 from normbench.launch.stop import STOP
 from normbench.launch.summary import sweep_outcome
-from normbench.run.board import write_experiment
+from normbench.run.board import SweepExperiment
 
 FULL_ERROR = "HYDRA_FULL_ERROR"
 
@@ -149,8 +150,12 @@ def start_sweep(given: list[str]) -> int:
                             f"hydra.sweep.dir={hydra_value(str(sweep_dir))}"])  # fmt: skip
         code = EXIT_INTERRUPTED
         if not STOP.stopping():
-            if plan.rows and not any(sweep_dir.glob("events.out.tfevents.*")):  # a rerun's grid is the same
-                write_experiment(sweep_dir, plan.rows)  # the HParams experiment of the runs checked above
+            if plan.hparams:  # the HParams experiment of the runs checked above; each run copies it
+                # A sweep continued or extended in the same directory keeps its start (its runs' order).
+                grid = SweepExperiment.read(sweep_dir) or SweepExperiment(time.time(), {}, {})
+                grid.hparams.update(plan.hparams)
+                grid.metrics.update(plan.metrics)
+                grid.write(sweep_dir)
             if plan.runs:
                 console.print(f"Sweeping {len(plan.runs)} runs.", highlight=False)
             with sweep_checked():

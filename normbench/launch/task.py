@@ -95,7 +95,8 @@ def task(cfg: DictConfig) -> RunRecord | None:
     except NormbenchError as error:  # the directory is someone else's: leave it exactly as it is
         if multirun and isinstance(error, rundir.RunInUse):  # another sweep into this directory trains it now
             console.print(
-                f"[yellow]Skipping[/] {run_dir.name}: another normbench process is running it.", highlight=False
+                f"[bold]{run_dir.name}[/] | [yellow]skipped[/]: another normbench process is running it.",
+                highlight=False,
             )
             return None
         print_error(error, where)
@@ -105,7 +106,7 @@ def task(cfg: DictConfig) -> RunRecord | None:
     try:
         if claim.completed:
             if ranks is None or ranks.writes:
-                console.print(f"[green]Skipping[/] {run_dir.name}: already completed.", highlight=False)
+                console.print(f"[bold]{run_dir.name}[/] | [green]skipped[/]: already completed.", highlight=False)
             return claim.previous
         return train(cfg, hydra_cfg, run_dir, multirun, ranks, claim.checkpoint)
     finally:
@@ -143,6 +144,7 @@ def train(
     (`processes.end` for their errors). `saved`: the checkpoint the claim read, to resume from."""
     from normbench.launch import processes  # deferred, like train: imports torch
     from normbench.run.board import tensorboard_hint  # deferred, like train: both import torch
+    from normbench.run.progress import sweep_count
     from normbench.run.train import run  # deferred: keeps `--cfg`/`--help` fast
 
     where = f" in {run_dir.name}" if multirun else ""
@@ -159,20 +161,22 @@ def train(
             if processes.starts_workers(cfg):
                 record = processes.start(cfg, list(hydra_cfg.overrides.task), run_dir)
             else:
-                record = run(cfg, run_dir, console=console, resume=resume, saved_checkpoint=saved,
-                             swept=swept, experiment=not multirun, ranks=ranks)  # fmt: skip
+                record = run(cfg, run_dir, console=console, resume=resume, saved_checkpoint=saved, swept=swept,
+                             sweep_dir=Path(hydra_cfg.sweep.dir) if multirun else None, ranks=ranks)  # fmt: skip
         except OSError as error:
             raise rundir.io_error(error, run_dir) from None
         if ranks is not None and not ranks.writes:
             return None  # rank 0's record is the run's
         if quiet or record is None:
             return record
-        if multirun:  # one line per run; the sweep's table comes at the end
+        if multirun:  # one line per run, named first like its progress lines; the sweep's table comes at the end
             m = record.metrics
             console.print(
-                f"[green]done[/] {run_dir.name}: val acc {m.val_acc:.4f} (best {m.best_val_acc:.4f}), "
-                f"{record.wall_s:.0f} s{''.join(f' [bold red]({flag})[/]' for flag in record.flags)}",
+                f"[bold]{run_dir.name}[/] | [green]done[/]: val acc {m.val_acc:.4f} (best {m.best_val_acc:.4f}), "
+                f"{record.wall_s:.0f} s training{''.join(f' [bold red]({flag})[/]' for flag in record.flags)} | "
+                f"{sweep_count(Path(hydra_cfg.sweep.dir))}",
                 highlight=False,
+                soft_wrap=True,
             )
         else:
             print_summary(record)
@@ -185,13 +189,13 @@ def train(
             print_error(error)
             raise SystemExit(error.exit_code) from None
         # The sweep's resume command is printed by `normbench sweep`: the same sweep command.
-        console.print(f"[yellow]Interrupted[/] {run_dir.name}: checkpoint saved.", highlight=False)
+        console.print(f"[bold]{run_dir.name}[/] | [yellow]interrupted[/]: checkpoint saved.", highlight=False)
         STOP.request(signal.SIGTERM)
         return read_quietly(run_dir)
     except KeyboardInterrupt:  # a second Ctrl-C: the loop stopped mid-step and recorded it
         if not multirun or worker:
             raise SystemExit(EXIT_INTERRUPTED) from None
-        console.print(f"[yellow]Interrupted[/] {run_dir.name} at once (second Ctrl-C).", highlight=False)
+        console.print(f"[bold]{run_dir.name}[/] | [yellow]interrupted[/] at once (second Ctrl-C).", highlight=False)
         STOP.request(signal.SIGINT)
         return read_quietly(run_dir)
     except NormbenchError as error:

@@ -1,21 +1,32 @@
 """TensorBoard output. One log directory per run (the run directory), so `tensorboard --logdir SWEEP_DIR`
-overlays every run under its name; the sweep directory itself holds the HParams experiment of the whole grid.
+overlays every run under its name. Nothing else under a sweep directory is an event file: TensorBoard lists every
+directory holding one as a run, so an experiment at the sweep root would be a run named ".".
 
 * x axis: every event is written at the x value the caller passes: *examples seen* by default
   (`log.x_axis=examples`), so runs of any batch size line up; `log.x_axis=steps` uses optimizer steps.
-* Tags: `train/loss`, `train/loss_epoch`, `train/acc`, `val/loss`, `val/acc` (and for BN-family runs
-  `val/acc_batch_stats`, `val/acc_precise_bn`), `lr`; diagnostics under `act/`, `act_eval/`, `bn/` with layers
-  named by their place in the model (`stage2.norm`). `bn_tag` groups a statistic's batch and running values.
+  TensorBoard labels it "Step" whatever it counts.
+* Tags: `train/loss`, `train/loss_epoch`, `train/acc`, `train/lr`, `val/loss`, `val/acc` (and for BN-family runs
+  `val/acc_batch_stats`, `val/acc_precise_bn`). Diagnostics all sit under `watch/` (`watch/act/<layer>/in|out`,
+  `watch/act_eval/...`, `watch/bn/...`), one group that TensorBoard sorts after `train` and `val`, layers named by
+  their place in the model (`stage2.norm`); `in` sorts before `out`, so a layer's input and output are neighbours.
+* Run order: TensorBoard's Scalars, Histograms, Distributions and Custom Scalars list runs by their first event's
+  time (Time Series and HParams sort by name). A sweep run's events therefore begin with one marker event dated
+  by its place in the sorted grid (the sweep's start plus 1 ms per rank), so every tab lists norm, then batch.
 * HParams: a run writes its session start (its hparams) when it starts and its session end (its status) when it
   ends, so every run has a row whatever happens to it. The experiment (which hparams exist, their values, which
-  differ; which metrics) is written once: at the sweep root by `sweeps.SweepSummary`, or into a run outside a
-  sweep. Metrics are the last values of existing tags (`val/acc`, ...), not copies under `hparam/`.
+  differ; which metrics) goes into every run: a sweep's callback writes the grid's experiment to
+  `EXPERIMENT_FILE` in the sweep directory at its start and each run copies it into its events (TensorBoard takes
+  the first it finds; all are the same). Metrics are the last values of existing tags (`val/acc`, ...). Only the
+  metrics every run of the experiment has are listed: TensorBoard's parallel coordinates select the first five
+  metrics and drop every run that lacks one (a BN-only metric would hide every other norm).
 """
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -23,16 +34,26 @@ from urllib.parse import quote
 import torch
 from google.protobuf import struct_pb2
 from omegaconf import DictConfig, OmegaConf
+from tensorboard.compat.proto.event_pb2 import Event
 from tensorboard.compat.proto.summary_pb2 import Summary
 from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
+from tensorboard.summary.writer.record_writer import RecordWriter
 from torch import Tensor
 from torch.utils.tensorboard import SummaryWriter
 
+from normbench.base.files import write_atomic
+from normbench.parts.norms import NORMS
 from normbench.run import record as R
 
 HValue = str | float | bool
-# HParams columns: the last value of each of these tags in a run.
-METRICS = ("val/acc", "val/loss", "train/acc", "train/loss_epoch", "val/acc_batch_stats", "val/acc_precise_bn")
+# HParams columns: the last value of each of these tags in a run. Every run has these four...
+METRICS = ("val/acc", "val/loss", "train/acc", "train/loss_epoch")
+# ... and BN-family runs with eval.bn_modes these (PreciseBN's only with eval.precise_bn_images > 0).
+BN_METRICS = ("val/acc_batch_stats", "val/acc_precise_bn")
+LR_TAG = "train/lr"
+DIAGNOSTICS = "watch"  # the group of every diagnostic tag: sorts after train and val
+# A sweep's HParams experiment, written by its callback at its start and copied into every run.
+EXPERIMENT_FILE = "tensorboard_experiment.json"
 # HParams statuses of the results.json statuses that end a run for good. TensorBoard keeps the first status a
 # run directory holds, so an interrupted (resumable) run writes none: it shows as unknown until it ends.
 STATUS = {R.COMPLETED: api_pb2.STATUS_SUCCESS, R.DIVERGED: api_pb2.STATUS_FAILURE, R.FAILED: api_pb2.STATUS_FAILURE}
@@ -46,7 +67,7 @@ LAYOUT = {
         "training loss (epoch mean)": ["Multiline", ["^train/loss_epoch$"]],
         "train vs validation accuracy": ["Multiline", ["^train/acc$", "^val/acc$"]],
     },
-    "BatchNorm: three evaluations": {
+    "BatchNorm: three evaluations (BN-family runs)": {
         "val accuracy: running stats, batch stats, PreciseBN": [
             "Multiline",
             ["^val/acc$", "^val/acc_batch_stats$", "^val/acc_precise_bn$"],
@@ -55,10 +76,23 @@ LAYOUT = {
 }
 
 
+def act_tag(prefix: str, layer: str, kind: str) -> str:
+    """`watch/<act|act_eval>/<layer>/<in|out>[_mean|_std]`: a layer's input and output side by side."""
+    return f"{DIAGNOSTICS}/{prefix}/{layer}/{kind}"
+
+
 def bn_tag(layer: str, statistic: str, source: str) -> str:
-    """`bn/<layer>/<mean|var>/<batch|running|gap|ratio>`: TensorBoard sorts a statistic's batch value, its running
-    value and their comparison next to each other."""
-    return f"bn/{layer}/{statistic}/{source}"
+    """`watch/bn/<layer>/<mean|var>/<batch|running|gap|ratio>`: TensorBoard sorts a statistic's batch value, its
+    running value and their comparison next to each other."""
+    return f"{DIAGNOSTICS}/bn/{layer}/{statistic}/{source}"
+
+
+def run_metrics(cfg: DictConfig) -> list[str]:
+    """The metric tags a run of `cfg` writes (its BN-mode validations only for a norm with batch statistics)."""
+    spec = NORMS.get(str(cfg.norm.name))
+    if spec is None or not spec.batch_statistics or not cfg.eval.bn_modes:
+        return list(METRICS)
+    return [*METRICS, *BN_METRICS[: 2 if cfg.eval.precise_bn_images else 1]]
 
 
 def _plain(value: Any) -> HValue:
@@ -101,31 +135,87 @@ def _value(value: HValue) -> struct_pb2.Value:
     return struct_pb2.Value(string_value=str(value))
 
 
-def experiment_summary(runs: Sequence[Mapping[str, HValue]]) -> Summary:
-    """The HParams experiment of `runs` (each run's hparams): every hparam with its discrete domain, marked as
-    differing when runs disagree, so TensorBoard shows those columns without clicking."""
+def experiment_summary(
+    runs: Sequence[Mapping[str, HValue]], metrics: Sequence[Sequence[str]], domains: bool = True
+) -> Summary:
+    """The HParams experiment of `runs` (each run's hparams) whose metric tags are `metrics` (per run): every
+    hparam with its discrete domain, marked as differing when runs disagree, so TensorBoard shows those columns
+    without clicking; the metrics every run has. `domains=False` (a run of a sweep whose grid is not known up
+    front): no domains, which would hide the runs outside them, and every hparam marked as differing."""
     types = {bool: api_pb2.DATA_TYPE_BOOL, str: api_pb2.DATA_TYPE_STRING}
     infos = []
     for name in dict.fromkeys(k for run in runs for k in run):
         values = sorted({run[name] for run in runs if name in run}, key=lambda v: (str(type(v)), v))
-        infos.append(
-            api_pb2.HParamInfo(
-                name=name,
-                type=types.get(type(values[0]), api_pb2.DATA_TYPE_FLOAT64),
-                domain_discrete=struct_pb2.ListValue(values=[_value(v) for v in values]),
-                differs=len(values) > 1,
-            )
+        info = api_pb2.HParamInfo(
+            name=name,
+            type=types.get(type(values[0]), api_pb2.DATA_TYPE_FLOAT64),
+            differs=len(values) > 1 or not domains,
         )
-    metrics = [api_pb2.MetricInfo(name=api_pb2.MetricName(tag=tag), display_name=tag) for tag in METRICS]
-    experiment = api_pb2.Experiment(hparam_infos=infos, metric_infos=metrics, time_created_secs=time.time())
+        if domains:
+            info.domain_discrete.CopyFrom(struct_pb2.ListValue(values=[_value(v) for v in values]))
+        infos.append(info)
+    shared = [tag for tag in dict.fromkeys(t for tags in metrics for t in tags) if all(tag in m for m in metrics)]
+    metric_infos = [api_pb2.MetricInfo(name=api_pb2.MetricName(tag=tag), display_name=tag) for tag in shared]
+    experiment = api_pb2.Experiment(hparam_infos=infos, metric_infos=metric_infos, time_created_secs=time.time())
     return _summary(metadata.EXPERIMENT_TAG, plugin_data_pb2.HParamsPluginData(experiment=experiment))
 
 
-def write_experiment(log_dir: Path, runs: Sequence[Mapping[str, HValue]]) -> None:
-    """The experiment of a sweep, into its root directory (TensorBoard reads the first experiment it finds)."""
-    writer = SummaryWriter(str(log_dir))
-    writer.file_writer.add_summary(experiment_summary(runs))
-    writer.close()
+@dataclass
+class SweepExperiment:
+    """A sweep's grid for TensorBoard: each run's hparams and metric tags by run name, and when it started."""
+
+    started: float
+    hparams: dict[str, dict[str, HValue]]
+    metrics: dict[str, list[str]]
+
+    def write(self, sweep_dir: Path) -> None:
+        write_atomic(sweep_dir / EXPERIMENT_FILE, lambda f: json.dump(asdict(self), f, indent=1))
+
+    @classmethod
+    def read(cls, sweep_dir: Path) -> SweepExperiment | None:
+        """The sweep's experiment; None when its callback wrote none (a sweep that is not a grid)."""
+        try:
+            return cls(**json.loads((sweep_dir / EXPERIMENT_FILE).read_text()))
+        except (OSError, ValueError, TypeError):
+            return None
+
+    def summary(self) -> Summary:
+        return experiment_summary(list(self.hparams.values()), list(self.metrics.values()))
+
+    def first_event_time(self, run: str) -> float | None:
+        """The marker time of `run`: the sweep's start plus 1 ms per place in name order (None: not in the grid)."""
+        names = sorted(self.hparams)
+        return self.started + names.index(run) * 1e-3 if run in names else None
+
+
+def run_experiment(
+    hparams: Mapping[str, HValue], metrics: Sequence[str], run_dir: Path, sweep_dir: Path | None
+) -> tuple[Summary, float | None]:
+    """The experiment a run writes and the time of its order marker: its sweep's experiment and its place in the
+    sweep's grid; the experiment of itself alone outside a sweep; inside a sweep without a grid (an optimizing
+    sweeper), its own hparams and metrics without domains, and no marker."""
+    if sweep_dir is None:
+        return experiment_summary([hparams], [metrics]), None
+    sweep = SweepExperiment.read(sweep_dir)
+    if sweep is None:
+        return experiment_summary([hparams], [metrics], domains=False), None
+    try:
+        name = run_dir.resolve().relative_to(sweep_dir.resolve()).as_posix()
+    except ValueError:  # a run directory outside its sweep's (a custom hydra.sweep.subdir): no place in the grid
+        return sweep.summary(), None
+    return sweep.summary(), sweep.first_event_time(name)
+
+
+def write_order_marker(log_dir: Path, wall_time: float) -> None:
+    """A run's first event file: one empty event at `wall_time`, which TensorBoard takes as the run's start and
+    lists runs by. Its name holds "tfevents" (what TensorBoard reads) and sorts before the SummaryWriter's files
+    (`events.out.tfevents.<time>...`, a pattern it does not match), so it is the first event TensorBoard reads.
+    Written only into a run that has no events yet."""
+    if any(log_dir.glob("events.out.tfevents.*")):
+        return
+    log_dir.mkdir(parents=True, exist_ok=True)
+    with open(log_dir / "events.0.tfevents.order", "wb") as f:
+        RecordWriter(f).write(Event(wall_time=wall_time, file_version="brain.Event:2").SerializeToString())
 
 
 class Board:
@@ -133,8 +223,17 @@ class Board:
     training step: step · `x_per_step` (the batch size for examples seen: incomplete batches are dropped, so that
     is exact; 1 for steps)."""
 
-    def __init__(self, log_dir: Path, x_per_step: int = 1, resumed_at: int | None = None, writes: bool = True) -> None:
+    def __init__(
+        self,
+        log_dir: Path,
+        x_per_step: int = 1,
+        resumed_at: int | None = None,
+        first_event: float | None = None,
+        writes: bool = True,
+    ) -> None:
         self.x_per_step = x_per_step
+        if first_event is not None and writes:  # a sweep run's place in TensorBoard's run lists
+            write_order_marker(log_dir, first_event)
         # A run resumed at step `resumed_at` drops what the interrupted process wrote after its checkpoint.
         purge = None if resumed_at is None else self.x(resumed_at + 1)
         # writes=False: a worker process other than rank 0, which writes nothing (run/distributed.py).
@@ -171,12 +270,11 @@ class Board:
         """The Custom Scalars tab (TensorBoard merges the runs' identical layouts into one)."""
         self.writer.add_custom_scalars(LAYOUT)
 
-    def start_session(self, hparams: Mapping[str, HValue], experiment: bool = False) -> None:
+    def start_session(self, hparams: Mapping[str, HValue], experiment: Summary | None = None) -> None:
         """This run's HParams row, written at its start, so a run that dies without a word still has its row
-        (status unknown). `experiment`: also the experiment, for a run outside a sweep (a sweep writes one for
-        all its runs at its root)."""
-        if experiment:
-            self.writer.file_writer.add_summary(experiment_summary([hparams]))
+        (status unknown), after the `experiment` (`experiment_summary`, `SweepExperiment.summary`), if any."""
+        if experiment is not None:
+            self.writer.file_writer.add_summary(experiment)
         start = plugin_data_pb2.SessionStartInfo(start_time_secs=time.time())
         for name, value in hparams.items():
             start.hparams[name].CopyFrom(_value(value))
@@ -210,32 +308,38 @@ class _NoWriter:
         return None
 
 
-def timeseries_url(port: int = 6006, runs: str = "", color_by_norm: bool = False) -> str:
-    """TensorBoard's Time Series filtered to loss and accuracy (diagnostic cards would sort first), optionally
-    to the runs matching `runs` (a regex) and with one colour per norm (run names start with the norm)."""
-    query = {"tagFilter": "^(train|val)/"}
+# Time Series' tag filter of the printed links: loss and accuracy, not the learning rate or the diagnostics.
+LOSS_AND_ACCURACY = "^(train/(loss|acc)|val/)"
+
+
+def timeseries_url(port: int = 6006, runs: str = "", color: str = "run", tags: str = LOSS_AND_ACCURACY) -> str:
+    """TensorBoard's Time Series filtered to `tags` (a regex; loss and accuracy by default), optionally to the
+    runs matching `runs` (a regex), one colour per run (`color="run"`) or per norm (`"norm"`: run names start
+    with the norm, so a norm's seeds share its colour)."""
+    query = {"tagFilter": tags}
     if runs:
         query["runFilter"] = runs
-    if color_by_norm:
-        query["runColorGroup"] = "regex:^([^_]+)_"
+    query["runColorGroup"] = "regex:^([^_]+)_" if color == "norm" else "run"
     encoded = "&".join(f"{key}={quote(value, safe='')}" for key, value in query.items())
     return f"http://localhost:{port}/?{encoded}#timeseries"
 
 
 def tensorboard_hint(log_dir: Path, runs: Sequence[str] = ()) -> str:
     """What to print at the end of a run (no `runs`) or of a sweep (its run names): where it is, the command that
-    opens TensorBoard on it, and the link that shows loss and accuracy first."""
+    opens TensorBoard on it, and one link per question: every run; the norms at one batch size (a colour per
+    norm); one norm across batch sizes (a colour per run, so each batch size is its own line)."""
     what = "Sweep directory" if runs else "Run directory"
     lines = [
         f"{what}: {log_dir}",
         f"TensorBoard: tensorboard --logdir {log_dir}",
-        f"  loss and accuracy: {timeseries_url(color_by_norm=bool(runs))}",
+        f"  loss and accuracy: {timeseries_url()}",
     ]
     if runs:
         first = sorted(runs)[0]
         norm, rest = first.split("_", 1) if "_" in first else (first, "")
-        lines.append(f"  one norm, every batch size: {timeseries_url(runs=f'^{norm}_')}")
         if rest:
             batch = rest.split("_")[0]
-            lines.append(f"  one batch size, every norm: {timeseries_url(runs=f'_{batch}(_|$)', color_by_norm=True)}")
+            lines.append(f"  every norm at {batch}: {timeseries_url(runs=f'_{batch}(_|$)', color='norm')}")
+        lines.append(f"  {norm} at every batch size: {timeseries_url(runs=f'^{norm}_')}")
+        lines.append("  HParams (parallel coordinates, final metrics): http://localhost:6006/#hparams")
     return "\n".join(lines)

@@ -1,12 +1,13 @@
 """What normalization does inside the network, written to TensorBoard.
 
 Forward hooks on every norm layer (an identity under `norm=none`, so runs with and without normalization
-compare layer by layer) record the layer's input and output as histograms `act/<layer>/pre|post` and their
-mean/std as scalars, at the first training step (the starting distribution, even in a run shorter than
-`log.hist_every_images`), at every step that crosses a multiple of `log.hist_every_images` training images (the
-same x at every batch size), and on the first validation batch of each epoch (`act_eval/...`).
+compare layer by layer) record the layer's input and output as histograms `watch/act/<layer>/in|out` and their
+mean/std as scalars (`.../in_mean`, ...), on the first validation batch of each epoch (`watch/act_eval/...`), and
+at `log.hist_points` training steps spread over the run (`schedule`): the first step (the starting distribution),
+then the step that completes each k/N of the run, k = 1..N, so the last step is always one and every batch size
+is probed at the same fractions of its images (the same x when x counts examples).
 At the training steps, each BN-family layer's running mean/var is set against the current batch's statistics:
-`bn/<layer>/mean/batch|running|gap` and `bn/<layer>/var/batch|running|ratio`, side by side in TensorBoard.
+`watch/bn/<layer>/mean/batch|running|gap` and `watch/bn/<layer>/var/batch|running|ratio`, side by side.
 Everything is written at the board's x of the step (examples seen or steps, `log.x_axis`). Hooks are attached
 only for the step that logs, tensors are subsampled to `log.hist_values` values on the device, and copied to the
 host only then.
@@ -24,7 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from normbench.parts.models import NORM_SLOT
-from normbench.run.board import Board, bn_tag
+from normbench.run.board import Board, act_tag, bn_tag
 from normbench.run.evaluation import has_running_stats
 
 
@@ -50,23 +51,31 @@ def channel_stats(x: Tensor, channel_dim: int) -> tuple[Tensor, Tensor]:
     return mean, (x.square().sum(dim=dims) / n - mean.square()).clamp_min(0)
 
 
-class Monitor:
-    """Activation and BN statistics of `model`'s norm layers, every `every` training images (0: never), at most
-    `most` values per histogram."""
+def schedule(points: int, total_steps: int) -> set[int]:
+    """The training steps probed in a run of `total_steps`: step 1 and the step completing each k/`points` of the
+    run (k = 1..points; none when `points` is 0)."""
+    if points <= 0 or total_steps <= 0:
+        return set()
+    return {1} | {math.ceil(k * total_steps / points) for k in range(1, points + 1)}
 
-    def __init__(self, model: nn.Module, board: Board, every: int, most: int) -> None:
-        self.model, self.board, self.every, self.most = model, board, every, most
+
+class Monitor:
+    """Activation and BN statistics of `model`'s norm layers at `points` training steps spread over a run of
+    `total_steps` (0: never), at most `most` values per histogram."""
+
+    def __init__(self, model: nn.Module, board: Board, points: int, most: int, total_steps: int) -> None:
+        self.model, self.board, self.most = model, board, most
+        self.steps = schedule(points, total_steps)
         self.layers = norm_layers(model)
         # Sequences put BN's channels last (N, L, D); images and vectors at dim 1.
         self.channel_dim = -1 if getattr(model, "layout", "") == "sequence" else 1
         self.handles: list[Any] = []
         self.captured: dict[str, tuple[Tensor, Tensor, tuple[Tensor, Tensor] | None]] = {}
 
-    def due(self, step: int, seen: int, batch: int) -> bool:
-        """Whether training step `step`, which takes the images seen from `seen` to `seen + batch`, is probed: the
-        first step and each step that reaches a multiple of `every` images. Then the loop calls `attach` before
-        the step and `write` after it."""
-        return bool(self.every) and (step == 1 or (seen + batch) // self.every > seen // self.every)
+    def due(self, step: int) -> bool:
+        """Whether training step `step` is probed (`schedule`). Then the loop calls `attach` before the step and
+        `write` after it."""
+        return step in self.steps
 
     def attach(self) -> None:
         for name, module in self.layers:
@@ -94,11 +103,11 @@ class Monitor:
         self.detach()
         x = self.board.x(step)
         for name, (pre, post, bn) in self.captured.items():
-            for kind, values in (("pre", pre), ("post", post)):
+            for kind, values in (("in", pre), ("out", post)):
                 stats = torch.stack([values.mean(), values.std()]).tolist()
-                self.board.histogram(f"{prefix}/{name}/{kind}", values, x)
+                self.board.histogram(act_tag(prefix, name, kind), values, x)
                 self.board.scalars(
-                    {f"{prefix}/{name}/{kind}_mean": stats[0], f"{prefix}/{name}/{kind}_std": stats[1]}, x
+                    {act_tag(prefix, name, f"{kind}_mean"): stats[0], act_tag(prefix, name, f"{kind}_std"): stats[1]}, x
                 )
             if bn is not None and prefix == "act":
                 self.write_bn(name, dict(self.layers)[name], bn, x)

@@ -254,9 +254,10 @@ class LogConfig:
     every: int = setting(10, ge=1)  # steps between scalar flushes (the only host syncs of a step)
     # Activation histograms and BN statistics of every norm layer: what is logged, not what is trained.
     activations: bool = setting(True, volatile=True)
-    # Training images between activation histograms (0 = off), not steps: every batch size gets them at the same
-    # x, and at batch 2 they cost what they cost at batch 128 (12,800 images: every 100 steps at batch 128).
-    hist_every_images: int = setting(12_800, ge=0)
+    # Training steps with activation histograms (0 = none): the first, then the step completing each 1/N of the
+    # run, the last included. Fractions of the run: every batch size gets them at the same share of its images
+    # (the same x), and every run has the distributions it ends with.
+    hist_points: int = setting(16, ge=0)
     hist_values: int = setting(65_536, ge=1)  # values kept per histogram (strided subsample, on the device)
     x_axis: XAxis = XAxis.examples  # TensorBoard's step for every event of a run
 

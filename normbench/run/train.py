@@ -28,12 +28,12 @@ from normbench.base.errors import DivergedError, InterruptedRun
 from normbench.base.signals import StopRequest
 from normbench.parts.data import ImageData
 from normbench.run import record as R
-from normbench.run.board import Board, run_hparams
+from normbench.run.board import LR_TAG, Board, run_experiment, run_hparams, run_metrics
 from normbench.run.checkpoint import Checkpoint
 from normbench.run.distributed import Ranks
 from normbench.run.evaluation import NormContractError, bn_mode_accuracies, evaluate
 from normbench.run.monitor import Monitor
-from normbench.run.progress import ProgressBar
+from normbench.run.progress import BN_EVALUATIONS, TRAINING, VALIDATION, RunProgress, progress
 from normbench.run.record import Epoch, Metrics, RunRecord
 from normbench.run.schema import XAxis
 from normbench.run.setup import Setup, effective_lr, set_up
@@ -71,27 +71,28 @@ def run(
     resume: bool = False,
     saved_checkpoint: dict[str, Any] | None = None,
     swept: Sequence[str] = (),
-    experiment: bool = True,
+    sweep_dir: Path | None = None,
     ranks: Ranks | None = None,
 ) -> RunRecord:
     """Train to the end of the budget; write the record whatever happens. Raises the run's error.
 
     `swept`: the config keys that tell this run apart from the others of its sweep (HParams columns besides the
-    usual ones); `experiment`: write the HParams experiment into the run (False in a sweep, which writes one for
-    all its runs at its root); `saved_checkpoint`: with resume, the checkpoint already read (else it is read here);
-    `ranks`: this process's place among the run's worker processes (default: the only one). Every rank trains;
-    rank 0 alone validates and writes, the others wait for it at each epoch's end."""
+    usual ones); `sweep_dir`: the sweep the run belongs to (its HParams experiment and its place in TensorBoard's
+    run lists), None for a run alone; `saved_checkpoint`: with resume, the checkpoint already read (else it is
+    read here); `ranks`: this process's place among the run's worker processes (default: the only one). Every
+    rank trains; rank 0 alone validates and writes, the others wait for it at each epoch's end."""
     console = console or Console()
     ranks = ranks or Ranks()
     # The run's HParams row: started now, ended with its status, so every run has one whatever happens.
     hparams = run_hparams(cfg, effective_lr(cfg.optim, cfg.batch_size), swept)
     x_per_step = cfg.batch_size if cfg.log.x_axis == XAxis.examples else 1
+    experiment, first_event = run_experiment(hparams, run_metrics(cfg), run_dir, sweep_dir)
     try:
         setup = set_up(cfg, data, ranks)
         checkpoint = Checkpoint(run_dir, setup.model, setup.optimizer, setup.scheduler, setup.device, ranks.writes)
         saved = checkpoint.load(saved_checkpoint) if resume else None
     except Exception:  # a run that cannot start (its record says why) still gets its row
-        with closing(Board(run_dir, x_per_step, writes=ranks.writes)) as board:
+        with closing(Board(run_dir, x_per_step, first_event=first_event, writes=ranks.writes)) as board:
             board.start_session(hparams, experiment=experiment)
             board.end_session(R.FAILED)
         raise
@@ -99,16 +100,15 @@ def run(
     state = R.from_dict(RunState, saved) if saved is not None else RunState()
     state.attempt += saved is not None
     run_dir.mkdir(parents=True, exist_ok=True)
-    board = Board(run_dir, x_per_step, resumed_at=state.step if saved is not None else None, writes=ranks.writes)
+    resumed_at = state.step if saved is not None else None
+    board = Board(run_dir, x_per_step, resumed_at=resumed_at, first_event=first_event, writes=ranks.writes)
     board.start_session(hparams, experiment=experiment)
     board.layout()
     monitor = (
-        Monitor(setup.model, board, cfg.log.hist_every_images, cfg.log.hist_values)
+        Monitor(setup.model, board, cfg.log.hist_points, cfg.log.hist_values, setup.budget.total_steps)
         if cfg.log.activations and ranks.writes
         else None
     )
-    if saved is not None and ranks.writes:
-        console.print(f"Resuming from step {state.step} (epoch {state.epoch + 1}).")
 
     def record(status: str, reason: str | None = None, **values: Any) -> RunRecord:
         written = make_record(config, status, reason, setup, state, **values)
@@ -121,7 +121,10 @@ def run(
     name = f"{cfg.model.name}/{cfg.norm.name} b={cfg.batch_size}"
     show = console.is_terminal and not cfg.get("quiet", False) and ranks.writes
     try:
-        with stop.installed(), ProgressBar(console, name, setup.budget.total_steps, state.step, show) as bar:
+        bar = progress(console, name, setup.budget.total_steps, state.step, show, sweep_dir, run_dir)
+        if saved is not None and ranks.writes:
+            bar.print(f"Resuming from step {state.step} (epoch {state.epoch + 1}).")
+        with stop.installed(), bar:
             while state.step < setup.budget.total_steps:
                 train_epoch(setup, state, board, monitor, bar, stop, cfg.log.every)
                 if ranks.stopping(stop):
@@ -131,10 +134,11 @@ def run(
                     ranks.barrier()
                     continue
                 with ranks.alone():
-                    epoch = end_epoch(setup, state, board, monitor, cfg.eval.bn_modes_every)
+                    epoch = end_epoch(setup, state, board, monitor, cfg.eval.bn_modes_every, bar.phase)
                 checkpoint.save(asdict(state))
                 record(R.RUNNING)
                 ranks.barrier()
+                bar.phase(TRAINING)
                 bar.print(
                     f"epoch {epoch.epoch}/{setup.budget.epochs}  step {epoch.step}  train loss {epoch.train_loss:.4f} "
                     f"acc {epoch.train_acc:.3f}  val loss {epoch.val_loss:.4f} acc {epoch.val_acc:.3f}"
@@ -189,7 +193,7 @@ def train_epoch(
     state: RunState,
     board: Board,
     monitor: Monitor | None,
-    bar: ProgressBar,
+    bar: RunProgress,
     stop: StopRequest,
     log_every: int,
 ) -> None:
@@ -217,7 +221,7 @@ def train_epoch(
                     step=first + i,
                 )
             board.scalar("train/loss", value, board.x(first + i))
-        board.scalar("lr", setup.scheduler.get_last_lr()[0], board.x(s.step))
+        board.scalar(LR_TAG, setup.scheduler.get_last_lr()[0], board.x(s.step))
         s.epoch_loss_sum += sum(losses) * setup.train_batches.batch_size
         s.epoch_correct += correct
         s.curve.append([s.examples, sum(losses) / len(losses)])
@@ -230,7 +234,7 @@ def train_epoch(
     # Each worker process trains on its share of every batch (the whole batch in one process).
     for x, y in setup.ranks.shares(setup.train_batches.epoch(s.epoch, start=s.batch_in_epoch)):
         # A probed step runs the eager module: a compiled forward would skip the monitor's hooks.
-        probed = monitor is not None and monitor.due(s.step + 1, s.examples, batch)
+        probed = monitor is not None and monitor.due(s.step + 1)
         if probed:
             monitor.attach()
         loss, correct = train_step(setup, setup.eager if probed else setup.forward, x, y)
@@ -250,10 +254,19 @@ def train_epoch(
     s.wall_s += time.perf_counter() - started
 
 
-def end_epoch(setup: Setup, state: RunState, board: Board, monitor: Monitor | None, bn_modes_every: int) -> Epoch:
+def end_epoch(
+    setup: Setup,
+    state: RunState,
+    board: Board,
+    monitor: Monitor | None,
+    bn_modes_every: int,
+    phase: Callable[[str], None] = lambda _: None,
+) -> Epoch:
     """Validate, log, and move `state` to the next epoch. BN-family models are also validated with batch
-    statistics and with PreciseBN at the end of training, and every `bn_modes_every` epochs (0: only at the end)."""
+    statistics and with PreciseBN at the end of training, and every `bn_modes_every` epochs (0: only at the end).
+    `phase` hears which of the two is under way."""
     s, model = state, setup.model
+    phase(VALIDATION)
     train_loss = s.epoch_loss_sum / max(1, s.epoch_seen)
     train_acc = s.epoch_correct / max(1, s.epoch_seen)
     started = time.perf_counter()
@@ -269,6 +282,7 @@ def end_epoch(setup: Setup, state: RunState, board: Board, monitor: Monitor | No
     last = s.step >= setup.budget.total_steps
     due = last or (bn_modes_every > 0 and (s.epoch + 1) % bn_modes_every == 0)
     if setup.val_at_train_batch_size is not None and due:
+        phase(BN_EVALUATIONS)
         started = time.perf_counter()
         batch_stats, precise = bn_mode_accuracies(
             model, setup.val_batches, setup.val_at_train_batch_size, setup.precise_bn_batches, setup.precise_bn,
