@@ -12,7 +12,7 @@ from conftest import ROOT, normbench
 
 from normbench.base.errors import ConfigError
 from normbench.launch.compose import compose_config, compose_unchecked
-from normbench.launch.preflight import preflight
+from normbench.launch.preflight import plan_sweep
 from normbench.parts.models import NORM_SLOT, build_model, count_parameters
 from normbench.parts.norms import NORMS
 from normbench.run import record as R
@@ -166,7 +166,7 @@ def test_every_preset_passes_the_real_preflight(preset, tmp_path, monkeypatch) -
         pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
     if preset in ("paper", "converged"):  # ResNet-20 checks take a second per run: one seed (it changes no shape)
         extra.append("seed=0")
-    names = preflight([f"sweep={preset}", f"hydra.sweep.dir={tmp_path / 'sweep'}", *extra])
+    names = plan_sweep([f"sweep={preset}", f"hydra.sweep.dir={tmp_path / 'sweep'}", *extra], create=False).runs
     grid = dict(compose_unchecked([f"sweep={preset}"], with_hydra=True).hydra.sweeper.params)
     grid |= {"seed": "0"} if "seed=0" in extra else {}
     expected = 0 if preset == "tune_lr" else math.prod(len(str(v).split(",")) for v in grid.values())
