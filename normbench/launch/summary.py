@@ -1,25 +1,60 @@
-"""What a sweep leaves at its end: the summary table and files (a Hydra callback, so that it works under every
-launcher), and the exit code its records give."""
+"""What a sweep leaves: the summary table and files at its end (a Hydra callback, so that it works under every
+launcher), the HParams experiment of a grid no pre-flight checked, and the exit code its records give."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
+from hydra import compose
+from hydra.errors import HydraException
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
+from omegaconf.errors import OmegaConfBaseException
 
 from normbench.base.console import console
-from normbench.base.errors import EXIT_INTERRUPTED, EXIT_SWEEP_INCOMPLETE, NormbenchError
+from normbench.base.errors import EXIT_INTERRUPTED, EXIT_SWEEP_INCOMPLETE, ConfigError, NormbenchError
+from normbench.base.overrides import is_hydra_key
+from normbench.launch.compose import expand_grid
+from normbench.launch.naming import run_name, swept_keys
+from normbench.launch.preflight import CHECKED
 from normbench.launch.rundir import in_use
-from normbench.run.board import tensorboard_hint
+from normbench.run.board import SweepExperiment, run_hparams, run_metrics, tensorboard_hint
 from normbench.run.record import COMPLETED, RUNNING, UnreadableRecord, find_records
 from normbench.run.report import flagged_count, print_tables, write_summary
+from normbench.run.setup import effective_lr
 
 
 class SweepSummary(Callback):
-    """At the end of a multirun: a table of the grid, summary.csv / summary.json, and how to open it in TensorBoard.
-    (The grid's HParams experiment is written before it starts, from the runs the pre-flight checked.)"""
+    """At the start of a multirun that no pre-flight checked (`normbench sweep` with Hydra flags such as
+    --config-dir, or Hydra called directly), the HParams experiment of its grid in the sweep directory (otherwise
+    `normbench sweep` writes it from the runs its pre-flight checked); at the end, a table of the grid,
+    summary.csv / summary.json, and how to open it in TensorBoard."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        if CHECKED.sweep:  # the pre-flight expanded this grid and wrote its experiment
+            return
+        hydra_cfg = config.hydra
+        exclude = hydra_cfg.job.config.override_dirname.exclude_keys
+        try:
+            jobs = expand_grid(hydra_cfg.overrides.task, hydra_cfg.sweeper.get("params") or {})
+        except ConfigError:  # not a grid (an optimizing sweeper's intervals): no experiment up front
+            return
+        sweep_dir = Path(hydra_cfg.sweep.dir)
+        # A sweep continued or extended in the same directory keeps its start (its runs' order) and adds its runs.
+        grid = SweepExperiment.read(sweep_dir) or SweepExperiment(time.time(), {}, {})
+        for job in jobs:
+            task = [o for o in job if not is_hydra_key(o)]
+            try:  # inside the running app: Hydra's compose API composes with its config source
+                cfg = compose("config", overrides=task)
+            except (HydraException, OmegaConfBaseException):  # that run fails and is recorded; the others go on
+                continue
+            name = run_name(cfg.norm.name, cfg.batch_size, task, exclude)
+            grid.hparams[name] = run_hparams(cfg, effective_lr(cfg.optim, cfg.batch_size), swept_keys(job, exclude))
+            grid.metrics[name] = run_metrics(cfg)
+        if grid.hparams:
+            grid.write(sweep_dir)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
