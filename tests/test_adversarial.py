@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 from pathlib import Path
 
-from conftest import normbench
-from test_records import SMALL, _ok, tree_hashes
+from conftest import events, normbench
+from test_records import EXE, SMALL, _ok, _wait, tree_hashes
 from test_records import completed as completed  # a fixture: re-exported, pytest finds it by name
 
 from normbench.base.errors import EXIT_BAD_INPUT
+from normbench.launch.summary import unfinished
+from normbench.run.record import RunRecord
 
 STRICT_BN = '''
 import torch
@@ -179,3 +182,29 @@ def test_no_directory_that_holds_something_else_is_written(completed, tmp_path) 
     # The same sweep into its own directory still continues it.
     said = _ok(normbench("sweep", *SMALL, "norm=bn,gn", f"hydra.sweep.dir={sweep}", cwd=tmp_path), 0)
     assert said.count("already completed") == 2
+
+
+# --- 3. A run started again from scratch leaves no trace of its earlier attempt in TensorBoard --------------------
+
+
+def test_a_run_killed_before_its_first_checkpoint_starts_again_without_a_trace(tmp_path) -> None:
+    sweep = tmp_path / "sweep"
+    one_epoch = ["device=cpu", "model=mlp", "data.train_size=2048", "data.val_size=32", "batch_size=8", "epochs=1",
+                 "threads=1", "quiet=true", "log.every=1", "log.activations=false"]  # fmt: skip
+    command = [EXE, "sweep", *one_epoch, "norm=bn,ln", f"hydra.sweep.dir={sweep}"]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    first = sweep / "bn_b008"
+    _wait(lambda: first.is_dir() and "train/loss" in events(first).Tags()["scalars"], proc)  # on disk
+    proc.kill()  # SIGKILL: no handler runs, no record, no checkpoint
+    proc.communicate(timeout=30)
+    assert not (first / "checkpoint.pt").exists() and not (first / "results.json").exists()
+    trained = [e.step for e in events(first).Scalars("train/loss")]
+    assert trained and trained == list(range(8, 8 * len(trained) + 1, 8))  # the killed attempt's steps
+    assert unfinished(sweep, ["bn_b008", "ln_b008"]) == {"bn_b008": "started, no checkpoint", "ln_b008": "not started"}
+
+    _ok(normbench("sweep", *one_epoch, "norm=bn,ln", f"hydra.sweep.dir={sweep}", cwd=tmp_path), 0)
+    assert RunRecord.read(first).steps == 256
+    logged = [e.step for e in events(first).Scalars("train/loss")]
+    assert logged == list(range(8, 8 * 256 + 1, 8))  # each step once: the earlier attempt's events purged
+    assert [e.step for e in events(first).Scalars("val/acc")] == [8 * 256]
+    assert len(list(first.glob("events.out.tfevents.*"))) == 2  # the earlier file kept, as it was written

@@ -15,8 +15,8 @@ from normbench.base.console import console
 from normbench.base.errors import EXIT_INTERRUPTED, EXIT_SWEEP_INCOMPLETE, ConfigError, NormbenchError
 from normbench.launch.compose import expand_grid
 from normbench.launch.naming import swept_keys
-from normbench.launch.rundir import in_use
-from normbench.run.board import run_hparams, tensorboard_hint, write_experiment
+from normbench.launch.rundir import CHECKPOINT_FILE, HYDRA_DIR, in_use
+from normbench.run.board import EVENTS_PREFIX, run_hparams, tensorboard_hint, write_experiment
 from normbench.run.record import COMPLETED, RUNNING, UnreadableRecord, find_records
 from normbench.run.report import print_tables, write_summary
 from normbench.run.setup import effective_lr
@@ -76,7 +76,7 @@ def unfinished(sweep_dir: Path, runs: list[str]) -> dict[str, str]:
         if in_use(run_dir):
             out[name] = "running in another process"
         elif record is None:
-            out[name] = "not started"
+            out[name] = started(run_dir)
         elif isinstance(record, UnreadableRecord):
             out[name] = "unreadable"
         elif record.status == RUNNING:
@@ -84,6 +84,16 @@ def unfinished(sweep_dir: Path, runs: list[str]) -> dict[str, str]:
         elif record.status != COMPLETED:
             out[name] = record.status
     return out
+
+
+def started(run_dir: Path) -> str:
+    """What a run without a record is: never started, or started and stopped before its first checkpoint (killed:
+    a failure would have left a record), or killed between its checkpoint and its record."""
+    if not (run_dir / HYDRA_DIR).exists() and not any(run_dir.glob(f"{EVENTS_PREFIX}*")):
+        return "not started"
+    if (run_dir / CHECKPOINT_FILE).exists():
+        return "started, killed after a checkpoint"
+    return "started, no checkpoint"
 
 
 def sweep_outcome(sweep_dir: Path, runs: list[str], again: str, interrupted: bool) -> int:

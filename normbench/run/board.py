@@ -31,6 +31,7 @@ from torch.utils.tensorboard import SummaryWriter
 from normbench.run import record as R
 
 HValue = str | float | bool
+EVENTS_PREFIX = "events.out.tfevents."  # the name of every TensorBoard event file
 # HParams columns: the last value of each of these tags in a run.
 METRICS = ("val/acc", "val/loss", "train/acc", "train/loss_epoch", "val/acc_batch_stats", "val/acc_precise_bn")
 # Shown for every run, swept or not: what a comparison of norms across batch sizes is about.
@@ -132,8 +133,13 @@ class Board:
 
     def __init__(self, log_dir: Path, x_per_step: int = 1, resumed_at: int | None = None) -> None:
         self.x_per_step = x_per_step
-        # A run resumed at step `resumed_at` drops what the interrupted process wrote after its checkpoint.
-        purge = None if resumed_at is None else self.x(resumed_at + 1)
+        # A run resumed at step `resumed_at` drops what the interrupted process wrote after its checkpoint; a run
+        # started from scratch over an earlier attempt's events (killed or failed before its first checkpoint)
+        # drops all of them. TensorBoard's readers purge every earlier event at or after the purge step; the
+        # earlier files stay as they were written.
+        purge = self.x(resumed_at + 1) if resumed_at is not None else None
+        if purge is None and any(log_dir.glob(f"{EVENTS_PREFIX}*")):
+            purge = 0
         self.writer = SummaryWriter(str(log_dir), purge_step=purge)
 
     def x(self, step: int) -> int:
