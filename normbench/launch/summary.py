@@ -3,6 +3,7 @@ table and files), so that it works under every launcher."""
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -58,8 +59,9 @@ class SweepSummary(Callback):
             return
         print_tables(summary)
         console.print(
-            f"Summary: {sweep_dir / 'summary.csv'}, {sweep_dir / 'summary.json'}. Figures: normbench report "
-            f"{sweep_dir}.\n{tensorboard_hint(sweep_dir, [r['run'] for r in summary['runs']])}",
+            f"Summary: {sweep_dir / 'summary.csv'}, {sweep_dir / 'summary.json'}. Figures: "
+            f"{shlex.join(['normbench', 'report', str(sweep_dir)])}.\n"
+            f"{tensorboard_hint(sweep_dir, [r['run'] for r in summary['runs']])}",
             highlight=False,
             soft_wrap=True,
         )

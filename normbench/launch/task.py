@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import shlex
 import signal
 import sys
 import traceback
@@ -19,13 +20,15 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from rich.table import Table
 
+from normbench.base import signals
 from normbench.base.console import console, print_error
 from normbench.base.errors import EXIT_CRASH, EXIT_INTERRUPTED, InterruptedRun, NormbenchError
 from normbench.base.resources import config_dir, load_plugins
 from normbench.launch import rundir
-from normbench.launch.compose import validate
+from normbench.launch.compose import override_key, validate
 from normbench.launch.jobs import assign_job_gpu, jobs_threads
 from normbench.launch.naming import swept_keys
+from normbench.launch.preflight import hydra_value
 from normbench.launch.slurm import job_started
 from normbench.launch.stop import STOP
 from normbench.run import record as R
@@ -113,13 +116,14 @@ def train(cfg: DictConfig, hydra_cfg: DictConfig, run_dir: Path, multirun: bool)
     where = f" in {run_dir.name}" if multirun else ""
     try:
         validate(cfg)
+        signals.resume_command = run_command(hydra_cfg, resume_in=run_dir)  # what a stop message prints
         try:
             rundir.write_hydra_files(run_dir, cfg, hydra_cfg)
             swept = swept_keys(hydra_cfg.overrides.task, hydra_cfg.job.config.override_dirname.exclude_keys)
             record = run(cfg, run_dir, console=console, resume=multirun or bool(cfg.resume),
                          swept=swept, experiment=not multirun)  # fmt: skip
         except OSError as error:
-            raise rundir.io_error(error, run_dir) from None
+            raise rundir.io_error(error, run_dir, again=recovery_command(hydra_cfg, run_dir)) from None
         if multirun:  # one line per run; the sweep's table comes at the end
             m = record.metrics
             console.print(
@@ -160,6 +164,23 @@ def train(cfg: DictConfig, hydra_cfg: DictConfig, run_dir: Path, multirun: bool)
             (run_dir / "error.txt").write_text(traceback.format_exc())
         print_error(error, f" in {run_dir.name} (traceback in {run_dir / 'error.txt'})")
         return read_quietly(run_dir)
+
+
+KEPT_HYDRA_KEYS = ("hydra.searchpath", "hydra.job.env_set")  # Hydra settings that shape the run itself
+
+
+def run_command(hydra_cfg: DictConfig, resume_in: Path | None = None) -> str:
+    """`normbench run` with this run's own overrides (a sweep's job: the sweep's and its own), shell-quoted: with
+    `resume_in`, resume=true in that directory; without, a new run in a new dated directory."""
+    own = [o for o in hydra_cfg.overrides.task if override_key(o) != "resume"]
+    kept = [o for o in hydra_cfg.overrides.hydra if override_key(o).startswith(KEPT_HYDRA_KEYS)]
+    where = ["resume=true", f"hydra.run.dir={hydra_value(str(resume_in.resolve()))}"] if resume_in else []
+    return shlex.join(["normbench", "run", *own, *kept, *where])
+
+
+def recovery_command(hydra_cfg: DictConfig, run_dir: Path) -> str:
+    """What continues a run stopped by a file-system fault: from its checkpoint, or (none yet) a new run."""
+    return run_command(hydra_cfg, resume_in=run_dir if (run_dir / rundir.CHECKPOINT_FILE).exists() else None)
 
 
 def read_quietly(run_dir: Path) -> RunRecord | None:

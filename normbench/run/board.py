@@ -14,6 +14,7 @@ overlays every run under its name; the sweep directory itself holds the HParams 
 
 from __future__ import annotations
 
+import shlex
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -220,7 +221,7 @@ def tensorboard_hint(log_dir: Path, runs: Sequence[str] = ()) -> str:
     what = "Sweep directory" if runs else "Run directory"
     lines = [
         f"{what}: {log_dir}",
-        f"TensorBoard: tensorboard --logdir {log_dir}",
+        f"TensorBoard: tensorboard --logdir {shlex.quote(str(log_dir))}",
         f"  loss and accuracy: {timeseries_url(color_by_norm=bool(runs))}",
     ]
     if runs:
