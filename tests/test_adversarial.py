@@ -7,14 +7,21 @@ happened; shared files with the run directory's permissions."""
 from __future__ import annotations
 
 import json
+import os
+import re
 import shutil
+import signal
+import subprocess
 from pathlib import Path
 
-from conftest import normbench
-from test_records import SMALL, _ok, tree_hashes
-from test_records import completed as completed  # a fixture: re-exported, pytest finds it by name
+from conftest import events, normbench
+from test_records import EXE, SMALL, _ok, _wait, tree_hashes
+from test_records import completed as completed  # fixtures: re-exported, pytest finds them by name
+from test_records import tmpfs as tmpfs
 
-from normbench.base.errors import EXIT_BAD_INPUT
+from normbench.base.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED
+from normbench.launch.summary import unfinished
+from normbench.run.record import RunRecord
 
 STRICT_BN = '''
 import torch
@@ -179,3 +186,84 @@ def test_no_directory_that_holds_something_else_is_written(completed, tmp_path) 
     # The same sweep into its own directory still continues it.
     said = _ok(normbench("sweep", *SMALL, "norm=bn,gn", f"hydra.sweep.dir={sweep}", cwd=tmp_path), 0)
     assert said.count("already completed") == 2
+
+
+# --- 3. A run started again from scratch leaves no trace of its earlier attempt in TensorBoard --------------------
+
+
+def test_a_run_killed_before_its_first_checkpoint_starts_again_without_a_trace(tmp_path) -> None:
+    sweep = tmp_path / "sweep"
+    one_epoch = ["device=cpu", "model=mlp", "data.train_size=2048", "data.val_size=32", "batch_size=8", "epochs=1",
+                 "threads=1", "quiet=true", "log.every=1", "log.activations=false"]  # fmt: skip
+    command = [EXE, "sweep", *one_epoch, "norm=bn,ln", f"hydra.sweep.dir={sweep}"]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    first = sweep / "bn_b008"
+    _wait(lambda: first.is_dir() and "train/loss" in events(first).Tags()["scalars"], proc)  # on disk
+    proc.kill()  # SIGKILL: no handler runs, no record, no checkpoint
+    proc.communicate(timeout=30)
+    assert not (first / "checkpoint.pt").exists() and not (first / "results.json").exists()
+    trained = [e.step for e in events(first).Scalars("train/loss")]
+    assert trained and trained == list(range(8, 8 * len(trained) + 1, 8))  # the killed attempt's steps
+    assert unfinished(sweep, ["bn_b008", "ln_b008"]) == {"bn_b008": "started, no checkpoint", "ln_b008": "not started"}
+
+    _ok(normbench("sweep", *one_epoch, "norm=bn,ln", f"hydra.sweep.dir={sweep}", cwd=tmp_path), 0)
+    assert RunRecord.read(first).steps == 256
+    logged = [e.step for e in events(first).Scalars("train/loss")]
+    assert logged == list(range(8, 8 * 256 + 1, 8))  # each step once: the earlier attempt's events purged
+    assert [e.step for e in events(first).Scalars("val/acc")] == [8 * 256]
+    assert len(list(first.glob("events.out.tfevents.*"))) == 2  # the earlier file kept, as it was written
+
+
+# --- 4. Every recovery command normbench prints works when pasted ------------------------------------------------
+
+EPOCH = ["device=cpu", "model=mlp", "data.train_size=1024", "data.val_size=32", "batch_size=8", "epochs=2", "threads=1",
+         "quiet=true", "log.activations=false", "eval.precise_bn_images=16"]  # fmt: skip
+
+
+def _paste(said: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """The command between backticks that starts with `normbench run`, run through a real shell."""
+    (command,) = re.findall(r"`(normbench run [^`]*)`", said)
+    path = f"{Path(EXE).parent}:{os.environ['PATH']}"
+    return subprocess.run(["bash", "-c", command], cwd=cwd, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "PATH": path, "COLUMNS": "200"})  # fmt: skip
+
+
+def _stop_mid_run(command: list[str], run_dir: Path) -> str:
+    """Start `command`, SIGTERM it once its run has written events, return what it printed."""
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "COLUMNS": "200"})  # fmt: skip
+    _wait(lambda: any(run_dir.glob("events.out.tfevents.*")), proc)
+    proc.send_signal(signal.SIGTERM)
+    output, _ = proc.communicate(timeout=120)
+    assert proc.returncode == EXIT_INTERRUPTED, output
+    return output
+
+
+def test_every_printed_recovery_command_works_when_pasted(tmp_path, tmpfs) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    # An interrupted run with its own overrides, in a directory whose name has a space.
+    run_dir = tmp_path / "my run"
+    said = _stop_mid_run([EXE, "run", *EPOCH, "optim.lr=0.05", f"hydra.run.dir={run_dir}"], run_dir)
+    assert RunRecord.read(run_dir).status == "interrupted"
+    done = _paste(said, elsewhere)
+    assert done.returncode == 0, done.stdout + done.stderr
+    record = RunRecord.read(run_dir)
+    assert record.status == "completed" and record.config["optim"]["lr"] == 0.05 and record.attempt == 2
+
+    # A sweep's per-run line, as `report` prints it for an interrupted run.
+    sweep = tmp_path / "sweep"
+    _stop_mid_run([EXE, "sweep", *EPOCH, "norm=bn,ln", f"hydra.sweep.dir={sweep}"], sweep / "bn_b008")
+    said = _ok(normbench("report", str(sweep), "--no-figures", cwd=tmp_path), 0)
+    assert "interrupted bn_b008" in said
+    done = _paste(said, elsewhere)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert RunRecord.read(sweep / "bn_b008").status == "completed"
+
+    # A full disk: the run had no checkpoint yet, so the command starts it again in a new directory.
+    said = _ok(normbench("run", *SMALL, "optim.lr=0.05", f"hydra.run.dir={tmpfs / 'run'}", cwd=tmp_path), 2)
+    assert "No space left on device" in said
+    done = _paste(said, elsewhere)
+    assert done.returncode == 0, done.stdout + done.stderr
+    (again,) = [RunRecord.read(d.parent) for d in elsewhere.rglob("results.json")]
+    assert again.status == "completed" and again.config["optim"]["lr"] == 0.05

@@ -43,4 +43,6 @@ def hydra_value(text: str) -> str:
     """`text` as one value in Hydra's override grammar: quoted (with escapes) unless it is a plain path."""
     if re.fullmatch(r"[\w./:+@%-]+", text):
         return text
+    if not re.search(r'["\\]', text):  # double quotes: in a shell command they sit inside its single quotes
+        return f'"{text}"'
     return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"

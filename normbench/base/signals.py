@@ -8,6 +8,7 @@ handler requeues the job and exits the process; the next attempt resumes from th
 
 from __future__ import annotations
 
+import shlex
 import signal
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -21,6 +22,9 @@ REQUEUE_SIGNAL = signal.SIGUSR2  # submitit's default (its SUBMITIT_PREEMPT_SIGN
 # handler between runs (sweeps.SweepStop). A sweep's process starts no run after it, and a run whose handlers are
 # installed after it (one that was setting up) stops at its first step boundary.
 requested: int | None = None
+# The command that continues this process's run where a stop leaves it, shell-quoted, as the launch layer knows it
+# (the run's own overrides); the stop messages print it. None: the plain form, without the run's overrides.
+resume_command: str | None = None
 
 
 @dataclass
@@ -58,16 +62,13 @@ class StopRequest:
     def reason(self, step: int, attempt: int, run_dir: Path) -> str:
         """What the record and the console say about the stop."""
         name = signal.Signals(self.signum).name if self.signum is not None else "a signal"
+        again = resume_command or shlex.join(["normbench", "run", "resume=true", f"hydra.run.dir={run_dir}"])
         if self.requeue:
             return (
                 f"Stopped by {name} (a time limit or preemption ahead) at step {step} of attempt {attempt}. A "
-                "checkpoint is saved; the requeued job resumes from it (by hand: `normbench run resume=true "
-                f"hydra.run.dir={run_dir}`)."
+                f"checkpoint is saved; the requeued job resumes from it (by hand: `{again}`)."
             )
-        return (
-            f"Interrupted by {name} at step {step}. A checkpoint is saved; continue with `normbench run resume=true "
-            f"hydra.run.dir={run_dir}`."
-        )
+        return f"Interrupted by {name} at step {step}. A checkpoint is saved; continue with `{again}`."
 
     def hand_back(self) -> str | None:
         """After the checkpoint, give a requeue request to the handler the run replaced (submitit's requeues the

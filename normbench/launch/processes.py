@@ -41,8 +41,8 @@ from normbench.base.errors import (
     NormbenchError,
     WorkerFailed,
 )
+from normbench.base.overrides import hydra_value
 from normbench.launch import rundir
-from normbench.launch.preflight import hydra_value
 from normbench.run import record as R
 from normbench.run.distributed import LOST, Ranks, join, launched, lost_contact
 from normbench.run.record import RunRecord

@@ -39,13 +39,14 @@ ELSEWHERE = "choose another directory (hydra.run.dir=DIR for a run, hydra.sweep.
 ELSEWHERE_ = ELSEWHERE[0].upper() + ELSEWHERE[1:]  # at the start of a sentence
 
 
-def io_error(error: OSError, where: Path) -> RunDirError:
-    """An OSError met while preparing or writing the run in `where`, as a message that names the fault."""
+def io_error(error: OSError, where: Path, again: str | None = None) -> RunDirError:
+    """An OSError met while preparing or writing the run in `where`, as a message that names the fault; `again`:
+    the command that goes on once the fault is fixed, where one is known (a run that had started)."""
     name = error.filename or where
+    then = f"then `{again}`" if again else "rerun the same command"
     reasons = {
         errno.ENOSPC: f"No space left on device while writing {name}: the file system holding {where} is full "
-        f"({_free(where)} free). Free space there and rerun the same command (a run continues from its last "
-        f"checkpoint with resume=true), or {ELSEWHERE}.",
+        f"({_free(where)} free). Free space there and {then}, or {ELSEWHERE}.",
         errno.EDQUOT: f"Disk quota exceeded while writing {name} (in {where}). Free space or {ELSEWHERE}.",
         errno.EFBIG: f"File too large: writing {name} exceeded the file-size limit (`ulimit -f`) or the file "
         f"system's. Raise the limit or {ELSEWHERE}.",

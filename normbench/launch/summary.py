@@ -3,6 +3,7 @@ launcher), the HParams experiment of a grid no pre-flight checked, and the exit 
 
 from __future__ import annotations
 
+import shlex
 import time
 from pathlib import Path
 from typing import Any
@@ -19,8 +20,8 @@ from normbench.base.overrides import is_hydra_key
 from normbench.launch.compose import expand_grid
 from normbench.launch.naming import run_name, swept_keys
 from normbench.launch.preflight import CHECKED
-from normbench.launch.rundir import in_use
-from normbench.run.board import SweepExperiment, run_hparams, run_metrics, tensorboard_hint
+from normbench.launch.rundir import CHECKPOINT_FILE, HYDRA_DIR, in_use
+from normbench.run.board import EVENTS_PREFIX, SweepExperiment, run_hparams, run_metrics, tensorboard_hint
 from normbench.run.record import COMPLETED, RUNNING, UnreadableRecord, find_records
 from normbench.run.report import flagged_count, print_tables, write_summary
 from normbench.run.setup import effective_lr
@@ -76,8 +77,9 @@ class SweepSummary(Callback):
             highlight=False,
         )
         console.print(
-            f"Summary: {sweep_dir / 'summary.csv'}, {sweep_dir / 'summary.json'}. Figures: normbench report "
-            f"{sweep_dir}.\n{tensorboard_hint(sweep_dir, [r['run'] for r in summary['runs']])}",
+            f"Summary: {sweep_dir / 'summary.csv'}, {sweep_dir / 'summary.json'}. Figures: "
+            f"{shlex.join(['normbench', 'report', str(sweep_dir)])}.\n"
+            f"{tensorboard_hint(sweep_dir, [r['run'] for r in summary['runs']])}",
             highlight=False,
             soft_wrap=True,
         )
@@ -94,7 +96,7 @@ def unfinished(sweep_dir: Path, runs: list[str]) -> dict[str, str]:
         if in_use(run_dir):
             out[name] = "running in another process"
         elif record is None:
-            out[name] = "not started"
+            out[name] = started(run_dir)
         elif isinstance(record, UnreadableRecord):
             out[name] = "unreadable"
         elif record.status == RUNNING:
@@ -102,6 +104,16 @@ def unfinished(sweep_dir: Path, runs: list[str]) -> dict[str, str]:
         elif record.status != COMPLETED:
             out[name] = record.status
     return out
+
+
+def started(run_dir: Path) -> str:
+    """What a run without a record is: never started, or started and stopped before its first checkpoint (killed:
+    a failure would have left a record), or killed between its checkpoint and its record."""
+    if not (run_dir / HYDRA_DIR).exists() and not any(run_dir.glob(f"{EVENTS_PREFIX}*")):
+        return "not started"
+    if (run_dir / CHECKPOINT_FILE).exists():
+        return "started, killed after a checkpoint"
+    return "started, no checkpoint"
 
 
 def sweep_outcome(sweep_dir: Path, runs: list[str], again: str, interrupted: bool) -> int:

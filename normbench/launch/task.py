@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import shlex
 import signal
 import sys
 import traceback
@@ -21,8 +22,10 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from rich.table import Table
 
+from normbench.base import signals
 from normbench.base.console import console, print_error
 from normbench.base.errors import EXIT_CRASH, EXIT_INTERRUPTED, InterruptedRun, NormbenchError
+from normbench.base.overrides import hydra_value, override_key
 from normbench.base.resources import config_dir, load_plugins
 from normbench.launch import preflight, rundir
 from normbench.launch.compose import validate
@@ -153,6 +156,7 @@ def train(
     try:
         if not preflight.checked(multirun):  # a parallel worker's or SLURM job's config, or Hydra called directly
             validate(cfg)
+        signals.resume_command = run_command(hydra_cfg, resume_in=run_dir)  # what a stop message prints
         try:
             if ranks is None or ranks.writes:
                 rundir.write_hydra_files(run_dir, cfg, hydra_cfg)
@@ -164,7 +168,7 @@ def train(
                 record = run(cfg, run_dir, console=console, resume=resume, saved_checkpoint=saved, swept=swept,
                              sweep_dir=Path(hydra_cfg.sweep.dir) if multirun else None, ranks=ranks)  # fmt: skip
         except OSError as error:
-            raise rundir.io_error(error, run_dir) from None
+            raise rundir.io_error(error, run_dir, again=recovery_command(hydra_cfg, run_dir)) from None
         if ranks is not None and not ranks.writes:
             return None  # rank 0's record is the run's
         if quiet or record is None:
@@ -222,6 +226,23 @@ def train(
             (run_dir / "error.txt").write_text(traceback.format_exc())
         print_error(error, f" in {run_dir.name} (traceback in {run_dir / 'error.txt'})")
         return read_quietly(run_dir)
+
+
+KEPT_HYDRA_KEYS = ("hydra.searchpath", "hydra.job.env_set")  # Hydra settings that shape the run itself
+
+
+def run_command(hydra_cfg: DictConfig, resume_in: Path | None = None) -> str:
+    """`normbench run` with this run's own overrides (a sweep's job: the sweep's and its own), shell-quoted: with
+    `resume_in`, resume=true in that directory; without, a new run in a new dated directory."""
+    own = [o for o in hydra_cfg.overrides.task if override_key(o) != "resume"]
+    kept = [o for o in hydra_cfg.overrides.hydra if override_key(o).startswith(KEPT_HYDRA_KEYS)]
+    where = ["resume=true", f"hydra.run.dir={hydra_value(str(resume_in.resolve()))}"] if resume_in else []
+    return shlex.join(["normbench", "run", *own, *kept, *where])
+
+
+def recovery_command(hydra_cfg: DictConfig, run_dir: Path) -> str:
+    """What continues a run stopped by a file-system fault: from its checkpoint, or (none yet) a new run."""
+    return run_command(hydra_cfg, resume_in=run_dir if (run_dir / rundir.CHECKPOINT_FILE).exists() else None)
 
 
 def read_quietly(run_dir: Path) -> RunRecord | None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import pickle
+import shlex
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,9 +74,9 @@ def load_cifar10(root: str | Path, download: bool = False) -> ImageData:
     from torchvision.datasets import CIFAR10  # imported here: torchvision is slow to import
 
     root = Path(root).expanduser().resolve()
+    fetch = shlex.join(["normbench", "run", "data=cifar10", f"data.root={root}", "data.download=true"])
     how = (
-        f"Fetch it with `normbench run data=cifar10 data.root={root} data.download=true` where the "
-        f"network allows, or copy an existing `{CIFAR10_FOLDER}/` folder (from "
+        f"Fetch it with `{fetch}` where the network allows, or copy an existing `{CIFAR10_FOLDER}/` folder (from "
         "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz, unpacked) into that folder."
     )
     missing = cifar10_missing(root)

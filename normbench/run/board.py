@@ -24,6 +24,7 @@ directory holding one as a run, so an experiment at the sweep root would be a ru
 from __future__ import annotations
 
 import json
+import shlex
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -46,6 +47,7 @@ from normbench.parts.norms import NORMS
 from normbench.run import record as R
 
 HValue = str | float | bool
+EVENTS_PREFIX = "events.out.tfevents."  # the name of every TensorBoard event file
 # HParams columns: the last value of each of these tags in a run. Every run has these four...
 METRICS = ("val/acc", "val/loss", "train/acc", "train/loss_epoch")
 # ... and BN-family runs with eval.bn_modes these (PreciseBN's only with eval.precise_bn_images > 0).
@@ -232,10 +234,13 @@ class Board:
         writes: bool = True,
     ) -> None:
         self.x_per_step = x_per_step
-        if first_event is not None and writes:  # a sweep run's place in TensorBoard's run lists
-            write_order_marker(log_dir, first_event)
-        # A run resumed at step `resumed_at` drops what the interrupted process wrote after its checkpoint.
-        purge = None if resumed_at is None else self.x(resumed_at + 1)
+        # A run resumed at step `resumed_at` drops what the interrupted process wrote after its checkpoint; a run
+        # started from scratch over an earlier attempt's events (killed or failed before its first checkpoint)
+        # drops all of them. TensorBoard's readers purge every earlier event at or after the purge step; the
+        # earlier files stay as they were written.
+        purge = self.x(resumed_at + 1) if resumed_at is not None else None
+        if purge is None and any(log_dir.glob(f"{EVENTS_PREFIX}*")):
+            purge = 0
         # writes=False: a worker process other than rank 0, which writes nothing (run/distributed.py).
         self.writer: Any = SummaryWriter(str(log_dir), purge_step=purge) if writes else _NoWriter()
 
@@ -331,7 +336,7 @@ def tensorboard_hint(log_dir: Path, runs: Sequence[str] = ()) -> str:
     what = "Sweep directory" if runs else "Run directory"
     lines = [
         f"{what}: {log_dir}",
-        f"TensorBoard: tensorboard --logdir {log_dir}",
+        f"TensorBoard: tensorboard --logdir {shlex.quote(str(log_dir))}",
         f"  loss and accuracy: {timeseries_url()}",
     ]
     if runs:
