@@ -150,7 +150,7 @@ def train(
                 rundir.verify_checkpoint(run_dir)
             swept = swept_keys(hydra_cfg.overrides.task, hydra_cfg.job.config.override_dirname.exclude_keys)
             if processes.starts_workers(cfg):
-                record = processes.start(cfg, list(hydra_cfg.overrides.task), run_dir)
+                record = processes.start(cfg, list(hydra_cfg.overrides.task), run_dir, multirun or bool(cfg.resume))
             else:
                 record = run(cfg, run_dir, console=console, resume=multirun or bool(cfg.resume),
                              swept=swept, experiment=not multirun, ranks=ranks)  # fmt: skip
