@@ -6,6 +6,7 @@ today's W=1 path bit for bit."""
 from __future__ import annotations
 
 import copy
+import itertools
 import json
 import os
 import socket
@@ -23,12 +24,14 @@ from torch import nn
 from normbench.base.errors import ConfigError, NormError
 from normbench.launch.compose import compose_config
 from normbench.launch.naming import run_name
+from normbench.parts.data import Batches
 from normbench.parts.models import build_model, check_norm_shapes
 from normbench.parts.models.cnn import CNN
 from normbench.parts.norms import build_norm, register_norm
 from normbench.parts.norms.layers import set_workers
 from normbench.parts.norms.registry import NORMS, on
 from normbench.run.board import run_hparams
+from normbench.run.evaluation import batch_stats_accuracy, frozen_buffers
 from normbench.run.record import RunRecord
 from normbench.run.train import run
 
@@ -330,3 +333,56 @@ def test_syncbn_in_one_process_is_bn_and_ignores_emulated_workers() -> None:
     assert first.keys() == second.keys()
     for key, value in first.items():
         torch.testing.assert_close(value, second[key], rtol=1e-5, atol=1e-6, msg=key)
+
+
+# --- batch-statistics validation, grouped -------------------------------------------------------------------
+
+
+def logits_of(model: nn.Module) -> list[torch.Tensor]:
+    """Every forward's output, in order (a hook: the evaluation itself only returns an accuracy)."""
+    seen: list[torch.Tensor] = []
+    model.register_forward_hook(lambda module, args, out: seen.append(out.detach().clone()))
+    return seen
+
+
+@pytest.mark.parametrize(
+    ("model_cfg", "norm"),
+    [
+        ({"name": "mlp", "width": 8, "depth": 2}, {"name": "bn"}),
+        ({"name": "mlp", "width": 8, "depth": 2}, {"name": "brn", "warmup_steps": 0}),
+        ({"name": "cnn", "widths": [4, 8]}, {"name": "bn", "impl": "reference"}),
+        ({"name": "mlp", "width": 8, "depth": 2}, {"name": "syncbn"}),
+    ],
+)
+@pytest.mark.parametrize("images", [24, 23, 21, 17])  # whole shares; a last share of 3; of 1 (twice)
+def test_grouped_batch_statistics_validation_equals_the_loop_over_shares(model_cfg, norm, images: int) -> None:
+    """One forward per chunk of up to 8 images, statistics per share of 4, against one forward per share of 4
+    (each from the trained running statistics). A last image alone joins the share before it."""
+    torch.manual_seed(7)
+    model = build_model(model_cfg, norm, workers=2).train()
+    with torch.no_grad():
+        for name, buffer in model.named_buffers():
+            if "running" in name:
+                buffer.uniform_(0.5, 1.5)
+    data = torch.randint(0, 256, (images, 3, 32, 32), dtype=torch.uint8)
+    common = dict(mean=(0.5,) * 3, std=(0.25,) * 3, device=torch.device("cpu"), train=False)
+    shares = Batches(data, torch.zeros(images, dtype=torch.long), 4, **common)
+    x = torch.cat([b for b, _ in shares.rebatched(images).epoch()])
+    cuts = [*range(0, images, 4), images]
+    if images % 4 == 1:
+        cuts.remove(images - 1)  # one image left: with the share before it
+    loop = []
+    set_workers(model, 1)
+    with torch.no_grad():
+        for start, stop in itertools.pairwise(cuts):
+            with frozen_buffers(model):
+                loop.append(model(x[start:stop]))
+    expected = torch.cat(loop)
+    grouped = logits_of(model)
+    shares.labels = expected.argmax(1)
+    assert batch_stats_accuracy(model, shares, most=8) == 1.0
+    torch.testing.assert_close(torch.cat(grouped), expected, rtol=1e-5, atol=1e-5)
+    if norm["name"] == "syncbn":  # statistics over all shares: the loop itself
+        assert len(grouped) == len(cuts) - 1
+    else:  # chunks of two shares, and at most one forward more for the last share
+        assert len(grouped) <= -(-images // 8) + 1

@@ -6,7 +6,6 @@ budget=steps needing max_steps, or a batch no larger than the training set), so 
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import hashlib
 import json
@@ -124,13 +123,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def rebatched(batches: Batches, batch_size: int) -> Batches:
-    """The same images, augmentation and draws (sharing the tensors, no copy) in batches of `batch_size`."""
-    other = copy.copy(batches)
-    other.batch_size = batch_size
-    return other
-
-
 @dataclass
 class Setup:
     """What a run is built from. `forward` is the module the training step calls: `model` itself, or its
@@ -206,7 +198,7 @@ def set_up(cfg: DictConfig, data: ImageData | None = None) -> Setup:
             Batches(val_batches.images, val_batches.labels, small, train=False, **common) if bn_modes else None
         ),
         # The training images already on the device (padded when augmented), in PreciseBN's batch size.
-        precise_bn_batches=rebatched(train_batches, precise.batch_size) if precise else None,
+        precise_bn_batches=train_batches.rebatched(precise.batch_size) if precise else None,
         precise_bn=precise,
         workers=cfg.workers,
     )
