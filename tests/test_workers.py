@@ -276,9 +276,35 @@ def sync_rank(rank: int, world: int, port: int, out: str) -> None:
             for impl in ("torch", "reference")
             for layout in SYNC_SHAPES
         }
+        results["ddp"] = ddp_steps(rank, world)
         torch.save(results, Path(out) / f"rank{rank}.pt")
     finally:
         dist.destroy_process_group()
+
+
+def ddp_batches(step: int) -> tuple[torch.Tensor, torch.Tensor]:
+    torch.manual_seed(20 + step)
+    return torch.randn(8, 2, 4, 4) * 2 + 1, torch.randint(0, 3, (8,))
+
+
+def ddp_steps(rank: int, world: int, steps: int = 3) -> dict[str, torch.Tensor]:
+    """Three SGD steps of the small bn model under PyTorch's DDP (broadcast_buffers=True, its default), this
+    rank training on its contiguous share: each step's loss (the mean over the total batch), then the weights
+    and this rank's buffers."""
+    model = nn.parallel.DistributedDataParallel(small_model("bn", "torch").train())
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    losses = []
+    for step in range(steps):
+        x, y = ddp_batches(step)
+        k = len(y) // world
+        loss = F.cross_entropy(model(x[rank * k : (rank + 1) * k]), y[rank * k : (rank + 1) * k])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        mean = loss.detach().clone() / world
+        dist.all_reduce(mean)
+        losses.append(mean)
+    return {"losses": torch.stack(losses), **{k: v.detach().clone() for k, v in model.module.state_dict().items()}}
 
 
 @pytest.fixture(scope="module")
@@ -319,6 +345,29 @@ def test_syncbn_formula_version_equals_torch_sync_batch_norm_on_cuda(synced, lay
         for key, value in formula.items():
             torch.testing.assert_close(value, torch_sync[key], rtol=1e-5, atol=1e-5, msg=key)
         assert_rank_matches_one_process(formula, sync_cases("cpu", "torch", layout, rank=0, world=1), rank)
+
+
+@pytest.mark.parametrize("impl", ["torch", "reference"])
+def test_emulated_workers_equal_a_real_two_process_ddp_run(synced, impl: str) -> None:
+    """The same three steps with workers=2 emulated in one process: the same per-step losses, weights, and
+    running statistics as rank 0's under DDP (the evaluated model). Rank 1's buffers differ: they are the
+    broadcast ones updated from share 1, which the next forward would overwrite."""
+    model = small_model("bn", impl).train()
+    set_workers(model, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    losses = []
+    for step in range(3):
+        x, y = ddp_batches(step)
+        loss = F.cross_entropy(model(x), y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.detach())
+    rank0, rank1 = (synced[r]["ddp"] for r in range(WORLD))
+    torch.testing.assert_close(torch.stack(losses), rank0["losses"], rtol=1e-5, atol=1e-6)
+    for key, value in model.state_dict().items():
+        torch.testing.assert_close(value, rank0[key], rtol=1e-5, atol=1e-5, msg=key)
+    assert not torch.allclose(rank1["1.running_mean"], rank0["1.running_mean"])
 
 
 def test_syncbn_in_one_process_is_bn_and_ignores_emulated_workers() -> None:
