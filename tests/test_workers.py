@@ -5,7 +5,6 @@ today's W=1 path bit for bit."""
 
 from __future__ import annotations
 
-import copy
 import itertools
 import json
 import os
@@ -24,15 +23,17 @@ from torch import nn
 from normbench.base.errors import ConfigError, NormError
 from normbench.launch.compose import compose_config
 from normbench.launch.naming import run_name
-from normbench.parts.data import Batches
+from normbench.parts.data import Batches, make_synthetic
 from normbench.parts.models import build_model, check_norm_shapes
 from normbench.parts.models.cnn import CNN
 from normbench.parts.norms import build_norm, register_norm
 from normbench.parts.norms.layers import set_workers
 from normbench.parts.norms.registry import NORMS, on
-from normbench.run.board import run_hparams
-from normbench.run.evaluation import batch_stats_accuracy, frozen_buffers
+from normbench.run.board import Board, run_hparams
+from normbench.run.evaluation import PRECISE_BN_DRAW, batch_stats_accuracy, frozen_buffers, precise_bn
+from normbench.run.monitor import Monitor
 from normbench.run.record import RunRecord
+from normbench.run.setup import set_up
 from normbench.run.train import run
 
 SHAPES = {"vector": (16, 3), "image": (8, 3, 2, 2), "sequence": (8, 2, 3)}  # four shares: 4, 8, 4 values
@@ -219,9 +220,28 @@ def test_record_run_name_and_hparams_say_workers_and_images_per_worker(tiny, tmp
     assert run_name("bn", 16, ["norm=bn", "seed=1", "workers=8", "batch_size=16"], []) == "bn_b016_w008_seed001"
 
 
-def test_precise_bn_and_copies_keep_the_per_share_setting_apart() -> None:
-    model = build_model({"name": "mlp", "width": 8, "depth": 1}, {"name": "bn"}, workers=2)
-    assert copy.deepcopy(model).layer1.norm.workers == 2  # type: ignore[union-attr]
+def test_monitor_shows_share_zero_and_precise_bn_takes_whole_batches(tmp_path) -> None:
+    """The monitor's BN batch statistics are share 0's (the ones the running statistics follow); PreciseBN
+    re-estimates population statistics over whole batches on a copy, the model keeping its shares."""
+    torch.manual_seed(8)
+    model = build_model({"name": "mlp", "width": 8, "depth": 1}, {"name": "bn"}, workers=2).train()
+    monitor = Monitor(model, Board(tmp_path), every=1, most=100)
+    monitor.attach()
+    x = torch.randn(8, 3, 32, 32)
+    with torch.no_grad():
+        model(x)
+        h = model.layer1.fc(x.flatten(1)).double()  # type: ignore[operator]
+    _, _, (mean, var) = monitor.captured["layer1.norm"]
+    monitor.close()
+    torch.testing.assert_close(mean.double(), h[:4].mean(0), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(var.double(), h[:4].var(0, unbiased=False), rtol=1e-4, atol=1e-5)
+    data = make_synthetic(32, 8)
+    batches = Batches(data.train_images, data.train_labels, 8, data.mean, data.std, torch.device("cpu"), train=True)
+    precise = precise_bn(model, batches, 1)
+    assert precise.layer1.norm.workers == 1 and model.layer1.norm.workers == 2  # type: ignore[union-attr]
+    with torch.no_grad():
+        h = precise.layer1.fc(next(batches.epoch(PRECISE_BN_DRAW))[0].flatten(1))  # type: ignore[operator]
+    torch.testing.assert_close(precise.layer1.norm.running_mean, h.mean(0))  # type: ignore[union-attr]
     assert "workers" not in str(model.state_dict().keys())
 
 
@@ -435,3 +455,13 @@ def test_grouped_batch_statistics_validation_equals_the_loop_over_shares(model_c
         assert len(grouped) == len(cuts) - 1
     else:  # chunks of two shares, and at most one forward more for the last share
         assert len(grouped) <= -(-images // 8) + 1
+
+
+def test_set_up_emulates_the_workers_its_process_does_not_leave_to_others(tiny) -> None:
+    """Under torch.distributed a process emulates workers / processes shares (1 with a process per worker)."""
+    cfg = tiny("workers=4", "model=mlp", "model.width=8", "model.depth=1")
+    for processes, emulated in ((1, 4), (2, 2), (4, 1)):
+        setup = set_up(cfg, processes=processes)
+        assert setup.workers == emulated and setup.model.layer1.norm.workers == emulated  # type: ignore[union-attr]
+        assert setup.lr == pytest.approx(0.1 * 8 / 128)  # the optimizer's total batch
+        assert setup.val_at_train_batch_size is not None and setup.val_at_train_batch_size.batch_size == 2
