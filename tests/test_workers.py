@@ -65,19 +65,27 @@ def share_formula(x: torch.Tensor, layout: str, workers: int, eps: float, brn: b
     return y if layout == "sequence" else y.movedim(-1, 1)
 
 
-def layer(name: str, layout: str, impl: str, workers: int) -> nn.Module:
+def layer(name: str, layout: str, impl: str, workers: int, reorder: bool = True) -> nn.Module:
+    """A norm layer with worker shares: through `set_workers` (the batch reordered around it, its shares a view)
+    or by its attribute alone (contiguous shares taken as they are)."""
     options = {"warmup_steps": 0} if name == "brn" else {}
     module = build_norm(name, 3, layout, impl=impl, **options)  # type: ignore[arg-type]
-    set_workers(module, workers)
+    if reorder:
+        set_workers(module, workers)
+    else:
+        module.workers = workers
     return module.train()
 
 
+@pytest.mark.parametrize("reorder", [True, False])
 @pytest.mark.parametrize(("name", "layout", "impl"), CASES)
-def test_each_share_is_normalized_over_itself_gradients_and_running_stats_from_share_zero(name, layout, impl) -> None:
+def test_each_share_is_normalized_over_itself_gradients_and_running_stats_from_share_zero(
+    name, layout, impl, reorder
+) -> None:
     torch.manual_seed(0)
     n = SHAPES[layout][0]
     x = torch.randn(SHAPES[layout]) * 3 + torch.arange(float(n)).view(n, *[1] * (len(SHAPES[layout]) - 1))
-    bn = layer(name, layout, impl, workers=4)
+    bn = layer(name, layout, impl, workers=4, reorder=reorder)
     with torch.no_grad():
         bn.weight.copy_(torch.tensor([0.5, 2.0, -1.0]))
         bn.bias.copy_(torch.tensor([0.1, -0.2, 0.3]))
@@ -98,7 +106,7 @@ def test_each_share_is_normalized_over_itself_gradients_and_running_stats_from_s
     torch.testing.assert_close(bn.bias.grad.double(), beta.grad, rtol=1e-4, atol=1e-5)
 
     # Outputs, and the running statistics after exactly one update: share 0's alone (rank 0's buffers).
-    fresh = layer(name, layout, impl, workers=4)
+    fresh = layer(name, layout, impl, workers=4, reorder=reorder)
     with torch.no_grad():
         fresh.weight.copy_(bn.weight)
         fresh.bias.copy_(bn.bias)
