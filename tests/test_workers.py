@@ -473,3 +473,33 @@ def test_set_up_emulates_the_workers_its_process_does_not_leave_to_others(tiny) 
         assert setup.workers == emulated and setup.model.layer1.norm.workers == emulated  # type: ignore[union-attr]
         assert setup.lr == pytest.approx(0.1 * 8 / 128)  # the optimizer's total batch
         assert setup.val_at_train_batch_size is not None and setup.val_at_train_batch_size.batch_size == 2
+
+
+@pytest.mark.parametrize(
+    "options", [{"affine": False}, {"track_running_stats": False}, {"momentum": None}], ids=lambda o: str(o)
+)
+@pytest.mark.parametrize("impl", ["torch", "reference"])
+def test_the_reordered_batch_and_contiguous_shares_agree_for_every_bn_option(options: dict, impl: str) -> None:
+    """Two steps through `set_workers` (the batch reordered, shares a view) and through the attribute alone
+    (contiguous shares, checked against the formula above): outputs, input gradients, buffers."""
+    layers = []
+    for reorder in (True, False):
+        module = build_norm("bn", 3, "image", impl=impl, **options).train()  # type: ignore[arg-type]
+        if reorder:
+            set_workers(module, 4)
+        else:
+            module.workers = 4
+        layers.append(module)
+    for step in range(2):
+        torch.manual_seed(step)
+        x, g = torch.randn(8, 3, 2, 2) + step, torch.randn(8, 3, 2, 2)
+        outs = []
+        for module in layers:
+            xi = x.clone().requires_grad_()
+            y = module(xi)
+            (y * g).sum().backward()
+            outs.append((y.detach(), xi.grad))
+        for a, b in zip(*outs, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    for (key, a), b in zip(layers[0].state_dict().items(), layers[1].state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=key)

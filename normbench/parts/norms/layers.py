@@ -84,21 +84,71 @@ def share_batch_norm(bn: nn.modules.batchnorm._BatchNorm, x: Tensor, workers: in
     γ and β are repeated per share (their gradients sum over the shares); the running statistics take share
     0's update alone, as DDP's buffer broadcast from rank 0 leaves them."""
     n, c, rest = x.shape[0], x.shape[1], x.shape[2:]
-    wide = shares(x, workers, interleaved).transpose(0, 1).reshape(n // workers, workers * c, *rest)
     running_mean = running_var = None
     factor = 0.0
     if bn.track_running_stats and bn.running_mean is not None and bn.running_var is not None:
         bn.num_batches_tracked.add_(1)  # type: ignore[union-attr,operator]
         factor = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
         running_mean, running_var = bn.running_mean.repeat(workers), bn.running_var.repeat(workers)
-    weight = None if bn.weight is None else bn.weight.repeat(workers)
-    bias = None if bn.bias is None else bn.bias.repeat(workers)
-    y = F.batch_norm(wide, running_mean, running_var, weight, bias, True, factor, bn.eps)
+    if interleaved:
+        y = InterleavedBatchNorm.apply(x, bn.weight, bn.bias, running_mean, running_var, workers, factor, bn.eps)
+    else:
+        wide = shares(x, workers).transpose(0, 1).reshape(n // workers, workers * c, *rest)
+        weight = None if bn.weight is None else bn.weight.repeat(workers)
+        bias = None if bn.bias is None else bn.bias.repeat(workers)
+        y = F.batch_norm(wide, running_mean, running_var, weight, bias, True, factor, bn.eps)
+        y = unshare(y.reshape(n // workers, workers, c, *rest).transpose(0, 1))
     if running_mean is not None and running_var is not None:
         with torch.no_grad():
             bn.running_mean.copy_(running_mean[:c])  # type: ignore[union-attr]
             bn.running_var.copy_(running_var[:c])  # type: ignore[union-attr]
-    return unshare(y.reshape(n // workers, workers, c, *rest).transpose(0, 1), interleaved)
+    return y
+
+
+class InterleavedBatchNorm(torch.autograd.Function):
+    """PyTorch's fused BatchNorm kernels on an interleaved batch viewed as (N/W, W·C, *), writing into an output
+    of the input's own shape: returned as a view of the kernel's output, it would make the in-place ReLU that
+    follows a norm copy it back and forth in the backward (autograd's view + in-place rule)."""
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        x: Tensor,
+        weight: Tensor | None,
+        bias: Tensor | None,
+        running_mean: Tensor | None,
+        running_var: Tensor | None,
+        workers: int,
+        momentum: float,
+        eps: float,
+    ) -> Tensor:
+        wide_shape = (x.shape[0] // workers, workers * x.shape[1], *x.shape[2:])
+        wide = x.reshape(wide_shape)
+        wide_weight = None if weight is None else weight.repeat(workers)
+        wide_bias = None if bias is None else bias.repeat(workers)
+        out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+        accumulate = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
+        mean = torch.empty(wide_shape[1], dtype=accumulate, device=x.device)
+        invstd = torch.empty_like(mean)
+        torch.ops.aten.native_batch_norm.out(
+            wide, wide_weight, wide_bias, running_mean, running_var, True, momentum, eps,
+            out=out.view(wide_shape), save_mean=mean, save_invstd=invstd,
+        )  # fmt: skip
+        ctx.save_for_backward(wide, wide_weight, mean, invstd)
+        ctx.eps, ctx.workers, ctx.affine = eps, workers, weight is not None
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
+        wide, wide_weight, mean, invstd = ctx.saved_tensors
+        mask = [ctx.needs_input_grad[0], ctx.affine and ctx.needs_input_grad[1], ctx.affine and ctx.needs_input_grad[2]]
+        grad_x, grad_w, grad_b = torch.ops.aten.native_batch_norm_backward(
+            grad.reshape(wide.shape), wide, wide_weight, None, None, mean, invstd, True, ctx.eps, mask
+        )
+        channels = wide.shape[1] // ctx.workers
+        per_channel_sum = lambda g: None if g is None else g.view(ctx.workers, channels).sum(0)  # noqa: E731
+        x_grad = None if grad_x is None else grad_x.view(grad.shape)
+        return x_grad, per_channel_sum(grad_w), per_channel_sum(grad_b), None, None, None, None, None
 
 
 class WorkerShares:
