@@ -52,6 +52,20 @@ def test_explain_answers_the_notes_question() -> None:
     assert "G = C = 8: each group is one channel, which is InstanceNorm" in " ".join(out.split()) and "refused" in out
 
 
+def test_explain_says_what_a_worker_share_is_and_what_syncbn_averages() -> None:
+    code, out = invoke("explain", "bn", "--shape", "8,8,4,4", "--workers", "4")
+    text = " ".join(out.replace("│", " ").split())
+    assert code == 0 and "4 workers, each a contiguous share of 2 samples" in text
+    assert "32 means and 32 variances" in text and "(4 × 8 means, 32 values each)" in text and "worker 0's" in text
+    code, out = invoke("explain", "syncbn", "--shape", "8,8,4,4", "--workers", "4")
+    text = " ".join(out.replace("│", " ").split())
+    assert code == 0 and "8 means and 8 variances" in text and "= bn over the total batch of 8" in text
+    code, out = invoke("explain", "gn", "--shape", "8,8,4,4", "--workers", "4", "--groups", "4")
+    assert code == 0 and "no effect" in out
+    code, out = invoke("explain", "bn", "--shape", "8,16", "--workers", "3")
+    assert code == 2 and "--workers 3 does not divide the batch N=8" in out and "Traceback" not in out
+
+
 BAD = [
     (
         ["norm=batchnorm"],

@@ -134,9 +134,9 @@ def test_syncbn_across_two_processes_trains_like_bn_over_the_total_batch(tmp_pat
 
 def test_processes_not_as_many_as_workers_are_refused(tmp_path) -> None:
     env = {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "2", "MASTER_ADDR": "localhost", "MASTER_PORT": "29999"}
-    done = normbench("run", *SMALL, "workers=3", f"hydra.run.dir={tmp_path / 'r'}", cwd=tmp_path, **env)
+    done = normbench("run", *SMALL, "workers=4", f"hydra.run.dir={tmp_path / 'r'}", cwd=tmp_path, **env)
     assert done.returncode == EXIT_BAD_INPUT, done.stdout + done.stderr
-    assert "workers=3, but torch.distributed started 2 processes" in done.stdout
+    assert "workers=4, but torch.distributed started 2 processes" in done.stdout
     assert "Traceback" not in done.stdout + done.stderr
 
 

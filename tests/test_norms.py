@@ -346,6 +346,16 @@ def test_explain_matches_the_notes_table(name, shape, axes, stats, each, params,
     )
 
 
+@pytest.mark.parametrize(
+    ("name", "stats", "each"), [("bn", 32, 32), ("brn", 32, 32), ("syncbn", 8, 128), ("ln", 8, 128), ("in", 64, 16)]
+)
+def test_explain_with_workers_counts_statistics_per_share(name: str, stats: int, each: int) -> None:
+    """(N, C, H, W) = (8, 8, 4, 4) shared by 4 workers: bn and brn take 8 means per share of 2 samples
+    (2·4·4 = 32 values each), syncbn 8 over the total batch, per-sample norms as without workers."""
+    e = explain(name, (8, 8, 4, 4), workers=4)
+    assert (e.num_statistics, e.values_per_statistic, e.images_per_worker) == (stats, each, 2)
+
+
 @pytest.mark.parametrize("name", ["in"])
 def test_explain_refuses_vector_features_like_the_registry(name: str) -> None:
     with pytest.raises(NormError) as from_explain:

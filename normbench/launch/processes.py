@@ -132,10 +132,14 @@ def failure(error: BaseException) -> BaseException:
 # --- In the parent --------------------------------------------------------------------------------------
 
 
-def start(cfg: DictConfig, overrides: list[str], run_dir: Path) -> RunRecord | None:
+def start(cfg: DictConfig, overrides: list[str], run_dir: Path, resume: bool) -> RunRecord | None:
     """Train the run in `cfg.workers` processes started by torchrun's agent, on this machine; this process holds
-    the run directory's lock meanwhile. Returns the record; raises the run's end as a NormbenchError."""
-    argv = ["-m", "normbench", "run", *overrides, f"hydra.run.dir={hydra_value(str(run_dir))}"]
+    the run directory's lock meanwhile. `resume`: continue from the checkpoint there (a sweep's job always does).
+    Returns the record; raises the run's end as a NormbenchError."""
+    # What this process decided goes to the workers too: the directory, resuming, a sweep job's threads.
+    decided = {"hydra.run.dir": hydra_value(str(run_dir)), "resume": str(resume).lower(), "threads": cfg.threads}
+    given = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") not in decided]
+    argv = ["-m", "normbench", "run", *given, *(f"{k}={'null' if v is None else v}" for k, v in decided.items())]
     if not debugging():  # torchrun's agent logs each worker it stops; the parent's paragraph says what happened
         for name in [*logging.root.manager.loggerDict, "torch.distributed.elastic"]:
             if name.startswith("torch.distributed.elastic"):

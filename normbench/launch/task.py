@@ -163,7 +163,7 @@ def train(
             resume = multirun or bool(cfg.resume)
             swept = swept_keys(hydra_cfg.overrides.task, hydra_cfg.job.config.override_dirname.exclude_keys)
             if processes.starts_workers(cfg):
-                record = processes.start(cfg, list(hydra_cfg.overrides.task), run_dir)
+                record = processes.start(cfg, list(hydra_cfg.overrides.task), run_dir, multirun or bool(cfg.resume))
             else:
                 record = run(cfg, run_dir, console=console, resume=resume, saved_checkpoint=saved, swept=swept,
                              sweep_dir=Path(hydra_cfg.sweep.dir) if multirun else None, ranks=ranks)  # fmt: skip

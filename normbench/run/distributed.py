@@ -77,8 +77,9 @@ class Ranks:
                 yield x[self.rank * n : (self.rank + 1) * n], y[self.rank * n : (self.rank + 1) * n]
 
     def wrap(self, model: nn.Module, device: torch.device) -> nn.Module:
-        """The module the training step calls: DDP around `model` across the ranks, `model` itself alone."""
-        if self.world == 1:
+        """The module the training step calls: DDP around `model` across the ranks, `model` itself alone (and
+        without a process group: a `Ranks` made by hand has nothing to average across)."""
+        if self.world == 1 or not dist.is_initialized():
             return model
         return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 

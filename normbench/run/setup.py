@@ -6,7 +6,6 @@ budget=steps needing max_steps, or a batch no larger than the training set), so 
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import hashlib
 import json
@@ -125,13 +124,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def rebatched(batches: Batches, batch_size: int) -> Batches:
-    """The same images, augmentation and draws (sharing the tensors, no copy) in batches of `batch_size`."""
-    other = copy.copy(batches)
-    other.batch_size = batch_size
-    return other
-
-
 @dataclass
 class Setup:
     """What a run is built from. `forward` is the module the training step calls: `eager`, or its compiled
@@ -158,12 +150,12 @@ class Setup:
     val_at_train_batch_size: Batches | None
     precise_bn_batches: Batches | None = None
     precise_bn: PreciseBNPlan | None = None
-    workers: int = 1  # worker shares of each batch emulated here (the BN-family layers know it too)
+    workers: int = 1  # worker shares emulated in this process's forward (the BN-family layers know it too)
 
 
 def set_up(cfg: DictConfig, data: ImageData | None = None, ranks: Ranks | None = None) -> Setup:
     """Build everything in a fixed order from the seed, so that the same config gives the same run; on every
-    rank of a multi-process run (`ranks`) the same."""
+    rank of a multi-process run (`ranks`: run/distributed.py) the same."""
     ranks = ranks or Ranks()
     device = select_device(cfg.device)
     if device.type == "cuda" and device.index is None:  # the current device: a sweep job's own GPU (launch/jobs.py)
@@ -175,9 +167,10 @@ def set_up(cfg: DictConfig, data: ImageData | None = None, ranks: Ranks | None =
     seed_everything(cfg.seed)
     data = data or cached_data(cfg.data)
     budget = make_budget(cfg, len(data.train_labels))
-    # The worker shares this process emulates: all of them in one process, its own alone in a worker process.
-    workers = cfg.workers // ranks.world
-    model = build_model(cfg.model, cfg.norm, data.num_classes, workers).to(device)
+    # Worker shares this process's BN-family layers take in one forward: all of them in one process, its own
+    # alone in each of the run's worker processes.
+    emulated = cfg.workers // ranks.world
+    model = build_model(cfg.model, cfg.norm, data.num_classes, emulated).to(device)
     channels_last = cfg.train.channels_last
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -220,7 +213,7 @@ def set_up(cfg: DictConfig, data: ImageData | None = None, ranks: Ranks | None =
             Batches(val_batches.images, val_batches.labels, small, train=False, **common) if bn_modes else None
         ),
         # The training images already on the device (padded when augmented), in PreciseBN's batch size.
-        precise_bn_batches=rebatched(train_batches, precise.batch_size) if precise else None,
+        precise_bn_batches=train_batches.rebatched(precise.batch_size) if precise else None,
         precise_bn=precise,
-        workers=workers,
+        workers=emulated,
     )

@@ -118,7 +118,7 @@ def run(
         return written
 
     stop = StopRequest()
-    name = f"{cfg.model.name}/{cfg.norm.name} b={cfg.batch_size}"
+    name = f"{cfg.model.name}/{cfg.norm.name} b={cfg.batch_size}" + (f" w={cfg.workers}" if cfg.workers > 1 else "")
     show = console.is_terminal and not cfg.get("quiet", False) and ranks.writes
     try:
         bar = progress(console, name, setup.budget.total_steps, state.step, show, sweep_dir, run_dir)
