@@ -271,3 +271,16 @@ def test_a_run_of_a_sweep_without_a_grid_writes_its_experiment_without_domains(t
     alone, first_event = run_experiment(hparams, ["val/acc"], tmp_path / "0", None)
     experiment = HParamsPluginData.FromString(alone.value[0].metadata.plugin_data.content).experiment
     assert first_event is None and not any(i.differs for i in experiment.hparam_infos)
+
+
+def test_the_order_marker_dates_a_new_run_only(tmp_path) -> None:
+    """TensorBoard's run start (its first event) is the marker's time; a run that already has events (resumed)
+    gets no marker, so its start stays what it was."""
+    board = Board(tmp_path / "new", first_event=1000.5)
+    board.scalar("val/acc", 0.5, x=8)
+    board.close()
+    ea = events(tmp_path / "new")
+    assert ea.FirstEventTimestamp() == 1000.5 and [e.step for e in ea.Scalars("val/acc")] == [8]
+    Board(tmp_path / "new", resumed_at=1, first_event=2000.0).close()
+    assert len(list((tmp_path / "new").glob("events.0.tfevents.*"))) == 1
+    assert events(tmp_path / "new").FirstEventTimestamp() == 1000.5

@@ -36,7 +36,7 @@ def test_joblib_sweep_summary_report_and_rerun(tmp_path) -> None:
     assert "Sweeping 4 runs." in first.stdout and "Joblib.Parallel" in first.stdout + first.stderr
     records = _records(sweep_dir)
     assert set(records) == RUNS  # one directory per run, named by what varies
-    content = events(sweep_dir).PluginTagToContent("hparams")  # the grid's HParams experiment, at the root
+    content = events(sweep_dir / "bn_b004").PluginTagToContent("hparams")  # the grid's HParams experiment, in a run
     infos = HParamsPluginData.FromString(content["_hparams_/experiment"]).experiment.hparam_infos
     assert {i.name for i in infos if i.differs} == {"norm", "batch_size", "lr"}
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()  # macOS: no affinity
