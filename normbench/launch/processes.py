@@ -44,7 +44,7 @@ from normbench.base.errors import (
 from normbench.launch import rundir
 from normbench.launch.preflight import hydra_value
 from normbench.run import record as R
-from normbench.run.distributed import LOST, Ranks, join, launched, lost_contact
+from normbench.run.distributed import LOST, Ranks, failure_reason, join, launched, lost_contact
 from normbench.run.record import RunRecord
 
 # Set by a parent normbench for its workers: the run directory whose lock it holds.
@@ -124,9 +124,7 @@ def end(ranks: Ranks, run_dir: Path, error: BaseException, code: int) -> NoRetur
 
 def failure(error: BaseException) -> BaseException:
     """A worker's unexpected error as it is reported: a collective that lost another rank says so."""
-    if lost_contact(error):
-        return RuntimeError(f"{LOST} ({type(error).__name__}: {str(error).splitlines()[0]})")
-    return error
+    return RuntimeError(failure_reason(error)) if lost_contact(error) else error
 
 
 # --- In the parent --------------------------------------------------------------------------------------

@@ -30,7 +30,7 @@ from normbench.parts.data import ImageData
 from normbench.run import record as R
 from normbench.run.board import Board, run_hparams
 from normbench.run.checkpoint import Checkpoint
-from normbench.run.distributed import Ranks
+from normbench.run.distributed import Ranks, failure_reason
 from normbench.run.evaluation import bn_mode_accuracies, evaluate
 from normbench.run.monitor import Monitor
 from normbench.run.progress import ProgressBar
@@ -155,7 +155,7 @@ def run(
                "from the checkpoint saved at the last epoch's end, if there is one.")  # fmt: skip
         raise
     except BaseException as error:
-        record(R.FAILED, f"{type(error).__name__}: {error}")
+        record(R.FAILED, failure_reason(error))
         raise
     finally:
         if monitor is not None:
