@@ -173,10 +173,17 @@ class WorkerDiverged(NormbenchError):
     exit_code = EXIT_DIVERGED
 
 
+def said(failure: ProcessFailure) -> str:
+    """A worker's last words: the message of its error file ("Type: text", as `end` recorded it), or the agent's
+    words for a worker that left none (killed by a signal)."""
+    message = failure.message
+    return str(message["message"] if isinstance(message, dict) else message)
+
+
 def collateral(failure: ProcessFailure) -> bool:
     """Whether a worker ended because another did: it lost contact with it, or torchrun's agent stopped it
     (SIGTERM, after the first failure) before it could say so."""
-    return LOST in failure.message or failure.exitcode == -signal.SIGTERM
+    return LOST in said(failure) or failure.exitcode == -signal.SIGTERM
 
 
 def outcome(failures: dict[int, ProcessFailure], world: int, run_dir: Path) -> NormbenchError:
@@ -184,14 +191,14 @@ def outcome(failures: dict[int, ProcessFailure], world: int, run_dir: Path) -> N
     paragraph), else the first rank that failed by itself, as one paragraph, also written into the record."""
     codes = {f.exitcode for f in failures.values()}
     rank, first = min(failures.items(), key=lambda item: (collateral(item[1]), item[1].timestamp, item[0]))
-    message = first.message.partition(": ")[2] if first.exitcode > 0 else first.message
+    message = said(first).partition(": ")[2] if first.exitcode > 0 else said(first)
     if codes == {EXIT_INTERRUPTED}:
         return WorkerStopped(message)
     if codes == {EXIT_DIVERGED}:
         return WorkerDiverged(message)
     if codes == {EXIT_BAD_INPUT}:
         return NormbenchError(message)
-    died = f"was killed by {first.signal_name()}" if first.exitcode < 0 else f"failed ({first.message})"
+    died = f"was killed by {first.signal_name()}" if first.exitcode < 0 else f"failed ({said(first)})"
     paragraph = (
         f"Worker rank {rank} of {world} {died}, which ended the run on every rank. Its last checkpoint (if any) "
         f"stands: continue with `normbench run resume=true hydra.run.dir={run_dir}` and the same settings."
