@@ -118,7 +118,10 @@ def end(ranks: Ranks, run_dir: Path, error: BaseException, code: int) -> NoRetur
     if not parent_holds_lock(run_dir) and (ranks.writes or code == EXIT_CRASH):
         if debugging():
             traceback.print_exc()
-        print_error(error, f" (rank {ranks.rank} of {ranks.world})" if code == EXIT_CRASH else "")
+        if code == EXIT_CRASH:  # an unexpected error: its type says what it is
+            print_error(RuntimeError(f"{type(error).__name__}: {error}"), f" (rank {ranks.rank} of {ranks.world})")
+        else:
+            print_error(error)
     raise SystemExit(code)
 
 
