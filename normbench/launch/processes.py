@@ -192,7 +192,8 @@ def collateral(failure: ProcessFailure) -> bool:
 def outcome(failures: dict[int, ProcessFailure], world: int, run_dir: Path) -> NormbenchError:
     """The run's end from its workers' ends: all stopped, diverged or refused alike (the record's or their
     paragraph), else the first rank that failed by itself, as one paragraph, also written into the record."""
-    codes = {f.exitcode for f in failures.values()}
+    # What the workers that ended by themselves said; torchrun's agent stops the others once one has ended.
+    codes = {f.exitcode for f in failures.values() if not collateral(f)} or {EXIT_CRASH}
     rank, first = min(failures.items(), key=lambda item: (collateral(item[1]), item[1].timestamp, item[0]))
     message = said(first).partition(": ")[2] if first.exitcode > 0 else said(first)
     if codes == {EXIT_INTERRUPTED}:

@@ -140,10 +140,12 @@ def run(
         return record(R.COMPLETED, hparams=hparams)
     except DivergedError as error:
         record(R.DIVERGED, str(error), diverged_step=error.step)
+        ranks.barrier()  # all workers end here together: none leaves (and has the others stopped) before rank 0 wrote
         raise
     except InterruptedRun as error:
         checkpoint.save(asdict(state))
         record(R.REQUEUED if stop.requeue else R.INTERRUPTED, str(error))
+        ranks.barrier()
         refusal = stop.hand_back()  # under submitit: requeues the job and exits here
         if refusal is None:
             raise
