@@ -178,3 +178,15 @@ def test_a_killed_worker_ends_the_run_with_one_paragraph_naming_its_rank(tmp_pat
     _none_left(run_dir)
     record = RunRecord.read(run_dir)
     assert record.status == R.FAILED and "rank 1 of 2 was killed by SIGKILL" in record.reason
+
+
+def test_sigterm_to_one_worker_stops_both_at_the_same_step(tmp_path) -> None:
+    run_dir = tmp_path / "run"
+    proc = _start(run_dir)
+    _wait_for_training(run_dir, proc)
+    os.kill(_rank_pid(run_dir, 1), signal.SIGTERM)  # rank 0 hears of it through the workers' stop exchange
+    output, _ = proc.communicate(timeout=60)
+    assert proc.returncode == EXIT_INTERRUPTED, output
+    assert output.count("Interrupted by SIGTERM") == 1 and "Traceback" not in output, output
+    _none_left(run_dir)
+    assert RunRecord.read(run_dir).status == R.INTERRUPTED

@@ -157,7 +157,7 @@ def test_closed_sets_compare_and_serialize_as_plain_strings() -> None:
 
 
 def test_volatile_keys_come_from_the_schema_and_never_name_a_run() -> None:
-    assert set(schema.VOLATILE) == {"device", "threads", "resume", "quiet", "log.activations"}
+    assert set(schema.VOLATILE) == {"device", "threads", "resume", "quiet", "log.activations", "launch"}
     exclude = compose_unchecked([], with_hydra=True).hydra.job.config.override_dirname.exclude_keys
     assert set(schema.VOLATILE) <= set(exclude) and {"sweep", "hydra/launcher"} <= set(exclude)
 

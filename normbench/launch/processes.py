@@ -44,7 +44,7 @@ from normbench.base.errors import (
 from normbench.base.overrides import hydra_value
 from normbench.launch import rundir
 from normbench.run import record as R
-from normbench.run.distributed import LOST, Ranks, join, launched, lost_contact
+from normbench.run.distributed import LOST, Ranks, failure_reason, join, launched, lost_contact
 from normbench.run.record import RunRecord
 
 # Set by a parent normbench for its workers: the run directory whose lock it holds.
@@ -118,15 +118,16 @@ def end(ranks: Ranks, run_dir: Path, error: BaseException, code: int) -> NoRetur
     if not parent_holds_lock(run_dir) and (ranks.writes or code == EXIT_CRASH):
         if debugging():
             traceback.print_exc()
-        print_error(error, f" (rank {ranks.rank} of {ranks.world})" if code == EXIT_CRASH else "")
+        if code == EXIT_CRASH:  # an unexpected error: its type says what it is
+            print_error(RuntimeError(f"{type(error).__name__}: {error}"), f" (rank {ranks.rank} of {ranks.world})")
+        else:
+            print_error(error)
     raise SystemExit(code)
 
 
 def failure(error: BaseException) -> BaseException:
     """A worker's unexpected error as it is reported: a collective that lost another rank says so."""
-    if lost_contact(error):
-        return RuntimeError(f"{LOST} ({type(error).__name__}: {str(error).splitlines()[0]})")
-    return error
+    return RuntimeError(failure_reason(error)) if lost_contact(error) else error
 
 
 # --- In the parent --------------------------------------------------------------------------------------
@@ -175,25 +176,33 @@ class WorkerDiverged(NormbenchError):
     exit_code = EXIT_DIVERGED
 
 
+def said(failure: ProcessFailure) -> str:
+    """A worker's last words: the message of its error file ("Type: text", as `end` recorded it), or the agent's
+    words for a worker that left none (killed by a signal)."""
+    message = failure.message
+    return str(message["message"] if isinstance(message, dict) else message)
+
+
 def collateral(failure: ProcessFailure) -> bool:
     """Whether a worker ended because another did: it lost contact with it, or torchrun's agent stopped it
     (SIGTERM, after the first failure) before it could say so."""
-    return LOST in failure.message or failure.exitcode == -signal.SIGTERM
+    return LOST in said(failure) or failure.exitcode == -signal.SIGTERM
 
 
 def outcome(failures: dict[int, ProcessFailure], world: int, run_dir: Path) -> NormbenchError:
     """The run's end from its workers' ends: all stopped, diverged or refused alike (the record's or their
     paragraph), else the first rank that failed by itself, as one paragraph, also written into the record."""
-    codes = {f.exitcode for f in failures.values()}
+    # What the workers that ended by themselves said; torchrun's agent stops the others once one has ended.
+    codes = {f.exitcode for f in failures.values() if not collateral(f)} or {EXIT_CRASH}
     rank, first = min(failures.items(), key=lambda item: (collateral(item[1]), item[1].timestamp, item[0]))
-    message = first.message.partition(": ")[2] if first.exitcode > 0 else first.message
+    message = said(first).partition(": ")[2] if first.exitcode > 0 else said(first)
     if codes == {EXIT_INTERRUPTED}:
         return WorkerStopped(message)
     if codes == {EXIT_DIVERGED}:
         return WorkerDiverged(message)
     if codes == {EXIT_BAD_INPUT}:
         return NormbenchError(message)
-    died = f"was killed by {first.signal_name()}" if first.exitcode < 0 else f"failed ({first.message})"
+    died = f"was killed by {first.signal_name()}" if first.exitcode < 0 else f"failed ({said(first)})"
     paragraph = (
         f"Worker rank {rank} of {world} {died}, which ended the run on every rank. Its last checkpoint (if any) "
         f"stands: continue with `normbench run resume=true hydra.run.dir={run_dir}` and the same settings."

@@ -18,6 +18,7 @@ WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT in its environment and is on
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 from collections.abc import Iterator
@@ -145,9 +146,11 @@ def join(device: str, workers: int) -> Ranks:
 
 
 def leave() -> None:
-    """Leave the process group, if this process joined one."""
+    """Leave the process group, if this process joined one. After another rank died the teardown may fail too:
+    the run has ended and said why, so that failure is not reported over it."""
     if dist.is_initialized():
-        dist.destroy_process_group()
+        with contextlib.suppress(Exception):
+            dist.destroy_process_group()
 
 
 def lost_contact(error: BaseException) -> bool:
@@ -155,3 +158,11 @@ def lost_contact(error: BaseException) -> bool:
     return isinstance(error, dist.DistError) or (
         isinstance(error, RuntimeError) and any(w in str(error) for w in ("Connection closed", "Connection reset"))
     )
+
+
+def failure_reason(error: BaseException) -> str:
+    """What a record and a message say about an unexpected error: a collective that lost another rank says so
+    (the rank that failed first says why)."""
+    if lost_contact(error):
+        return f"{LOST} ({type(error).__name__}: {str(error).splitlines()[0]})"
+    return f"{type(error).__name__}: {error}"

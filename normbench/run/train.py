@@ -30,7 +30,7 @@ from normbench.parts.data import ImageData
 from normbench.run import record as R
 from normbench.run.board import LR_TAG, Board, run_experiment, run_hparams, run_metrics
 from normbench.run.checkpoint import Checkpoint
-from normbench.run.distributed import Ranks
+from normbench.run.distributed import Ranks, failure_reason
 from normbench.run.evaluation import NormContractError, bn_mode_accuracies, evaluate
 from normbench.run.monitor import Monitor
 from normbench.run.progress import BN_EVALUATIONS, TRAINING, VALIDATION, RunProgress, progress
@@ -146,10 +146,12 @@ def run(
         return record(R.COMPLETED, hparams=hparams)
     except DivergedError as error:
         record(R.DIVERGED, str(error), diverged_step=error.step)
+        ranks.barrier()  # all workers end here together: none leaves (and has the others stopped) before rank 0 wrote
         raise
     except InterruptedRun as error:
         checkpoint.save(asdict(state))
         record(R.REQUEUED if stop.requeue else R.INTERRUPTED, str(error))
+        ranks.barrier()
         refusal = stop.hand_back()  # under submitit: requeues the job and exits here
         if refusal is None:
             raise
@@ -165,7 +167,7 @@ def run(
         record(R.FAILED, str(broken))
         raise broken from None
     except BaseException as error:
-        record(R.FAILED, f"{type(error).__name__}: {error}")
+        record(R.FAILED, failure_reason(error))
         raise
     finally:
         if monitor is not None:
