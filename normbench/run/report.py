@@ -299,6 +299,9 @@ def settings(rows: list[dict[str, Any]]) -> list[tuple[str, str]]:
 
         return get
 
+    def steps(r: dict[str, Any]) -> int | None:
+        return r["steps"] if r["val_err"] is not None else None
+
     def lr(r: dict[str, Any]) -> str | None:
         return None if r["effective_lr"] is None else f"{r['effective_lr']:.4g}"
 
@@ -312,7 +315,7 @@ def settings(rows: list[dict[str, Any]]) -> list[tuple[str, str]]:
         ("model", values(key("model.name"))),
         ("budget", f"{values(key('epochs'))} epochs (budget={values(key('budget'))}), "
                    f"max_steps {values(key('max_steps')) or 'none'}; "
-                   f"optimizer steps per run: {values(lambda r: r['steps'])}"),
+                   f"optimizer steps per completed run: {values(steps)}"),
         ("optimizer", f"{values(key('optim.name'))}, momentum {values(key('optim.momentum'))}, weight decay "
                       f"{values(key('optim.weight_decay'))}"),
         ("learning rate", f"optim.lr {values(key('optim.lr'))} at base batch {values(key('optim.base_batch_size'))}, "
