@@ -12,6 +12,7 @@ import re
 import shutil
 import signal
 import subprocess
+import time
 from pathlib import Path
 
 from conftest import events, normbench
@@ -20,6 +21,7 @@ from test_records import completed as completed  # fixtures: re-exported, pytest
 from test_records import tmpfs as tmpfs
 
 from normbench.base.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED
+from normbench.launch.stop import child_pids
 from normbench.launch.summary import unfinished
 from normbench.run.record import RunRecord
 
@@ -267,3 +269,38 @@ def test_every_printed_recovery_command_works_when_pasted(tmp_path, tmpfs) -> No
     assert done.returncode == 0, done.stdout + done.stderr
     (again,) = [RunRecord.read(d.parent) for d in elsewhere.rglob("results.json")]
     assert again.status == "completed" and again.config["optim"]["lr"] == 0.05
+
+
+# --- 5. The sweep's main process killed outright: its parallel workers stop and go ---------------------------------
+
+
+def _alive(pid: int) -> bool:
+    """Whether `ps` lists `pid` (a zombie is gone: it runs nothing)."""
+    shown = subprocess.run(["ps", "-o", "stat=", "-p", str(pid)], capture_output=True, text=True).stdout.strip()
+    return bool(shown) and not shown.startswith("Z")
+
+
+def test_workers_of_a_killed_sweep_stop_with_a_checkpoint_and_leave_nothing_running(tmp_path) -> None:
+    sweep = tmp_path / "sweep"
+    long = [*EPOCH, "epochs=50", "norm=bn,ln", "hydra/launcher=parallel", f"hydra.sweep.dir={sweep}"]
+    proc = subprocess.Popen([EXE, "sweep", *long], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)  # fmt: skip
+    _wait(lambda: len(list(sweep.glob("*/events.out.tfevents.*"))) == 2, proc)  # both workers train
+    children = child_pids(proc.pid)  # loky's workers and its resource trackers
+    listed = subprocess.run(
+        ["ps", "-ww", "-o", "args=", "-p", ",".join(map(str, children))], capture_output=True, text=True
+    )
+    assert listed.stdout.count("LokyProcess") == 2 and "resource_tracker" in listed.stdout
+    proc.kill()  # SIGKILL: the main process runs no handler and forwards nothing
+    killed = time.monotonic()
+    while any(_alive(pid) for pid in children):
+        assert time.monotonic() - killed < 60, subprocess.run(["ps", "-f", "-p", ",".join(map(str, children))],
+                                                              capture_output=True, text=True).stdout  # fmt: skip
+        time.sleep(0.5)
+    assert time.monotonic() - killed < 30 + 20  # noticed within 30 s, then one step and a checkpoint
+    proc.communicate(timeout=30)
+    for run in ("bn_b008", "ln_b008"):
+        record = RunRecord.read(sweep / run)
+        assert record.status == "interrupted" and 0 < record.steps < 50 * 128, record
+        assert (sweep / run / "checkpoint.pt").exists()
+    assert not subprocess.run(["pgrep", "-f", str(sweep)], capture_output=True).stdout  # nothing left in ps

@@ -212,7 +212,12 @@ def scored_task(cfg: DictConfig) -> float:
     """`task` as Hydra calls it: optimizing sweepers (Optuna) need a number back. Plugins are loaded here too,
     because a parallel launcher's worker process starts without them."""
     load_plugins()
-    return objective(task(cfg), cfg.sweep.objective)
+    STOP.busy = True
+    try:
+        return objective(task(cfg), cfg.sweep.objective)
+    finally:
+        STOP.busy = False
+        STOP.exit_if_orphaned()  # a worker whose sweep's main process was killed
 
 
 def hydra_main(argv: list[str]) -> int:
