@@ -304,3 +304,36 @@ def test_workers_of_a_killed_sweep_stop_with_a_checkpoint_and_leave_nothing_runn
         assert record.status == "interrupted" and 0 < record.steps < 50 * 128, record
         assert (sweep / run / "checkpoint.pt").exists()
     assert not subprocess.run(["pgrep", "-f", str(sweep)], capture_output=True).stdout  # nothing left in ps
+
+
+# --- 6. Plugins cannot silently replace a built-in norm ----------------------------------------------------------
+
+MY_BN = """
+from torch import nn
+from normbench.parts.norms.registry import on, register_norm
+
+
+@register_norm("{name}", summary="my own batch norm", batch_statistics=True,{replace}
+               layouts={{"image": on("N,H,W", torch=nn.BatchNorm2d)}})
+def my_bn(cls, num_features: int, *, eps: float = 1e-5) -> nn.Module:
+    return cls(num_features, eps=eps)
+"""
+
+
+def test_a_plugin_cannot_silently_replace_a_registered_norm(tmp_path) -> None:
+    for file, name, replace in (("bn.py", "bn", ""), ("bn_on_purpose.py", "bn", " replace=True,"),
+                                ("one.py", "mine", ""), ("two.py", "mine", "")):  # fmt: skip
+        (tmp_path / file).write_text(MY_BN.format(name=name, replace=replace))
+    catalog = Path(__file__).resolve().parents[1] / "normbench" / "parts" / "norms" / "catalog.py"
+    plugins = {"NORMBENCH_PLUGINS": str(tmp_path / "bn.py")}
+    said = _ok(normbench("run", *SMALL, cwd=tmp_path, **plugins), EXIT_BAD_INPUT)
+    assert f"register_norm('bn') in normbench_plugin_bn ({tmp_path / 'bn.py'}:" in said
+    assert f"already registered by normbench.parts.norms.catalog ({catalog}:" in said and "replace=True" in said
+    said = _ok(normbench("list", cwd=tmp_path, NORMBENCH_PLUGINS=str(tmp_path / "bn_on_purpose.py")), 0)
+    assert "my own batch norm" in said
+    both = {"NORMBENCH_PLUGINS": f"{tmp_path / 'one.py'},{tmp_path / 'two.py'}"}
+    said = _ok(normbench("list", cwd=tmp_path, **both), EXIT_BAD_INPUT)
+    assert (
+        f"({tmp_path / 'two.py'}:" in said
+        and f"already registered by normbench_plugin_one ({tmp_path / 'one.py'}:" in said
+    )
