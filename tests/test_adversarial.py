@@ -337,3 +337,36 @@ def test_a_plugin_cannot_silently_replace_a_registered_norm(tmp_path) -> None:
         f"({tmp_path / 'two.py'}:" in said
         and f"already registered by normbench_plugin_one ({tmp_path / 'one.py'}:" in said
     )
+
+
+# --- 7. Messages that say what happened --------------------------------------------------------------------------
+
+
+def test_messages_say_what_happened(tmp_path) -> None:
+    said = _ok(normbench("run", *SMALL, "norm=bn,ln", cwd=tmp_path), EXIT_BAD_INPUT)
+    assert "`normbench run` trains one run" in said and "`normbench sweep" in said and "norm=bn,ln" in said
+    said = _ok(normbench("sweep", *SMALL, "norm=bn,ln", "optim.lr=-1", cwd=tmp_path), EXIT_BAD_INPUT)
+    assert "in the run " in said and "hydra." not in said  # no internal keys
+    said = _ok(normbench("explain", "bn", "--shape", "1,256", cwd=tmp_path), 0)
+    assert "Warning: In training, norm=bn takes each statistic over N, which gives 1 value" in said
+    assert "Warning" not in _ok(normbench("explain", "bn", "--shape", "2,256", cwd=tmp_path), 0)
+    # A path with a space, quoted in the printed TensorBoard command.
+    run_dir = tmp_path / "my run"
+    said = _ok(normbench("run", *SMALL, f"hydra.run.dir={run_dir}", cwd=tmp_path), 0)
+    assert f"tensorboard --logdir '{run_dir}'" in said
+
+
+# --- 8. Shared files get the run directory's permissions ------------------------------------------------------
+
+
+def test_shared_files_follow_the_umask(tmp_path) -> None:
+    for umask, mode in ((0o022, 0o644), (0o002, 0o664)):
+        run_dir = tmp_path / f"run{umask:o}"
+        done = subprocess.run([EXE, "run", *SMALL, f"hydra.run.dir={run_dir}"], capture_output=True, text=True,
+                              preexec_fn=lambda umask=umask: os.umask(umask), timeout=300)  # fmt: skip
+        _ok(done, 0)
+        done = subprocess.run([EXE, "report", str(run_dir), "--no-figures"], capture_output=True, text=True,
+                              preexec_fn=lambda umask=umask: os.umask(umask), timeout=300)  # fmt: skip
+        _ok(done, 0)
+        for name in ("results.json", "checkpoint.pt", "summary.csv", "summary.json", ".hydra/config.yaml"):
+            assert (run_dir / name).stat().st_mode & 0o777 == mode, name

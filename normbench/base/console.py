@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 from rich.console import Console
+from rich.markup import escape
 
 console = Console()
 
@@ -15,4 +16,4 @@ def debugging() -> bool:
 
 
 def print_error(error: BaseException, where: str = "") -> None:
-    console.print(f"[bold red]Error{where}:[/] {error}", highlight=False, soft_wrap=True)
+    console.print(f"[bold red]Error{escape(where)}:[/] {escape(str(error))}", highlight=False, soft_wrap=True)

@@ -13,10 +13,11 @@ import traceback
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from normbench.base.console import console, debugging
-from normbench.base.errors import EXIT_BAD_INPUT, NormbenchError
+from normbench.base.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, NormbenchError
 from normbench.base.resources import config_dir, load_plugins
 from normbench.parts.norms import NORMS  # the registry imports no torch: help stays fast
 
@@ -57,7 +58,7 @@ app = typer.Typer(
 def _fail(error: NormbenchError) -> typer.Exit:
     if debugging():
         traceback.print_exc()
-    console.print(f"[bold red]Error:[/] {error}", highlight=False, soft_wrap=True)
+    console.print(f"[bold red]Error:[/] {escape(str(error))}", highlight=False, soft_wrap=True)
     return typer.Exit(error.exit_code)
 
 
@@ -141,6 +142,9 @@ def run(overrides: list[str] | None = OVERRIDES, debug: bool = DEBUG) -> None:
         code = start_run(list(overrides or []))
     except NormbenchError as error:
         raise _fail(error) from None
+    except KeyboardInterrupt:  # Ctrl-C before the run's or the sweep's own handlers were in place
+        console.print("[yellow]Interrupted[/] before training started: nothing was trained.", highlight=False)
+        raise typer.Exit(EXIT_INTERRUPTED) from None
     raise typer.Exit(code)
 
 
@@ -175,6 +179,9 @@ def sweep(overrides: list[str] | None = OVERRIDES, debug: bool = DEBUG) -> None:
         code = start_sweep(list(overrides or []))
     except NormbenchError as error:
         raise _fail(error) from None
+    except KeyboardInterrupt:  # Ctrl-C before the run's or the sweep's own handlers were in place
+        console.print("[yellow]Interrupted[/] before training started: nothing was trained.", highlight=False)
+        raise typer.Exit(EXIT_INTERRUPTED) from None
     raise typer.Exit(code)
 
 
@@ -295,6 +302,15 @@ def explain(
             else "identical: statistics come from each sample alone",
         )
     console.print(table)
+    options = {"groups": groups} if groups is not None else {}
+    problem = NORMS[norm].shape_problem(dims, True, **options)
+    if problem:  # what `normbench run` refuses before training, said here too
+        console.print(
+            f"[bold yellow]Warning:[/] {escape(problem)} `normbench run` refuses a model and batch size that give a "
+            "norm layer this input.",
+            highlight=False,
+            soft_wrap=True,
+        )
 
 
 def main() -> None:

@@ -83,11 +83,11 @@ def preflight(args: list[str]) -> list[str]:
     named = RUN_NAME_RESOLVER in str(OmegaConf.to_container(hydra_node.sweep)["subdir"])  # not a subdir of the user's
     names = []
     for job in jobs:
+        task = [o for o in job if not override_key(o).startswith("hydra")]  # Hydra's keys: not the user's words
         try:
             cfg = compose_config(app_overrides(job))
         except NormbenchError as error:
-            raise type(error)(f"in the run {' '.join(job)}: {error}") from None
-        task = [o for o in job if not override_key(o).startswith("hydra")]
+            raise type(error)(f"in the run {' '.join(task)}: {error}") from None
         names.append(run_name(cfg.norm.name, cfg.batch_size, task, exclude))
         check_rerun(sweep_dir, names[-1], cfg)
     check_sweep_dir(sweep_dir, names)

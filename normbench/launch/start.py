@@ -82,6 +82,13 @@ def start_run(args: list[str]) -> int:
     if flags.help or flags.hydra_help or flags.shell_completion or flags.config_path or flags.config_name:
         return hydra_main(hydra_args(args))
     overrides = with_config_dir(flags.overrides, flags.config_dir)
+    if has_grid(overrides):
+        axes = [o for o in overrides if has_grid([o])]
+        raise ConfigError(
+            f"{' '.join(axes)}: `normbench run` trains one run, and a comma list (or range, a sweep= preset) is a "
+            f"sweep axis. Run the grid with `{shlex.join(['normbench', 'sweep', *flags.overrides])}`, or quote a "
+            "value that holds commas: 'key=[a,b]' for a list, \"key='a,b'\" for a text."
+        )
     cfg = compose_config(overrides)  # validated: refuses what the run would refuse
     if flags.cfg or flags.info or flags.multirun or flags.experimental_rerun or flags.package or flags.resolve:
         return hydra_main(hydra_args(args))

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from normbench.base import signals
-from normbench.base.console import print_error
+from normbench.base.console import console, print_error
 from normbench.base.errors import EXIT_INTERRUPTED, EXIT_SWEEP_INCOMPLETE
 
 
@@ -155,6 +155,15 @@ def workers_watched() -> Iterator[None]:
     except TerminatedWorkerError as error:
         codes = re.search(r"exit codes of the workers are \{([^}]*)\}", str(error))  # loky's words
         cause = codes.group(1) if codes else "unknown"
+        signalled = {f"-{int(s)}" for s in signals.STOP_SIGNALS} | {str(128 + int(s)) for s in signals.STOP_SIGNALS}
+        if STOP.stopping() or set(re.findall(r"-?\d+", cause)) & signalled:  # Ctrl-C while the workers started
+            STOP.request(signal.SIGINT)
+            console.print(
+                "[yellow]Interrupted[/] while the parallel workers were starting: no run was lost (a run that had "
+                "started keeps its checkpoint).",
+                highlight=False,
+            )
+            raise SystemExit(EXIT_INTERRUPTED) from None
         print_error(
             RuntimeError(
                 f"A worker process of this parallel sweep died (exit code {cause}; -9 is SIGKILL: `kill -9` or the "

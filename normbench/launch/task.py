@@ -145,6 +145,9 @@ def train(cfg: DictConfig, hydra_cfg: DictConfig, run_dir: Path, multirun: bool)
         return read_quietly(run_dir)
     except KeyboardInterrupt:  # a second Ctrl-C: the loop stopped mid-step and recorded it
         if not multirun:
+            record = read_quietly(run_dir)
+            said = record.reason if record is not None and record.status == R.INTERRUPTED else "Interrupted."
+            console.print(f"[yellow]Interrupted[/] at once (second Ctrl-C). {said}", highlight=False, soft_wrap=True)
             raise SystemExit(EXIT_INTERRUPTED) from None
         console.print(f"[yellow]Interrupted[/] {run_dir.name} at once (second Ctrl-C).", highlight=False)
         STOP.request(signal.SIGINT)
