@@ -257,7 +257,7 @@ def test_every_printed_recovery_command_works_when_pasted(tmp_path, tmpfs) -> No
     sweep = tmp_path / "sweep"
     _stop_mid_run([EXE, "sweep", *EPOCH, "norm=bn,ln", f"hydra.sweep.dir={sweep}"], sweep / "bn_b008")
     said = _ok(normbench("report", str(sweep), "--no-figures", cwd=tmp_path), 0)
-    assert "interrupted bn_b008" in said
+    assert "interrupted bn_b008" in said and "not started ln_b008" in said  # the grid, from multirun.yaml
     done = _paste(said, elsewhere)
     assert done.returncode == 0, done.stdout + done.stderr
     assert RunRecord.read(sweep / "bn_b008").status == "completed"

@@ -201,12 +201,15 @@ def report(
     curves per batch size, summary.csv/json and report.md embedding the figures, written into DIR (or --out).
     --reference NAME draws a published BN-vs-GN result beside the error-vs-batch figure, with its citation.
     A results.json that is not a readable record is listed as unreadable and the exit code is 2 (--skip-bad: 0)."""
+    from normbench.launch.preflight import grid_of_sweep
     from normbench.run.references import load_reference
     from normbench.run.report import print_tables, summarize, write_report, write_summary
 
     try:
         published = load_reference(reference) if reference else None
         summary = summarize(directory)  # read-only: a refusal below leaves the directory's files as they were
+        listed = {r["run"] for r in (*summary["runs"], *summary["unreadable"])}
+        summary["not_started"] = [name for name in grid_of_sweep(directory) if name not in listed]
         if summary["unreadable"] and not skip_bad and out is None:
             print_tables(summary, console)
             raise NormbenchError(
@@ -228,6 +231,13 @@ def report(
     except NormbenchError as error:
         raise _fail(error) from None
     print_tables(summary, console)
+    if summary["not_started"]:
+        console.print(
+            f"[red]not started[/] {', '.join(summary['not_started'])}: runs of this sweep's grid (its multirun.yaml) "
+            "without a record; the same sweep command runs them.",
+            highlight=False,
+            soft_wrap=True,
+        )
     if not no_figures:
         console.print(f"Wrote {path} with {', '.join(p.name for p in figures)}.", highlight=False)
     if summary["unreadable"] and not skip_bad:

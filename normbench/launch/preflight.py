@@ -4,16 +4,18 @@ prepared, and a sweep's grid expanded, run by run, against what its directory al
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from normbench.base.errors import NormbenchError, RunDirError
 from normbench.launch.compose import compose_config, compose_unchecked, override_key, sweep_jobs
 from normbench.launch.naming import RUN_NAME_RESOLVER, run_name
-from normbench.launch.rundir import check_sweep_dir, describe, differing, refuse_unless_placed
+from normbench.launch.rundir import SWEEP_FILE, check_sweep_dir, describe, differing, refuse_unless_placed
 from normbench.run import schema
 from normbench.run.record import RunRecord
 
@@ -78,20 +80,40 @@ def preflight(args: list[str]) -> list[str]:
         compose_config(app_overrides(fixed))  # validated, objective included
         check_sweep_dir(sweep_dir, [])
         return []
-    jobs = sweep_jobs(args)
-    exclude = list(hydra_node.job.config.override_dirname.exclude_keys)
     named = RUN_NAME_RESOLVER in str(OmegaConf.to_container(hydra_node.sweep)["subdir"])  # not a subdir of the user's
     names = []
-    for job in jobs:
+    for name, cfg in grid(args, list(hydra_node.job.config.override_dirname.exclude_keys)):
+        names.append(name)
+        check_rerun(sweep_dir, name, cfg)
+    check_sweep_dir(sweep_dir, names)
+    return names if named else []
+
+
+def grid(args: list[str], exclude: list[str]) -> Iterator[tuple[str, DictConfig]]:
+    """(run directory name, validated config) of every run of a grid, in Hydra's order; a run whose config is
+    refused raises, naming the run by its overrides."""
+    for job in sweep_jobs(args):
         task = [o for o in job if not override_key(o).startswith("hydra")]  # Hydra's keys: not the user's words
         try:
             cfg = compose_config(app_overrides(job))
         except NormbenchError as error:
             raise type(error)(f"in the run {' '.join(task)}: {error}") from None
-        names.append(run_name(cfg.norm.name, cfg.batch_size, task, exclude))
-        check_rerun(sweep_dir, names[-1], cfg)
-    check_sweep_dir(sweep_dir, names)
-    return names if named else []
+        yield run_name(cfg.norm.name, cfg.batch_size, task, exclude), cfg
+
+
+def grid_of_sweep(sweep_dir: Path) -> list[str]:
+    """The run directory names of the grid a sweep ran, from the multirun.yaml Hydra wrote in `sweep_dir` ([]: none
+    there, not a grid named by normbench, or no longer composable here)."""
+    try:
+        saved = OmegaConf.load(sweep_dir / SWEEP_FILE).hydra
+        if RUN_NAME_RESOLVER not in str(OmegaConf.to_container(saved.sweep)["subdir"]):
+            return []
+        kept = [o for o in saved.overrides.hydra if override_key(o).startswith(("hydra.searchpath", "hydra/sweeper"))]
+        args = [*saved.overrides.task, *kept]
+        exclude = [str(k) for k in OmegaConf.to_container(saved.job.config.override_dirname)["exclude_keys"]]
+        return [name for name, _ in grid(args, exclude)]
+    except (OSError, NormbenchError, OmegaConfBaseException, HydraException):
+        return []
 
 
 def check_rerun(sweep_dir: Path, name: str, cfg: DictConfig) -> None:
