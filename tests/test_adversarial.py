@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from conftest import events, normbench
-from test_records import EXE, SMALL, _ok, _wait, tree_hashes
+from test_records import EXE, MOMENTS, SMALL, Sweep, _ok, _stopped_cleanly, _wait, tree_hashes
 from test_records import completed as completed  # fixtures: re-exported, pytest finds them by name
 from test_records import tmpfs as tmpfs
 
@@ -370,3 +370,21 @@ def test_shared_files_follow_the_umask(tmp_path) -> None:
         _ok(done, 0)
         for name in ("results.json", "checkpoint.pt", "summary.csv", "summary.json", ".hydra/config.yaml"):
             assert (run_dir / name).stat().st_mode & 0o777 == mode, name
+
+
+def test_an_early_ctrl_c_or_one_while_workers_start_says_interrupted(tmp_path) -> None:
+    sweep_dir = tmp_path / "sweep"
+    sweep = Sweep(sweep_dir, "hydra/launcher=parallel")
+    sweep.wait_for(lambda: MOMENTS["launch"](sweep_dir, sweep))  # the workers are starting
+    sent = time.time_ns()
+    os.killpg(sweep.proc.pid, signal.SIGINT)  # Ctrl-C in a terminal: the whole process group
+    said, _ = _stopped_cleanly(sweep, sweep_dir, sent)
+    assert "died" not in said and "out-of-memory" not in said
+
+    proc = subprocess.Popen([EXE, "run", *SMALL, f"hydra.run.dir={tmp_path / 'run'}"], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)  # fmt: skip
+    time.sleep(1)  # Python is still importing: no handler of normbench's is in place yet
+    os.killpg(proc.pid, signal.SIGINT)
+    output, _ = proc.communicate(timeout=120)
+    assert proc.returncode == EXIT_INTERRUPTED and "Traceback" not in output, output
+    assert "Interrupted" in output

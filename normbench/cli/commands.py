@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import sys
 import traceback
 from pathlib import Path
@@ -63,6 +64,7 @@ def _fail(error: NormbenchError) -> typer.Exit:
 
 
 def _set_debug(debug: bool) -> None:
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # the command's own handling from here on
     if debug:
         os.environ["NORMBENCH_DEBUG"] = "1"
         os.environ["HYDRA_FULL_ERROR"] = "1"
@@ -136,9 +138,9 @@ def run(overrides: list[str] | None = OVERRIDES, debug: bool = DEBUG) -> None:
     `tensorboard --logdir runs`.
     """
     _set_debug(debug)
-    from normbench.launch.start import start_run
-
     try:
+        from normbench.launch.start import start_run  # torch: seconds, in which a Ctrl-C is said like any other
+
         code = start_run(list(overrides or []))
     except NormbenchError as error:
         raise _fail(error) from None
@@ -173,9 +175,9 @@ def sweep(overrides: list[str] | None = OVERRIDES, debug: bool = DEBUG) -> None:
     the others. At the end: a table, summary.csv and summary.json; then `normbench report DIR` for figures.
     """
     _set_debug(debug)
-    from normbench.launch.start import start_sweep
-
     try:
+        from normbench.launch.start import start_sweep  # torch: seconds, in which a Ctrl-C is said like any other
+
         code = start_sweep(list(overrides or []))
     except NormbenchError as error:
         raise _fail(error) from None
