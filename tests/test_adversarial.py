@@ -12,14 +12,16 @@ import re
 import shutil
 import signal
 import subprocess
+import time
 from pathlib import Path
 
 from conftest import events, normbench
-from test_records import EXE, SMALL, _ok, _wait, tree_hashes
+from test_records import EXE, MOMENTS, SMALL, Sweep, _ok, _stopped_cleanly, _wait, tree_hashes
 from test_records import completed as completed  # fixtures: re-exported, pytest finds them by name
 from test_records import tmpfs as tmpfs
 
 from normbench.base.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED
+from normbench.launch.stop import child_pids
 from normbench.launch.summary import unfinished
 from normbench.run.record import RunRecord
 
@@ -255,7 +257,7 @@ def test_every_printed_recovery_command_works_when_pasted(tmp_path, tmpfs) -> No
     sweep = tmp_path / "sweep"
     _stop_mid_run([EXE, "sweep", *EPOCH, "norm=bn,ln", f"hydra.sweep.dir={sweep}"], sweep / "bn_b008")
     said = _ok(normbench("report", str(sweep), "--no-figures", cwd=tmp_path), 0)
-    assert "interrupted bn_b008" in said
+    assert "interrupted bn_b008" in said and "not started ln_b008" in said  # the grid, from multirun.yaml
     done = _paste(said, elsewhere)
     assert done.returncode == 0, done.stdout + done.stderr
     assert RunRecord.read(sweep / "bn_b008").status == "completed"
@@ -267,3 +269,122 @@ def test_every_printed_recovery_command_works_when_pasted(tmp_path, tmpfs) -> No
     assert done.returncode == 0, done.stdout + done.stderr
     (again,) = [RunRecord.read(d.parent) for d in elsewhere.rglob("results.json")]
     assert again.status == "completed" and again.config["optim"]["lr"] == 0.05
+
+
+# --- 5. The sweep's main process killed outright: its parallel workers stop and go ---------------------------------
+
+
+def _alive(pid: int) -> bool:
+    """Whether `ps` lists `pid` (a zombie is gone: it runs nothing)."""
+    shown = subprocess.run(["ps", "-o", "stat=", "-p", str(pid)], capture_output=True, text=True).stdout.strip()
+    return bool(shown) and not shown.startswith("Z")
+
+
+def test_workers_of_a_killed_sweep_stop_with_a_checkpoint_and_leave_nothing_running(tmp_path) -> None:
+    sweep = tmp_path / "sweep"
+    long = [*EPOCH, "epochs=50", "norm=bn,ln", "hydra/launcher=parallel", f"hydra.sweep.dir={sweep}"]
+    proc = subprocess.Popen([EXE, "sweep", *long], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)  # fmt: skip
+    _wait(lambda: len(list(sweep.glob("*/events.out.tfevents.*"))) == 2, proc)  # both workers train
+    children = child_pids(proc.pid)  # loky's workers and its resource trackers
+    listed = subprocess.run(
+        ["ps", "-ww", "-o", "args=", "-p", ",".join(map(str, children))], capture_output=True, text=True
+    )
+    assert listed.stdout.count("LokyProcess") == 2 and "resource_tracker" in listed.stdout
+    proc.kill()  # SIGKILL: the main process runs no handler and forwards nothing
+    killed = time.monotonic()
+    while any(_alive(pid) for pid in children):
+        assert time.monotonic() - killed < 60, subprocess.run(["ps", "-f", "-p", ",".join(map(str, children))],
+                                                              capture_output=True, text=True).stdout  # fmt: skip
+        time.sleep(0.5)
+    assert time.monotonic() - killed < 30 + 20  # noticed within 30 s, then one step and a checkpoint
+    proc.communicate(timeout=30)
+    for run in ("bn_b008", "ln_b008"):
+        record = RunRecord.read(sweep / run)
+        assert record.status == "interrupted" and 0 < record.steps < 50 * 128, record
+        assert (sweep / run / "checkpoint.pt").exists()
+    assert not subprocess.run(["pgrep", "-f", str(sweep)], capture_output=True).stdout  # nothing left in ps
+
+
+# --- 6. Plugins cannot silently replace a built-in norm ----------------------------------------------------------
+
+MY_BN = """
+from torch import nn
+from normbench.parts.norms.registry import on, register_norm
+
+
+@register_norm("{name}", summary="my own batch norm", batch_statistics=True,{replace}
+               layouts={{"image": on("N,H,W", torch=nn.BatchNorm2d)}})
+def my_bn(cls, num_features: int, *, eps: float = 1e-5) -> nn.Module:
+    return cls(num_features, eps=eps)
+"""
+
+
+def test_a_plugin_cannot_silently_replace_a_registered_norm(tmp_path) -> None:
+    for file, name, replace in (("bn.py", "bn", ""), ("bn_on_purpose.py", "bn", " replace=True,"),
+                                ("one.py", "mine", ""), ("two.py", "mine", "")):  # fmt: skip
+        (tmp_path / file).write_text(MY_BN.format(name=name, replace=replace))
+    catalog = Path(__file__).resolve().parents[1] / "normbench" / "parts" / "norms" / "catalog.py"
+    plugins = {"NORMBENCH_PLUGINS": str(tmp_path / "bn.py")}
+    said = _ok(normbench("run", *SMALL, cwd=tmp_path, **plugins), EXIT_BAD_INPUT)
+    assert f"register_norm('bn') in normbench_plugin_bn ({tmp_path / 'bn.py'}:" in said
+    assert f"already registered by normbench.parts.norms.catalog ({catalog}:" in said and "replace=True" in said
+    said = _ok(normbench("list", cwd=tmp_path, NORMBENCH_PLUGINS=str(tmp_path / "bn_on_purpose.py")), 0)
+    assert "my own batch norm" in said
+    both = {"NORMBENCH_PLUGINS": f"{tmp_path / 'one.py'},{tmp_path / 'two.py'}"}
+    said = _ok(normbench("list", cwd=tmp_path, **both), EXIT_BAD_INPUT)
+    assert (
+        f"({tmp_path / 'two.py'}:" in said
+        and f"already registered by normbench_plugin_one ({tmp_path / 'one.py'}:" in said
+    )
+
+
+# --- 7. Messages that say what happened --------------------------------------------------------------------------
+
+
+def test_messages_say_what_happened(tmp_path) -> None:
+    said = _ok(normbench("run", *SMALL, "norm=bn,ln", cwd=tmp_path), EXIT_BAD_INPUT)
+    assert "`normbench run` trains one run" in said and "`normbench sweep" in said and "norm=bn,ln" in said
+    said = _ok(normbench("sweep", *SMALL, "norm=bn,ln", "optim.lr=-1", cwd=tmp_path), EXIT_BAD_INPUT)
+    assert "in the run " in said and "hydra." not in said  # no internal keys
+    said = _ok(normbench("explain", "bn", "--shape", "1,256", cwd=tmp_path), 0)
+    assert "Warning: In training, norm=bn takes each statistic over N, which gives 1 value" in said
+    assert "Warning" not in _ok(normbench("explain", "bn", "--shape", "2,256", cwd=tmp_path), 0)
+    # A path with a space, quoted in the printed TensorBoard command.
+    run_dir = tmp_path / "my run"
+    said = _ok(normbench("run", *SMALL, f"hydra.run.dir={run_dir}", cwd=tmp_path), 0)
+    assert f"tensorboard --logdir '{run_dir}'" in said
+
+
+# --- 8. Shared files get the run directory's permissions ------------------------------------------------------
+
+
+def test_shared_files_follow_the_umask(tmp_path) -> None:
+    for umask, mode in ((0o022, 0o644), (0o002, 0o664)):
+        run_dir = tmp_path / f"run{umask:o}"
+        done = subprocess.run([EXE, "run", *SMALL, f"hydra.run.dir={run_dir}"], capture_output=True, text=True,
+                              preexec_fn=lambda umask=umask: os.umask(umask), timeout=300)  # fmt: skip
+        _ok(done, 0)
+        done = subprocess.run([EXE, "report", str(run_dir), "--no-figures"], capture_output=True, text=True,
+                              preexec_fn=lambda umask=umask: os.umask(umask), timeout=300)  # fmt: skip
+        _ok(done, 0)
+        for name in ("results.json", "checkpoint.pt", "summary.csv", "summary.json", ".hydra/config.yaml"):
+            assert (run_dir / name).stat().st_mode & 0o777 == mode, name
+
+
+def test_an_early_ctrl_c_or_one_while_workers_start_says_interrupted(tmp_path) -> None:
+    sweep_dir = tmp_path / "sweep"
+    sweep = Sweep(sweep_dir, "hydra/launcher=parallel")
+    sweep.wait_for(lambda: MOMENTS["launch"](sweep_dir, sweep))  # the workers are starting
+    sent = time.time_ns()
+    os.killpg(sweep.proc.pid, signal.SIGINT)  # Ctrl-C in a terminal: the whole process group
+    said, _ = _stopped_cleanly(sweep, sweep_dir, sent)
+    assert "died" not in said and "out-of-memory" not in said
+
+    proc = subprocess.Popen([EXE, "run", *SMALL, f"hydra.run.dir={tmp_path / 'run'}"], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)  # fmt: skip
+    time.sleep(1)  # Python is still importing: no handler of normbench's is in place yet
+    os.killpg(proc.pid, signal.SIGINT)
+    output, _ = proc.communicate(timeout=120)
+    assert proc.returncode == EXIT_INTERRUPTED and "Traceback" not in output, output
+    assert "Interrupted" in output

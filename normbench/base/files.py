@@ -17,6 +17,15 @@ from pathlib import Path
 from typing import Any
 
 
+def _umask() -> int:
+    mask = os.umask(0)  # the only way to read it portably: set and put back, once, at import
+    os.umask(mask)
+    return mask
+
+
+UMASK = _umask()  # the user's umask: shared files (results, summaries, checkpoints) get the usual permissions
+
+
 def write_atomic(path: Path, write: Callable[[Any], None], binary: bool = False) -> None:
     """Call `write(file)` on an in-memory file, write that to a temporary file next to `path`, then rename it
     over `path`."""
@@ -25,6 +34,7 @@ def write_atomic(path: Path, write: Callable[[Any], None], binary: bool = False)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~UMASK)  # mkstemp makes 0600: give the file what open() would (0644 under umask 022)
         with os.fdopen(fd, "wb" if binary else "w") as f:
             f.write(buffer.getvalue())
             f.flush()

@@ -8,17 +8,19 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import sys
 import traceback
 from pathlib import Path
 from typing import Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 from typer.core import TyperGroup
 
 from normbench.base.console import console, debugging
-from normbench.base.errors import EXIT_BAD_INPUT, NormbenchError
+from normbench.base.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, NormbenchError
 from normbench.base.resources import load_plugins
 from normbench.parts.norms import NORMS  # the registry imports no torch: help stays fast
 
@@ -74,11 +76,12 @@ app = typer.Typer(
 def _fail(error: NormbenchError) -> typer.Exit:
     if debugging():
         traceback.print_exc()
-    console.print(f"[bold red]Error:[/] {error}", highlight=False, soft_wrap=True)
+    console.print(f"[bold red]Error:[/] {escape(str(error))}", highlight=False, soft_wrap=True)
     return typer.Exit(error.exit_code)
 
 
 def _set_debug(debug: bool) -> None:
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # the command's own handling from here on
     if debug:
         os.environ["NORMBENCH_DEBUG"] = "1"
         os.environ["HYDRA_FULL_ERROR"] = "1"
@@ -152,12 +155,15 @@ def run(overrides: list[str] | None = OVERRIDES, debug: bool = DEBUG) -> None:
     `tensorboard --logdir runs`.
     """
     _set_debug(debug)
-    from normbench.launch.start import start_run
-
     try:
+        from normbench.launch.start import start_run  # torch: seconds, in which a Ctrl-C is said like any other
+
         code = start_run(list(overrides or []))
     except NormbenchError as error:
         raise _fail(error) from None
+    except KeyboardInterrupt:  # Ctrl-C before the run's or the sweep's own handlers were in place
+        console.print("[yellow]Interrupted[/] before training started: nothing was trained.", highlight=False)
+        raise typer.Exit(EXIT_INTERRUPTED) from None
     raise typer.Exit(code)
 
 
@@ -186,12 +192,15 @@ def sweep(overrides: list[str] | None = OVERRIDES, debug: bool = DEBUG) -> None:
     the others. At the end: a table, summary.csv and summary.json; then `normbench report DIR` for figures.
     """
     _set_debug(debug)
-    from normbench.launch.start import start_sweep
-
     try:
+        from normbench.launch.start import start_sweep  # torch: seconds, in which a Ctrl-C is said like any other
+
         code = start_sweep(list(overrides or []))
     except NormbenchError as error:
         raise _fail(error) from None
+    except KeyboardInterrupt:  # Ctrl-C before the run's or the sweep's own handlers were in place
+        console.print("[yellow]Interrupted[/] before training started: nothing was trained.", highlight=False)
+        raise typer.Exit(EXIT_INTERRUPTED) from None
     raise typer.Exit(code)
 
 
@@ -215,12 +224,15 @@ def report(
     images per worker, summary.csv/json and report.md embedding the figures, written into DIR (or --out).
     --reference NAME draws a published BN-vs-GN result beside the error-vs-batch figure, with its citation.
     A results.json that is not a readable record is listed as unreadable and the exit code is 2 (--skip-bad: 0)."""
+    from normbench.launch.preflight import grid_of_sweep
     from normbench.run.references import load_reference
     from normbench.run.report import print_tables, summarize, write_report, write_summary
 
     try:
         published = load_reference(reference) if reference else None
         summary = summarize(directory)  # read-only: a refusal below leaves the directory's files as they were
+        listed = {r["run"] for r in (*summary["runs"], *summary["unreadable"])}
+        summary["not_started"] = [name for name in grid_of_sweep(directory) if name not in listed]
         if summary["unreadable"] and not skip_bad and out is None:
             print_tables(summary, console)
             raise NormbenchError(
@@ -244,6 +256,13 @@ def report(
     except NormbenchError as error:
         raise _fail(error) from None
     print_tables(summary, console)
+    if summary["not_started"]:
+        console.print(
+            f"[red]not started[/] {', '.join(summary['not_started'])}: runs of this sweep's grid (its multirun.yaml) "
+            "without a record; the same sweep command runs them.",
+            highlight=False,
+            soft_wrap=True,
+        )
     if not no_figures:
         console.print(f"Wrote {path} with {', '.join(p.name for p in figures)}.", highlight=False)
     if summary["unreadable"] and not skip_bad:
@@ -351,6 +370,15 @@ def explain(
             )
         table.add_row("worker shares", f"{share}: {meaning}")
     console.print(table)
+    options = {"groups": groups} if groups is not None else {}
+    problem = NORMS[norm].shape_problem(dims, True, **options)
+    if problem:  # what `normbench run` refuses before training, said here too
+        console.print(
+            f"[bold yellow]Warning:[/] {escape(problem)} `normbench run` refuses a model and batch size that give a "
+            "norm layer this input.",
+            highlight=False,
+            soft_wrap=True,
+        )
 
 
 def main() -> None:

@@ -20,12 +20,13 @@ from typing import Any
 from hydra.errors import HydraException
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf.errors import OmegaConfBaseException
 
 from normbench.base.console import debugging, print_error
 from normbench.base.errors import NormbenchError, RunDirError
 from normbench.base.overrides import app_overrides, fixed, hydra_value, is_hydra_key, override_key, parse, replaced
 from normbench.launch import rundir
-from normbench.launch.compose import composing, exclude_fixed, expand_grid, validate
+from normbench.launch.compose import compose_config, composing, exclude_fixed, expand_grid, sweep_jobs, validate
 from normbench.launch.naming import RUN_NAME_RESOLVER, run_name, swept_keys
 from normbench.launch.rundir import describe, differing, prepare
 from normbench.run import schema
@@ -166,6 +167,26 @@ def plan_sweep(args: list[str], create: bool = True) -> SweepPlan:
     if not named:
         plan.runs = []
     return plan
+
+
+def grid_of_sweep(sweep_dir: Path) -> list[str]:
+    """The run directory names of the grid a sweep ran, from the multirun.yaml Hydra wrote in `sweep_dir` ([]: none
+    there, not a grid named by normbench, or no longer composable here)."""
+    try:
+        saved = OmegaConf.load(sweep_dir / rundir.SWEEP_FILE).hydra
+        if RUN_NAME_RESOLVER not in str(OmegaConf.to_container(saved.sweep)["subdir"]):
+            return []
+        kept = [o for o in saved.overrides.hydra if override_key(o).startswith(("hydra.searchpath", "hydra/sweeper"))]
+        args = [*saved.overrides.task, *kept]
+        exclude = [str(k) for k in OmegaConf.to_container(saved.job.config.override_dirname)["exclude_keys"]]
+        names = []
+        for job in sweep_jobs(args):
+            task = [o for o in job if not is_hydra_key(o)]
+            cfg = compose_config(app_overrides(job))
+            names.append(run_name(cfg.norm.name, cfg.batch_size, task, exclude))
+        return names
+    except (OSError, NormbenchError, OmegaConfBaseException, HydraException):
+        return []
 
 
 def check_rerun(sweep_dir: Path, name: str, cfg: DictConfig) -> None:

@@ -99,6 +99,13 @@ def start_run(args: list[str]) -> int:
     if _passes_through(flags):
         return task.hydra_main(hydra_args(args))
     overrides = with_config_dir(flags.overrides, flags.config_dir)
+    if has_grid(overrides):
+        axes = [o for o in overrides if has_grid([o])]
+        raise ConfigError(
+            f"{' '.join(axes)}: `normbench run` trains one run, and a comma list (or range, a sweep= preset) is a "
+            f"sweep axis. Run the grid with `{shlex.join(['normbench', 'sweep', *flags.overrides])}`, or quote a "
+            "value that holds commas: 'key=[a,b]' for a list, \"key='a,b'\" for a text."
+        )
     if _shows(flags):
         compose_config(overrides)  # validated: refuses what the run would refuse
         flag_tokens = [a for a in args if a not in flags.overrides and a != f"--config-dir={flags.config_dir}"]

@@ -7,13 +7,14 @@ import os
 import re
 import signal
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from normbench.base import signals
-from normbench.base.console import print_error
-from normbench.base.errors import EXIT_SWEEP_INCOMPLETE
+from normbench.base.console import console, print_error
+from normbench.base.errors import EXIT_INTERRUPTED, EXIT_SWEEP_INCOMPLETE
 
 
 class SweepStop:
@@ -40,6 +41,8 @@ class SweepStop:
         self.installed = False
         self.replaced: dict[int, Any] = {}
         self.receiver: threading.Thread | None = None
+        self.orphaned = False  # a worker whose sweep's main process died (`watch_parent`)
+        self.busy = False  # a worker that is training a run now
 
     @property
     def signum(self) -> int | None:
@@ -74,6 +77,33 @@ class SweepStop:
             signal.pthread_sigmask(signal.SIG_BLOCK, signals.STOP_SIGNALS)
         else:  # a worker's first job: what was sent while it started arrives now, to `handle`
             signal.pthread_sigmask(signal.SIG_UNBLOCK, signals.STOP_SIGNALS)
+        if not main:
+            self.watch_parent()
+
+    def watch_parent(self) -> None:
+        """A worker process (joblib/loky, submitit's local jobs) watches the sweep's main process, which started
+        it: if that one is killed outright (SIGKILL, the out-of-memory killer) no signal reaches the worker, and it
+        would train on for no one. The worker then stops itself as a SIGTERM would: the run at its next step
+        boundary, with a checkpoint and an `interrupted` record, after which `exit_if_orphaned` ends the process.
+        A thread polling the parent's pid, not prctl(PR_SET_PDEATHSIG): that signal follows the parent's thread
+        that started the worker (loky's manager thread), not the process."""
+        parent = os.getppid()
+
+        def watch() -> None:
+            while os.getppid() == parent:
+                time.sleep(PARENT_POLL_S)
+            self.orphaned = True
+            if self.busy:
+                os.kill(os.getpid(), signal.SIGTERM)  # handled by the run's StopRequest in the main thread
+            else:
+                os._exit(EXIT_INTERRUPTED)  # between runs: nothing to save
+
+        threading.Thread(target=watch, name="normbench-parent-watch", daemon=True).start()
+
+    def exit_if_orphaned(self) -> None:
+        """After a run: a worker whose sweep's main process is gone ends here (its run is recorded)."""
+        if self.orphaned:
+            os._exit(EXIT_INTERRUPTED)
 
     @contextlib.contextmanager
     def main_process(self) -> Iterator[SweepStop]:
@@ -110,6 +140,7 @@ class SweepStop:
 # In the main process's environment: the stopping signal's name once its sweep is stopping, so that workers
 # started after the signal inherit it; empty before.
 STOPPED_ENV = "NORMBENCH_SWEEP_STOPPED"
+PARENT_POLL_S = 1.0  # how often a worker looks for the sweep's main process
 
 
 @contextlib.contextmanager
@@ -123,6 +154,15 @@ def workers_watched() -> Iterator[None]:
         yield
     except TerminatedWorkerError as error:
         cause = worker_exit_codes(error) or "unknown"
+        signalled = {f"-{int(s)}" for s in signals.STOP_SIGNALS} | {str(128 + int(s)) for s in signals.STOP_SIGNALS}
+        if STOP.stopping() or set(re.findall(r"-?\d+", cause)) & signalled:  # Ctrl-C while the workers started
+            STOP.request(signal.SIGINT)
+            console.print(
+                "[yellow]Interrupted[/] while the parallel workers were starting: no run was lost (a run that had "
+                "started keeps its checkpoint).",
+                highlight=False,
+            )
+            raise SystemExit(EXIT_INTERRUPTED) from None
         print_error(
             RuntimeError(
                 f"A worker process of this parallel sweep died (exit code {cause}; -9 is SIGKILL: `kill -9` or the "

@@ -198,6 +198,12 @@ def train(
         return read_quietly(run_dir)
     except KeyboardInterrupt:  # a second Ctrl-C: the loop stopped mid-step and recorded it
         if not multirun or worker:
+            record = read_quietly(run_dir)
+            said = record.reason if record is not None and record.status == R.INTERRUPTED else "Interrupted."
+            if not worker or (ranks is not None and ranks.writes):
+                console.print(
+                    f"[yellow]Interrupted[/] at once (second Ctrl-C). {said}", highlight=False, soft_wrap=True
+                )
             raise SystemExit(EXIT_INTERRUPTED) from None
         console.print(f"[bold]{run_dir.name}[/] | [yellow]interrupted[/] at once (second Ctrl-C).", highlight=False)
         STOP.request(signal.SIGINT)
@@ -274,7 +280,12 @@ def scored_task(cfg: DictConfig) -> float:
     """`task` as Hydra calls it: optimizing sweepers (Optuna) need a number back. Plugins are loaded here too,
     because a parallel launcher's worker process starts without them."""
     load_plugins()
-    return objective(task(cfg), cfg.sweep.objective)
+    STOP.busy = True
+    try:
+        return objective(task(cfg), cfg.sweep.objective)
+    finally:
+        STOP.busy = False
+        STOP.exit_if_orphaned()  # a worker whose sweep's main process was killed
 
 
 def hydra_main(argv: list[str]) -> int:

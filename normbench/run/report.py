@@ -29,6 +29,7 @@ from typing import Any
 
 import yaml
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from normbench.base.errors import ConfigError
@@ -461,7 +462,7 @@ def print_tables(summary: dict[str, Any], console: Console | None = None) -> Non
         )
     failed = [r for r in summary["runs"] if r["status"] != R.COMPLETED]
     for r in failed:
-        reason = f": {r['reason']}" if r["reason"] else ""
+        reason = f": {escape(r['reason'])}" if r["reason"] else ""  # a command's [list] is no markup
         console.print(f"[red]{r['status']}[/] {r['run']}{reason}", highlight=False)
     for r in summary.get("unreadable", []):
         console.print(f"[bold red]unreadable[/] {r['run']}: {r['reason']}", highlight=False, soft_wrap=True)

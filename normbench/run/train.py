@@ -24,6 +24,7 @@ from rich.console import Console
 from torch import Tensor
 
 from normbench import __version__
+from normbench.base import signals
 from normbench.base.errors import DivergedError, InterruptedRun
 from normbench.base.signals import StopRequest
 from normbench.parts.data import ImageData
@@ -159,8 +160,9 @@ def run(
         record(R.INTERRUPTED, reason)
         raise InterruptedRun(reason) from None
     except KeyboardInterrupt:  # a second Ctrl-C: stopped mid-step, so the last epoch's checkpoint stands
-        record(R.INTERRUPTED, f"Stopped at once by a second Ctrl-C at step {state.step}; resume=true continues "
-               "from the checkpoint saved at the last epoch's end, if there is one.")  # fmt: skip
+        again = f"`{signals.resume_command}`" if signals.resume_command else "resume=true"
+        record(R.INTERRUPTED, f"Stopped at once by a second Ctrl-C at step {state.step}; {again} continues from the "
+               "checkpoint saved at the last epoch's end, if there is one.")  # fmt: skip
         raise
     except NormContractError as error:  # a plugin norm that fails in normbench's own validations
         broken = error.at(cfg.norm.name, state.step)

@@ -182,11 +182,20 @@ def register_norm(
     batch_statistics: bool = False,
     min_values: int = 2,
     synced: bool = False,
+    replace: bool = False,
 ) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
     """Register `builder(cls, num_features, *, **options) -> nn.Module` under `name`; `cls` is the class that
-    `layouts` names for the layout and implementation being built."""
+    `layouts` names for the layout and implementation being built. A name already registered (a built-in norm,
+    another plugin's) is refused, naming both places, unless `replace=True` asks for it."""
 
     def decorator(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        first = NORMS.get(name)
+        if first is not None and not replace and origin(first.builder) != origin(builder):
+            raise NormError(
+                f"register_norm('{name}') in {origin(builder)}: the norm '{name}' is already registered by "
+                f"{origin(first.builder)}. Give yours another name, or pass replace=True to register_norm to "
+                f"replace that norm on purpose (every run with norm={name} then uses yours)."
+            )
         impls = [tuple(support.classes) for support in layouts.values()]
         if not layouts or set(layouts) - set(LAYOUTS) or len(set(impls)) != 1 or not impls[0]:
             raise NormError(
@@ -199,6 +208,13 @@ def register_norm(
         return builder
 
     return decorator
+
+
+def origin(builder: Callable[..., Any]) -> str:
+    """Where a builder was written: `module (file:line)`."""
+    code = getattr(builder, "__code__", None)
+    where = f" ({code.co_filename}:{code.co_firstlineno})" if code is not None else ""
+    return f"{builder.__module__}{where}"
 
 
 def get_norm(name: str) -> NormSpec:
