@@ -15,8 +15,11 @@
              for the default run and a small-batch run (batch 8, 2 epochs of 4,096 images).
 6. sweep:    a sweep's wall time over the sum of its runs' training loops divided by the parallel jobs
              (`--sweep`, default the quick sweep with hydra/launcher=parallel: long, so not in the default set).
+7. workers:  a training step of the default cnn with workers=8 emulated workers of 2 images against a plain
+             16-image bn step (goal <= 1.10x), and the grouped batch-statistics validation (shares of 2 images)
+             against the loop of one forward per share it replaces (same accuracy, printed).
 
-    python scripts/bench.py [--sections data,logging,overhead,switches,e2e,sweep] [--steps 100] [--reps 2]
+    python scripts/bench.py [--sections data,logging,overhead,switches,e2e,workers,sweep] [--steps 100] [--reps 2]
                             [--norms bn,gn] [--batches 2,8]   (overhead and switch cases)
 """
 
@@ -42,7 +45,9 @@ from rich.console import Console
 from normbench.launch.compose import compose_config
 from normbench.parts.data import Batches, ImageData, make_synthetic
 from normbench.parts.models import build_model
+from normbench.parts.norms.layers import set_workers
 from normbench.run.devices import select_device
+from normbench.run.evaluation import batch_stats_accuracy, evaluate, frozen_buffers
 from normbench.run.record import find_records
 from normbench.run.setup import build_optimizer, cached_data, effective_lr
 from normbench.run.train import run
@@ -222,6 +227,42 @@ def bench_switches(data: ImageData, steps: int, reps: int, compile_: bool, cases
             print(f"{model} {norm} b={batch:<4d} {name:24s} {ratio:.2f}x the default speed")
 
 
+def bench_workers(data: ImageData, steps: int, reps: int) -> None:
+    """Emulated workers: one forward with per-share statistics (ghost-BN channels for the fused kernel) against
+    plain BN on the same 16 images; then the grouped batch-statistics validation against the loop over shares."""
+    n = round_steps(16, steps)
+    for impl in ("torch", "reference"):
+        plain = config("cnn", "bn", 16, n, f"norm.impl={impl}")
+        shared = config("cnn", "bn", 16, n, f"norm.impl={impl}", "workers=8")
+        t_w, t_plain, ratio = paired(reps, lambda: normbench_step(shared, data), lambda: normbench_step(plain, data))  # noqa: B023
+        print(f"cnn bn impl={impl:9s} b=16: workers=8 (2 images each) {1000 * t_w:6.2f} ms/step, workers=1 "
+              f"{1000 * t_plain:6.2f} ms/step: ratio {ratio:.3f} (goal <= 1.10)")  # fmt: skip
+    device = select_device("auto")
+    torch.manual_seed(0)
+    model = build_model({"name": "cnn"}, {"name": "bn"}).to(device).train()
+    shares = Batches(data.val_images, data.val_labels, 2, data.mean, data.std, device, train=False)
+    accuracy: dict[str, float] = {}
+
+    def timed(name: str, evaluation: Callable[[], float]) -> float:
+        sync(device)
+        start = time.perf_counter()
+        with frozen_buffers(model):
+            accuracy[name] = evaluation()
+        sync(device)
+        return time.perf_counter() - start
+
+    def loop() -> float:
+        set_workers(model, 1)
+        return evaluate(model, shares)[1]
+
+    t_loop, t_grouped, ratio = paired(
+        reps, lambda: timed("loop", loop), lambda: timed("grouped", lambda: batch_stats_accuracy(model, shares, 256))
+    )
+    print(f"batch-statistics validation, {len(shares.labels)} images in shares of 2: loop {1000 * t_loop:7.1f} ms, "
+          f"grouped (256 at once) {1000 * t_grouped:7.1f} ms: {ratio:.1f}x faster; accuracy {accuracy['loop']:.4f} "
+          f"vs {accuracy['grouped']:.4f}")  # fmt: skip
+
+
 E2E = {"default run": [], "small batches": ["batch_size=8", "epochs=2", "data.subset=4096"]}
 NORMBENCH = str(Path(sys.executable).with_name("normbench"))
 
@@ -274,7 +315,7 @@ def selected(cases: list[tuple[str, str, int]], norms: str | None, batches: str 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sections", default="data,logging,overhead,switches,e2e")
+    parser.add_argument("--sections", default="data,logging,overhead,switches,e2e,workers")
     parser.add_argument("--steps", type=int, default=100, help="steps per timed round (at least 3,200 images)")
     parser.add_argument("--reps", type=int, default=2, help="blocks of 4 timed rounds per case")
     parser.add_argument("--threads", type=int, default=None)
@@ -309,6 +350,9 @@ def main() -> None:
     if "e2e" in sections:
         print("\n== end to end: a whole `normbench run` vs its training loop")
         bench_e2e()
+    if "workers" in sections:
+        print("\n== emulated workers (per-worker BatchNorm) and grouped batch-statistics validation")
+        bench_workers(data, args.steps, args.reps)
     if "sweep" in sections:
         print("\n== sweep efficiency")
         bench_sweep(shlex.split(args.sweep))

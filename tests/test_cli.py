@@ -22,7 +22,7 @@ def invoke(*args: str) -> tuple[int, str]:
 def test_help_explains_groups_and_gives_examples() -> None:
     code, out = invoke("--help")
     models = "|".join(sorted(p.stem for p in (ROOT / "configs" / "model").glob("*.yaml")))
-    assert code == 0 and f"model={models}" in out and "norm=bn|brn|ln|in|gn|rms|none" in out
+    assert code == 0 and f"model={models}" in out and "norm=bn|brn|syncbn|ln|in|gn|rms|none" in out
     code, out = invoke("run", "--help")
     assert code == 0 and "normbench run model=cnn norm=gn norm.groups=8" in out and "--cfg job" in out
     code, out = invoke("sweep", "--help")
@@ -51,8 +51,25 @@ def test_explain_answers_the_notes_question() -> None:
     assert "G = C = 8: each group is one channel, which is InstanceNorm" in " ".join(out.split()) and "refused" in out
 
 
+def test_explain_says_what_a_worker_share_is_and_what_syncbn_averages() -> None:
+    code, out = invoke("explain", "bn", "--shape", "8,8,4,4", "--workers", "4")
+    text = " ".join(out.replace("│", " ").split())
+    assert code == 0 and "4 workers, each a contiguous share of 2 samples" in text
+    assert "32 means and 32 variances" in text and "(4 × 8 means, 32 values each)" in text and "worker 0's" in text
+    code, out = invoke("explain", "syncbn", "--shape", "8,8,4,4", "--workers", "4")
+    text = " ".join(out.replace("│", " ").split())
+    assert code == 0 and "8 means and 8 variances" in text and "= bn over the total batch of 8" in text
+    code, out = invoke("explain", "gn", "--shape", "8,8,4,4", "--workers", "4", "--groups", "4")
+    assert code == 0 and "no effect" in out
+    code, out = invoke("explain", "bn", "--shape", "8,16", "--workers", "3")
+    assert code == 2 and "--workers 3 does not divide the batch N=8" in out and "Traceback" not in out
+
+
 BAD = [
-    (["norm=batchnorm"], "Could not find 'norm/batchnorm' Available options in 'norm': bn brn gn in ln none rms"),
+    (
+        ["norm=batchnorm"],
+        "Could not find 'norm/batchnorm' Available options in 'norm': bn brn gn in ln none rms syncbn",
+    ),
     (["model=mlp", "norm=gn", "norm.groups=512"], "With as many groups as channels each group is one channel"),
     (["model=mlp", "norm=in"], "norm=in cannot normalize vector features (N, C)"),
     (["norm=gn", "norm.groups=3"], "the norm layer 'stage1.norm' (32 channels) cannot be built. norm=gn: groups=3"),

@@ -28,6 +28,9 @@ AXES = {
     ("bn", "vector"): (0,),
     ("bn", "image"): (0, 2, 3),
     ("bn", "sequence"): (0, 1),
+    ("syncbn", "vector"): (0,),  # one process: bn's axes (tests/test_workers.py: across processes)
+    ("syncbn", "image"): (0, 2, 3),
+    ("syncbn", "sequence"): (0, 1),
     ("ln", "vector"): (1,),
     ("ln", "image"): (1, 2, 3),
     ("ln", "sequence"): (2,),
@@ -342,6 +345,16 @@ def test_explain_matches_the_notes_table(name, shape, axes, stats, each, params,
     )
 
 
+@pytest.mark.parametrize(
+    ("name", "stats", "each"), [("bn", 32, 32), ("brn", 32, 32), ("syncbn", 8, 128), ("ln", 8, 128), ("in", 64, 16)]
+)
+def test_explain_with_workers_counts_statistics_per_share(name: str, stats: int, each: int) -> None:
+    """(N, C, H, W) = (8, 8, 4, 4) shared by 4 workers: bn and brn take 8 means per share of 2 samples
+    (2·4·4 = 32 values each), syncbn 8 over the total batch, per-sample norms as without workers."""
+    e = explain(name, (8, 8, 4, 4), workers=4)
+    assert (e.num_statistics, e.values_per_statistic, e.images_per_worker) == (stats, each, 2)
+
+
 @pytest.mark.parametrize("name", ["in"])
 def test_explain_refuses_vector_features_like_the_registry(name: str) -> None:
     with pytest.raises(NormError) as from_explain:
@@ -431,7 +444,7 @@ def test_model_check_names_model_norm_layer_and_what_is_allowed() -> None:
     message = str(error.value)
     # The CNN names each stage's norm by its place: the sixth stage's is stage6.norm.
     assert "batch_size=4 with norm=in on model=cnn" in message and "'stage6.norm' gets (4, 8, 1, 1)" in message
-    assert "a norm whose statistics average more values here (bn, brn, ln, rms)" in message
+    assert "a norm whose statistics average more values here (bn, brn, syncbn, ln, rms)" in message
     with pytest.raises(NormError, match=r"Use batch_size >= 2, or a norm that works per sample \(ln, rms\)"):
         check_norm_shapes({"name": "cnn", "widths": [8] * 6}, {"name": "bn"}, batch_size=1)
     check_norm_shapes({"name": "cnn", "widths": [8] * 5}, {"name": "in"}, batch_size=1)  # 2x2 maps are enough

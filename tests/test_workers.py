@@ -5,11 +5,17 @@ today's W=1 path bit for bit."""
 
 from __future__ import annotations
 
-import copy
+import itertools
 import json
+import os
+import socket
+from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
 import torch.nn.functional as F
 from conftest import TINY
 from torch import nn
@@ -17,13 +23,17 @@ from torch import nn
 from normbench.base.errors import ConfigError, NormError
 from normbench.launch.compose import compose_config
 from normbench.launch.naming import run_name
+from normbench.parts.data import Batches, make_synthetic
 from normbench.parts.models import build_model, check_norm_shapes
 from normbench.parts.models.cnn import CNN
 from normbench.parts.norms import build_norm, register_norm
 from normbench.parts.norms.layers import set_workers
 from normbench.parts.norms.registry import NORMS, on
-from normbench.run.board import run_hparams
+from normbench.run.board import Board, run_hparams
+from normbench.run.evaluation import PRECISE_BN_DRAW, batch_stats_accuracy, frozen_buffers, precise_bn
+from normbench.run.monitor import Monitor
 from normbench.run.record import RunRecord
+from normbench.run.setup import set_up
 from normbench.run.train import run
 
 SHAPES = {"vector": (16, 3), "image": (8, 3, 2, 2), "sequence": (8, 2, 3)}  # four shares: 4, 8, 4 values
@@ -55,19 +65,27 @@ def share_formula(x: torch.Tensor, layout: str, workers: int, eps: float, brn: b
     return y if layout == "sequence" else y.movedim(-1, 1)
 
 
-def layer(name: str, layout: str, impl: str, workers: int) -> nn.Module:
+def layer(name: str, layout: str, impl: str, workers: int, reorder: bool = True) -> nn.Module:
+    """A norm layer with worker shares: through `set_workers` (the batch reordered around it, its shares a view)
+    or by its attribute alone (contiguous shares taken as they are)."""
     options = {"warmup_steps": 0} if name == "brn" else {}
     module = build_norm(name, 3, layout, impl=impl, **options)  # type: ignore[arg-type]
-    set_workers(module, workers)
+    if reorder:
+        set_workers(module, workers)
+    else:
+        module.workers = workers
     return module.train()
 
 
+@pytest.mark.parametrize("reorder", [True, False])
 @pytest.mark.parametrize(("name", "layout", "impl"), CASES)
-def test_each_share_is_normalized_over_itself_gradients_and_running_stats_from_share_zero(name, layout, impl) -> None:
+def test_each_share_is_normalized_over_itself_gradients_and_running_stats_from_share_zero(
+    name, layout, impl, reorder
+) -> None:
     torch.manual_seed(0)
     n = SHAPES[layout][0]
     x = torch.randn(SHAPES[layout]) * 3 + torch.arange(float(n)).view(n, *[1] * (len(SHAPES[layout]) - 1))
-    bn = layer(name, layout, impl, workers=4)
+    bn = layer(name, layout, impl, workers=4, reorder=reorder)
     with torch.no_grad():
         bn.weight.copy_(torch.tensor([0.5, 2.0, -1.0]))
         bn.bias.copy_(torch.tensor([0.1, -0.2, 0.3]))
@@ -88,7 +106,7 @@ def test_each_share_is_normalized_over_itself_gradients_and_running_stats_from_s
     torch.testing.assert_close(bn.bias.grad.double(), beta.grad, rtol=1e-4, atol=1e-5)
 
     # Outputs, and the running statistics after exactly one update: share 0's alone (rank 0's buffers).
-    fresh = layer(name, layout, impl, workers=4)
+    fresh = layer(name, layout, impl, workers=4, reorder=reorder)
     with torch.no_grad():
         fresh.weight.copy_(bn.weight)
         fresh.bias.copy_(bn.bias)
@@ -210,7 +228,278 @@ def test_record_run_name_and_hparams_say_workers_and_images_per_worker(tiny, tmp
     assert run_name("bn", 16, ["norm=bn", "seed=1", "workers=8", "batch_size=16"], []) == "bn_b016_w008_seed001"
 
 
-def test_precise_bn_and_copies_keep_the_per_share_setting_apart() -> None:
-    model = build_model({"name": "mlp", "width": 8, "depth": 1}, {"name": "bn"}, workers=2)
-    assert copy.deepcopy(model).layer1.norm.workers == 2  # type: ignore[union-attr]
+def test_monitor_shows_share_zero_and_precise_bn_takes_whole_batches(tmp_path) -> None:
+    """The monitor's BN batch statistics are share 0's (the ones the running statistics follow); PreciseBN
+    re-estimates population statistics over whole batches on a copy, the model keeping its shares."""
+    torch.manual_seed(8)
+    model = build_model({"name": "mlp", "width": 8, "depth": 1}, {"name": "bn"}, workers=2).train()
+    monitor = Monitor(model, Board(tmp_path), every=1, most=100)
+    monitor.attach()
+    x = torch.randn(8, 3, 32, 32)
+    with torch.no_grad():
+        model(x)
+        h = model.layer1.fc(x.flatten(1)).double()  # type: ignore[operator]
+    _, _, (mean, var) = monitor.captured["layer1.norm"]
+    monitor.close()
+    torch.testing.assert_close(mean.double(), h[:4].mean(0), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(var.double(), h[:4].var(0, unbiased=False), rtol=1e-4, atol=1e-5)
+    data = make_synthetic(32, 8)
+    batches = Batches(data.train_images, data.train_labels, 8, data.mean, data.std, torch.device("cpu"), train=True)
+    precise = precise_bn(model, batches, 1)
+    assert precise.layer1.norm.workers == 1 and model.layer1.norm.workers == 2  # type: ignore[union-attr]
+    with torch.no_grad():
+        h = precise.layer1.fc(next(batches.epoch(PRECISE_BN_DRAW))[0].flatten(1))  # type: ignore[operator]
+    torch.testing.assert_close(precise.layer1.norm.running_mean, h.mean(0))  # type: ignore[union-attr]
     assert "workers" not in str(model.state_dict().keys())
+
+
+# --- syncbn across real processes ---------------------------------------------------------------------------
+
+SYNC_SHAPES = {"vector": (8, 3), "image": (4, 3, 3, 3), "sequence": (4, 3, 3)}  # the total batch: two shares
+WORLD = 2
+
+
+def sync_inputs(layout: str, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The total batch of a step (mean far from 0, as after a ReLU) and the upstream gradient."""
+    torch.manual_seed(10 + step)
+    return torch.randn(SYNC_SHAPES[layout]) * 2 + 3, torch.randn(SYNC_SHAPES[layout])
+
+
+def sync_cases(device: str, impl: str, layout: str, rank: int, world: int) -> dict[str, torch.Tensor]:
+    """Two training steps of a syncbn (or, with world=1, a bn) layer on this rank's share; the γ/β gradients
+    summed over the ranks, as the gradient of the total batch's summed loss."""
+    name = "syncbn" if world > 1 else "bn"
+    layer = build_norm(name, 3, layout, impl=impl).to(device).train()  # type: ignore[arg-type]
+    with torch.no_grad():
+        layer.weight.copy_(torch.tensor([0.5, 2.0, -1.0]))
+        layer.bias.copy_(torch.tensor([0.1, -0.2, 0.3]))
+    out: dict[str, torch.Tensor] = {}
+    for step in range(2):
+        x, g = sync_inputs(layout, step)
+        k = x.shape[0] // world
+        share = x[rank * k : (rank + 1) * k].to(device).requires_grad_()
+        layer.zero_grad()
+        y = layer(share)
+        (y * g[rank * k : (rank + 1) * k].to(device)).sum().backward()
+        out |= {f"y{step}": y.detach().cpu(), f"dx{step}": share.grad.cpu()}  # type: ignore[union-attr]
+        for key, p in (("dw", layer.weight), ("db", layer.bias)):
+            grad = p.grad.detach().clone()  # type: ignore[union-attr]
+            if world > 1:
+                dist.all_reduce(grad)
+            out[f"{key}{step}"] = grad.cpu()
+    out |= {k: v.cpu() for k, v in layer.state_dict().items() if k.startswith(("running", "num_batches"))}
+    return out
+
+
+def sync_rank(rank: int, world: int, port: int, out: str) -> None:
+    """One process of the gloo group: every (device, impl, layout) case, saved for the test to compare."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        devices = ["cpu", *(["cuda"] if torch.cuda.is_available() else [])]
+        results = {
+            (device, impl, layout): sync_cases(device, impl, layout, rank, world)
+            for device in devices
+            for impl in ("torch", "reference")
+            for layout in SYNC_SHAPES
+        }
+        results["ddp"] = ddp_steps(rank, world)
+        torch.save(results, Path(out) / f"rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def ddp_batches(step: int) -> tuple[torch.Tensor, torch.Tensor]:
+    torch.manual_seed(20 + step)
+    return torch.randn(8, 2, 4, 4) * 2 + 1, torch.randint(0, 3, (8,))
+
+
+def ddp_steps(rank: int, world: int, steps: int = 3) -> dict[str, torch.Tensor]:
+    """Three SGD steps of the small bn model under PyTorch's DDP (broadcast_buffers=True, its default), this
+    rank training on its contiguous share: each step's loss (the mean over the total batch), then the weights
+    and this rank's buffers."""
+    model = nn.parallel.DistributedDataParallel(small_model("bn", "torch").train())
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    losses = []
+    for step in range(steps):
+        x, y = ddp_batches(step)
+        k = len(y) // world
+        loss = F.cross_entropy(model(x[rank * k : (rank + 1) * k]), y[rank * k : (rank + 1) * k])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        mean = loss.detach().clone() / world
+        dist.all_reduce(mean)
+        losses.append(mean)
+    return {"losses": torch.stack(losses), **{k: v.detach().clone() for k, v in model.module.state_dict().items()}}
+
+
+@pytest.fixture(scope="module")
+def synced(tmp_path_factory: pytest.TempPathFactory) -> list[dict[Any, dict[str, torch.Tensor]]]:
+    """The results of each of two gloo processes on localhost (a free port), each given half of the batch."""
+    out = tmp_path_factory.mktemp("syncbn")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(sync_rank, args=(WORLD, port, str(out)), nprocs=WORLD, join=True)
+    return [torch.load(out / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
+
+
+def assert_rank_matches_one_process(result: dict[str, torch.Tensor], one: dict[str, torch.Tensor], rank: int) -> None:
+    for key, value in result.items():
+        expected = one[key]
+        if key.startswith(("y", "dx")):  # this rank's rows of the total batch
+            expected = expected.chunk(WORLD)[rank]
+        torch.testing.assert_close(value, expected, rtol=1e-5, atol=1e-5, msg=key)
+
+
+@pytest.mark.parametrize("impl", ["torch", "reference"])
+@pytest.mark.parametrize("layout", list(SYNC_SHAPES))
+def test_syncbn_across_two_gloo_processes_is_bn_over_the_total_batch(synced, impl: str, layout: str) -> None:
+    """Outputs, input gradients, γ/β gradients (summed over the ranks) and running statistics after two steps
+    equal those of bn in one process over the total batch (impl=torch here: PyTorch's own BatchNorm)."""
+    one = sync_cases("cpu", "torch", layout, rank=0, world=1)
+    for rank in range(WORLD):
+        assert_rank_matches_one_process(synced[rank][("cpu", impl, layout)], one, rank)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("layout", list(SYNC_SHAPES))
+def test_syncbn_formula_version_equals_torch_sync_batch_norm_on_cuda(synced, layout: str) -> None:
+    """On CUDA impl=torch is nn.SyncBatchNorm itself; impl=reference is the formula version: they agree."""
+    for rank in range(WORLD):
+        formula, torch_sync = synced[rank][("cuda", "reference", layout)], synced[rank][("cuda", "torch", layout)]
+        for key, value in formula.items():
+            torch.testing.assert_close(value, torch_sync[key], rtol=1e-5, atol=1e-5, msg=key)
+        assert_rank_matches_one_process(formula, sync_cases("cpu", "torch", layout, rank=0, world=1), rank)
+
+
+@pytest.mark.parametrize("impl", ["torch", "reference"])
+def test_emulated_workers_equal_a_real_two_process_ddp_run(synced, impl: str) -> None:
+    """The same three steps with workers=2 emulated in one process: the same per-step losses, weights, and
+    running statistics as rank 0's under DDP (the evaluated model). Rank 1's buffers differ: they are the
+    broadcast ones updated from share 1, which the next forward would overwrite."""
+    model = small_model("bn", impl).train()
+    set_workers(model, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    losses = []
+    for step in range(3):
+        x, y = ddp_batches(step)
+        loss = F.cross_entropy(model(x), y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.detach())
+    rank0, rank1 = (synced[r]["ddp"] for r in range(WORLD))
+    torch.testing.assert_close(torch.stack(losses), rank0["losses"], rtol=1e-5, atol=1e-6)
+    for key, value in model.state_dict().items():
+        torch.testing.assert_close(value, rank0[key], rtol=1e-5, atol=1e-5, msg=key)
+    assert not torch.allclose(rank1["1.running_mean"], rank0["1.running_mean"])
+
+
+def test_syncbn_in_one_process_is_bn_and_ignores_emulated_workers() -> None:
+    """Emulated workers on one device: syncbn normalizes the whole batch, as bn at workers=1 does."""
+    models = []
+    for norm, workers in (("bn", 1), ("syncbn", 4)):
+        torch.manual_seed(6)
+        models.append(build_model({"name": "cnn", "widths": [4, 8]}, {"name": norm}, workers=workers))
+    losses = [train_steps(m, 2) for m in models]
+    torch.testing.assert_close(torch.stack(losses[0]), torch.stack(losses[1]), rtol=1e-6, atol=1e-6)
+    first, second = (m.state_dict() for m in models)
+    assert first.keys() == second.keys()
+    for key, value in first.items():
+        torch.testing.assert_close(value, second[key], rtol=1e-5, atol=1e-6, msg=key)
+
+
+# --- batch-statistics validation, grouped -------------------------------------------------------------------
+
+
+def logits_of(model: nn.Module) -> list[torch.Tensor]:
+    """Every forward's output, in order (a hook: the evaluation itself only returns an accuracy)."""
+    seen: list[torch.Tensor] = []
+    model.register_forward_hook(lambda module, args, out: seen.append(out.detach().clone()))
+    return seen
+
+
+@pytest.mark.parametrize(
+    ("model_cfg", "norm"),
+    [
+        ({"name": "mlp", "width": 8, "depth": 2}, {"name": "bn"}),
+        ({"name": "mlp", "width": 8, "depth": 2}, {"name": "brn", "warmup_steps": 0}),
+        ({"name": "cnn", "widths": [4, 8]}, {"name": "bn", "impl": "reference"}),
+        ({"name": "mlp", "width": 8, "depth": 2}, {"name": "syncbn"}),
+    ],
+)
+@pytest.mark.parametrize("images", [24, 23, 21, 17])  # whole shares; a last share of 3; of 1 (twice)
+def test_grouped_batch_statistics_validation_equals_the_loop_over_shares(model_cfg, norm, images: int) -> None:
+    """One forward per chunk of up to 8 images, statistics per share of 4, against one forward per share of 4
+    (each from the trained running statistics). A last image alone joins the share before it."""
+    torch.manual_seed(7)
+    model = build_model(model_cfg, norm, workers=2).train()
+    with torch.no_grad():
+        for name, buffer in model.named_buffers():
+            if "running" in name:
+                buffer.uniform_(0.5, 1.5)
+    data = torch.randint(0, 256, (images, 3, 32, 32), dtype=torch.uint8)
+    common = dict(mean=(0.5,) * 3, std=(0.25,) * 3, device=torch.device("cpu"), train=False)
+    shares = Batches(data, torch.zeros(images, dtype=torch.long), 4, **common)
+    x = torch.cat([b for b, _ in shares.rebatched(images).epoch()])
+    cuts = [*range(0, images, 4), images]
+    if images % 4 == 1:
+        cuts.remove(images - 1)  # one image left: with the share before it
+    loop = []
+    set_workers(model, 1)
+    with torch.no_grad():
+        for start, stop in itertools.pairwise(cuts):
+            with frozen_buffers(model):
+                loop.append(model(x[start:stop]))
+    expected = torch.cat(loop)
+    grouped = logits_of(model)
+    shares.labels = expected.argmax(1)
+    assert batch_stats_accuracy(model, shares, most=8) == 1.0
+    torch.testing.assert_close(torch.cat(grouped), expected, rtol=1e-5, atol=1e-5)
+    if norm["name"] == "syncbn":  # statistics over all shares: the loop itself
+        assert len(grouped) == len(cuts) - 1
+    else:  # chunks of two shares, and at most one forward more for the last share
+        assert len(grouped) <= -(-images // 8) + 1
+
+
+def test_set_up_emulates_the_workers_its_process_does_not_leave_to_others(tiny) -> None:
+    """Under torch.distributed a process emulates workers / processes shares (1 with a process per worker)."""
+    cfg = tiny("workers=4", "model=mlp", "model.width=8", "model.depth=1")
+    for processes, emulated in ((1, 4), (2, 2), (4, 1)):
+        setup = set_up(cfg, processes=processes)
+        assert setup.workers == emulated and setup.model.layer1.norm.workers == emulated  # type: ignore[union-attr]
+        assert setup.lr == pytest.approx(0.1 * 8 / 128)  # the optimizer's total batch
+        assert setup.val_at_train_batch_size is not None and setup.val_at_train_batch_size.batch_size == 2
+
+
+@pytest.mark.parametrize(
+    "options", [{"affine": False}, {"track_running_stats": False}, {"momentum": None}], ids=lambda o: str(o)
+)
+@pytest.mark.parametrize("impl", ["torch", "reference"])
+def test_the_reordered_batch_and_contiguous_shares_agree_for_every_bn_option(options: dict, impl: str) -> None:
+    """Two steps through `set_workers` (the batch reordered, shares a view) and through the attribute alone
+    (contiguous shares, checked against the formula above): outputs, input gradients, buffers."""
+    layers = []
+    for reorder in (True, False):
+        module = build_norm("bn", 3, "image", impl=impl, **options).train()  # type: ignore[arg-type]
+        if reorder:
+            set_workers(module, 4)
+        else:
+            module.workers = 4
+        layers.append(module)
+    for step in range(2):
+        torch.manual_seed(step)
+        x, g = torch.randn(8, 3, 2, 2) + step, torch.randn(8, 3, 2, 2)
+        outs = []
+        for module in layers:
+            xi = x.clone().requires_grad_()
+            y = module(xi)
+            (y * g).sum().backward()
+            outs.append((y.detach(), xi.grad))
+        for a, b in zip(*outs, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    for (key, a), b in zip(layers[0].state_dict().items(), layers[1].state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=key)

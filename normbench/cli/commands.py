@@ -259,9 +259,13 @@ def explain(
     norm: str = typer.Argument(..., help="A registered norm, e.g. bn, ln, in, gn."),
     shape: str = typer.Option("4,256", "--shape", help="Input shape: N,C (vector), N,L,D (sequence), N,C,H,W (image)."),
     groups: int = typer.Option(None, "--groups", help="GroupNorm's group count (default: the norm's default)."),
+    workers: int = typer.Option(
+        1, "--workers", help="Data-parallel workers sharing the batch N (the `workers` setting): N / workers each."
+    ),
 ) -> None:
     """What NORM computes on an input of SHAPE: the axes of its statistics, how many statistics and how many
-    values each averages, its parameters, and whether train and eval differ."""
+    values each averages, its parameters, and whether train and eval differ. With --workers W, the batch N is
+    shared by W workers: what one worker's share is, and what a batch norm (or syncbn) averages then."""
     from normbench.parts.norms import explain as explain_norm
 
     try:
@@ -269,7 +273,7 @@ def explain(
     except ValueError:
         raise _fail(NormbenchError(f"--shape {shape} is not a list of sizes such as 4,256 or 2,8,4,4.")) from None
     try:
-        e = explain_norm(norm, dims, **({"groups": groups} if groups is not None else {}))
+        e = explain_norm(norm, dims, workers, **({"groups": groups} if groups is not None else {}))
     except NormbenchError as error:
         raise _fail(error) from None
     letters = {"vector": "N,C", "sequence": "N,L,D", "image": "N,C,H,W"}[e.layout]
@@ -306,6 +310,23 @@ def explain(
             if e.batch_statistics
             else "identical: statistics come from each sample alone",
         )
+    if e.workers > 1:
+        ipw = e.images_per_worker
+        share = f"{e.workers} workers, each a contiguous share of {ipw} sample{'s' * (ipw != 1)} of the batch"
+        if not e.batch_statistics:
+            meaning = "no effect: statistics come from each sample alone"
+        elif e.synced:
+            meaning = (
+                f"statistics over all {e.workers} shares (count, sum and sum of squares per channel all-reduced "
+                f"across the workers) = bn over the total batch of {e.shape[0]}"
+            )
+        else:
+            meaning = (
+                f"each share normalized with its own statistics ({e.workers} × {e.num_statistics // e.workers} "
+                f"means, {e.values_per_statistic} values each); the running statistics follow worker 0's share "
+                "(DDP broadcasts rank 0's buffers); syncbn would average over all shares"
+            )
+        table.add_row("worker shares", f"{share}: {meaning}")
     console.print(table)
 
 

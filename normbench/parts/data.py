@@ -7,6 +7,7 @@ draw per epoch, no per-sample Python and no DataLoader workers competing with th
 
 from __future__ import annotations
 
+import copy
 import math
 import pickle
 from collections.abc import Iterator, Mapping
@@ -256,6 +257,12 @@ class Batches:
         # Images are standardized and augmented about `chunk` at a time and handed out as views: the
         # fixed cost of a few tensor ops is paid per chunk, not per batch (it dominates at batch 2).
         self.chunk = chunk
+
+    def rebatched(self, batch_size: int) -> Batches:
+        """The same images, augmentation and draws (sharing the tensors, no copy) in batches of `batch_size`."""
+        other = copy.copy(self)
+        other.batch_size = batch_size
+        return other
 
     def __len__(self) -> int:
         """Batches per epoch. Training drops the last incomplete batch: a batch of one breaks BatchNorm."""

@@ -2,26 +2,32 @@
 
 `evaluate` is the plain one: mean loss and accuracy in whatever mode the model is in (eval mode: BN uses its
 running statistics, the default `val/acc`). For BN-family models, `bn_mode_accuracies` adds validation in train
-mode, each batch of the training batch size normalized with its own statistics (`val/acc_batch_stats`: the
-training batch size is the point, it is what BN sees in training), and with population statistics re-estimated
-over a fixed number of training images with frozen weights (`val/acc_precise_bn`, PreciseBN, Wu & Johnson 2021).
-PreciseBN counts images, not batches, and uses its own batch size, so that runs at batch 2 and at batch 128 are
-estimated from the same images. Comparing the three separates noisy batch statistics from poor running estimates.
+mode, each share of the training images per worker normalized with its own statistics (`val/acc_batch_stats`:
+that size is the point, it is what BN sees in training; the whole batch for syncbn), and with population
+statistics re-estimated over a fixed number of training images with frozen weights (`val/acc_precise_bn`,
+PreciseBN, Wu & Johnson 2021). PreciseBN counts images, not batches, and uses its own batch size, so that runs at
+batch 2 and at batch 128 are estimated from the same images. Comparing the three separates noisy batch
+statistics from poor running estimates.
+
+The batch-statistics validation runs grouped (`batch_stats_accuracy`): chunks of many shares go through one
+forward with per-share statistics (the worker-share mechanism of parts/norms/layers.py), so a run at 2 images per
+worker makes a few dozen forwards of its validation set instead of one per 2 images, with the same statistics.
 """
 
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from types import TracebackType
 
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import Tensor, nn
 
 from normbench.parts.data import Batches
-from normbench.parts.norms.layers import set_workers
+from normbench.parts.norms.layers import set_workers, takes_workers
 
 
 def has_running_stats(module: nn.Module) -> bool:
@@ -90,15 +96,14 @@ def bn_mode_accuracies(
     autocast: AbstractContextManager[object] | None = None,
     workers: int = 1,
 ) -> tuple[float, float | None]:
-    """Validation accuracy with batch statistics of the training batch size (the running statistics are left as
-    they were), and with PreciseBN statistics over `plan.batches` batches of `precise_bn_batches` (None without a
-    plan). Leaves `model` in eval mode. With `workers` > 1, `val_at_train_batch_size` holds batches of the
-    training images per worker, each normalized over itself as one worker's share is."""
+    """Validation accuracy with batch statistics of the training images per worker, the batch size of
+    `val_at_train_batch_size` (the running statistics are left as they were; `batch_stats_accuracy`), and with
+    PreciseBN statistics over `plan.batches` batches of `precise_bn_batches` (None without a plan). Leaves
+    `model` in eval mode, its worker shares set to `workers` again."""
     with frozen_buffers(model):
         model.train()
-        set_workers(model, 1)
         try:
-            batch_stats = evaluate(model, val_at_train_batch_size, autocast)[1]
+            batch_stats = batch_stats_accuracy(model, val_at_train_batch_size, val.batch_size, autocast)
         finally:
             set_workers(model, workers)
     precise = None
@@ -106,6 +111,62 @@ def bn_mode_accuracies(
         precise = evaluate(precise_bn(model, precise_bn_batches, plan.batches).eval(), val, autocast)[1]
     model.eval()
     return batch_stats, precise
+
+
+def groupable(model: nn.Module) -> bool:
+    """Whether every layer with batch statistics takes them per worker share (syncbn's take them over all)."""
+    return all(takes_workers(m) and not getattr(m, "synced", False) for m in model.modules() if has_running_stats(m))
+
+
+@torch.no_grad()
+def batch_stats_accuracy(
+    model: nn.Module, shares: Batches, most: int, autocast: AbstractContextManager[object] | None = None
+) -> float:
+    """Accuracy in the mode the model is in (train: batch statistics) with the validation images cut into
+    consecutive shares of `shares.batch_size` images, each normalized over itself, as the loop over `shares`'
+    batches does, but forwarding up to `most` images (whole shares) at once with per-share statistics. Sets the
+    model's worker shares; the caller restores them.
+
+    The last share holds what is left (n mod share images) and is normalized on its own, as the loop did; a
+    single image left over is normalized together with the share before it, since one image has no batch
+    variance on vector features (the loop failed there). The running statistics are restored after every
+    forward: Batch Renorm's r and d correct every share against the trained running statistics (the loop let
+    them drift with the validation batches it had seen); BatchNorm's training output does not read them."""
+    share = shares.batch_size
+    n = len(shares.labels)
+    chunk = share * max(1, most // share) if groupable(model) else share
+    correct = torch.zeros((), device=shares.labels.device)
+
+    def forward(x: Tensor, y: Tensor) -> None:
+        nonlocal correct
+        set_workers(model, len(y) // share if len(y) % share == 0 else 1)
+        with frozen_buffers(model), autocast or nullcontext():  # every share sees the trained running statistics
+            logits = model(x)
+        correct += (logits.argmax(dim=1) == y).sum()
+
+    held: tuple[Tensor, Tensor] | None = None
+    for x, y in shares.rebatched(chunk).epoch():
+        if held is not None and len(y) == 1 and n > 1:  # a last image alone: with the chunk before it
+            x, y = torch.cat([held[0], x]), torch.cat([held[1], y])
+        elif held is not None:
+            whole_and_rest(*held, share, forward)
+        held = (x, y)
+    if held is not None:
+        whole_and_rest(*held, share, forward)
+    return correct.item() / n
+
+
+def whole_and_rest(x: Tensor, y: Tensor, share: int, forward: Callable[[Tensor, Tensor], None]) -> None:
+    """Forward the whole shares of a chunk at once, then what is left as one share (a single image left over
+    joins the share before it)."""
+    rest = len(y) % share
+    if rest == 1 and len(y) > share:
+        rest += share
+    whole = len(y) - rest
+    if whole:
+        forward(x[:whole], y[:whole])
+    if rest:
+        forward(x[whole:], y[whole:])
 
 
 class frozen_buffers:

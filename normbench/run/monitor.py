@@ -24,6 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from normbench.parts.models import NORM_SLOT
+from normbench.parts.norms.reference import shares
 from normbench.run.board import Board, bn_tag
 from normbench.run.evaluation import has_running_stats
 
@@ -77,7 +78,10 @@ class Monitor:
             if name in self.captured:  # first call of the step (or validation batch) only
                 return
             x = inputs[0].detach().float()
-            bn = channel_stats(x, self.channel_dim) if has_running_stats(module) else None
+            # With worker shares, the batch statistics of share 0: the ones the running statistics follow.
+            workers = getattr(module, "workers", 1) if module.training else 1
+            share = shares(x, workers, getattr(module, "interleaved", False))[0]
+            bn = channel_stats(share, self.channel_dim) if has_running_stats(module) else None
             # Copies now: an in-place activation after the norm (ReLU(inplace=True)) rewrites its output.
             pre, post = subsample(x, self.most).clone(), subsample(output.detach().float(), self.most).clone()
             self.captured[name] = (pre, post, bn)

@@ -6,7 +6,6 @@ budget=steps needing max_steps, or a batch no larger than the training set), so 
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import hashlib
 import json
@@ -133,13 +132,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def rebatched(batches: Batches, batch_size: int) -> Batches:
-    """The same images, augmentation and draws (sharing the tensors, no copy) in batches of `batch_size`."""
-    other = copy.copy(batches)
-    other.batch_size = batch_size
-    return other
-
-
 @dataclass
 class Setup:
     """What a run is built from. `forward` is the module the training step calls: `model` itself, or its
@@ -163,11 +155,14 @@ class Setup:
     val_at_train_batch_size: Batches | None
     precise_bn_batches: Batches | None = None
     precise_bn: PreciseBNPlan | None = None
-    workers: int = 1  # data-parallel worker shares of each batch (the BN-family layers know it too)
+    workers: int = 1  # worker shares emulated in this process's forward (the BN-family layers know it too)
 
 
-def set_up(cfg: DictConfig, data: ImageData | None = None) -> Setup:
-    """Build everything in a fixed order from the seed, so that the same config gives the same run."""
+def set_up(cfg: DictConfig, data: ImageData | None = None, processes: int = 1) -> Setup:
+    """Build everything in a fixed order from the seed, so that the same config gives the same run.
+
+    `processes`: how many torch.distributed processes share the run's `workers` (each process emulates
+    workers / processes of them on its own part of the batch; 1: all of them here)."""
     device = select_device(cfg.device)
     if device.type == "cuda" and device.index is None:  # the current device: a sweep job's own GPU (launch/jobs.py)
         device = torch.device("cuda", torch.cuda.current_device())
@@ -178,7 +173,8 @@ def set_up(cfg: DictConfig, data: ImageData | None = None) -> Setup:
     seed_everything(cfg.seed)
     data = data or cached_data(cfg.data)
     budget = make_budget(cfg, len(data.train_labels))
-    model = build_model(cfg.model, cfg.norm, data.num_classes, cfg.workers).to(device)
+    emulated = cfg.workers // processes  # worker shares this process's BN-family layers take in one forward
+    model = build_model(cfg.model, cfg.norm, data.num_classes, emulated).to(device)
     channels_last = cfg.train.channels_last
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -218,7 +214,7 @@ def set_up(cfg: DictConfig, data: ImageData | None = None) -> Setup:
             Batches(val_batches.images, val_batches.labels, small, train=False, **common) if bn_modes else None
         ),
         # The training images already on the device (padded when augmented), in PreciseBN's batch size.
-        precise_bn_batches=rebatched(train_batches, precise.batch_size) if precise else None,
+        precise_bn_batches=train_batches.rebatched(precise.batch_size) if precise else None,
         precise_bn=precise,
-        workers=cfg.workers,
+        workers=emulated,
     )

@@ -109,7 +109,7 @@ def run(
         return written
 
     stop = StopRequest()
-    name = f"{cfg.model.name}/{cfg.norm.name} b={cfg.batch_size}"
+    name = f"{cfg.model.name}/{cfg.norm.name} b={cfg.batch_size}" + (f" w={cfg.workers}" if cfg.workers > 1 else "")
     show = console.is_terminal and not cfg.get("quiet", False)
     try:
         with stop.installed(), ProgressBar(console, name, setup.budget.total_steps, state.step, show) as bar:

@@ -95,16 +95,19 @@ def build_model(
 
 def _refuse_without_shares(model: nn.Module, norm: str, workers: int) -> None:
     """Refuse a norm with batch statistics whose layers cannot take them per worker share."""
-    if not get_norm(norm).batch_statistics:
-        return  # per-sample statistics do not depend on the workers
+    spec = get_norm(norm)
+    if not spec.batch_statistics or spec.synced:
+        return  # per-sample statistics, or statistics over all the shares: nothing per worker
     for where, layer in model.named_modules():
         if getattr(layer, NORM_SLOT, False) and not takes_workers(layer):
+            synced = [n for n, s in NORMS.items() if s.synced]
+            per_sample = [n for n, s in NORMS.items() if not s.batch_statistics and n != "none"]
             raise NormError(
                 f"workers={workers} with norm={norm}: its layer '{where}' ({type(layer).__name__}) takes batch "
                 "statistics but cannot take them per worker share (its class has no `workers` attribute). Use "
-                "workers=1, norm=bn or brn (per-share statistics), a per-sample norm (ln, gn, in, rms), or derive "
-                "the class from normbench.parts.norms.layers.BatchNorm2d (or reference.ReferenceBatchNorm), "
-                "which take per-share statistics (docs/workers.md)."
+                f"workers=1, a norm whose statistics span all workers ({', '.join(synced)}), a per-sample norm "
+                f"({', '.join(per_sample)}), or derive the class from normbench.parts.norms.layers.BatchNorm1d/2d "
+                "or reference.ReferenceBatchNorm, which take per-share statistics (docs/workers.md)."
             )
 
 

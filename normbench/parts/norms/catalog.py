@@ -2,15 +2,16 @@
 
 What each (norm, layout) pair averages, following the user's notes (shared/seed/normalization-notes.md):
 
-| norm | vector (N, C)                   | image (N, C, H, W)                 | sequence (N, L, D)         |
-|------|---------------------------------|------------------------------------|----------------------------|
-| bn   | per C, over N                   | per C, over N, H, W                | per D, over N, L           |
-| brn  | as bn                           | as bn                              | as bn                      |
-| ln   | per sample, over C              | per sample, over C, H, W           | per token, over D          |
-| rms  | as ln (no mean)                 | as ln (no mean)                    | as ln (no mean)            |
-| in   | refused: 1 value                | per sample and C, over H, W        | per sample and D, over L   |
-| gn   | per sample and group, over C/G  | per sample and group, over C/G,H,W | per token and group, D/G   |
-| none | identity                        | identity                           | identity                   |
+| norm   | vector (N, C)                   | image (N, C, H, W)                 | sequence (N, L, D)         |
+|--------|---------------------------------|------------------------------------|----------------------------|
+| bn     | per C, over N                   | per C, over N, H, W                | per D, over N, L           |
+| brn    | as bn                           | as bn                              | as bn                      |
+| syncbn | as bn, over all workers         | as bn, over all workers            | as bn, over all workers    |
+| ln     | per sample, over C              | per sample, over C, H, W           | per token, over D          |
+| rms    | as ln (no mean)                 | as ln (no mean)                    | as ln (no mean)            |
+| in     | refused: 1 value                | per sample and C, over H, W        | per sample and D, over L   |
+| gn     | per sample and group, over C/G  | per sample and group, over C/G,H,W | per token and group, D/G   |
+| none   | identity                        | identity                           | identity                   |
 
 γ and β are always per channel (C or D of each), never per position, so parameter counts do not depend on
 the resolution: `ln` on images is the GroupNorm paper's LN (= GroupNorm with one group), `in` its IN (with
@@ -22,6 +23,9 @@ single value"). GN groups channels, not positions: on (N, C) a group is C/G chan
 mean and variance exist whenever C/G >= 2. G=1 is LN on vectors; only G=C leaves one value per statistic (each
 group one channel: IN), and that one case is refused, as IN is. The layer is the same formula as on images
 with no spatial axes, which is what PyTorch's nn.GroupNorm computes on (N, C) input.
+
+With data-parallel workers (`workers=W`, docs/workers.md) bn and brn take their statistics per worker share
+of batch_size / W images; syncbn takes them over every share, i.e. over the total batch.
 
 Classes are named by import path so that this module imports no torch (see registry.py).
 """
@@ -111,6 +115,33 @@ def batch_renorm(
     return cls(
         num_features, eps=eps, momentum=momentum, affine=affine, r_max=r_max, d_max=d_max, warmup_steps=warmup_steps
     )
+
+
+@register_norm(
+    "syncbn",
+    summary="SyncBatchNorm: BatchNorm over every data-parallel worker's share (= bn over the total batch)",
+    layouts={
+        "vector": on("N", torch=f"{LAYERS}.SyncBatchNorm", reference=f"{LAYERS}.ReferenceSyncBatchNorm"),
+        "image": on("N,H,W", torch=f"{LAYERS}.SyncBatchNorm", reference=f"{LAYERS}.ReferenceSyncBatchNorm"),
+        "sequence": on(
+            "N,L", torch=f"{LAYERS}.SequenceSyncBatchNorm", reference=f"{LAYERS}.SequenceReferenceSyncBatchNorm"
+        ),
+    },
+    batch_statistics=True,
+    synced=True,
+)
+def synced_batch_norm(
+    cls: Cls,
+    num_features: int,
+    *,
+    eps: float = 1e-5,
+    momentum: float | None = 0.1,
+    affine: bool = True,
+    track_running_stats: bool = True,
+) -> nn.Module:
+    _check_eps("syncbn", eps)
+    _check_momentum("syncbn", momentum)
+    return cls(num_features, eps=eps, momentum=momentum, affine=affine, track_running_stats=track_running_stats)
 
 
 @register_norm(

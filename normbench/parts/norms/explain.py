@@ -1,4 +1,5 @@
-"""What a norm computes on an input of a given shape (`normbench explain`): axes, statistic counts, parameters."""
+"""What a norm computes on an input of a given shape (`normbench explain`): axes, statistic counts, parameters,
+and with data-parallel workers what one worker share is and what syncbn averages."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from normbench.base.errors import NormError
 from normbench.parts.norms.registry import LAYOUTS, build_norm, get_norm, layout_of
 
 
@@ -21,21 +23,47 @@ class NormExplanation:
     batch_statistics: bool
     groups: int | None = None  # grouped norms (gn): the number of groups; groups = channels is InstanceNorm
     problem: str | None = None  # why the norm cannot normalize this shape in training (too few values), if so
+    workers: int = 1  # data-parallel workers sharing the batch N: shares of N / workers samples
+    synced: bool = False  # batch statistics over every worker's share (syncbn), else per share
+
+    @property
+    def images_per_worker(self) -> int:
+        return self.shape[0] // self.workers
 
 
-def explain(name: str, shape: tuple[int, ...], **options: Any) -> NormExplanation:
-    """Axes, statistic counts and parameters of norm `name` on an input of `shape` (2-, 3- or 4-D)."""
+def explain(name: str, shape: tuple[int, ...], workers: int = 1, **options: Any) -> NormExplanation:
+    """Axes, statistic counts and parameters of norm `name` on an input of `shape` (2-, 3- or 4-D), whose batch
+    N is shared by `workers` data-parallel workers: a norm with per-worker batch statistics takes them over
+    each share of N / workers samples, syncbn over all of them, per-sample norms are unaffected."""
     layout = layout_of(shape)
+    if workers < 1 or shape[0] % workers:
+        raise NormError(
+            f"--workers {workers} does not divide the batch N={shape[0]} of shape {','.join(map(str, shape))}: each "
+            "worker takes an equal, contiguous share of N / workers samples. Give a workers count that divides N."
+        )
     sizes = dict(zip(LAYOUTS[layout], shape, strict=True))
     module = build_norm(name, sizes["D" if layout == "sequence" else "C"], layout, **options)  # refuses as it does
     spec = get_norm(name)
-    each = spec.statistic_size(shape, **options)
+    per_share = spec.batch_statistics and not spec.synced
+    each = spec.statistic_size((shape[0] // workers, *shape[1:]) if per_share else shape, **options)
     if not each:
-        return NormExplanation(name, shape, layout, "", 0, 0, 0, False)
+        return NormExplanation(name, shape, layout, "", 0, 0, 0, False, workers=workers)
     params = sum(p.numel() for p in module.parameters())
     axes = spec.layouts[layout].axes
     groups = options.get("groups", spec.options.get("groups")) if "/G" in axes else None
-    problem = spec.shape_problem(shape, training=True, **options)
+    share = (shape[0] // workers, *shape[1:]) if per_share else shape
+    problem = spec.shape_problem(share, training=True, **options)
     return NormExplanation(
-        name, shape, layout, axes, math.prod(shape) // each, each, params, spec.batch_statistics, groups, problem
+        name,
+        shape,
+        layout,
+        axes,
+        math.prod(shape) // each,
+        each,
+        params,
+        spec.batch_statistics,
+        groups,
+        problem,
+        workers,
+        spec.synced,
     )

@@ -13,7 +13,10 @@ leaves with broadcast_buffers=True). At W = 1 the forward is the wrapped class's
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -26,16 +29,46 @@ from normbench.parts.norms.reference import (
     per_channel,
     per_share,
     shares,
+    unshare,
 )
 
 
 def set_workers(model: nn.Module, workers: int) -> None:
-    """Make every BN-family layer of `model` (every module with a `workers` attribute) take its training batch
-    statistics per share of `workers` contiguous shares of the batch; 1 = over the whole batch. A plain
-    attribute, not a buffer: the state_dict does not change."""
-    for module in model.modules():
-        if hasattr(module, "workers"):
-            module.workers = workers
+    """Make every BN-family layer of `model` (every module with a `workers` attribute, syncbn's aside) take its
+    training batch statistics per share of `workers` contiguous shares of the batch; 1 = over the whole batch.
+    Plain attributes, not buffers: the state_dict does not change.
+
+    For speed, `model` itself reorders each training batch on the way in so that share r sits in rows r, r + W,
+    r + 2W, ... (and restores the order of its output): every layer between works per sample, and a BN layer's
+    shares are then a view, (N, C, *) as (N/W, W·C, *), with no copy (`interleave`). The layers know the order
+    (`interleaved`); their output, and the model's, is that of contiguous shares."""
+    layers = [m for m in model.modules() if hasattr(m, "workers") and not getattr(m, "synced", False)]
+    if not layers:
+        return  # no per-share statistics: the batch is left in its order (per-sample norms: bit for bit)
+    for module in layers:
+        module.workers = workers
+        module.interleaved = workers > 1
+    model.normbench_workers = workers
+    if not getattr(model, "normbench_interleaves", False):  # once: the hooks read normbench_workers when called
+        model.register_forward_pre_hook(interleave)
+        model.register_forward_hook(restore_order)
+        model.normbench_interleaves = True
+
+
+def interleave(model: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
+    """A training batch (N, *) reordered so that share r (rows r·N/W to (r+1)·N/W - 1) is in rows r, r + W, ..."""
+    workers, x = model.normbench_workers, args[0]
+    if workers == 1 or not model.training or x.shape[0] % workers:
+        return None
+    return (shares(x, workers).transpose(0, 1).reshape(x.shape), *args[1:])
+
+
+def restore_order(model: nn.Module, args: tuple[Any, ...], out: Tensor) -> Tensor | None:
+    """`interleave` undone on the model's output."""
+    workers = model.normbench_workers
+    if workers == 1 or not model.training or out.shape[0] % workers:
+        return None
+    return unshare(shares(out, workers, interleaved=True))
 
 
 def takes_workers(module: nn.Module) -> bool:
@@ -44,38 +77,89 @@ def takes_workers(module: nn.Module) -> bool:
     return hasattr(module, "workers")
 
 
-def share_batch_norm(bn: nn.modules.batchnorm._BatchNorm, x: Tensor, workers: int) -> Tensor:
+def share_batch_norm(bn: nn.modules.batchnorm._BatchNorm, x: Tensor, workers: int, interleaved: bool) -> Tensor:
     """Training BatchNorm with statistics per worker share, in one call of PyTorch's fused kernel (the ghost-BN
     trick): (N, C, *) becomes (N/W, W·C, *), share r's channel c being channel r·C + c, so that each (share,
-    channel) pair is one channel of the kernel. γ and β are repeated per share (their gradients sum over the
-    shares); the running statistics take share 0's update alone, as DDP's buffer broadcast from rank 0 leaves
-    them."""
+    channel) pair is one channel of the kernel: a view when the batch is `interleaved`, else a copy each way.
+    γ and β are repeated per share (their gradients sum over the shares); the running statistics take share
+    0's update alone, as DDP's buffer broadcast from rank 0 leaves them."""
     n, c, rest = x.shape[0], x.shape[1], x.shape[2:]
-    wide = shares(x, workers).transpose(0, 1).reshape(n // workers, workers * c, *rest)
     running_mean = running_var = None
     factor = 0.0
     if bn.track_running_stats and bn.running_mean is not None and bn.running_var is not None:
         bn.num_batches_tracked.add_(1)  # type: ignore[union-attr,operator]
         factor = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
         running_mean, running_var = bn.running_mean.repeat(workers), bn.running_var.repeat(workers)
-    weight = None if bn.weight is None else bn.weight.repeat(workers)
-    bias = None if bn.bias is None else bn.bias.repeat(workers)
-    y = F.batch_norm(wide, running_mean, running_var, weight, bias, True, factor, bn.eps)
+    if interleaved:
+        y = InterleavedBatchNorm.apply(x, bn.weight, bn.bias, running_mean, running_var, workers, factor, bn.eps)
+    else:
+        wide = shares(x, workers).transpose(0, 1).reshape(n // workers, workers * c, *rest)
+        weight = None if bn.weight is None else bn.weight.repeat(workers)
+        bias = None if bn.bias is None else bn.bias.repeat(workers)
+        y = F.batch_norm(wide, running_mean, running_var, weight, bias, True, factor, bn.eps)
+        y = unshare(y.reshape(n // workers, workers, c, *rest).transpose(0, 1))
     if running_mean is not None and running_var is not None:
         with torch.no_grad():
             bn.running_mean.copy_(running_mean[:c])  # type: ignore[union-attr]
             bn.running_var.copy_(running_var[:c])  # type: ignore[union-attr]
-    return y.reshape(n // workers, workers, c, *rest).transpose(0, 1).reshape(x.shape)
+    return y
+
+
+class InterleavedBatchNorm(torch.autograd.Function):
+    """PyTorch's fused BatchNorm kernels on an interleaved batch viewed as (N/W, W·C, *), writing into an output
+    of the input's own shape: returned as a view of the kernel's output, it would make the in-place ReLU that
+    follows a norm copy it back and forth in the backward (autograd's view + in-place rule)."""
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        x: Tensor,
+        weight: Tensor | None,
+        bias: Tensor | None,
+        running_mean: Tensor | None,
+        running_var: Tensor | None,
+        workers: int,
+        momentum: float,
+        eps: float,
+    ) -> Tensor:
+        wide_shape = (x.shape[0] // workers, workers * x.shape[1], *x.shape[2:])
+        wide = x.reshape(wide_shape)
+        wide_weight = None if weight is None else weight.repeat(workers)
+        wide_bias = None if bias is None else bias.repeat(workers)
+        out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+        accumulate = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
+        mean = torch.empty(wide_shape[1], dtype=accumulate, device=x.device)
+        invstd = torch.empty_like(mean)
+        torch.ops.aten.native_batch_norm.out(
+            wide, wide_weight, wide_bias, running_mean, running_var, True, momentum, eps,
+            out=out.view(wide_shape), save_mean=mean, save_invstd=invstd,
+        )  # fmt: skip
+        ctx.save_for_backward(wide, wide_weight, mean, invstd)
+        ctx.eps, ctx.workers, ctx.affine = eps, workers, weight is not None
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
+        wide, wide_weight, mean, invstd = ctx.saved_tensors
+        mask = [ctx.needs_input_grad[0], ctx.affine and ctx.needs_input_grad[1], ctx.affine and ctx.needs_input_grad[2]]
+        grad_x, grad_w, grad_b = torch.ops.aten.native_batch_norm_backward(
+            grad.reshape(wide.shape), wide, wide_weight, None, None, mean, invstd, True, ctx.eps, mask
+        )
+        channels = wide.shape[1] // ctx.workers
+        per_channel_sum = lambda g: None if g is None else g.view(ctx.workers, channels).sum(0)  # noqa: E731
+        x_grad = None if grad_x is None else grad_x.view(grad.shape)
+        return x_grad, per_channel_sum(grad_w), per_channel_sum(grad_b), None, None, None, None, None
 
 
 class WorkerShares:
     """PyTorch's BatchNorm with per-share training statistics at `workers` > 1 (`share_batch_norm`)."""
 
     workers = 1
+    interleaved = False  # the batch arrives reordered by `set_workers`' hooks: share r in rows r, r + W, ...
 
     def forward(self, x: Tensor) -> Tensor:
         if self.workers > 1 and self.training:  # type: ignore[attr-defined]
-            return share_batch_norm(self, x, self.workers)  # type: ignore[arg-type]
+            return share_batch_norm(self, x, self.workers, self.interleaved)  # type: ignore[arg-type]
         return super().forward(x)  # type: ignore[misc]
 
 
@@ -211,9 +295,9 @@ class BatchRenorm(ReferenceBatchNorm):
             r = torch.clamp(sigma_batch / sigma, 1.0 / r_max, r_max)
             d = torch.clamp((mean - self.running_mean) / sigma, -d_max, d_max)
         if per_worker:
-            xs = shares(x, self.workers)
+            xs = shares(x, self.workers, self.interleaved)
             x_hat = (xs - per_share(mean, xs)) / per_share(sigma_batch, xs) * per_share(r, xs) + per_share(d, xs)
-            x_hat = x_hat.reshape(x.shape)
+            x_hat = unshare(x_hat, self.interleaved)
             self.update_running_stats(mean[0].detach(), var[0].detach(), n)  # share 0: rank 0's buffers
         else:
             x_hat = (x - per_channel(mean, x)) / per_channel(sigma_batch, x) * per_channel(r, x)
@@ -223,4 +307,119 @@ class BatchRenorm(ReferenceBatchNorm):
 
 
 class SequenceBatchRenorm(FeaturesToChannels, BatchRenorm):
+    pass
+
+
+# --- SyncBN: batch statistics over every worker's share ----------------------------------------------------
+
+
+def synced_world(group: Any) -> int:
+    """How many processes a synced norm averages over: the size of `group` (None: the default group) when a
+    torch.distributed process group is running, else 1 (one process: BN over its batch)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return 1
+    return dist.get_world_size(group)
+
+
+class SyncStandardize(torch.autograd.Function):
+    """x̂ = (x - μ) / sqrt(σ² + eps), μ and the biased σ² per channel over the inputs of every process of `group`:
+    one all-reduce of the per-channel count, sum and sum of squares (in float64: the difference of sums loses
+    float32's digits when the mean is large against the spread). Backward, with g = ∂L/∂x̂ and sums over every
+    process's values (n of them):
+
+        ∂L/∂x = (g - Σg / n - x̂ · Σ(g·x̂) / n) / sqrt(σ² + eps)
+
+    one all-reduce of Σg and Σ(g·x̂). Outputs x̂ and, not differentiable, μ, σ² and n for the running statistics.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, eps: float, group: Any) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        dims = (0, *range(2, x.dim()))
+        total = x.sum(dims, dtype=torch.float64)
+        count = torch.full_like(total, x.numel() // x.shape[1])
+        stats = torch.stack([count, total, (x * x).sum(dims, dtype=torch.float64)])
+        dist.all_reduce(stats, group=group)
+        n, total, squares = stats
+        mean = total / n
+        var = (squares / n - mean * mean).clamp_min(0)
+        invstd = torch.rsqrt(var + eps).to(x.dtype)
+        x_hat = (x - per_channel(mean.to(x.dtype), x)) * per_channel(invstd, x)
+        ctx.save_for_backward(x_hat, invstd, n)
+        ctx.group = group
+        ctx.mark_non_differentiable(mean, var, n)
+        return x_hat, mean, var, n
+
+    @staticmethod
+    def backward(ctx: Any, g: Tensor, *unused: Any) -> tuple[Tensor, None, None]:
+        x_hat, invstd, n = ctx.saved_tensors
+        dims = (0, *range(2, g.dim()))
+        sums = torch.stack([g.sum(dims, dtype=torch.float64), (g * x_hat).sum(dims, dtype=torch.float64)])
+        dist.all_reduce(sums, group=ctx.group)
+        mean_g, mean_gx = (sums / n).to(g.dtype)
+        return (g - per_channel(mean_g, g) - x_hat * per_channel(mean_gx, g)) * per_channel(invstd, g), None, None
+
+
+def sync_batch_norm(bn: Any, x: Tensor) -> Tensor:
+    """Training BatchNorm of `bn` (weight, bias, running buffers, momentum, eps as nn.BatchNorm's) with the
+    statistics of every process of `bn.process_group`: the formula version of nn.SyncBatchNorm, for any device
+    torch.distributed can all-reduce on (gloo on the CPU). The running statistics take the global mean and the
+    unbiased global variance, as nn.SyncBatchNorm's do."""
+    x_hat, mean, var, n = SyncStandardize.apply(x, bn.eps, bn.process_group)
+    if bn.track_running_stats and bn.running_mean is not None:
+        with torch.no_grad():
+            bn.num_batches_tracked.add_(1)
+            m = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
+            count = float(n[0])
+            bn.running_mean.mul_(1 - m).add_(m * mean.to(x.dtype))
+            bn.running_var.mul_(1 - m).add_(m * (var * count / (count - 1)).to(x.dtype))
+    if bn.weight is None:
+        return x_hat
+    return x_hat * per_channel(bn.weight, x_hat) + per_channel(bn.bias, x_hat)
+
+
+class SyncBatchNorm(nn.SyncBatchNorm):
+    """norm=syncbn, impl=torch: BatchNorm over every worker's share. In one process, PyTorch's BatchNorm (also when
+    a group of one is running); under a torch.distributed group of several, nn.SyncBatchNorm on CUDA and the
+    formula version (`sync_batch_norm`) elsewhere, since nn.SyncBatchNorm syncs only GPU inputs. Emulated worker
+    shares do not concern it: on one device it normalizes the whole (total) batch."""
+
+    synced = True  # statistics over all worker shares: `set_workers` leaves it alone
+
+    def __init__(
+        self,
+        num_features: int,
+        eps: float = 1e-5,
+        momentum: float | None = 0.1,
+        affine: bool = True,
+        track_running_stats: bool = True,
+    ) -> None:
+        super().__init__(num_features, eps, momentum, affine, track_running_stats)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.training or synced_world(self.process_group) == 1:
+            return nn.modules.batchnorm._BatchNorm.forward(self, x)  # plain BN: nothing to sync
+        if x.device.type == "cuda":
+            return super().forward(x)
+        return sync_batch_norm(self, x)
+
+
+class ReferenceSyncBatchNorm(ReferenceBatchNorm):
+    """norm=syncbn, impl=reference: ReferenceBatchNorm, with the statistics of every process of `process_group`
+    (None: the default group) under torch.distributed (`sync_batch_norm`). Not per worker share: `workers` is
+    not its setting: emulated, it normalizes the whole (total) batch."""
+
+    synced = True  # `set_workers` leaves it alone
+    process_group: Any = None
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.training and synced_world(self.process_group) > 1:
+            return sync_batch_norm(self, x)
+        return super().forward(x)
+
+
+class SequenceSyncBatchNorm(FeaturesToChannels, SyncBatchNorm):
+    pass
+
+
+class SequenceReferenceSyncBatchNorm(FeaturesToChannels, ReferenceSyncBatchNorm):
     pass

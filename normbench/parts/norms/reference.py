@@ -34,10 +34,18 @@ def per_channel(v: Tensor, x: Tensor) -> Tensor:
     return v.view(1, -1, *([1] * (x.dim() - 2)))
 
 
-def shares(x: Tensor, workers: int) -> Tensor:
+def shares(x: Tensor, workers: int, interleaved: bool = False) -> Tensor:
     """(N, C, *) as (W, N/W, C, *): worker share r is the contiguous rows r·N/W to (r+1)·N/W of the batch, the
-    slice a data-parallel process of rank r gets."""
+    slice a data-parallel process of rank r gets. `interleaved`: the batch comes in the order a model reordered
+    by `layers.set_workers` passes to its layers, share r being rows r, r + W, r + 2W, ... (a view either way)."""
+    if interleaved:
+        return x.reshape(x.shape[0] // workers, workers, *x.shape[1:]).transpose(0, 1)
     return x.reshape(workers, x.shape[0] // workers, *x.shape[1:])
+
+
+def unshare(xs: Tensor, interleaved: bool = False) -> Tensor:
+    """`shares` undone: (W, N/W, C, *) back to (N, C, *) in the batch's order."""
+    return (xs.transpose(0, 1) if interleaved else xs).reshape(-1, *xs.shape[2:])
 
 
 def per_share(v: Tensor, xs: Tensor) -> Tensor:
@@ -84,6 +92,7 @@ class ReferenceBatchNorm(_PerChannelAffine):
     """
 
     workers = 1  # worker shares taking their own batch statistics in training (layers.set_workers)
+    interleaved = False  # the batch arrives reordered, share r in rows r, r + W, ... (layers.set_workers)
 
     def __init__(
         self,
@@ -114,7 +123,7 @@ class ReferenceBatchNorm(_PerChannelAffine):
 
     def share_statistics(self, x: Tensor) -> tuple[Tensor, Tensor, int]:
         """Per-share, per-channel mean and biased variance, each (W, C), and how many values each averages."""
-        xs = shares(x, self.workers)
+        xs = shares(x, self.workers, self.interleaved)
         dims = (1, *range(3, xs.dim()))
         n = xs[0].numel() // x.shape[1]
         if n == 1:
@@ -134,9 +143,9 @@ class ReferenceBatchNorm(_PerChannelAffine):
             mean, var, n = self.share_statistics(x)
             if self.track_running_stats:
                 self.update_running_stats(mean[0].detach(), var[0].detach(), n)  # share 0: rank 0's buffers
-            xs = shares(x, self.workers)
+            xs = shares(x, self.workers, self.interleaved)
             x_hat = (xs - per_share(mean, xs)) / torch.sqrt(per_share(var, xs) + self.eps)
-            return self.scale_shift(x_hat.reshape(x.shape))
+            return self.scale_shift(unshare(x_hat, self.interleaved))
         if self.training or not self.track_running_stats:
             mean, var, n = self.batch_statistics(x)
             if self.training and self.track_running_stats:
