@@ -43,7 +43,7 @@ BAD = [
     (["optim.lr=fast"], "optim.lr=fast"),
     (["optim.lr=0"], "optim.lr=0"),
     (["optim.lr_scaling=cubic"], "optim.lr_scaling=cubic"),
-    (["optim.schedule=step"], "optim.schedule=step"),
+    (["optim.schedule=linear"], "optim.schedule=linear"),  # step is a schedule now (issue 28)
     (["optim.base_batch_size=0"], "optim.base_batch_size=0"),
     (["optim.warmup_steps=-1"], "optim.warmup_steps=-1"),
     (["optim.weight_decay=-0.1"], "optim.weight_decay=-0.1"),
