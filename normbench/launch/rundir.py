@@ -218,7 +218,7 @@ def verify_checkpoint(run_dir: Path, cfg: DictConfig) -> None:
         why = f"it lacks {', '.join(sorted(missing))}" if missing else _other_model(payload["model"], cfg)
     if why:
         raise CheckpointError(
-            f"{path} cannot be loaded to resume the run ({why}; {path.stat().st_size} bytes). Nothing was changed. "
+            f"{path} cannot be loaded to resume the run ({why}; {path.stat().st_size} bytes). "
             f"Move it away to start the run from step 0 in this directory, or {ELSEWHERE}."
         )
 
@@ -276,11 +276,11 @@ def describe(differ: dict[str, tuple[object, object]]) -> str:
 
 def claim(run_dir: Path, cfg: DictConfig, resume: bool, multirun: bool) -> Claim:
     """Check `run_dir` for `cfg`'s run, then lock it. Nothing is created before the checks pass; the checks are
-    repeated under the lock, since another process may have written the directory in between. A checkpoint to
-    resume from must fit this run (`verify_checkpoint`) before the lock file is created."""
+    repeated under the lock, since another process may have written the directory in between. A single run's
+    checkpoint to resume from must fit it (`verify_checkpoint`) before the lock file is created."""
     previous = check(run_dir, cfg, resume, multirun)
-    if (resume or multirun) and not (previous is not None and previous.status == R.COMPLETED):
-        verify_checkpoint(run_dir, cfg)
+    if resume and not multirun and not (previous is not None and previous.status == R.COMPLETED):
+        verify_checkpoint(run_dir, cfg)  # a sweep's job checks it in its run, which records the failure
     lock = run_dir / LOCK_FILE
     try:
         fd = _open_lock(lock)

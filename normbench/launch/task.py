@@ -119,6 +119,8 @@ def train(cfg: DictConfig, hydra_cfg: DictConfig, run_dir: Path, multirun: bool)
         signals.resume_command = run_command(hydra_cfg, resume_in=run_dir)  # what a stop message prints
         try:
             rundir.write_hydra_files(run_dir, cfg, hydra_cfg)
+            if multirun:  # a single run's was checked before its directory was claimed
+                rundir.verify_checkpoint(run_dir, cfg)
             swept = swept_keys(hydra_cfg.overrides.task, hydra_cfg.job.config.override_dirname.exclude_keys)
             record = run(cfg, run_dir, console=console, resume=multirun or bool(cfg.resume),
                          swept=swept, experiment=not multirun)  # fmt: skip
