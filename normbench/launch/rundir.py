@@ -216,7 +216,7 @@ def read_checkpoint(run_dir: Path, cfg: DictConfig) -> dict[str, Any] | None:
         why = str(error)
     if why:
         raise CheckpointError(
-            f"{path} cannot be loaded to resume the run ({why}; {path.stat().st_size} bytes). Nothing was changed. "
+            f"{path} cannot be loaded to resume the run ({why}; {path.stat().st_size} bytes). "
             f"Move it away to start the run from step 0 in this directory, or {ELSEWHERE}."
         )
     return payload
@@ -275,10 +275,11 @@ def describe(differ: dict[str, tuple[object, object]]) -> str:
 
 def claim(run_dir: Path, cfg: DictConfig, resume: bool, multirun: bool) -> Claim:
     """Check `run_dir` for `cfg`'s run, then lock it. Nothing is created before the checks pass; the checks are
-    repeated under the lock, since another process may have written the directory in between. A checkpoint to
-    resume from must fit this run (`read_checkpoint`) before the lock file is created."""
+    repeated under the lock, since another process may have written the directory in between. A single run's
+    checkpoint to resume from must fit it (`read_checkpoint`) before the lock file is created; a sweep's job reads
+    its checkpoint in its run, which records a failure to load it."""
     previous = check(run_dir, cfg, resume, multirun)
-    resuming = (resume or multirun) and not (previous is not None and previous.status == R.COMPLETED)
+    resuming = resume and not multirun and not (previous is not None and previous.status == R.COMPLETED)
     saved = read_checkpoint(run_dir, cfg) if resuming else None
     read_as = _stat(run_dir / CHECKPOINT_FILE)
     lock = run_dir / LOCK_FILE

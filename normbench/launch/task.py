@@ -160,6 +160,8 @@ def train(
         try:
             if ranks is None or ranks.writes:
                 rundir.write_hydra_files(run_dir, cfg, hydra_cfg)
+            if multirun:  # a sweep's job: a checkpoint it cannot load is this run's recorded failure
+                saved = rundir.read_checkpoint(run_dir, cfg)
             resume = multirun or bool(cfg.resume)
             swept = swept_keys(hydra_cfg.overrides.task, hydra_cfg.job.config.override_dirname.exclude_keys)
             if processes.starts_workers(cfg):
