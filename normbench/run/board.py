@@ -234,6 +234,8 @@ class Board:
         writes: bool = True,
     ) -> None:
         self.x_per_step = x_per_step
+        if first_event is not None and writes:  # a sweep run's place in TensorBoard's run lists
+            write_order_marker(log_dir, first_event)
         # A run resumed at step `resumed_at` drops what the interrupted process wrote after its checkpoint; a run
         # started from scratch over an earlier attempt's events (killed or failed before its first checkpoint)
         # drops all of them. TensorBoard's readers purge every earlier event at or after the purge step; the
