@@ -154,8 +154,8 @@ def plan_sweep(args: list[str], create: bool = True) -> SweepPlan:
             try:
                 cfg = compose(app_overrides(job))
                 validate(cfg)
-            except NormbenchError as error:
-                raise type(error)(f"in the run {' '.join(job)}: {error}") from None
+            except NormbenchError as error:  # named by the user's words, not Hydra's keys
+                raise type(error)(f"in the run {' '.join(o for o in job if not is_hydra_key(o))}: {error}") from None
             name = run_name(cfg.norm.name, cfg.batch_size, [o for o in job if not is_hydra_key(o)], exclude)
             check_rerun(sweep_dir, name, cfg)
             plan.runs.append(name)
