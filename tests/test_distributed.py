@@ -27,7 +27,7 @@ from normbench.run.checkpoint import CHECKPOINT_FILE
 from normbench.run.record import RunRecord
 from normbench.run.train import run
 
-SMALL = [*TINY, "model=mlp", "model.width=32", "model.depth=2", "log.hist_every_images=0"]
+SMALL = [*TINY, "model=mlp", "model.width=32", "model.depth=2", "log.hist_points=0"]
 # Long enough to be stopped in its second epoch: 3 epochs of 96 steps of 8 images.
 LONG = [*SMALL, "data.train_size=768", "max_steps=null", "epochs=3", "log.every=4"]
 

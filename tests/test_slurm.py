@@ -320,7 +320,7 @@ def test_a_run_of_two_worker_processes_as_two_tasks_of_one_job(partition, tmp_pa
     """hydra.launcher.tasks_per_node=2 with workers=2: the job's two tasks are the run's two workers (submitit's
     TorchDistributedEnvironment gives them torch.distributed's variables), and train like two emulated workers."""
     small = [*TINY_SWEEP, "model=mlp", "model.width=32", "model.depth=2", "eval.batch_size=32", "workers=2",
-             "log.every=1", "log.hist_every_images=0"]  # fmt: skip
+             "log.every=1", "log.hist_points=0"]  # fmt: skip
     emulated = run(compose_config(small), tmp_path / "emulated")
     sweep_dir = tmp_path / "sweep"
     done = normbench("sweep", "norm=choice(bn)", *small, "hydra/launcher=slurm", "hydra.launcher.tasks_per_node=2",
