@@ -103,7 +103,7 @@ def test_hydra_help_advertises_only_flags_that_work(tmp_path) -> None:
 
 
 @pytest.mark.parametrize(("grid", "first_run"), [
-    (["model.widths=[16,32]"], "norm=bn batch_size=2 sweep=default model.widths=[16,32]"),  # a list: one value
+    (["model.widths=[16,32]"], "seed=0 cell=bn_w16 sweep=default model.widths=[16,32]"),  # a list: one value
     (["norm=bn,gn"], "norm=bn epochs=0"),
 ])  # fmt: skip
 def test_only_sweep_overrides_count_as_a_grid(grid, first_run, tmp_path) -> None:

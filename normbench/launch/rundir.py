@@ -30,6 +30,7 @@ from normbench.base.errors import CheckpointError, RunDirError
 from normbench.base.files import write_atomic
 from normbench.run import checkpoint, schema
 from normbench.run import record as R
+from normbench.run.board import EXPERIMENT_FILE
 from normbench.run.checkpoint import CHECKPOINT_FILE
 from normbench.run.record import RunRecord
 
@@ -169,7 +170,7 @@ def check(run_dir: Path, cfg: DictConfig, resume: bool, multirun: bool) -> RunRe
 SWEEP_FILE = "multirun.yaml"  # what Hydra writes at a sweep's root
 # At a sweep's root besides its runs' directories: Hydra's file, the HParams experiment, the summary and report,
 # submitit's folder.
-SWEEP_ROOT_FILES = (SWEEP_FILE, "summary.csv", "summary.json", "report.md", ".submitit")
+SWEEP_ROOT_FILES = (SWEEP_FILE, EXPERIMENT_FILE, "summary.csv", "summary.json", "report.md", ".submitit")
 RUN_MARKS = (R.RESULTS_FILE, CHECKPOINT_FILE, HYDRA_DIR)  # what says a directory holds a run
 
 
