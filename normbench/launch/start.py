@@ -92,6 +92,12 @@ def _shows(flags: argparse.Namespace) -> bool:
     return bool(flags.cfg or flags.info or flags.multirun or flags.experimental_rerun or flags.package or flags.resolve)
 
 
+def _prints_the_run(flags: argparse.Namespace) -> bool:
+    """Whether the flags print the run's config (checked first, as a run would be), not only Hydra's own
+    (`--cfg hydra`, `-p hydra.launcher`: what a launcher would get, on any machine)."""
+    return not (flags.cfg == "hydra" or str(flags.package or "").startswith("hydra"))
+
+
 def start_run(args: list[str]) -> int:
     """One run (see `run_through_hydra`); `--cfg`, `--info` and the like print a config only after the checks a
     run makes; help and Hydra's rarer flags go straight to Hydra."""
@@ -107,7 +113,8 @@ def start_run(args: list[str]) -> int:
             "value that holds commas: 'key=[a,b]' for a list, \"key='a,b'\" for a text."
         )
     if _shows(flags):
-        compose_config(overrides)  # validated: refuses what the run would refuse
+        if _prints_the_run(flags):
+            compose_config(overrides)  # validated: refuses what the run would refuse
         flag_tokens = [a for a in args if a not in flags.overrides and a != f"--config-dir={flags.config_dir}"]
         return task.hydra_main(hydra_args([*flag_tokens, *overrides]))
     return run_through_hydra(overrides)
@@ -146,7 +153,8 @@ def start_sweep(given: list[str]) -> int:
     default = [] if has_grid(overrides) else ["sweep=default"]  # no grid given: the named default grid
     args = [*default, *overrides]
     if _shows(flags):
-        plan_sweep(args, create=False)  # every run checked, as a sweep would; nothing written
+        if _prints_the_run(flags):
+            plan_sweep(args, create=False)  # every run checked, as a sweep would; nothing written
         # Hydra prints one config, not a multirun's: the grid's first run's.
         flag_tokens = [a for a in given if a not in flags.overrides and a != f"--config-dir={flags.config_dir}"]
         return task.hydra_main(hydra_args([*flag_tokens, *sweep_jobs(args)[0]]))
