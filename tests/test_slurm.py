@@ -293,7 +293,7 @@ def _leaves_queue(job: str, timeout: float = 60) -> bool:
 @pytest.mark.parametrize("how", [["--signal=TERM"], []], ids=["sigterm", "cancel"])
 def test_scancel_stops_a_job_at_a_step_with_a_checkpoint(partition, tmp_path, how) -> None:
     sweep_dir = tmp_path / "sweep"
-    proc = _sweep_in_background(sweep_dir, partition, "norm=bn", "epochs=30")  # longer than the test
+    proc = _sweep_in_background(sweep_dir, partition, "norm=choice(bn)", "epochs=30")  # one run, longer than the test
     job, run_dir = _training_job(sweep_dir, proc)
     subprocess.run(["scancel", *how, job], check=True, timeout=30)
     output, _ = proc.communicate(timeout=300)
