@@ -234,7 +234,7 @@ def test_monitor_shows_share_zero_and_precise_bn_takes_whole_batches(tmp_path) -
     re-estimates population statistics over whole batches on a copy, the model keeping its shares."""
     torch.manual_seed(8)
     model = build_model({"name": "mlp", "width": 8, "depth": 1}, {"name": "bn"}, workers=2).train()
-    monitor = Monitor(model, Board(tmp_path), every=1, most=100)
+    monitor = Monitor(model, Board(tmp_path), points=1, most=100, total_steps=1)
     monitor.attach()
     x = torch.randn(8, 3, 32, 32)
     with torch.no_grad():
