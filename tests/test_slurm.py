@@ -331,6 +331,6 @@ def test_a_run_of_two_worker_processes_as_two_tasks_of_one_job(partition, tmp_pa
     assert record.status == "completed" and record.steps == 3
     logs = [p.read_text() for p in sorted((sweep_dir / ".submitit").rglob("*_log.out"))]
     assert ["global_rank=1(2)" in log for log in logs] == [False, True]  # task 1 was rank 1 of 2
-    assert ["done bn_b008" in log for log in logs] == [True, False]  # rank 0 alone speaks
+    assert ["bn_b008 | done" in log for log in logs] == [True, False]  # rank 0 alone speaks
     assert [p[1] for p in record.curve] == pytest.approx([p[1] for p in emulated.curve], rel=1e-5)
     assert record.metrics.val_loss == pytest.approx(emulated.metrics.val_loss, rel=1e-5)
