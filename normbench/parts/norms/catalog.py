@@ -62,7 +62,26 @@ def _check_momentum(name: str, momentum: float | None) -> None:
         )
 
 
-@register_norm(
+def batch_norm_builder(name: str) -> Callable[..., nn.Module]:
+    """The builder of bn and syncbn, which differ in their classes only: one signature, so one set of options."""
+
+    def batch_norm(
+        cls: Cls,
+        num_features: int,
+        *,
+        eps: float = 1e-5,
+        momentum: float | None = 0.1,
+        affine: bool = True,
+        track_running_stats: bool = True,
+    ) -> nn.Module:
+        _check_eps(name, eps)
+        _check_momentum(name, momentum)
+        return cls(num_features, eps=eps, momentum=momentum, affine=affine, track_running_stats=track_running_stats)
+
+    return batch_norm
+
+
+register_norm(
     "bn",
     summary="BatchNorm: per channel over the batch; batch statistics in training, running ones in eval",
     layouts={
@@ -71,19 +90,7 @@ def _check_momentum(name: str, momentum: float | None) -> None:
         "sequence": on("N,L", torch=f"{LAYERS}.SequenceBatchNorm", reference=f"{LAYERS}.SequenceReferenceBatchNorm"),
     },
     batch_statistics=True,
-)
-def batch_norm(
-    cls: Cls,
-    num_features: int,
-    *,
-    eps: float = 1e-5,
-    momentum: float | None = 0.1,
-    affine: bool = True,
-    track_running_stats: bool = True,
-) -> nn.Module:
-    _check_eps("bn", eps)
-    _check_momentum("bn", momentum)
-    return cls(num_features, eps=eps, momentum=momentum, affine=affine, track_running_stats=track_running_stats)
+)(batch_norm_builder("bn"))
 
 
 # PyTorch has no fused Batch Renorm kernel: the formula code is the only implementation.
@@ -117,7 +124,7 @@ def batch_renorm(
     )
 
 
-@register_norm(
+register_norm(
     "syncbn",
     summary="SyncBatchNorm: BatchNorm over every data-parallel worker's share (= bn over the total batch)",
     layouts={
@@ -129,19 +136,7 @@ def batch_renorm(
     },
     batch_statistics=True,
     synced=True,
-)
-def synced_batch_norm(
-    cls: Cls,
-    num_features: int,
-    *,
-    eps: float = 1e-5,
-    momentum: float | None = 0.1,
-    affine: bool = True,
-    track_running_stats: bool = True,
-) -> nn.Module:
-    _check_eps("syncbn", eps)
-    _check_momentum("syncbn", momentum)
-    return cls(num_features, eps=eps, momentum=momentum, affine=affine, track_running_stats=track_running_stats)
+)(batch_norm_builder("syncbn"))
 
 
 @register_norm(
