@@ -548,7 +548,9 @@ def _draw_errors(ax: Any, groups: list[dict[str, Any]], colors: dict[str, Any]) 
             tag = " (1 worker, same runs at every x)" if any(c[1] for c in drawn) else ""
             handles.append(Line2D([], [], color=colors[norm], marker="o", ls="--" if tag else "-", label=norm + tag))
     handles.append(Line2D([], [], color="grey", ls=":", label=f"chance ({100 * (1 - chance):.0f}% error)"))
-    handles.append(Line2D([], [], color="black", marker="o", mfc="white", ls="none", label="flagged run in the cell"))
+    if any(c and c[0]["flagged"] for _, line in lines for c in line):  # the key only where it explains a point
+        hollow = Line2D([], [], color="black", marker="o", mfc="white", ls="none", label="flagged run in the cell")
+        handles.append(hollow)
     ax.legend(handles=handles, fontsize=8)
 
 
