@@ -18,8 +18,10 @@
 7. fixed:    the fixed cost of a `normbench run` (its process wall time minus its training, validation and BN-mode
              validation time in results.json) for the two e2e runs, against the floor any hand-written script pays,
              `python -c "import torch"`, in --reps blocks run, floor, floor, run (the median of the blocks' mean
-             differences; goal: at most 1.0 s above the floor); and how long the default sweep's main process takes
-             to start its first job (its run directory claimed; goal: within 3 s).
+             differences; goal: at most 1.0 s above the floor); the same against the floor of a script that trains
+             with a torch.optim optimizer (`import torch` and one SGD built: torch imports torch._dynamo there); and
+             how long the default sweep's main process takes to start its first job (its run directory claimed;
+             goal: within 3 s).
 
 8. workers:  a training step of the default cnn with workers=8 emulated workers of 2 images against a plain
              16-image bn step (goal <= 1.10x), and the grouped batch-statistics validation (shares of 2 images)
@@ -64,6 +66,7 @@ CASES = [
     *(("cnn", norm, batch) for batch in (2, 8) for norm in ("bn", "gn")),
     *(("cnn", norm, batch) for batch in (32, 128) for norm in ("bn", "gn", "ln", "in")),
     ("mlp", "bn", 128),
+    ("mlp", "bn", 8),  # the shortest step: per-step bookkeeping weighs most here
     ("transformer", "ln", 128),
 ]
 
@@ -331,11 +334,26 @@ def paired_difference(reps: int, a: Callable[[], float], b: Callable[[], float])
     return statistics.median(times_a), statistics.median(times_b), statistics.median(differences)
 
 
-def import_torch() -> float:
-    """Seconds of `python -c "import torch"`: the floor of any script that trains with torch."""
+def python_seconds(code: str) -> float:
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-c", "import torch"], check=True)
+    subprocess.run([sys.executable, "-c", code], check=True)
     return time.perf_counter() - start
+
+
+def import_torch() -> float:
+    """Seconds of `python -c "import torch"`: the floor the issue set for any script that trains with torch."""
+    return python_seconds("import torch")
+
+
+# The floor of any script that trains with a torch.optim optimizer: from torch 2.1 on, Optimizer.add_param_group
+# and step are wrapped in torch._disable_dynamo, whose first call imports torch._dynamo (about 2 s on a 2-core CPU,
+# as long as `import torch` itself), compiling or not; no public switch avoids it.
+OPTIMIZER_FLOOR = "import torch; torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=0.1)"
+
+
+def import_torch_and_optimizer() -> float:
+    """Seconds of `python -c "import torch; torch.optim.SGD(...)"` (`OPTIMIZER_FLOOR`)."""
+    return python_seconds(OPTIMIZER_FLOOR)
 
 
 def fixed_cost(overrides: list[str]) -> float:
@@ -366,9 +384,13 @@ def first_job_start() -> float:
 def bench_fixed(reps: int) -> None:
     for name, overrides in E2E.items():
         cached_data(compose_config(overrides).data)  # as in bench_e2e: the images made once per machine
-        rest, floor, above = paired_difference(reps, lambda overrides=overrides: fixed_cost(overrides), import_torch)
+        cost = lambda overrides=overrides: fixed_cost(overrides)  # noqa: E731
+        rest, floor, above = paired_difference(reps, cost, import_torch)
         print(f"{name} ({' '.join(overrides) or 'no overrides'}): fixed cost {rest:.2f} s, import torch {floor:.2f} "
               f"s: {above:+.2f} s above the floor (goal: at most +1.00)")  # fmt: skip
+        rest, floor, above = paired_difference(reps, cost, import_torch_and_optimizer)
+        print(f"{name}: fixed cost {rest:.2f} s, import torch and build a torch.optim optimizer {floor:.2f} s: "
+              f"{above:+.2f} s above that floor")  # fmt: skip
     cached_data(compose_config(["sweep=default"]).data)
     started, floor, above = paired_difference(reps, first_job_start, import_torch)
     print(f"default sweep: first job started after {started:.2f} s (goal: within 3 s); import torch {floor:.2f} s, "
