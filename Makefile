@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint bench sweep-quick clean
+.PHONY: install run test lint bench sweep-quick tune-lr clean
 
 install: $(STAMP)
 
@@ -32,6 +32,16 @@ bench: install
 
 sweep-quick: install
 	$(BIN)/normbench sweep sweep=quick hydra/launcher=parallel
+
+# One lr per cell (configs/sweep/tune_lr.yaml): an Optuna study per cell of the quick grid, the quick grid itself,
+# then one report that puts each cell's best lr and its error beside the fixed-lr grid (CELLS: read from the quick
+# preset). TUNE_DIR to choose where.
+TUNE_DIR ?= multirun/tune_lr
+CELLS = $(shell sed -n "s/^ *cell: *//p" configs/sweep/quick.yaml | tr , " ")
+tune-lr: install
+	for cell in $(CELLS); do $(BIN)/normbench sweep sweep=tune_lr cell=$$cell hydra.sweep.dir=$(TUNE_DIR)/$$cell || exit $$?; done
+	$(BIN)/normbench sweep sweep=quick hydra/launcher=parallel hydra.sweep.dir=$(TUNE_DIR)/grid
+	$(BIN)/normbench report $(TUNE_DIR)
 
 clean:
 	rm -rf $(VENV) runs multirun .pytest_cache .ruff_cache
