@@ -27,6 +27,31 @@ requested: int | None = None
 resume_command: str | None = None
 
 
+@contextmanager
+def deferred(sig: int = signal.SIGINT) -> Iterator[None]:
+    """Hold `sig` while torch imports its C++ side, then hand it to the handler that was in place.
+
+    Importing torch (and torch._dynamo, at the first optimizer) runs Python callbacks from C++: a KeyboardInterrupt
+    raised in one becomes a C++ exception that nothing catches, and the process aborts (SIGABRT, exit -6, a core
+    file) instead of saying "Interrupted". Here a Ctrl-C is noted and delivered when the import is done (a second
+    or two later). Outside the main thread signals cannot be handled, so nothing changes there."""
+    noted: list[tuple[int, Any]] = []
+    try:
+        previous = signal.signal(sig, lambda signum, frame: noted.append((signum, frame)))
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(sig, previous)
+        if noted:
+            if callable(previous):
+                previous(*noted[0])  # Python's default handler raises KeyboardInterrupt here, outside the import
+            elif previous == signal.SIG_DFL:
+                signal.raise_signal(sig)
+
+
 @dataclass
 class StopRequest:
     """Set by a signal; the loop stops at the next step boundary. A second Ctrl-C ends at once."""

@@ -19,6 +19,7 @@ from rich.markup import escape
 from rich.table import Table
 from typer.core import TyperGroup
 
+from normbench.base import signals
 from normbench.base.console import console, debugging
 from normbench.base.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, NormbenchError
 from normbench.base.resources import load_plugins
@@ -156,7 +157,8 @@ def run(overrides: list[str] | None = OVERRIDES, debug: bool = DEBUG) -> None:
     """
     _set_debug(debug)
     try:
-        from normbench.launch.start import start_run  # torch: seconds, in which a Ctrl-C is said like any other
+        with signals.deferred():  # torch: seconds, in which a Ctrl-C is said like any other
+            from normbench.launch.start import start_run
 
         code = start_run(list(overrides or []))
     except NormbenchError as error:
@@ -193,7 +195,8 @@ def sweep(overrides: list[str] | None = OVERRIDES, debug: bool = DEBUG) -> None:
     """
     _set_debug(debug)
     try:
-        from normbench.launch.start import start_sweep  # torch: seconds, in which a Ctrl-C is said like any other
+        with signals.deferred():  # torch: seconds, in which a Ctrl-C is said like any other
+            from normbench.launch.start import start_sweep
 
         code = start_sweep(list(overrides or []))
     except NormbenchError as error:

@@ -22,6 +22,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from normbench.base import signals
 from normbench.base.files import write_atomic
 from normbench.parts import data as data_module
 from normbench.parts.data import Batches, ImageData, load_data
@@ -47,7 +48,8 @@ def build_optimizer(model: nn.Module, optim: DictConfig, lr: float) -> torch.opt
     decay = [p for p in model.parameters() if p.dim() > 1]
     no_decay = [p for p in model.parameters() if p.dim() <= 1]
     groups = [{"params": decay, "weight_decay": optim.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return OPTIMIZERS[OmegaConf.get_type(optim)](groups, lr, optim)
+    with signals.deferred():  # the first optimizer of a process imports torch._dynamo (see signals.deferred)
+        return OPTIMIZERS[OmegaConf.get_type(optim)](groups, lr, optim)
 
 
 def lr_lambda(
