@@ -200,12 +200,12 @@ def train(
         return read_quietly(run_dir)
     except KeyboardInterrupt:  # a second Ctrl-C: the loop stopped mid-step and recorded it; or a first one in set-up
         if not multirun or worker:
-            record = read_quietly(run_dir)
-            said = record.reason if record is not None and record.status == R.INTERRUPTED else "Interrupted."
             if signals.requested is None:  # no stop handler saw a first signal: the run had not started its loop
                 said = "[yellow]Interrupted[/] before training started: nothing was trained."
             else:
-                said = f"[yellow]Interrupted[/] at once (second Ctrl-C). {said}"
+                record = read_quietly(run_dir)
+                why = record.reason if record is not None and record.status == R.INTERRUPTED else "Interrupted."
+                said = f"[yellow]Interrupted[/] at once (second Ctrl-C). {why}"
             if not worker or (ranks is not None and ranks.writes):
                 console.print(said, highlight=False, soft_wrap=True)
             raise SystemExit(EXIT_INTERRUPTED) from None
