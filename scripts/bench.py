@@ -34,6 +34,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import itertools
 import math
 import os
@@ -128,24 +129,29 @@ def bare_step(cfg, data: ImageData, steps: int) -> float:
     return (time.perf_counter() - start) / steps
 
 
+def in_blocks(reps: int, a: Callable[[], float], b: Callable[[], float]) -> tuple[list[float], list[float]]:
+    """Time `a` and `b` in `reps` blocks a, b, b, a after one warm-up round each: each block's four times, as
+    ([a1, a2, ...], [b1, b2, ...]), a block's pair at the same index."""
+    a(), b()
+    times_a: list[float] = []
+    times_b: list[float] = []
+    for _ in range(reps):
+        a1, b1, b2, a2 = a(), b(), b(), a()
+        times_a += [a1, a2]
+        times_b += [b1, b2]
+    return times_a, times_b
+
+
 def paired(reps: int, a: Callable[[], float], b: Callable[[], float]) -> tuple[float, float, float]:
-    """Time `a` and `b` in `reps` blocks a, b, b, a after one warm-up round each: (median of a, median of b,
-    median over blocks of the block's ratio a/b).
+    """`in_blocks`: (median of a, median of b, median over blocks of the block's ratio a/b).
 
     This VM's speed drifts by ±20% over minutes, and a loop right after another one was seen up to 30% slower or
     faster than its neighbours. A block's ratio is the geometric mean of its two pairs (ab and ba), which cancels
     a steady drift within the block and the position in a pair; the median over blocks drops a disturbed one.
     """
-    a(), b()
-    times_a: list[float] = []
-    times_b: list[float] = []
-    ratios = []
-    for _ in range(reps):
-        a1, b1, b2, a2 = a(), b(), b(), a()
-        times_a += [a1, a2]
-        times_b += [b1, b2]
-        ratios.append(math.sqrt(a1 / b1 * a2 / b2))
-    return statistics.median(times_a), statistics.median(times_b), statistics.median(ratios)
+    ta, tb = in_blocks(reps, a, b)
+    ratios = [math.sqrt(ta[i] / tb[i] * ta[i + 1] / tb[i + 1]) for i in range(0, len(ta), 2)]
+    return statistics.median(ta), statistics.median(tb), statistics.median(ratios)
 
 
 def bench_data(data: ImageData, reps: int) -> None:
@@ -320,18 +326,11 @@ def bench_sweep(overrides: list[str]) -> None:
 
 
 def paired_difference(reps: int, a: Callable[[], float], b: Callable[[], float]) -> tuple[float, float, float]:
-    """`paired`'s blocks a, b, b, a for a difference: (median of a, median of b, median over blocks of the block's
-    mean of a - b), which cancels a steady drift within a block as `paired`'s ratio does."""
-    a(), b()
-    times_a: list[float] = []
-    times_b: list[float] = []
-    differences = []
-    for _ in range(reps):
-        a1, b1, b2, a2 = a(), b(), b(), a()
-        times_a += [a1, a2]
-        times_b += [b1, b2]
-        differences.append((a1 - b1 + a2 - b2) / 2)
-    return statistics.median(times_a), statistics.median(times_b), statistics.median(differences)
+    """`in_blocks` for a difference: (median of a, median of b, median over blocks of the block's mean of a - b),
+    which cancels a steady drift within a block as `paired`'s ratio does."""
+    ta, tb = in_blocks(reps, a, b)
+    differences = [(ta[i] - tb[i] + ta[i + 1] - tb[i + 1]) / 2 for i in range(0, len(ta), 2)]
+    return statistics.median(ta), statistics.median(tb), statistics.median(differences)
 
 
 def python_seconds(code: str) -> float:
@@ -346,8 +345,8 @@ def import_torch() -> float:
 
 
 # The floor of any script that trains with a torch.optim optimizer: from torch 2.1 on, Optimizer.add_param_group
-# and step are wrapped in torch._disable_dynamo, whose first call imports torch._dynamo (about 2 s on a 2-core CPU,
-# as long as `import torch` itself), compiling or not; no public switch avoids it.
+# and step are wrapped in torch._disable_dynamo, whose first call imports torch._dynamo (1.3-2 s on a 2-core CPU,
+# about as long as `import torch` itself), compiling or not; no public switch avoids it.
 OPTIMIZER_FLOOR = "import torch; torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=0.1)"
 
 
@@ -384,7 +383,7 @@ def first_job_start() -> float:
 def bench_fixed(reps: int) -> None:
     for name, overrides in E2E.items():
         cached_data(compose_config(overrides).data)  # as in bench_e2e: the images made once per machine
-        cost = lambda overrides=overrides: fixed_cost(overrides)  # noqa: E731
+        cost = functools.partial(fixed_cost, overrides)
         rest, floor, above = paired_difference(reps, cost, import_torch)
         print(f"{name} ({' '.join(overrides) or 'no overrides'}): fixed cost {rest:.2f} s, import torch {floor:.2f} "
               f"s: {above:+.2f} s above the floor (goal: at most +1.00)")  # fmt: skip
