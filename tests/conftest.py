@@ -18,14 +18,18 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from normbench.launch.compose import compose_config
-from normbench.parts.data import ImageData, load_data
+from normbench.base.overrides import hydra_value
+from normbench.launch.start import plan_once
+from normbench.parts.data import DATASETS, ImageData
 from normbench.parts.models import build_model
+from normbench.plan.plan import RunPlan
 from normbench.run.checkpoint import CHECKPOINT_FILE
 from normbench.run.record import RunRecord
+from normbench.run.setup import Setup, set_up
+from normbench.run.setup import build_model as build_run_model
+from normbench.run.train import run
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = [
@@ -34,10 +38,28 @@ TINY = [
 ]  # fmt: skip
 
 
+def planned(directory: Path, *overrides: str) -> RunPlan:
+    """The plan `normbench run` makes of the tiny settings and the test's own overrides, in `directory`."""
+    plan, _ = plan_once([*TINY, *overrides, f"hydra.run.dir={hydra_value(str(directory))}"])
+    return plan
+
+
+def train(directory: Path, *overrides: str, **kwargs: object) -> RunRecord:
+    """A tiny run trained in this process, as `normbench run` trains it (its plan, its one model)."""
+    plan = planned(directory, *overrides)
+    return run(plan, build_run_model(plan), **kwargs)  # type: ignore[arg-type]
+
+
+def setup(*overrides: str, directory: Path = Path("/nonexistent")) -> Setup:
+    """A tiny run's set-up, nothing trained."""
+    plan = planned(directory, *overrides)
+    return set_up(plan, build_run_model(plan))
+
+
 @pytest.fixture
-def tiny() -> Callable[..., DictConfig]:
-    """compose_config with the tiny settings, then the test's own overrides."""
-    return lambda *overrides: compose_config([*TINY, *overrides])
+def tiny(tmp_path: Path) -> Callable[..., RunPlan]:
+    """The plan of a tiny run in the test's directory, with the test's own overrides."""
+    return lambda *overrides: planned(tmp_path, *overrides)
 
 
 def events(run_dir: Path) -> EventAccumulator:
@@ -61,7 +83,14 @@ def normbench(*args: str, cwd: Path, timeout: float = 240, **env: str) -> subpro
 
 @functools.cache
 def _validation_data(spec: str) -> ImageData:
-    return load_data(json.loads(spec))  # most tests share one tiny data config: made once
+    data = json.loads(spec)  # most tests share one tiny data config: made once
+    return typed_data(data).load()
+
+
+def typed_data(settings: dict) -> object:
+    """A record's data config as its dataset's class."""
+    cls = DATASETS[settings["name"]]
+    return cls(**{k: v for k, v in settings.items() if k != "name"})
 
 
 @torch.no_grad()
@@ -73,9 +102,10 @@ def saved_model_scores(run_dir: Path, batch_stats: bool = False, precise_bn: int
     normbench's PreciseBN, in one batch): BN statistics re-estimated by torch.optim.swa_utils.update_bn."""
     config = RunRecord.read(run_dir).config
     data = _validation_data(json.dumps(config["data"], sort_keys=True))
-    model = build_model(config["model"], config["norm"], data.num_classes)
+    shape = data.val_images.shape[1:]
+    model = build_model(config["model"], config["norm"], shape[0], tuple(shape[1:]), data.num_classes)
     model.load_state_dict(torch.load(run_dir / CHECKPOINT_FILE, weights_only=True)["model"])
-    mean, std = (torch.tensor(v, dtype=torch.float64).view(1, 3, 1, 1) for v in (data.mean, data.std))
+    mean, std = (torch.tensor(v, dtype=torch.float64).view(1, -1, 1, 1) for v in (data.mean, data.std))
     x = ((data.val_images.double() / 255 - mean) / std).float()
     y = data.val_labels
     logits = model.eval()(x)
@@ -85,7 +115,7 @@ def saved_model_scores(run_dir: Path, batch_stats: bool = False, precise_bn: int
         correct = sum((model.train()(x[i : i + b]).argmax(1) == y[i : i + b]).sum().item() for i in range(0, len(y), b))
         scores["batch_stats"] = correct / len(y)
     if precise_bn:
-        from normbench.parts.data import Batches
+        from normbench.parts.data.batches import Batches
         from normbench.run.evaluation import PRECISE_BN_DRAW
 
         train = Batches(data.train_images, data.train_labels, precise_bn, data.mean, data.std, torch.device("cpu"),

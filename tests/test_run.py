@@ -8,16 +8,15 @@ import time
 from dataclasses import replace
 
 import pytest
-from conftest import events, saved_model_scores
+from conftest import events, saved_model_scores, setup, train
 
 import normbench
 from normbench.parts.models import MODELS
 from normbench.parts.norms import NORMS
 from normbench.run import record as R
 from normbench.run.record import Budget, RunRecord, UnreadableRecord
-from normbench.run.train import run
 
-ALLOWED = [(m, n) for m, (cls, _) in MODELS.items() for n, spec in NORMS.items() if cls.layout in spec.axes]
+ALLOWED = [(m, n) for m, model in MODELS.items() for n, spec in NORMS.items() if model.layout in spec.axes]
 
 
 def test_the_registry_allows_and_refuses_what_the_notes_say() -> None:
@@ -36,9 +35,9 @@ RUNS = [
 
 
 @pytest.mark.parametrize(("model", "norm", "impl"), RUNS)
-def test_every_allowed_pair_completes_a_three_step_run(model, norm, impl, tiny, tmp_path) -> None:
+def test_every_allowed_pair_completes_a_three_step_run(model, norm, impl, tmp_path) -> None:
     overrides = (f"model={model}", f"norm={norm}", f"norm.impl={impl}", "log.activations=false")
-    record = run(tiny(*overrides), tmp_path)
+    record = train(tmp_path, *overrides)
     assert record.status == R.COMPLETED
     assert record.steps == 3
     scores = saved_model_scores(tmp_path)  # the saved weights on the validation images, counted here
@@ -48,8 +47,8 @@ def test_every_allowed_pair_completes_a_three_step_run(model, norm, impl, tiny, 
     assert RunRecord.read(tmp_path) == record
 
 
-def test_events_have_the_documented_tags_in_step_order(tiny, tmp_path) -> None:
-    run(tiny("max_steps=7", "epochs=2", "log.every=3", "data.train_size=48"), tmp_path)  # 6 steps per epoch
+def test_events_have_the_documented_tags_in_step_order(tmp_path) -> None:
+    train(tmp_path, "max_steps=7", "epochs=2", "log.every=3", "data.train_size=48")  # 6 steps per epoch
     ea = events(tmp_path)
     scalars = set(ea.Tags()["scalars"])
     assert {"train/loss", "train/acc", "val/loss", "val/acc", "train/lr"} <= scalars
@@ -63,11 +62,11 @@ def test_events_have_the_documented_tags_in_step_order(tiny, tmp_path) -> None:
     assert record.steps == 7 and [h.examples for h in record.history] == [48, 56]
 
 
-def test_the_x_axis_is_examples_seen_for_every_batch_size_or_steps(tiny, tmp_path) -> None:
+def test_the_x_axis_is_examples_seen_for_every_batch_size_or_steps(tmp_path) -> None:
     for axis in ("examples", "steps"):
         for batch in (4, 16):  # one epoch of 64 examples: 16 steps, or 4
-            run(tiny(f"batch_size={batch}", "max_steps=100", f"log.x_axis={axis}", "log.activations=false"),
-                tmp_path / axis / str(batch))  # fmt: skip
+            train(tmp_path / axis / str(batch), f"batch_size={batch}", "max_steps=100", f"log.x_axis={axis}",
+                  "log.activations=false")  # fmt: skip
     examples = {b: events(tmp_path / "examples" / str(b)) for b in (4, 16)}
     assert {b: ea.Scalars("val/acc")[-1].step for b, ea in examples.items()} == {4: 64, 16: 64}
     assert {b: ea.Scalars("train/loss")[0].step for b, ea in examples.items()} == {4: 4, 16: 16}
@@ -76,9 +75,9 @@ def test_the_x_axis_is_examples_seen_for_every_batch_size_or_steps(tiny, tmp_pat
     assert RunRecord.read(tmp_path / "steps" / "4").steps == RunRecord.read(tmp_path / "examples" / "4").steps == 16
 
 
-def test_results_record(tiny, tmp_path) -> None:
+def test_results_record(tmp_path) -> None:
     started = time.perf_counter()
-    record = run(tiny("norm=gn", "norm.groups=4", "seed=3"), tmp_path)
+    record = train(tmp_path, "norm=gn", "norm.groups=4", "seed=3")
     elapsed = time.perf_counter() - started
     saved = json.loads((tmp_path / "results.json").read_text())  # the file itself, as other tools read it
     assert saved["status"] == "completed" and saved["reason"] is None
@@ -130,11 +129,11 @@ def test_records_of_older_versions_still_read(tmp_path) -> None:
     [("cnn", "bn"), ("cnn", "ln"), ("cnn", "in"), ("cnn", "gn"), ("cnn", "rms"), ("mlp", "bn"),
      ("transformer", "ln"), ("transformer", "bn")],
 )  # fmt: skip
-def test_reference_implementation_trains_like_torch(model, norm, tiny, tmp_path) -> None:
+def test_reference_implementation_trains_like_torch(model, norm, tmp_path) -> None:
     """Same seed, same data: the formula code and the fused kernels give the same first losses."""
     runs = [
-        run(tiny(f"model={model}", f"norm={norm}", f"norm.impl={impl}", "max_steps=5", "log.activations=false"),
-            tmp_path / impl)
+        train(tmp_path / impl, f"model={model}", f"norm={norm}", f"norm.impl={impl}", "max_steps=5",
+              "log.activations=false")
         for impl in ("torch", "reference")
     ]  # fmt: skip
     torch_losses, ref_losses = ([p[1] for p in r.curve] for r in runs)
@@ -142,24 +141,24 @@ def test_reference_implementation_trains_like_torch(model, norm, tiny, tmp_path)
     assert ref_losses == pytest.approx(torch_losses, rel=1e-3, abs=1e-4)
 
 
-def test_budget_in_steps_and_lr_scaling(tiny, tmp_path) -> None:
-    record = run(tiny("budget=steps", "max_steps=12", "optim.lr_scaling=sqrt", "batch_size=32"), tmp_path)
+def test_budget_in_steps_and_lr_scaling(tmp_path) -> None:
+    record = train(tmp_path, "budget=steps", "max_steps=12", "optim.lr_scaling=sqrt", "batch_size=32")
     assert record.steps == 12 and record.budget.unit == "steps" and record.epochs == 6
     assert record.effective_lr == pytest.approx(0.1 * (32 / 128) ** 0.5)
 
 
-def test_same_seed_same_metrics(tiny, tmp_path) -> None:
-    a = run(tiny("max_steps=4"), tmp_path / "a")
-    b = run(tiny("max_steps=4"), tmp_path / "b")
-    c = run(tiny("max_steps=4", "seed=1"), tmp_path / "c")
+def test_same_seed_same_metrics(tmp_path) -> None:
+    a = train(tmp_path / "a", "max_steps=4")
+    b = train(tmp_path / "b", "max_steps=4")
+    c = train(tmp_path / "c", "max_steps=4", "seed=1")
     strip = lambda r: [replace(h, wall_s=0) for h in r.history]  # noqa: E731
     assert strip(a) == strip(b)
     assert strip(a) != strip(c)
 
 
-def test_channels_last_gives_the_same_outputs_in_another_memory_format(tiny, tmp_path) -> None:
-    default = run(tiny("max_steps=4", "log.hist_points=2"), tmp_path / "default")
-    last = run(tiny("max_steps=4", "log.hist_points=2", "train.channels_last=true"), tmp_path / "last")
+def test_channels_last_gives_the_same_outputs_in_another_memory_format(tmp_path) -> None:
+    default = train(tmp_path / "default", "max_steps=4", "log.hist_points=2")
+    last = train(tmp_path / "last", "max_steps=4", "log.hist_points=2", "train.channels_last=true")
     assert (default.memory_format, last.memory_format) == ("contiguous", "channels_last")
     assert last.status == R.COMPLETED and last.steps == default.steps and len(last.history) == len(default.history)
     assert [p[1] for p in last.curve] == pytest.approx([p[1] for p in default.curve], rel=1e-4)
@@ -172,9 +171,9 @@ def test_channels_last_gives_the_same_outputs_in_another_memory_format(tiny, tmp
 
 
 # The suite's one torch.compile test: compilation on CPU takes 20-50 s, so the smallest model (mlp) only.
-def test_compiled_training_logs_activations_at_its_training_steps(tiny, tmp_path) -> None:
+def test_compiled_training_logs_activations_at_its_training_steps(tmp_path) -> None:
     """dynamo ignores hooks added after compilation: the probed steps must still show up in TensorBoard."""
-    record = run(tiny("model=mlp", "train.compile=true", "max_steps=4", "log.hist_points=2"), tmp_path)
+    record = train(tmp_path, "model=mlp", "train.compile=true", "max_steps=4", "log.hist_points=2")
     assert record.status == R.COMPLETED and math.isfinite(record.metrics.train_loss)
     ea = events(tmp_path)
     for layer in ("layer1.norm", "layer2.norm", "layer3.norm"):  # the mlp's norm layers
@@ -187,15 +186,13 @@ def test_compiled_training_logs_activations_at_its_training_steps(tiny, tmp_path
 @pytest.mark.parametrize(
     ("given", "mode"), [([], "default"), (["train.compile_mode=reduce_overhead"], "reduce-overhead")]
 )
-def test_the_compile_mode_reaches_torch_compile(tiny, monkeypatch, given, mode) -> None:
+def test_the_compile_mode_reaches_torch_compile(monkeypatch, given, mode) -> None:
     """The mode as torch spells it (reduce-overhead: CUDA graphs on a GPU); compile=false compiles nothing."""
     import torch
 
-    from normbench.run.setup import set_up
-
     calls: list[dict[str, object]] = []
     monkeypatch.setattr(torch, "compile", lambda model, **options: calls.append(options) or model)
-    set_up(tiny("model=mlp", *given))
+    setup("model=mlp", *given)
     assert calls == []
-    set_up(tiny("model=mlp", "train.compile=true", *given))
+    setup("model=mlp", "train.compile=true", *given)
     assert calls == [{"mode": mode}]

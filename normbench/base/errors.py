@@ -56,6 +56,12 @@ class InterruptedRun(NormbenchError):
     exit_code = EXIT_INTERRUPTED
 
 
+class StoppedBeforeStart(NormbenchError):
+    """A stop signal that came while the command was still setting up: nothing was trained."""
+
+    exit_code = EXIT_INTERRUPTED
+
+
 class WorkerFailed(NormbenchError):
     """A worker process of a multi-process run failed or was killed: the run ended on every rank."""
 

@@ -1,6 +1,9 @@
 """How a run stops early: at the next step boundary, with a checkpoint, whoever asked.
 
-SIGINT and SIGTERM (Ctrl-C, `kill`, `scancel`) end the run `interrupted`. SIGUSR2 is a scheduler's warning that
+While a command sets up (imports, composition, plans, the model, the run directory), a stop signal is only noted
+(`note`): nothing raises inside a library's code, and the command stops at its next safe point with one line
+(`raise_if_requested`); a second signal then ends the process at once. Once a run trains, SIGINT and SIGTERM (Ctrl-C,
+`kill`, `scancel`) end the run `interrupted` at the next step boundary. SIGUSR2 is a scheduler's warning that
 the job is about to reach its time limit or be preempted (submitit's pre-timeout signal): the run ends
 `requeued`, and then the handler normbench replaced for the run gets the signal after all. Under submitit that
 handler requeues the job and exits the process; the next attempt resumes from the checkpoint.
@@ -8,23 +11,45 @@ handler requeues the job and exits the process; the next attempt resumes from th
 
 from __future__ import annotations
 
-import shlex
+import os
 import signal
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
+
+from normbench.base.errors import EXIT_INTERRUPTED, StoppedBeforeStart
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 REQUEUE_SIGNAL = signal.SIGUSR2  # submitit's default (its SUBMITIT_PREEMPT_SIGNAL)
-# The stop signal (SIGINT/SIGTERM) this process received, whoever handled it: a run's StopRequest, or a sweep's
-# handler between runs (sweeps.SweepStop). A sweep's process starts no run after it, and a run whose handlers are
-# installed after it (one that was setting up) stops at its first step boundary.
+# The stop signal (SIGINT/SIGTERM) this process received, whoever handled it: the command's handler while it sets
+# up (`noted`), a run's StopRequest, or a sweep's handler between runs (launch/stop.SweepStop). A sweep's process
+# starts no run after it, and a run whose handlers are installed after it stops at its first step boundary.
 requested: int | None = None
-# The command that continues this process's run where a stop leaves it, shell-quoted, as the launch layer knows it
-# (the run's own overrides); the stop messages print it. None: the plain form, without the run's overrides.
-resume_command: str | None = None
+
+
+def note(signum: int, frame: Any) -> None:
+    """The handler while a command sets up: the first stop signal is noted (`requested`), a second one ends the
+    process at once. Installed by the CLI when it starts, and by a run's worker processes."""
+    global requested
+    if requested is None:
+        requested = signum
+        return
+    os.write(2, b"Interrupted at once (second signal) before training started: nothing was trained.\n")
+    os._exit(EXIT_INTERRUPTED)
+
+
+def install_note() -> None:
+    """`note` for SIGINT and SIGTERM (in the main thread; elsewhere the signals stay as they are)."""
+    with suppress(ValueError):
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, note)
+
+
+def raise_if_requested() -> None:
+    """At a safe point of the set-up: stop here if a stop signal has come, with one line and exit code 130."""
+    if requested is not None:
+        raise StoppedBeforeStart(f"by {signal.Signals(requested).name} before training started: nothing was trained.")
 
 
 @contextmanager
@@ -84,10 +109,9 @@ class StopRequest:
             for sig, handler in self.replaced.items():
                 signal.signal(sig, handler)
 
-    def reason(self, step: int, attempt: int, run_dir: Path) -> str:
-        """What the record and the console say about the stop."""
+    def reason(self, step: int, attempt: int, again: str) -> str:
+        """What the record and the console say about the stop; `again`: the command that continues the run."""
         name = signal.Signals(self.signum).name if self.signum is not None else "a signal"
-        again = resume_command or shlex.join(["normbench", "run", "resume=true", f"hydra.run.dir={run_dir}"])
         if self.requeue:
             return (
                 f"Stopped by {name} (a time limit or preemption ahead) at step {step} of attempt {attempt}. A "

@@ -12,7 +12,7 @@ import signal
 import sys
 import traceback
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import typer
 from rich.markup import escape
@@ -21,45 +21,28 @@ from typer.core import TyperGroup
 
 from normbench.base import signals
 from normbench.base.console import console, debugging
-from normbench.base.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, NormbenchError
+from normbench.base.errors import EXIT_BAD_INPUT, NormbenchError, StoppedBeforeStart
 from normbench.base.resources import load_plugins
-from normbench.parts.norms import NORMS  # the registry imports no torch: help stays fast
+from normbench.cli.options import GROUPS, options  # the registries import no torch: help stays fast
 
 PASS_THROUGH = {"allow_extra_args": True, "ignore_unknown_options": True}
 
 
-def _choices(group: str) -> str:
-    """The options of a config group, from the one list of them that completion reads too."""
-    from normbench.launch.compose import group_options  # deferred: only the help needs Hydra's ConfigStore here
-
-    try:
-        return "|".join(group_options(group))
-    except NormbenchError:
-        return "NAME"
-
-
-def _norms() -> str:
-    """The registered norms, the user's plugins' too: this help is built before any command loads them. A plugin
-    that cannot be imported is left out here; the command itself reports it."""
-    with contextlib.suppress(NormbenchError):
-        load_plugins()
-    return "|".join(NORMS)
-
-
 def _help() -> str:
+    with contextlib.suppress(NormbenchError):  # the user's plugins' norms too; the command itself reports a failure
+        load_plugins()
+    choices = ", ".join(f"`{group}={'|'.join(options(group))}`" for group in GROUPS)
     return (
-        "Compare normalization layers (BatchNorm, LayerNorm, InstanceNorm, GroupNorm, ...) on small MLP, CNN and "
-        "Transformer models, across batch sizes, in TensorBoard.\n\n"
-        f"Config groups (pick one with `GROUP=NAME`): `model={_choices('model')}`, `norm={_norms()}`, "
-        f"`data={_choices('data')}`, `optim={_choices('optim')}`. Any key can be set with `KEY=VALUE` (Hydra "
-        "syntax), e.g. `norm.groups=16 optim.lr=0.05 batch_size=32 epochs=2`; `normbench run --help` explains the "
-        "grammar."
+        "Compare normalization layers (BatchNorm, LayerNorm, InstanceNorm, GroupNorm, ...) on small MLP, CNN, ResNet "
+        "and Transformer models, across batch sizes, in TensorBoard.\n\n"
+        f"Config groups (pick one with `GROUP=NAME`): {choices}. Any key can be set with `KEY=VALUE` (Hydra syntax), "
+        "e.g. `norm.groups=16 optim.lr=0.05 batch_size=32 epochs=2`; `normbench run --help` explains the grammar."
     )
 
 
 class _Commands(TyperGroup):
-    """The command group whose help lists the config groups' options when it is shown: the model options come
-    from the model classes, which import torch, a cost every other command would pay at start-up."""
+    """The command group whose help lists the config groups' options when it is shown (read from the registries,
+    and the user's plugins: not a cost every command should pay at start-up)."""
 
     def format_help(self, ctx: Any, formatter: Any) -> None:  # typer's click Context and HelpFormatter
         self.help = _help()
@@ -81,11 +64,24 @@ def _fail(error: NormbenchError) -> typer.Exit:
     return typer.Exit(error.exit_code)
 
 
-def _set_debug(debug: bool) -> None:
-    signal.signal(signal.SIGINT, signal.default_int_handler)  # the command's own handling from here on
+def _launch(start: str, overrides: list[str] | None, debug: bool) -> NoReturn:
+    """`normbench run` and `sweep`: the launch layer's `start` with the overrides, ended with its exit code. From
+    here on a stop signal is noted while the command sets up and acted on at its next safe point (base/signals)."""
+    signals.install_note()
     if debug:
         os.environ["NORMBENCH_DEBUG"] = "1"
         os.environ["HYDRA_FULL_ERROR"] = "1"
+    try:
+        from normbench.launch import start as launch  # deferred: Hydra and torch, seconds
+
+        signals.raise_if_requested()
+        code = getattr(launch, start)(list(overrides or []))
+    except StoppedBeforeStart as error:
+        console.print(f"[yellow]Interrupted[/] {error}", highlight=False)
+        raise typer.Exit(error.exit_code) from None
+    except NormbenchError as error:
+        raise _fail(error) from None
+    raise typer.Exit(code)
 
 
 def _show_version(show: bool) -> None:
@@ -103,6 +99,7 @@ def _main(
     ),
 ) -> None:
     """Load the user's plugin modules ($NORMBENCH_PLUGINS) before any command looks at the registry."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # Python's Ctrl-C; run and sweep install their own
     try:
         load_plugins()
     except NormbenchError as error:
@@ -155,18 +152,7 @@ def run(overrides: list[str] | None = OVERRIDES, debug: bool = DEBUG) -> None:
     events, results.json, checkpoint.pt and the composed config in .hydra/. View with
     `tensorboard --logdir runs`.
     """
-    _set_debug(debug)
-    try:
-        with signals.deferred():  # torch: seconds, in which a Ctrl-C is said like any other
-            from normbench.launch.start import start_run
-
-        code = start_run(list(overrides or []))
-    except NormbenchError as error:
-        raise _fail(error) from None
-    except KeyboardInterrupt:  # Ctrl-C before the run's or the sweep's own handlers were in place
-        console.print("[yellow]Interrupted[/] before training started: nothing was trained.", highlight=False)
-        raise typer.Exit(EXIT_INTERRUPTED) from None
-    raise typer.Exit(code)
+    _launch("start_run", overrides, debug)
 
 
 @app.command(context_settings=PASS_THROUGH)
@@ -193,18 +179,7 @@ def sweep(overrides: list[str] | None = OVERRIDES, debug: bool = DEBUG) -> None:
     `hydra.sweep.dir=DIR`). Running the same sweep into the same directory skips completed runs and resumes
     the others. At the end: a table, summary.csv and summary.json; then `normbench report DIR` for figures.
     """
-    _set_debug(debug)
-    try:
-        with signals.deferred():  # torch: seconds, in which a Ctrl-C is said like any other
-            from normbench.launch.start import start_sweep
-
-        code = start_sweep(list(overrides or []))
-    except NormbenchError as error:
-        raise _fail(error) from None
-    except KeyboardInterrupt:  # Ctrl-C before the run's or the sweep's own handlers were in place
-        console.print("[yellow]Interrupted[/] before training started: nothing was trained.", highlight=False)
-        raise typer.Exit(EXIT_INTERRUPTED) from None
-    raise typer.Exit(code)
+    _launch("start_sweep", overrides, debug)
 
 
 @app.command()
@@ -227,7 +202,7 @@ def report(
     images per worker, summary.csv/json and report.md embedding the figures, written into DIR (or --out).
     --reference NAME draws a published BN-vs-GN result beside the error-vs-batch figure, with its citation.
     A results.json that is not a readable record is listed as unreadable and the exit code is 2 (--skip-bad: 0)."""
-    from normbench.launch.preflight import grid_of_sweep
+    from normbench.plan.plan import SweepPlan
     from normbench.run.references import load_reference
     from normbench.run.report import print_tables, summarize, write_report, write_summary
 
@@ -235,7 +210,8 @@ def report(
         published = load_reference(reference) if reference else None
         summary = summarize(directory)  # read-only: a refusal below leaves the directory's files as they were
         listed = {r["run"] for r in (*summary["runs"], *summary["unreadable"])}
-        summary["not_started"] = [name for name in grid_of_sweep(directory) if name not in listed]
+        grid = SweepPlan.read(directory)
+        summary["not_started"] = [name for name in (grid.runs if grid else []) if name not in listed]
         if summary["unreadable"] and not skip_bad and out is None:
             print_tables(summary, console)
             raise NormbenchError(
@@ -261,7 +237,7 @@ def report(
     print_tables(summary, console)
     if summary["not_started"]:
         console.print(
-            f"[red]not started[/] {', '.join(summary['not_started'])}: runs of this sweep's grid (its multirun.yaml) "
+            f"[red]not started[/] {', '.join(summary['not_started'])}: runs of this sweep's grid (its plans) "
             "without a record; the same sweep command runs them.",
             highlight=False,
             soft_wrap=True,
@@ -281,22 +257,23 @@ def report(
 @app.command("list")
 def list_() -> None:
     """The registered norms, models, datasets and optimizers, with one line each."""
-    from normbench.parts.models import MODELS
-    from normbench.run.schema import group_schemas
-
     table = Table(title="normbench: what can be chosen", show_lines=False)
     table.add_column("group")
     table.add_column("name", style="bold")
     table.add_column("description")
-    for name, spec in NORMS.items():
-        layouts = ", ".join(spec.axes)
-        table.add_row("norm", name, f"{spec.summary} [dim](layouts: {layouts})[/]")
-    for name, (_, text) in MODELS.items():
-        table.add_row("model", name, text)
-    for group in ("data", "optim"):
-        for name, schema in group_schemas()[group].items():
-            table.add_row(group, name, schema.__doc__)
+    for group, registry in GROUPS.items():
+        for name, entry in registry.items():
+            table.add_row(group, name, describe_option(entry))
     console.print(table)
+
+
+def describe_option(entry: Any) -> str:
+    """One line about a registry's entry: its summary (models, norms) or its class's first docstring line."""
+    summary = getattr(entry, "summary", None)
+    if isinstance(summary, str):
+        layouts = getattr(entry, "axes", None)
+        return summary + (f" [dim](layouts: {', '.join(layouts)})[/]" if layouts else "")
+    return (entry.__doc__ or "").strip().splitlines()[0]
 
 
 @app.command()
@@ -348,7 +325,7 @@ def explain(
                 )
         if e.problem:
             table.add_row("[red]refused[/]", f"[red]{e.problem}[/]")
-        table.add_row("parameters", f"{e.params} (γ and β per channel)" if e.params else "0")
+        table.add_row("parameters", str(e.params))
         table.add_row(
             "train vs eval",
             "differ: batch statistics in training, running statistics in eval"
@@ -374,6 +351,8 @@ def explain(
         table.add_row("worker shares", f"{share}: {meaning}")
     console.print(table)
     options = {"groups": groups} if groups is not None else {}
+    from normbench.parts.norms import NORMS
+
     problem = NORMS[norm].shape_problem(dims, True, **options)
     if problem:  # what `normbench run` refuses before training, said here too
         console.print(

@@ -1,9 +1,9 @@
-"""Finding, composing and validating configs.
+"""Composing configs with Hydra's compose API: a run's config (`normbench run` composes it once, here), a sweep's
+settings and each distinct choice of config groups in its grid (launch/preflight.py), the config groups and options
+the CLI's help and completion list, and Hydra's and OmegaConf's errors as one paragraph each.
 
-Runs and sweeps go through Hydra's real entry point (`app.py`); this module uses the compose API only for
-read-only work: checking every run of a command *before* anything trains, so that a typo costs a second.
-The schema itself (types, defaults, ranges, cross-key rules) is `normbench.run.schema`; `validate` adds what
-only this machine can tell (device present, dataset on disk, model buildable at this batch size).
+The schema itself (types, defaults, ranges, cross-key rules) is `normbench.plan.schema`; a composed config becomes a
+run's plan in `normbench.plan.plan`.
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ import itertools
 import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
+import yaml
 from hydra import compose, initialize_config_dir
 from hydra.core.config_store import ConfigStore
 from hydra.core.object_type import ObjectType
@@ -30,10 +30,10 @@ from omegaconf.errors import (
     ValidationError,
 )
 
-from normbench.base.errors import ConfigError, NormbenchError
+from normbench.base.errors import ConfigError
 from normbench.base.overrides import fixed, parse, replaced
 from normbench.base.resources import config_dir
-from normbench.run import schema
+from normbench.plan import schema
 
 EXCLUDE_KEYS = "hydra.job.config.override_dirname.exclude_keys"
 
@@ -69,7 +69,27 @@ def hydra_errors() -> Iterator[None]:
     MissingConfigException); Hydra's other messages (a malformed override, ...) are already clear."""
     try:
         yield
+    except RecursionError:
+        raise ConfigError(
+            "The config's defaults lists refer to each other in a circle (a YAML file that includes itself through "
+            "its defaults, or interpolations that resolve to each other). `normbench run --info defaults-tree` shows "
+            "the defaults tree as far as it goes; fix the file that repeats."
+        ) from None
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(
+            f"A YAML config file could not be read{where}: {getattr(error, 'problem', None) or error}. "
+            f"{getattr(mark, 'name', '') or 'Check the files given with --config-dir or hydra.searchpath'}."
+        ) from None
     except (HydraException, OmegaConfBaseException) as error:
+        if isinstance(error.__cause__, yaml.YAMLError):
+            mark = getattr(error.__cause__, "problem_mark", None)
+            where = f" ({mark.name}, line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+            raise ConfigError(
+                f"A YAML config file could not be read{where}: {getattr(error.__cause__, 'problem', None) or error}. "
+                "Fix the file (or remove it from --config-dir / hydra.searchpath)."
+            ) from None
         cause = error if isinstance(error, OmegaConfBaseException) else error.__cause__
         if isinstance(cause, OmegaConfBaseException) and (mapped := _schema_error(cause)):
             raise mapped from None
@@ -106,12 +126,9 @@ def compose_unchecked(overrides: list[str], with_hydra: bool = False) -> DictCon
         return compose_one(overrides, with_hydra)
 
 
-def compose_config(overrides: list[str]) -> DictConfig:
-    """The config these overrides describe, validated (`validate`): for tests and scripts. Commands compose through
-    Hydra's entry point and the pre-flight (`preflight.py`), once per config."""
-    cfg = compose_unchecked(overrides)
-    validate(cfg)
-    return cfg
+def compose_run(overrides: list[str]) -> DictConfig:
+    """The config of one run with Hydra's node (its run directory, the groups' choices, `env_set`), composed once."""
+    return compose_unchecked(overrides, with_hydra=True)
 
 
 def sweep_jobs(overrides: list[str]) -> list[list[str]]:
@@ -159,36 +176,6 @@ def name_runs_by_swept_keys(overrides: list[str]) -> list[str]:
     """`exclude_fixed` on the configured exclude list."""
     base = compose_unchecked([], with_hydra=True).hydra.job.config.override_dirname.exclude_keys
     return exclude_fixed(overrides, base)[0]
-
-
-def validate(cfg: DictConfig) -> None:
-    """Raise a ConfigError naming the key, its bad value and what is allowed; runs before training. Every config
-    goes through here once: the pre-flight's (a run, each run of a sweep) and a sweep job's in another process."""
-    schema.check(cfg)
-    from normbench.run.devices import select_device  # deferred: this module is imported without torch
-
-    select_device(cfg.device)
-    if cfg.data.name == "cifar10" and not cfg.data.download:
-        from normbench.parts.data import cifar10_missing, load_cifar10
-
-        if cifar10_missing(Path(cfg.data.root).expanduser()):
-            load_cifar10(cfg.data.root, download=False)  # raises the full "where and how" message
-    _validate_model(cfg)
-
-
-def _validate_model(cfg: DictConfig) -> None:
-    """Build the model and check the input shape each norm layer gets at the configured batch size
-    (`check_norm_shapes`), so shape-dependent refusals surface now rather than at step one."""
-    from normbench.parts.models import check_norm_shapes, split_name
-
-    try:
-        check_norm_shapes(cfg.model, cfg.norm, cfg.batch_size, workers=cfg.workers)
-    except NormbenchError:
-        raise
-    except (ValueError, TypeError, RuntimeError) as error:
-        name, _ = split_name(cfg.model)
-        why = str(error).splitlines()[0] if str(error) else type(error).__name__  # torch appends C++ frames
-        raise ConfigError(f"model={name} cannot be built from its config {dict(cfg.model)}: {why}") from None
 
 
 # Hydra's own groups that a normbench user picks an option of (and their subgroups, e.g. hydra/sweeper/sampler).

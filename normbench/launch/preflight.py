@@ -1,67 +1,40 @@
-"""Every run of a command checked before it trains, on the config it will train with.
+"""A sweep planned before anything trains: every run of its grid composed, planned and checked (its config, its
+model's norm inputs, the directory it will train in), then the plans written into the sweep directory, where each
+job takes its own (launch/task.py). A bad value in any run stops the whole sweep before anything is written.
 
-A run: Hydra composes its config once, and `RunCheck` (a Hydra callback, configs/config.yaml) validates that very
-config and prepares its run directory before Hydra's own `mkdir`, so a bad value stops the command before anything
-is written. A sweep: `plan_sweep` composes the sweep's settings once, expands the grid once, and composes and checks
-each run once, against what its directory already holds; its HParams rows are those runs' rows. The task function
-then validates only what the pre-flight of its own process did not see (`checked`): a parallel worker's or a SLURM
-job's config."""
+The grid is composed without composing every run through Hydra: Hydra composes each distinct choice of config groups
+once (`norm=gn`, `cell=bn_w08`, ...), and a run's other overrides (`seed=2`, `optim.lr=0.05`) are set on a copy of
+that composition, as Hydra sets them after the defaults list. Each distinct model is built and checked once.
+
+An optimizing sweeper (Optuna) chooses its runs as it goes: the config without the swept keys is planned, the
+objective and its direction checked, and a study already in the sweep directory is continued where it stopped.
+"""
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import traceback
-from collections.abc import Iterator
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hydra.errors import HydraException
-from hydra.experimental.callback import Callback
+from hydra.core.override_parser.types import Override
 from omegaconf import DictConfig, OmegaConf, open_dict
-from omegaconf.errors import OmegaConfBaseException
 
-from normbench.base.console import debugging, print_error
-from normbench.base.errors import NormbenchError, RunDirError
+from normbench.base.errors import ConfigError, NormbenchError, RunDirError
 from normbench.base.overrides import app_overrides, fixed, hydra_value, is_hydra_key, override_key, parse, replaced
 from normbench.launch import rundir
-from normbench.launch.compose import compose_config, composing, exclude_fixed, expand_grid, sweep_jobs, validate
-from normbench.launch.naming import RUN_NAME_RESOLVER, run_name, swept_keys
-from normbench.launch.rundir import describe, differing, prepare
-from normbench.run import schema
-from normbench.run.board import HValue, run_hparams, run_metrics
+from normbench.launch.compose import composing, exclude_fixed, expand_grid, hydra_errors
+from normbench.launch.execute import launch_of_job
+from normbench.plan import schema
+from normbench.plan.naming import run_name, swept_keys
+from normbench.plan.plan import RunPlan, SweepPlan, plan_run
 from normbench.run.record import RunRecord
-from normbench.run.setup import effective_lr
 
-
-@dataclass
-class _Checked:
-    """What the pre-flight of this process checked: the run Hydra starts next, every job of the running sweep."""
-
-    run: bool = False
-    sweep: bool = False
-
-
-CHECKED = _Checked()
-
-
-def checked(multirun: bool) -> bool:
-    """Whether this process's pre-flight validated the task's config (a run's: once, then it is used up)."""
-    if multirun:
-        return CHECKED.sweep
-    was, CHECKED.run = CHECKED.run, False
-    return was
-
-
-@contextlib.contextmanager
-def sweep_checked() -> Iterator[None]:
-    """Around Hydra's multirun of a sweep `plan_sweep` checked: jobs run in this process need no second check."""
-    CHECKED.sweep = True
-    try:
-        yield
-    finally:
-        CHECKED.sweep = False
+# Keys a sweep's `cell` (configs/cell/: a norm at a worker split) sets: given beside it, they would silently make
+# another run than the cell names.
+CELL_KEYS = ("norm", "workers")
 
 
 def without_hydra(config: DictConfig) -> DictConfig:
@@ -72,132 +45,229 @@ def without_hydra(config: DictConfig) -> DictConfig:
     return cfg
 
 
-class RunCheck(Callback):
-    """Before Hydra starts a run (`normbench run`): its config validated and its directory prepared, once, on the
-    config Hydra composed. A refusal is one paragraph and the documented exit code, before anything is written."""
-
-    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        try:
-            cfg = without_hydra(config)
-            validate(cfg)
-            run_dir = placed(str(config.hydra.run.dir), "hydra.run.dir")  # `${now:}` is cached: Hydra's directory
-            rundir.check(run_dir, cfg, resume=bool(cfg.resume), multirun=False)  # what it holds, before any write
-            prepare(run_dir)
-        except NormbenchError as error:
-            if debugging():
-                traceback.print_exc()
-            print_error(error)
-            raise SystemExit(error.exit_code) from None  # through Hydra, which reports only `Exception`s
-        CHECKED.run = True
-
-
 def placed(value: str, key: str) -> Path:
-    """The run or sweep directory `key` names, refused (read-only) when the value is empty (it would write into
-    the current directory), a file, or a path below a file."""
+    """The run or sweep directory `key` names (absolute), refused (read-only) when the value is empty (it would write
+    into the current directory), a file, a path below a file, or a name the file system cannot hold."""
     if not value.strip():
         raise RunDirError(
             f"{key} is empty, which would write into the current directory ({Path.cwd()}). Give a directory of its "
             f"own ({key}=DIR), or leave {key} out for a new dated one."
         )
-    directory = Path(value)
+    directory = Path(value).absolute()
     rundir.refuse_unless_placed(directory)
     return directory
 
 
 def has_grid(args: list[str]) -> bool:
     """Whether the command line chooses a sweep: a `sweep=` preset, or an override Hydra parses as a sweep
-    (`norm=bn,gn`, `range(...)`, `interval(...)`); a quoted list such as `'model.widths=[16,32]'` is one value."""
+    (`norm=bn,gn`, `range(...)`, `interval(...)`); a quoted list such as `'model.widths=[16,32]'` is one value.
+    A malformed override is Hydra's parse error (ConfigError), not a sweep."""
     candidates = [a for a in args if "=" in a and not a.startswith("-")]
-    try:
+    with hydra_errors():
         parsed = parse(candidates)
-    except HydraException:
-        return True  # not ours to judge: Hydra reports the malformed override itself
     return any(override_key(a) == "sweep" for a in candidates) or any(o.is_sweep_override() for o in parsed)
 
 
+def refuse_cell_conflicts(job: list[str]) -> None:
+    """A `cell` is a norm at a worker split: refuse `norm` or `workers` given beside it (the run would be neither)."""
+    keys = {override_key(o) for o in job}
+    clash = [k for k in CELL_KEYS if k in keys]
+    if "cell" in keys and clash:
+        cell = next(o for o in job if override_key(o) == "cell")
+        raise ConfigError(
+            f"{cell} with {', '.join(o for o in job if override_key(o) in clash)}: a cell (configs/cell/) is a norm at "
+            f"a worker split and sets {' and '.join(CELL_KEYS)} itself, so the run would be neither the cell nor "
+            f"the {'/'.join(clash)} given. Give the cell alone, or drop `cell` and set {', '.join(CELL_KEYS)}."
+        )
+
+
 @dataclass
-class SweepPlan:
-    """A checked sweep: the overrides Hydra gets (directory and run names fixed), its directory, the grid's run
-    names ([] for optimizing sweepers, which choose runs as they go) and their HParams rows and metric tags."""
+class SweepCheck:
+    """A checked sweep: the overrides Hydra gets (directory and run names fixed), its directory, and the grid's
+    plans by run name ({} for optimizing sweepers, which choose runs as they go)."""
 
     args: list[str]
     sweep_dir: Path
-    runs: list[str] = field(default_factory=list)
-    hparams: dict[str, dict[str, HValue]] = field(default_factory=dict)  # by run name: the HParams experiment
-    metrics: dict[str, list[str]] = field(default_factory=dict)
+    plans: dict[str, RunPlan] = field(default_factory=dict)
+    sweeper: str = "basic"
+    trials: int = 0  # an optimizing sweeper's trials still to run (0: the study is complete)
+
+    @property
+    def runs(self) -> list[str]:
+        return list(self.plans)
 
 
-def plan_sweep(args: list[str], create: bool = True) -> SweepPlan:
-    """Check every run of the sweep before anything trains (raises NormbenchError).
-
-    Grids (Hydra's basic sweeper) are expanded and each run is checked, its config and the directory it will train
-    in: a rerun into the same sweep directory with changed settings is refused here, before Hydra rewrites
-    multirun.yaml or the summary. Other sweepers (Optuna) choose their runs as they go, so the config without the
-    swept keys is checked, and the objective they optimize. The sweep directory must be empty, an earlier sweep's
-    or hold only this grid's runs (`rundir.check_sweep_dir`); it is created after the checks (`create`), so a
-    refused sweep leaves nothing behind."""
+def plan_sweep(args: list[str], command: Callable[[Path], str], create: bool = True) -> SweepCheck:
+    """Check every run of the sweep before anything trains (raises NormbenchError); `command(sweep_dir)` is the
+    command that continues the sweep. The sweep directory must be empty, an earlier sweep's or hold only this grid's
+    runs (`rundir.check_sweep_dir`); with `create`, it is created after the checks and the plans written there."""
     with composing() as compose:  # Hydra set up once for the sweep's compositions
         settings = compose(fixed(args), with_hydra=True)  # the sweep's one composition of Hydra's settings
         hydra_node = settings.hydra
         sweep_dir = placed(str(hydra_node.sweep.dir), "hydra.sweep.dir")  # resolved once: checked and resumed
         args, exclude = exclude_fixed(args, hydra_node.job.config.override_dirname.exclude_keys)
         args = replaced(args, "hydra.sweep.dir", hydra_value(str(sweep_dir)))
-        plan = SweepPlan(args, sweep_dir)
-        if hydra_node.runtime.choices["hydra/sweeper"] != "basic":
-            validate(without_hydra(settings))  # the objective included
+        again = command(sweep_dir)
+        sweeper = str(hydra_node.runtime.choices["hydra/sweeper"])
+        check = SweepCheck(args, sweep_dir, sweeper=sweeper)
+        if sweeper != "basic":
+            base = without_hydra(settings)
+            refuse_cell_conflicts(fixed(args))
+            plan_run(base, sweep_dir / "trial", launch_of_job(base, hydra_node, again))  # the config, the objective
+            check.trials = optimizing(hydra_node, base, sweep_dir)
             rundir.check_sweep_dir(sweep_dir, [])
             if create:
-                prepare(sweep_dir)
-            return plan
-        named = RUN_NAME_RESOLVER in str(OmegaConf.to_container(hydra_node.sweep)["subdir"])  # not the user's
+                rundir.prepare(sweep_dir)
+                _write(SweepPlan.read(sweep_dir) or SweepPlan(time.time(), again), sweep_dir, again)
+            check.args = replaced(check.args, "hydra.sweeper.n_trials", str(max(check.trials, 1)))
+            return check
+        grid = Grid(compose, hydra_node)
         for job in expand_grid(args, hydra_node.sweeper.get("params") or {}):
+            task = [o for o in job if not is_hydra_key(o)]
             try:
-                cfg = compose(app_overrides(job))
-                validate(cfg)
+                refuse_cell_conflicts(task)
+                cfg, choices = grid.config(app_overrides(job))
+                name = run_name(cfg.norm.name, cfg.batch_size, cfg.workers, task, exclude)
+                run_dir = sweep_dir / name
+                rundir.refuse_unless_placed(run_dir)
+                plan = plan_run(cfg, run_dir, launch_of_job(cfg, hydra_node, again), name=name,
+                                swept=swept_keys(job, exclude), choices=choices)  # fmt: skip
+                grid.check_model(plan)
+                check_rerun(sweep_dir, name, plan)
             except NormbenchError as error:  # named by the user's words, not Hydra's keys
-                raise type(error)(f"in the run {' '.join(o for o in job if not is_hydra_key(o))}: {error}") from None
-            name = run_name(cfg.norm.name, cfg.batch_size, [o for o in job if not is_hydra_key(o)], exclude)
-            check_rerun(sweep_dir, name, cfg)
-            plan.runs.append(name)
-            plan.hparams[name] = run_hparams(cfg, effective_lr(cfg.optim, cfg.batch_size), swept_keys(job, exclude))
-            plan.metrics[name] = run_metrics(cfg)
-    rundir.check_sweep_dir(sweep_dir, plan.runs)
+                raise type(error)(f"in the run {' '.join(task)}: {error}") from None
+            check.plans[name] = plan
+    rundir.check_sweep_dir(sweep_dir, check.runs)
     if create:
-        prepare(sweep_dir)  # read-only, full, not writable: refused here, before Hydra's own mkdir
-    if not named:
-        plan.runs = []
-    return plan
+        rundir.prepare(sweep_dir)  # read-only, full, not writable: refused here, before Hydra's own mkdir
+        sweep = SweepPlan.read(sweep_dir) or SweepPlan(time.time(), again)  # continued: keeps its start (run order)
+        for plan in check.plans.values():
+            sweep.add(plan)
+        _write(sweep, sweep_dir, again)
+    return check
+
+
+def _write(sweep: SweepPlan, sweep_dir: Path, command: str) -> None:
+    sweep.command = command
+    try:
+        sweep.write(sweep_dir)
+    except OSError as error:
+        raise rundir.io_error(error, sweep_dir) from None
+
+
+class Grid:
+    """The compositions of a grid: one per distinct choice of config groups; a run's other overrides are set on a
+    copy. And the model checks: one per distinct model, norm, data shape and images per statistic."""
+
+    def __init__(self, compose: Callable[..., DictConfig], hydra_node: DictConfig) -> None:
+        self.compose = compose
+        self.groups = set(hydra_node.runtime.choices)  # every config group of the defaults tree
+        self.composed: dict[tuple[str, ...], tuple[DictConfig, dict[str, str]]] = {}
+        self.checked: set[str] = set()
+
+    def config(self, overrides: list[str]) -> tuple[DictConfig, dict[str, str]]:
+        """The run's config and its config groups' choices."""
+        parsed = parse(overrides)
+        if any(o.is_add() or o.is_delete() or o.is_force_add() for o in parsed):
+            return self._composed(overrides)  # `+key`, `~key`: Hydra's own composition, as it is
+        groups = tuple(o.input_line for o in parsed if o.key_or_group in self.groups)
+        base, choices = self.composed.get(groups) or self._composed(list(groups))
+        self.composed[groups] = (base, choices)
+        cfg = copy.deepcopy(base)
+        with hydra_errors():
+            for o in parsed:
+                if o.key_or_group not in self.groups:
+                    OmegaConf.update(cfg, o.key_or_group, _value(o), merge=False)
+        return cfg, choices
+
+    def _composed(self, overrides: list[str]) -> tuple[DictConfig, dict[str, str]]:
+        full = self.compose(overrides, with_hydra=True)
+        return without_hydra(full), {k: str(v) for k, v in full.hydra.runtime.choices.items() if v is not None}
+
+    def check_model(self, plan: RunPlan) -> None:
+        """Build and check the run's model once per distinct model (the same check every run makes on its own)."""
+        key = repr(
+            (
+                plan.options("model"),
+                plan.options("norm"),
+                plan.data,
+                plan.per_statistic,
+                plan.eval_per_statistic,
+                plan.config.workers > 1,
+                plan.config.eval.bn_modes,
+                plan.config.device,
+            )
+        )
+        if key not in self.checked:  # fmt: skip
+            from normbench.run.devices import select_device
+            from normbench.run.setup import build_model  # deferred: imports torch
+
+            select_device(plan.config.device)
+            build_model(plan)
+            self.checked.add(key)
+
+
+def _value(override: Override) -> Any:
+    """An override's value as OmegaConf takes it (lists and dicts of the grammar as plain containers)."""
+    value = override.value()
+    return OmegaConf.to_container(OmegaConf.create({"v": value}))["v"] if isinstance(value, list | dict) else value
+
+
+def optimizing(hydra_node: DictConfig, cfg: DictConfig, sweep_dir: Path) -> int:
+    """Check an optimizing sweeper's settings against the objective the runs return (`sweep.objective`: its
+    direction, at least one trial) and return the trials still to run: a study stored in the sweep directory
+    continues where it stopped."""
+    from normbench.launch.task import OBJECTIVES
+
+    sweeper = hydra_node.sweeper
+    objective = str(cfg.sweep.objective)
+    wanted = OBJECTIVES[objective][0]
+    direction = str(sweeper.get("direction", wanted))
+    if direction not in ("minimize", "maximize"):
+        raise ConfigError(f"hydra.sweeper.direction={direction} is not valid: it must be minimize or maximize.")
+    if direction != wanted:
+        raise ConfigError(
+            f"hydra.sweeper.direction={direction} with sweep.objective={objective}: {objective} is better "
+            f"{'higher' if wanted == 'maximize' else 'lower'}, so the study must {wanted} it. Give "
+            f"hydra.sweeper.direction={wanted}, or leave it out (sweep=tune_lr derives it from the objective)."
+        )
+    n_trials = sweeper.get("n_trials", 0)
+    if not isinstance(n_trials, int) or n_trials < 1:
+        raise ConfigError(f"hydra.sweeper.n_trials={n_trials} is not valid: it must be a whole number >= 1.")
+    done = completed_trials(sweeper, sweep_dir)
+    return max(0, n_trials - done)
+
+
+def completed_trials(sweeper: DictConfig, sweep_dir: Path) -> int:
+    """The completed trials of the sweeper's study in its storage (0: no storage, or no study there yet)."""
+    storage, name = sweeper.get("storage"), sweeper.get("study_name")
+    if not storage or not str(storage).startswith("sqlite:///"):
+        return 0
+    if not Path(str(storage).removeprefix("sqlite:///")).exists():
+        return 0
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    try:
+        study = optuna.load_study(study_name=name, storage=str(storage))
+    except (KeyError, ValueError):  # no study of that name yet
+        return 0
+    return sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.get_trials(deepcopy=False))
 
 
 def grid_of_sweep(sweep_dir: Path) -> list[str]:
-    """The run directory names of the grid a sweep ran, from the multirun.yaml Hydra wrote in `sweep_dir` ([]: none
-    there, not a grid named by normbench, or no longer composable here)."""
-    try:
-        saved = OmegaConf.load(sweep_dir / rundir.SWEEP_FILE).hydra
-        if RUN_NAME_RESOLVER not in str(OmegaConf.to_container(saved.sweep)["subdir"]):
-            return []
-        kept = [o for o in saved.overrides.hydra if override_key(o).startswith(("hydra.searchpath", "hydra/sweeper"))]
-        args = [*saved.overrides.task, *kept]
-        exclude = [str(k) for k in OmegaConf.to_container(saved.job.config.override_dirname)["exclude_keys"]]
-        names = []
-        for job in sweep_jobs(args):
-            task = [o for o in job if not is_hydra_key(o)]
-            cfg = compose_config(app_overrides(job))
-            names.append(run_name(cfg.norm.name, cfg.batch_size, task, exclude))
-        return names
-    except (OSError, NormbenchError, OmegaConfBaseException, HydraException):
-        return []
+    """The run directory names of the grid a sweep planned (its plans file; [] where there is none)."""
+    sweep = SweepPlan.read(sweep_dir)
+    return list(sweep.runs) if sweep is not None else []
 
 
-def check_rerun(sweep_dir: Path, name: str, cfg: DictConfig) -> None:
+def check_rerun(sweep_dir: Path, name: str, plan: RunPlan) -> None:
     """Refuse a sweep whose run `name` already holds a run with other settings (or an unreadable record)."""
-
-    run_dir = sweep_dir / name
-    previous = RunRecord.read(run_dir)  # unreadable: raises, naming the file
-    differ = differing(previous.config, cfg, schema.VOLATILE) if previous is not None else {}
+    previous = RunRecord.read(sweep_dir / name)  # unreadable: raises, naming the file
+    differ = rundir.differing(previous.config, plan.settings(), schema.VOLATILE) if previous is not None else {}
     if differ:
         raise RunDirError(
-            f"{sweep_dir} holds an earlier sweep with other settings: its run {name} has {describe(differ)}. "
+            f"{sweep_dir} holds an earlier sweep with other settings: its run {name} has {rundir.describe(differ)}. "
             "Nothing was changed. Give this sweep a new directory (hydra.sweep.dir=DIR), or rerun with the "
             "earlier settings to continue that sweep."
         )

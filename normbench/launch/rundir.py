@@ -22,17 +22,24 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf
 
 from normbench.base.errors import CheckpointError, RunDirError
 from normbench.base.files import write_atomic
-from normbench.run import checkpoint, schema
+from normbench.plan import schema
+from normbench.plan.plan import SWEEP_PLAN_FILE
+from normbench.run import checkpoint
 from normbench.run import record as R
-from normbench.run.board import EXPERIMENT_FILE
 from normbench.run.checkpoint import CHECKPOINT_FILE
 from normbench.run.record import RunRecord
+
+if TYPE_CHECKING:
+    from torch import nn
+
+# The sweep-root file of earlier normbench versions (the HParams experiment), still accepted in a sweep directory.
+OLD_EXPERIMENT_FILE = "tensorboard_experiment.json"
 
 LOCK_FILE = ".normbench.lock"
 HYDRA_DIR = ".hydra"
@@ -82,12 +89,32 @@ def prepare(run_dir: Path) -> None:
 
 
 def refuse_unless_placed(run_dir: Path) -> None:
-    """Refuse, read-only, a directory path that is a file or lies below one."""
+    """Refuse, read-only, a directory path that is a file or lies below one, or whose names are longer than the file
+    system takes (255 bytes a name on most)."""
+    existing = next((p for p in (run_dir, *run_dir.parents) if p.exists()), Path("/"))
+    longest = _limit(existing, "PC_NAME_MAX", 255)
+    for part in run_dir.parts:
+        size = len(os.fsencode(part))
+        if size > longest:
+            raise RunDirError(
+                f"The directory name '{part[:60]}…' in {str(run_dir)[:80]}… is {size} bytes long; the file system "
+                f"takes names of at most {longest} bytes. Choose a shorter directory (hydra.run.dir=DIR or "
+                "hydra.sweep.dir=DIR), or sweep fewer keys at once (each swept key adds to a run's name)."
+            )
+    if len(os.fsencode(str(run_dir.absolute()))) >= _limit(existing, "PC_PATH_MAX", 4096):
+        raise RunDirError(f"The path {str(run_dir)[:80]}… is longer than the file system takes. {ELSEWHERE_}.")
     if run_dir.exists() and not run_dir.is_dir():
         raise RunDirError(f"{run_dir} is a file, not a directory. {ELSEWHERE_}.")
     for parent in run_dir.parents:
         if parent.exists() and not parent.is_dir():
             raise RunDirError(f"{run_dir} is below {parent}, which is a file. {ELSEWHERE_}.")
+
+
+def _limit(path: Path, name: str, default: int) -> int:
+    try:
+        return os.pathconf(path, name)
+    except (OSError, ValueError):
+        return default
 
 
 @dataclass
@@ -124,13 +151,13 @@ def _stored_config(run_dir: Path, previous: RunRecord | None) -> dict | None:
     return stored if isinstance(stored, dict) else {}
 
 
-def check(run_dir: Path, cfg: DictConfig, resume: bool, multirun: bool) -> RunRecord | None:
-    """Refuse (RunDirError / UnreadableRecord) unless `cfg`'s run may write into `run_dir`; read-only. Returns
-    the record already there, which describes the same run."""
+def check(run_dir: Path, settings: dict[str, Any], resume: bool, multirun: bool) -> RunRecord | None:
+    """Refuse (RunDirError / UnreadableRecord) unless the run of `settings` (its plan's) may write into `run_dir`;
+    read-only. Returns the record already there, which describes the same run."""
     previous = RunRecord.read(run_dir)  # unreadable: raises
     stored = _stored_config(run_dir, previous)
     if stored is not None:
-        differ = differing(stored, cfg, schema.VOLATILE)
+        differ = differing(stored, settings, schema.VOLATILE)
         if differ:
             raise RunDirError(
                 f"{run_dir} already holds a different run: {describe(differ)}. normbench does not overwrite "
@@ -153,11 +180,8 @@ def check(run_dir: Path, cfg: DictConfig, resume: bool, multirun: bool) -> RunRe
     if has_checkpoint and not (multirun or resume):
         raise RunDirError(f"{run_dir} holds a checkpoint but no record. Continue it with resume=true, or {ELSEWHERE}.")
     entries = _entries(run_dir)
-    if resume and not multirun and not has_checkpoint and entries:
-        raise RunDirError(
-            f"resume=true, but {run_dir} holds no checkpoint to continue from (it holds {_listed(entries)}). "
-            f"Drop resume=true and {ELSEWHERE}, or remove that directory."
-        )
+    # resume=true where this run has nothing to continue from yet (a new directory, or one that holds only this
+    # run's .hydra/ from a start stopped before its first checkpoint): it starts at step 0.
     if stored is None and not has_checkpoint and entries:  # neither this run's nor any run's: someone else's
         what = "a sweep's directory" if SWEEP_FILE in entries else "not a run's directory"
         raise RunDirError(
@@ -170,7 +194,18 @@ def check(run_dir: Path, cfg: DictConfig, resume: bool, multirun: bool) -> RunRe
 SWEEP_FILE = "multirun.yaml"  # what Hydra writes at a sweep's root
 # At a sweep's root besides its runs' directories: Hydra's file, the HParams experiment, the summary and report,
 # submitit's folder.
-SWEEP_ROOT_FILES = (SWEEP_FILE, EXPERIMENT_FILE, "summary.csv", "summary.json", "report.md", ".submitit")
+SWEEP_ROOT_FILES = (
+    SWEEP_FILE,
+    SWEEP_PLAN_FILE,
+    OLD_EXPERIMENT_FILE,
+    "summary.csv",
+    "summary.json",
+    "report.md",
+    ".submitit",
+    "error_vs_batch.png",
+    "curves.png",
+    "optimization_results.yaml",
+)
 RUN_MARKS = (R.RESULTS_FILE, CHECKPOINT_FILE, HYDRA_DIR)  # what says a directory holds a run
 
 
@@ -204,15 +239,15 @@ def check_sweep_dir(sweep_dir: Path, runs: list[str]) -> None:
         )
 
 
-def read_checkpoint(run_dir: Path, cfg: DictConfig) -> dict[str, Any] | None:
-    """The run's checkpoint, read once (`checkpoint.read`) and checked before anything is written into the
-    directory: one that a resume cannot load (empty, truncated, not normbench's, another model's or norm's) is
-    refused with a message, not a traceback half-way into the resume. None when there is no checkpoint; the payload
-    is what the run restores."""
+def read_checkpoint(run_dir: Path, model: nn.Module, settings: dict[str, Any]) -> dict[str, Any] | None:
+    """The run's checkpoint, read once (`checkpoint.read`) and checked against the run's built `model` before
+    anything is written into the directory: one that a resume cannot load (empty, truncated, not normbench's,
+    another model's or norm's) is refused with a message, not a traceback half-way into the resume. None when there
+    is no checkpoint; the payload is what the run restores."""
     path = run_dir / CHECKPOINT_FILE
     try:
         payload = checkpoint.read(run_dir)
-        why = _other_model(payload["model"], cfg) if payload is not None else ""
+        why = _other_model(payload["model"], model, settings) if payload is not None else ""
     except checkpoint.UnreadableCheckpoint as error:
         why = str(error)
     if why:
@@ -223,13 +258,11 @@ def read_checkpoint(run_dir: Path, cfg: DictConfig) -> dict[str, Any] | None:
     return payload
 
 
-def _other_model(saved: Any, cfg: DictConfig) -> str:
-    """Why the saved model weights do not fit the model `cfg` builds ("" if they do): another run's checkpoint."""
-    from normbench.parts.models import build_model  # deferred like torch: this module is read without it
-
+def _other_model(saved: Any, model: nn.Module, settings: dict[str, Any]) -> str:
+    """Why the saved model weights do not fit the run's `model` ("" if they do): another run's checkpoint."""
     if not isinstance(saved, dict):
         return "its model is not a state_dict"
-    expected = {k: tuple(v.shape) for k, v in build_model(cfg.model, cfg.norm).state_dict().items()}
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     found = {k: tuple(getattr(v, "shape", ())) for k, v in saved.items()}
     if expected == found:
         return ""
@@ -242,8 +275,8 @@ def _other_model(saved: Any, cfg: DictConfig) -> str:
         f"holds {', '.join(shapes[:3])}" * bool(shapes),
     ]
     return (
-        f"it holds another run's model: its weights do not fit model={cfg.model.name} norm={cfg.norm.name} (it "
-        f"{'; it '.join(p for p in parts if p)})"
+        f"it holds another run's model: its weights do not fit model={settings['model']['name']} "
+        f"norm={settings['norm']['name']} (it {'; it '.join(p for p in parts if p)})"
     )
 
 
@@ -257,12 +290,14 @@ def _flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def differing(stored: dict[str, Any], cfg: DictConfig, volatile: tuple[str, ...]) -> dict[str, tuple[Any, Any]]:
-    """The settings in which a stored config and `cfg` describe different runs, as {key: (stored, now)}: every
-    setting both configs have, except those that may change between attempts. Settings that only one side has
-    are ignored, so a normbench version that adds a setting (with its default) still recognises earlier runs."""
+def differing(
+    stored: dict[str, Any], settings: dict[str, Any], volatile: tuple[str, ...]
+) -> dict[str, tuple[Any, Any]]:
+    """The settings in which a stored config and a run's `settings` describe different runs, as {key: (stored, now)}:
+    every setting both configs have, except those that may change between attempts. Settings that only one side
+    has are ignored, so a normbench version that adds a setting (with its default) still recognises earlier runs."""
     old = _flatten(stored)
-    new = _flatten(OmegaConf.to_container(cfg, resolve=True))  # type: ignore[arg-type]
+    new = _flatten(settings)
     common = sorted((old.keys() & new.keys()) - set(volatile))
     return {k: (old[k], new[k]) for k in common if old[k] != new[k]}
 
@@ -274,14 +309,14 @@ def describe(differ: dict[str, tuple[object, object]]) -> str:
     return ", ".join(items) + more
 
 
-def claim(run_dir: Path, cfg: DictConfig, resume: bool, multirun: bool) -> Claim:
-    """Check `run_dir` for `cfg`'s run, then lock it. Nothing is created before the checks pass; the checks are
-    repeated under the lock, since another process may have written the directory in between. A single run's
-    checkpoint to resume from must fit it (`read_checkpoint`) before the lock file is created; a sweep's job reads
-    its checkpoint in its run, which records a failure to load it."""
-    previous = check(run_dir, cfg, resume, multirun)
+def claim(run_dir: Path, settings: dict[str, Any], resume: bool, multirun: bool, model: nn.Module) -> Claim:
+    """Check `run_dir` for the run of `settings` (its plan's), then lock it. Nothing is created before the checks
+    pass; the checks are repeated under the lock, since another process may have written the directory in between.
+    A single run's checkpoint to resume from must fit its built `model` (`read_checkpoint`) before the lock file is
+    created; a sweep's job reads its checkpoint once it holds the claim, and records a failure to load it."""
+    previous = check(run_dir, settings, resume, multirun)
     resuming = resume and not multirun and not (previous is not None and previous.status == R.COMPLETED)
-    saved = read_checkpoint(run_dir, cfg) if resuming else None
+    saved = read_checkpoint(run_dir, model, settings) if resuming else None
     read_as = _stat(run_dir / CHECKPOINT_FILE)
     lock = run_dir / LOCK_FILE
     try:
@@ -297,9 +332,9 @@ def claim(run_dir: Path, cfg: DictConfig, resume: bool, multirun: bool) -> Claim
             f"{lock}). Wait for it to finish, or {ELSEWHERE}."
         ) from None
     try:
-        previous = check(run_dir, cfg, resume, multirun)
+        previous = check(run_dir, settings, resume, multirun)
         if resuming and _stat(run_dir / CHECKPOINT_FILE) != read_as:  # another process saved one meanwhile
-            saved = read_checkpoint(run_dir, cfg)
+            saved = read_checkpoint(run_dir, model, settings)
     except BaseException:
         os.close(fd)
         raise
@@ -342,11 +377,11 @@ class RunInUse(RunDirError):
     """A run directory whose lock another process holds."""
 
 
-def write_hydra_files(run_dir: Path, cfg: DictConfig, hydra_cfg: DictConfig) -> None:
+def write_hydra_files(run_dir: Path, settings: dict[str, Any], hydra_cfg: DictConfig) -> None:
     """What Hydra writes into `.hydra/` (config, hydra, overrides), written once the run is accepted; kept
     when present, so that a resumed run's files still name the overrides it was started with."""
     files = {
-        "config.yaml": cfg,
+        "config.yaml": OmegaConf.create(settings),
         "hydra.yaml": OmegaConf.create({"hydra": hydra_cfg}),
         "overrides.yaml": hydra_cfg.overrides.task,
     }

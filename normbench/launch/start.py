@@ -1,30 +1,35 @@
-"""`normbench run` and `normbench sweep` as the launch layer does them: Hydra's own entry point (`task.hydra_main`)
-with every run checked before it trains (`preflight.py`), and a sweep's outcome from its records."""
+"""`normbench run` and `normbench sweep` as the launch layer does them.
+
+A run: its config composed once with Hydra's compose API, planned (plan/plan.py), and carried out (execute.py) in
+this process. A sweep: every run of its grid planned and checked before anything trains (preflight.py), then Hydra's
+own multirun (`task.hydra_main`) with its launchers, and the sweep's outcome from its records. Hydra's flags that
+only print (`--cfg`, `--info`, ...) go to Hydra's entry point after the same checks."""
 
 from __future__ import annotations
 
 import argparse
-import os
 import shlex
-import time
 import traceback
 from pathlib import Path
 
 # The one use of Hydra's internals in normbench: Hydra's own argparse parser, so that flags are read exactly as
 # Hydra reads them (no public API exposes it); tests/test_adversarial.py fails if it changes.
 from hydra._internal.utils import get_args_parser
+from omegaconf import DictConfig
 
+from normbench.base import signals
 from normbench.base.console import console
-from normbench.base.errors import EXIT_CRASH, EXIT_INTERRUPTED, EXIT_SWEEP_INCOMPLETE, ConfigError, NormbenchError
+from normbench.base.errors import EXIT_CRASH, EXIT_INTERRUPTED, EXIT_SWEEP_INCOMPLETE, ConfigError, StoppedBeforeStart
 from normbench.base.overrides import hydra_value, override_key, parse
 from normbench.launch import task
-from normbench.launch.compose import compose_config, hydra_errors, sweep_jobs
-from normbench.launch.preflight import has_grid, plan_sweep, sweep_checked
+from normbench.launch.compose import compose_run, hydra_errors, sweep_jobs
+from normbench.launch.execute import env_set, execute, launch_of_run
+from normbench.launch.preflight import has_grid, placed, plan_sweep, without_hydra
 from normbench.launch.stop import STOP
-from normbench.launch.summary import sweep_outcome
-from normbench.run.board import SweepExperiment
+from normbench.launch.summary import mark_study, sweep_outcome
+from normbench.plan.plan import RunPlan, plan_run
 
-FULL_ERROR = "HYDRA_FULL_ERROR"
+MULTIRUN_FLAGS = ("-m", "--multirun")
 
 
 def overrides_only(args: list[str]) -> bool:
@@ -99,9 +104,14 @@ def _prints_the_run(flags: argparse.Namespace) -> bool:
 
 
 def start_run(args: list[str]) -> int:
-    """One run (see `run_through_hydra`); `--cfg`, `--info` and the like print a config only after the checks a
-    run makes; help and Hydra's rarer flags go straight to Hydra."""
+    """One run (`run_once`); `--cfg`, `--info` and the like print a config only after the checks a run makes;
+    help and Hydra's rarer flags go straight to Hydra."""
     flags = parse_flags(args)
+    if flags.multirun:
+        raise ConfigError(
+            f"{' '.join(a for a in args if a in MULTIRUN_FLAGS)}: `normbench run` trains one run. Run a sweep with "
+            f"`{shlex.join(['normbench', 'sweep', *(a for a in args if a not in MULTIRUN_FLAGS)])}`."
+        )
     if _passes_through(flags):
         return task.hydra_main(hydra_args(args))
     overrides = with_config_dir(flags.overrides, flags.config_dir)
@@ -114,67 +124,76 @@ def start_run(args: list[str]) -> int:
         )
     if _shows(flags):
         if _prints_the_run(flags):
-            compose_config(overrides)  # validated: refuses what the run would refuse
+            plan_once(overrides)  # checked: refuses what the run would refuse
         flag_tokens = [a for a in args if a not in flags.overrides and a != f"--config-dir={flags.config_dir}"]
         return task.hydra_main(hydra_args([*flag_tokens, *overrides]))
-    return run_through_hydra(overrides)
+    return run_once(overrides)
 
 
-def run_through_hydra(args: list[str]) -> int:
-    """One run through Hydra's entry point, which composes its config once; `preflight.RunCheck` checks that config
-    before anything is written. Returns the exit code; raises ConfigError for a config Hydra cannot compose.
+def plan_once(overrides: list[str]) -> tuple[RunPlan, DictConfig]:
+    """The run's config composed once (with Hydra's node) and planned: (plan, Hydra's node). Raises NormbenchError
+    for anything the schema, the data or the launch refuses."""
+    with hydra_errors():
+        cfg = compose_run(overrides)
+        env_set(list(cfg.hydra.job.env_set.items()))
+        directory = placed(str(cfg.hydra.run.dir), "hydra.run.dir")
+    launch = launch_of_run(cfg, directory)
+    return plan_run(without_hydra(cfg), directory, launch), cfg.hydra
 
-    HYDRA_FULL_ERROR (Hydra's documented switch) makes Hydra raise its errors instead of printing them, so that a
-    composition error gets normbench's paragraph and exit code 2; a crash keeps its traceback and exit code 1."""
-    saved = os.environ.get(FULL_ERROR)
-    os.environ[FULL_ERROR] = "1"
+
+def run_once(overrides: list[str]) -> int:
+    """One run in this process (or its worker processes): composed and planned once (`plan_once`), then carried out
+    (execute.py), which ends with the run's exit code. A stop signal while it sets up stops it with one line."""
     try:
-        with hydra_errors():
-            return task.hydra_main(hydra_args(args))
-    except NormbenchError:
-        raise
-    except Exception:
+        plan, hydra_cfg = plan_once(overrides)
+        signals.raise_if_requested()
+        execute(plan, hydra_cfg, multirun=False)
+    except SystemExit as exit_:
+        return exit_.code if isinstance(exit_.code, int) else EXIT_CRASH
+    except StoppedBeforeStart as error:
+        console.print(f"[yellow]Interrupted[/] {error}", highlight=False)
+        return error.exit_code
+    except Exception:  # a crash: its traceback (the run's record says it failed, and why)
         traceback.print_exc()
         return EXIT_CRASH
-    finally:
-        if saved is None:
-            os.environ.pop(FULL_ERROR, None)
-        else:
-            os.environ[FULL_ERROR] = saved
+    return 0
 
 
 def start_sweep(given: list[str]) -> int:
-    """A sweep: every run of its grid checked before anything trains (raises NormbenchError), then Hydra's
-    multirun; returns the exit code the sweep's records give (`summary.sweep_outcome`)."""
+    """A sweep: every run of its grid planned and checked before anything trains (raises NormbenchError), then
+    Hydra's multirun; returns the exit code the sweep's records give (`summary.sweep_outcome`)."""
+    given = [a for a in given if a not in MULTIRUN_FLAGS]  # a sweep is a multirun already
     flags = parse_flags(given)
     if _passes_through(flags):
         return task.hydra_main(["--multirun", *hydra_args(given)])
     overrides = with_config_dir(flags.overrides, flags.config_dir)
     default = [] if has_grid(overrides) else ["sweep=default"]  # no grid given: the named default grid
     args = [*default, *overrides]
+
+    def again(sweep_dir: Path) -> str:
+        kept = [a for a in given if override_key(a) != "hydra.sweep.dir"]
+        return shlex.join(["normbench", "sweep", *kept, f"hydra.sweep.dir={hydra_value(str(sweep_dir))}"])
+
     if _shows(flags):
         if _prints_the_run(flags):
-            plan_sweep(args, create=False)  # every run checked, as a sweep would; nothing written
+            plan_sweep(args, again, create=False)  # every run checked, as a sweep would; nothing written
         # Hydra prints one config, not a multirun's: the grid's first run's.
         flag_tokens = [a for a in given if a not in flags.overrides and a != f"--config-dir={flags.config_dir}"]
         return task.hydra_main(hydra_args([*flag_tokens, *sweep_jobs(args)[0]]))
     with STOP.main_process():  # a signal from here on stops the sweep, whatever it is doing
-        plan = plan_sweep(args)
-        sweep_dir = plan.sweep_dir
-        again = shlex.join(["normbench", "sweep", *(a for a in given if override_key(a) != "hydra.sweep.dir"),
-                            f"hydra.sweep.dir={hydra_value(str(sweep_dir))}"])  # fmt: skip
+        check = plan_sweep(args, again)
         code = EXIT_INTERRUPTED
         if not STOP.stopping():
-            if plan.hparams:  # the HParams experiment of the runs checked above; each run copies it
-                # A sweep continued or extended in the same directory keeps its start (its runs' order).
-                grid = SweepExperiment.read(sweep_dir) or SweepExperiment(time.time(), {}, {})
-                grid.hparams.update(plan.hparams)
-                grid.metrics.update(plan.metrics)
-                grid.write(sweep_dir)
-            if plan.runs:
-                console.print(f"Sweeping {len(plan.runs)} runs.", highlight=False)
-            with sweep_checked():
-                code = task.hydra_main(["--multirun", *hydra_args(plan.args)])
+            if check.sweeper != "basic" and check.trials == 0:
+                console.print("The study in this directory has all its trials: nothing to run.", highlight=False)
+                code = 0
+            else:
+                if check.runs:
+                    console.print(f"Sweeping {len(check.runs)} runs.", highlight=False)
+                code = task.hydra_main(["--multirun", *hydra_args(check.args)])
+        interrupted = code == EXIT_INTERRUPTED or STOP.stopping()
+        if check.sweeper != "basic":
+            mark_study(check.sweep_dir, interrupted)
         if code in (0, EXIT_INTERRUPTED, EXIT_SWEEP_INCOMPLETE):  # 4: a parallel worker died (stop.py)
-            code = sweep_outcome(sweep_dir, plan.runs, again, interrupted=code == EXIT_INTERRUPTED or STOP.stopping())
+            code = sweep_outcome(check.sweep_dir, check.runs, again(check.sweep_dir), interrupted=interrupted)
     return code

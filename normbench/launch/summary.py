@@ -1,61 +1,28 @@
 """What a sweep leaves: the summary table and files at its end (a Hydra callback, so that it works under every
-launcher), the HParams experiment of a grid no pre-flight checked, and the exit code its records give."""
+launcher), a study's account of its trials, and the exit code its records give."""
 
 from __future__ import annotations
 
 import shlex
-import time
 from pathlib import Path
 from typing import Any
 
-from hydra import compose
-from hydra.errors import HydraException
+import yaml
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
-from omegaconf.errors import OmegaConfBaseException
 
 from normbench.base.console import console
-from normbench.base.errors import EXIT_INTERRUPTED, EXIT_SWEEP_INCOMPLETE, ConfigError, NormbenchError
-from normbench.base.overrides import is_hydra_key
-from normbench.launch.compose import expand_grid
-from normbench.launch.naming import run_name, swept_keys
-from normbench.launch.preflight import CHECKED
+from normbench.base.errors import EXIT_INTERRUPTED, EXIT_SWEEP_INCOMPLETE, NormbenchError
+from normbench.base.files import write_atomic
 from normbench.launch.rundir import CHECKPOINT_FILE, HYDRA_DIR, in_use
-from normbench.run.board import EVENTS_PREFIX, SweepExperiment, run_hparams, run_metrics, tensorboard_hint
-from normbench.run.record import COMPLETED, RUNNING, UnreadableRecord, find_records
-from normbench.run.report import flagged_count, print_tables, write_summary
-from normbench.run.setup import effective_lr
+from normbench.run.board import EVENTS_PREFIX, tensorboard_hint
+from normbench.run.record import COMPLETED, RUNNING, RunRecord, UnreadableRecord, find_records
+from normbench.run.report import STUDY_FILE, flagged_count, print_tables, write_summary
 
 
 class SweepSummary(Callback):
-    """At the start of a multirun that no pre-flight checked (`normbench sweep` with Hydra flags such as
-    --config-dir, or Hydra called directly), the HParams experiment of its grid in the sweep directory (otherwise
-    `normbench sweep` writes it from the runs its pre-flight checked); at the end, a table of the grid,
-    summary.csv / summary.json, and how to open it in TensorBoard."""
-
-    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        if CHECKED.sweep:  # the pre-flight expanded this grid and wrote its experiment
-            return
-        hydra_cfg = config.hydra
-        exclude = hydra_cfg.job.config.override_dirname.exclude_keys
-        try:
-            jobs = expand_grid(hydra_cfg.overrides.task, hydra_cfg.sweeper.get("params") or {})
-        except ConfigError:  # not a grid (an optimizing sweeper's intervals): no experiment up front
-            return
-        sweep_dir = Path(hydra_cfg.sweep.dir)
-        # A sweep continued or extended in the same directory keeps its start (its runs' order) and adds its runs.
-        grid = SweepExperiment.read(sweep_dir) or SweepExperiment(time.time(), {}, {})
-        for job in jobs:
-            task = [o for o in job if not is_hydra_key(o)]
-            try:  # inside the running app: Hydra's compose API composes with its config source
-                cfg = compose("config", overrides=task)
-            except (HydraException, OmegaConfBaseException):  # that run fails and is recorded; the others go on
-                continue
-            name = run_name(cfg.norm.name, cfg.batch_size, task, exclude)
-            grid.hparams[name] = run_hparams(cfg, effective_lr(cfg.optim, cfg.batch_size), swept_keys(job, exclude))
-            grid.metrics[name] = run_metrics(cfg)
-        if grid.hparams:
-            grid.write(sweep_dir)
+    """At the end of a multirun: a table of the grid, summary.csv / summary.json, and how to open it in TensorBoard
+    (a Hydra callback, so that it works under every launcher)."""
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
@@ -69,13 +36,14 @@ class SweepSummary(Callback):
             return
         print_tables(summary)
         flagged = flagged_count(summary)  # a number from a run that did not learn is not a finding: say so last
-        console.print(
-            "Flagged: "
-            + "; ".join(f"[bold red]{n} of {len(summary['runs'])} runs {flag}[/]" for flag, n in flagged.items())
-            if flagged
-            else f"Flagged: none of {len(summary['runs'])} runs (each learned and settled).",
-            highlight=False,
-        )
+        completed = sum(r["status"] == COMPLETED for r in summary["runs"])
+        if flagged:
+            words = "; ".join(f"[bold red]{n} of {completed} completed runs {flag}[/]" for flag, n in flagged.items())
+        elif completed:
+            words = f"none of the {completed} completed runs (each learned and settled)"
+        else:
+            words = "nothing to flag: no run completed"
+        console.print(f"Flagged: {words}.", highlight=False)
         console.print(
             f"Summary: {sweep_dir / 'summary.csv'}, {sweep_dir / 'summary.json'}. Figures: "
             f"{shlex.join(['normbench', 'report', str(sweep_dir)])}.\n"
@@ -137,3 +105,20 @@ def sweep_outcome(sweep_dir: Path, runs: list[str], again: str, interrupted: boo
         soft_wrap=True,
     )
     return EXIT_SWEEP_INCOMPLETE
+
+
+def mark_study(sweep_dir: Path, interrupted: bool) -> None:
+    """Say in an optimizing sweep's results (Hydra's Optuna sweeper writes `optimization_results.yaml` whatever
+    happened) how many of its trials completed, and whether the study stopped before its end: a partial study's
+    best value is the best of fewer trials. The same sweep command continues it."""
+    path = sweep_dir / STUDY_FILE
+    try:
+        results = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return
+    completed = sum(1 for _, r in find_records(sweep_dir) if isinstance(r, RunRecord) and r.status == COMPLETED)
+    results["normbench"] = {"trials_completed": completed, "partial": interrupted}
+    write_atomic(path, lambda f: yaml.safe_dump(results, f, sort_keys=False))
+    if interrupted:
+        console.print(f"The study is partial: {completed} trials completed; its best value is the best of those.",
+                      highlight=False)  # fmt: skip

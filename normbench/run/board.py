@@ -12,29 +12,26 @@ directory holding one as a run, so an experiment at the sweep root would be a ru
 * Run order: TensorBoard's Scalars, Histograms, Distributions and Custom Scalars list runs by their first event's
   time (Time Series and HParams sort by name). A sweep run's events therefore begin with one marker event dated
   by its place in the sorted grid (the sweep's start plus 1 ms per rank), so every tab lists norm, then batch.
-* HParams: a run writes its session start (its hparams) when it starts and its session end (its status) when it
-  ends, so every run has a row whatever happens to it. The experiment (which hparams exist, their values, which
-  differ; which metrics) goes into every run: a sweep's callback writes the grid's experiment to
-  `EXPERIMENT_FILE` in the sweep directory at its start and each run copies it into its events (TensorBoard takes
-  the first it finds; all are the same). Metrics are the last values of existing tags (`val/acc`, ...). Only the
-  metrics every run of the experiment has are listed: TensorBoard's parallel coordinates select the first five
+* HParams: a run writes its session start (its hparams, from its plan) when it starts and its session end (its
+  status) when it ends, so every run has a row whatever happens to it. The experiment (which hparams exist, their
+  values, which differ; which metrics) goes into every run: made from the plans of its sweep's runs (the sweep's
+  plan file, plan/plan.py `SweepPlan`), so every run writes the same one (TensorBoard takes the first it finds).
+  Metrics are the last values of existing tags (`val/acc`, ...). Only the metrics every run of the experiment has are
+  listed: TensorBoard's parallel coordinates select the first five
   metrics and drop every run that lacks one (a BN-only metric would hide every other norm).
 """
 
 from __future__ import annotations
 
-import json
 import shlex
 import time
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 import torch
 from google.protobuf import struct_pb2
-from omegaconf import DictConfig, OmegaConf
 from tensorboard.compat.proto.event_pb2 import Event
 from tensorboard.compat.proto.summary_pb2 import Summary
 from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
@@ -42,20 +39,12 @@ from tensorboard.summary.writer.record_writer import RecordWriter
 from torch import Tensor
 from torch.utils.tensorboard import SummaryWriter
 
-from normbench.base.files import write_atomic
-from normbench.parts.norms import NORMS
+from normbench.plan.plan import HValue, RunPlan, SweepPlan
 from normbench.run import record as R
 
-HValue = str | float | bool
 EVENTS_PREFIX = "events.out.tfevents."  # the name of every TensorBoard event file
-# HParams columns: the last value of each of these tags in a run. Every run has these four...
-METRICS = ("val/acc", "val/loss", "train/acc", "train/loss_epoch")
-# ... and BN-family runs with eval.bn_modes these (PreciseBN's only with eval.precise_bn_images > 0).
-BN_METRICS = ("val/acc_batch_stats", "val/acc_precise_bn")
 LR_TAG = "train/lr"
 DIAGNOSTICS = "watch"  # the group of every diagnostic tag: sorts after train and val
-# A sweep's HParams experiment, written by its callback at its start and copied into every run.
-EXPERIMENT_FILE = "tensorboard_experiment.json"
 # HParams statuses of the results.json statuses that end a run for good. TensorBoard keeps the first status a
 # run directory holds, so an interrupted (resumable) run writes none: it shows as unknown until it ends.
 STATUS = {R.COMPLETED: api_pb2.STATUS_SUCCESS, R.DIVERGED: api_pb2.STATUS_FAILURE, R.FAILED: api_pb2.STATUS_FAILURE}
@@ -87,42 +76,6 @@ def bn_tag(layer: str, statistic: str, source: str) -> str:
     """`watch/bn/<layer>/<mean|var>/<batch|running|gap|ratio>`: TensorBoard sorts a statistic's batch value, its
     running value and their comparison next to each other."""
     return f"{DIAGNOSTICS}/bn/{layer}/{statistic}/{source}"
-
-
-def run_metrics(cfg: DictConfig) -> list[str]:
-    """The metric tags a run of `cfg` writes (its BN-mode validations only for a norm with batch statistics)."""
-    spec = NORMS.get(str(cfg.norm.name))
-    if spec is None or not spec.batch_statistics or not cfg.eval.bn_modes:
-        return list(METRICS)
-    return [*METRICS, *BN_METRICS[: 2 if cfg.eval.precise_bn_images else 1]]
-
-
-def _plain(value: Any) -> HValue:
-    """A config value as an HParams value: a config group by its name, numbers and booleans as they are."""
-    if isinstance(value, DictConfig) and "name" in value:
-        return str(value.name)
-    if isinstance(value, bool | int | float | str):
-        return value
-    return str(OmegaConf.to_container(value) if OmegaConf.is_config(value) else value)
-
-
-def run_hparams(cfg: DictConfig, lr: float, keys: Iterable[str] = ()) -> dict[str, HValue]:
-    """A run's HParams: the always-useful ones (lr = the effective learning rate) and the given swept `keys`.
-    Workers and images per worker join them when workers are swept or more than one."""
-    keys = list(keys)
-    values: dict[str, HValue] = {
-        "norm": cfg.norm.name,
-        "batch_size": cfg.batch_size,
-        "lr": lr,
-        "model": cfg.model.name,
-        "seed": cfg.seed,
-    }
-    workers = cfg.get("workers", 1)
-    if workers > 1 or "workers" in keys:
-        values |= {"workers": workers, "images_per_worker": cfg.batch_size // workers}
-    for key in keys:
-        values.setdefault(key, _plain(OmegaConf.select(cfg, key)))
-    return values
 
 
 def _summary(tag: str, data: plugin_data_pb2.HParamsPluginData) -> Summary:
@@ -162,50 +115,17 @@ def experiment_summary(
     return _summary(metadata.EXPERIMENT_TAG, plugin_data_pb2.HParamsPluginData(experiment=experiment))
 
 
-@dataclass
-class SweepExperiment:
-    """A sweep's grid for TensorBoard: each run's hparams and metric tags by run name, and when it started."""
-
-    started: float
-    hparams: dict[str, dict[str, HValue]]
-    metrics: dict[str, list[str]]
-
-    def write(self, sweep_dir: Path) -> None:
-        write_atomic(sweep_dir / EXPERIMENT_FILE, lambda f: json.dump(asdict(self), f, indent=1))
-
-    @classmethod
-    def read(cls, sweep_dir: Path) -> SweepExperiment | None:
-        """The sweep's experiment; None when its callback wrote none (a sweep that is not a grid)."""
-        try:
-            return cls(**json.loads((sweep_dir / EXPERIMENT_FILE).read_text()))
-        except (OSError, ValueError, TypeError):
-            return None
-
-    def summary(self) -> Summary:
-        return experiment_summary(list(self.hparams.values()), list(self.metrics.values()))
-
-    def first_event_time(self, run: str) -> float | None:
-        """The marker time of `run`: the sweep's start plus 1 ms per place in name order (None: not in the grid)."""
-        names = sorted(self.hparams)
-        return self.started + names.index(run) * 1e-3 if run in names else None
-
-
-def run_experiment(
-    hparams: Mapping[str, HValue], metrics: Sequence[str], run_dir: Path, sweep_dir: Path | None
-) -> tuple[Summary, float | None]:
-    """The experiment a run writes and the time of its order marker: its sweep's experiment and its place in the
-    sweep's grid; the experiment of itself alone outside a sweep; inside a sweep without a grid (an optimizing
-    sweeper), its own hparams and metrics without domains, and no marker."""
-    if sweep_dir is None:
-        return experiment_summary([hparams], [metrics]), None
-    sweep = SweepExperiment.read(sweep_dir)
-    if sweep is None:
-        return experiment_summary([hparams], [metrics], domains=False), None
-    try:
-        name = run_dir.resolve().relative_to(sweep_dir.resolve()).as_posix()
-    except ValueError:  # a run directory outside its sweep's (a custom hydra.sweep.subdir): no place in the grid
-        return sweep.summary(), None
-    return sweep.summary(), sweep.first_event_time(name)
+def run_experiment(plan: RunPlan) -> tuple[Summary, float | None]:
+    """The experiment a run writes and the time of its order marker: its sweep's experiment (every run of the
+    sweep's plans) and its place in the sweep; the experiment of itself alone outside a sweep; inside a sweep whose
+    runs are not known up front (an optimizing sweeper), its own hparams and metrics without domains, and no
+    marker."""
+    if plan.sweep_dir is None:
+        return experiment_summary([plan.hparams], [plan.metrics]), None
+    sweep = SweepPlan.read(plan.sweep_dir)
+    if sweep is None or plan.name not in sweep.runs:
+        return experiment_summary([plan.hparams], [plan.metrics], domains=False), None
+    return experiment_summary(sweep.hparams(), sweep.metrics()), sweep.place(plan.name)
 
 
 def write_order_marker(log_dir: Path, wall_time: float) -> None:

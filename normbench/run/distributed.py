@@ -31,23 +31,15 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
-from normbench.base.errors import ConfigError
 from normbench.base.signals import StopRequest
 from normbench.parts.norms.layers import unsynced
 from normbench.run.devices import select_device
 
-# What torchrun (and submitit's TorchDistributedEnvironment) export to each worker process.
-TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 # The start of the message of a rank that stopped because another one did not answer: `launch/processes.py` names
 # the rank that failed first, not the ones that lost it.
 LOST = "lost contact with the other ranks"
 # How long a rank waits for the others at a collective (rank 0's validation at an epoch's end included).
 TIMEOUT = datetime.timedelta(minutes=30)
-
-
-def launched() -> bool:
-    """Whether this process is one worker of a torch.distributed run (torchrun's variables are set)."""
-    return all(key in os.environ for key in TORCHRUN_ENV)
 
 
 @dataclass
@@ -122,17 +114,11 @@ class Ranks:
         return box[0]
 
 
-def join(device: str, workers: int) -> Ranks:
-    """Join the process group torchrun's variables describe: gloo on the CPU; on CUDA one GPU per process (its
-    LOCAL_RANK) and nccl where there are enough GPUs for that, gloo where the processes share one. Raises a
-    ConfigError when the processes are not `workers`."""
+def join(device: str) -> Ranks:
+    """Join the process group torchrun's variables describe (they are as many as the run's workers: the launch
+    layer checked it): gloo on the CPU; on CUDA one GPU per process (its LOCAL_RANK) and nccl where there are enough
+    GPUs for that, gloo where the processes share one."""
     world = int(os.environ["WORLD_SIZE"])
-    if world != workers:
-        raise ConfigError(
-            f"workers={workers}, but torch.distributed started {world} processes (WORLD_SIZE={world}). Each "
-            f"process is one worker: start as many as `workers` says (torchrun --nproc_per_node={workers}, "
-            f"or `normbench run workers={world} ...`)."
-        )
     rank, local_rank = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"])
     backend = "gloo"
     if select_device(device).type == "cuda":

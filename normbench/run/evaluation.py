@@ -10,8 +10,8 @@ batch 2 and at batch 128 are estimated from the same images. Comparing the three
 statistics from poor running estimates.
 
 The batch-statistics validation runs grouped (`batch_stats_accuracy`): chunks of many shares go through one
-forward with per-share statistics (the worker-share mechanism of parts/norms/layers.py), so a run at 2 images per
-worker makes a few dozen forwards of its validation set instead of one per 2 images, with the same statistics.
+forward with per-share statistics (the worker shares of parts/norms/shares.py), so a run at 2 images per worker
+makes a few dozen forwards of its validation set instead of one per 2 images, with the same statistics.
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from normbench.base.errors import NormError
-from normbench.parts.data import Batches
-from normbench.parts.norms.layers import set_workers, takes_workers
+from normbench.parts.data.batches import Batches
+from normbench.parts.norms.shares import PerShare, forward_in_shares
 
 
 def has_running_stats(module: nn.Module) -> bool:
@@ -95,18 +95,14 @@ def bn_mode_accuracies(
     precise_bn_batches: Batches | None,
     plan: PreciseBNPlan | None,
     autocast: AbstractContextManager[object] | None = None,
-    workers: int = 1,
 ) -> tuple[float, float | None]:
-    """Validation accuracy with batch statistics of the training images per worker, the batch size of
+    """Validation accuracy with batch statistics of the training images per statistic, the batch size of
     `val_at_train_batch_size` (the running statistics are left as they were; `batch_stats_accuracy`), and with
     PreciseBN statistics over `plan.batches` batches of `precise_bn_batches` (None without a plan). Leaves
-    `model` in eval mode, its worker shares set to `workers` again."""
+    `model` in eval mode."""
     with contract(BATCH_STATS_CONTRACT), frozen_buffers(model):
         model.train()
-        try:
-            batch_stats = batch_stats_accuracy(model, val_at_train_batch_size, val.batch_size, autocast)
-        finally:
-            set_workers(model, workers)
+        batch_stats = batch_stats_accuracy(model, val_at_train_batch_size, val.batch_size, autocast)
     precise = None
     if precise_bn_batches is not None and plan is not None:
         with contract(PRECISE_BN_CONTRACT):
@@ -155,8 +151,14 @@ def contract(phase: str) -> Iterator[None]:
 
 
 def groupable(model: nn.Module) -> bool:
-    """Whether every layer with batch statistics takes them per worker share (syncbn's take them over all)."""
-    return all(takes_workers(m) and not getattr(m, "synced", False) for m in model.modules() if has_running_stats(m))
+    """Whether every layer with batch statistics takes them per worker share (syncbn's, over all, do not)."""
+    from normbench.parts.norms.layers import ReferenceSyncBatchNorm
+
+    return all(
+        isinstance(m, PerShare) and not isinstance(m, ReferenceSyncBatchNorm)
+        for m in model.modules()
+        if has_running_stats(m)
+    )
 
 
 @torch.no_grad()
@@ -165,8 +167,7 @@ def batch_stats_accuracy(
 ) -> float:
     """Accuracy in the mode the model is in (train: batch statistics) with the validation images cut into
     consecutive shares of `shares.batch_size` images, each normalized over itself, as the loop over `shares`'
-    batches does, but forwarding up to `most` images (whole shares) at once with per-share statistics. Sets the
-    model's worker shares; the caller restores them.
+    batches does, but forwarding up to `most` images (whole shares) at once with per-share statistics.
 
     The last share holds what is left (n mod share images) and is normalized on its own, as the loop did; a
     single image left over is normalized together with the share before it, since one image has no batch
@@ -180,9 +181,9 @@ def batch_stats_accuracy(
 
     def forward(x: Tensor, y: Tensor) -> None:
         nonlocal correct
-        set_workers(model, len(y) // share if len(y) % share == 0 else 1)
+        count = len(y) // share if len(y) % share == 0 else 1
         with frozen_buffers(model), autocast or nullcontext():  # every share sees the trained running statistics
-            logits = model(x)
+            logits = forward_in_shares(model, x, count)
         correct += (logits.argmax(dim=1) == y).sum()
 
     held: tuple[Tensor, Tensor] | None = None
@@ -233,7 +234,6 @@ def precise_bn(model: nn.Module, batches: Batches, num_batches: int) -> nn.Modul
     `batches` (momentum=None) with the weights frozen, instead of the exponential average of training. The draw
     is the same at every call, so successive estimates differ only by the weights."""
     model = copy.deepcopy(model)
-    set_workers(model, 1)  # population statistics over whole batches, whatever the training's worker shares
     for m in model.modules():
         if has_running_stats(m):
             m.running_mean.zero_()
@@ -244,5 +244,5 @@ def precise_bn(model: nn.Module, batches: Batches, num_batches: int) -> nn.Modul
     for i, (x, _) in enumerate(batches.epoch(PRECISE_BN_DRAW)):
         if i >= num_batches:
             break
-        model(x)
+        forward_in_shares(model, x, 1)  # population statistics over whole batches, whatever the training's split
     return model

@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from normbench.parts.models import NORM_SLOT
-from normbench.parts.norms.reference import shares
+from normbench.parts.norms import shares
 from normbench.run.board import Board, act_tag, bn_tag
 from normbench.run.evaluation import has_running_stats
 
@@ -64,12 +64,14 @@ class Monitor:
     """Activation and BN statistics of `model`'s norm layers at `points` training steps spread over a run of
     `total_steps` (0: never), at most `most` values per histogram."""
 
-    def __init__(self, model: nn.Module, board: Board, points: int, most: int, total_steps: int) -> None:
+    def __init__(
+        self, model: nn.Module, board: Board, points: int, most: int, total_steps: int, layout: str = "image"
+    ) -> None:
         self.model, self.board, self.most = model, board, most
         self.steps = schedule(points, total_steps)
         self.layers = norm_layers(model)
         # Sequences put BN's channels last (N, L, D); images and vectors at dim 1.
-        self.channel_dim = -1 if getattr(model, "layout", "") == "sequence" else 1
+        self.channel_dim = -1 if layout == "sequence" else 1
         self.handles: list[Any] = []
         self.captured: dict[str, tuple[Tensor, Tensor, tuple[Tensor, Tensor] | None]] = {}
 
@@ -88,8 +90,8 @@ class Monitor:
                 return
             x = inputs[0].detach().float()
             # With worker shares, the batch statistics of share 0: the ones the running statistics follow.
-            workers = getattr(module, "workers", 1) if module.training else 1
-            share = shares(x, workers, getattr(module, "interleaved", False))[0]
+            split = shares.current() if module.training else shares.WHOLE
+            share = shares.split(x, split.count, split.interleaved)[0]
             bn = channel_stats(share, self.channel_dim) if has_running_stats(module) else None
             # Copies now: an in-place activation after the norm (ReLU(inplace=True)) rewrites its output.
             pre, post = subsample(x, self.most).clone(), subsample(output.detach().float(), self.most).clone()

@@ -21,8 +21,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from normbench.plan.plan import SweepPlan
 from normbench.run import record as R
-from normbench.run.board import SweepExperiment
 
 TRAINING, VALIDATION, BN_EVALUATIONS = "training", "validation", "BN evaluations"
 STATUS_EVERY_S = 30.0  # between a sweep job's status lines while it trains
@@ -39,8 +39,8 @@ def clock(seconds: float) -> str:
 def sweep_count(sweep_dir: Path) -> str:
     """`3/8 runs of the sweep ended`: the runs with a final record under `sweep_dir`, of the grid's runs."""
     ended = sum(1 for _, r in R.find_records(sweep_dir) if not isinstance(r, R.UnreadableRecord) and r.status in ENDED)
-    grid = SweepExperiment.read(sweep_dir)
-    return f"{ended}/{len(grid.hparams)} runs of the sweep ended" if grid else f"{ended} runs of the sweep ended"
+    grid = SweepPlan.read(sweep_dir)
+    return f"{ended}/{len(grid.runs)} runs of the sweep ended" if grid else f"{ended} runs of the sweep ended"
 
 
 class RunProgress(Protocol):

@@ -1,8 +1,9 @@
 """The record of a run, `results.json`: written and read by the same dataclasses.
 
-`RunRecord` is the one statement of the record's fields. Training writes it, `app` and `report` read it back
-with `RunRecord.read`. Records written by older normbench versions still load: a field they lack takes its
-default, a key this version does not know is dropped. No torch here: `normbench report` only reads records.
+`RunRecord` is the one statement of the record's fields. Training writes it from the run's plan and progress, the
+launch layer and `report` read it back with `RunRecord.read`. Records written by older normbench versions still
+load: a field they lack takes its default, a key this version does not know is dropped. No torch here: `normbench
+report` only reads records.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any, TypeVar, Union, get_args, get_origin, get_type_hints
 
 from normbench.base.errors import NormbenchError
 from normbench.base.files import write_json
+from normbench.plan.plan import Budget, RunPlan
 
 RESULTS_FILE = "results.json"
 COMPLETED, FAILED, DIVERGED, INTERRUPTED, RUNNING = "completed", "failed", "diverged", "interrupted", "running"
@@ -43,17 +45,6 @@ LOSS_NOT_FALLEN = 0.95
 # centres); a loss that settles, a few percent. 15% is about 70% of the constant pace: a run still going down that
 # fast would score differently with a little more budget, so its number is the budget's, not the norm's.
 STILL_FALLING = 0.15
-
-
-@dataclass(frozen=True)
-class Budget:
-    """How long a run trains. `unit=epochs`: the same data seen at every batch size (the GroupNorm paper's
-    setting); `steps`: the same number of optimizer steps. `max_steps` caps either."""
-
-    unit: str
-    total_steps: int
-    epochs: int
-    steps_per_epoch: int
 
 
 @dataclass
@@ -115,6 +106,11 @@ class RunRecord:
     workers: int | None = None  # data-parallel worker shares of the batch (None: a record from before workers)
     images_per_worker: int | None = None  # batch_size / workers: what a BN-family norm's statistics average
     seed: int | None = None
+    data: str | None = None  # the dataset's name
+    image: list[int] | None = None  # one image's channels, height and width, as the model took them
+    title: str | None = None  # the run in words: `cnn / bn, batch 32 = 16 workers × 2 images`
+    launch: str | None = None  # how it ran: emulated, processes (started by normbench), torchrun, slurm tasks
+    resume_command: str | None = None  # what continues it where a stop leaves it (a sweep's job: the sweep's command)
     params: int | None = None
     steps: int = 0
     epochs: int = 0  # epochs completed
@@ -145,13 +141,26 @@ class RunRecord:
     config: dict[str, Any] = field(default_factory=dict)  # the composed config, resolved
 
     @classmethod
-    def of(cls, config: dict[str, Any], status: str, reason: str | None = None, **values: Any) -> RunRecord:
-        """The record of the run `config` describes: its identity comes from the config."""
-        identity = {"model": config["model"]["name"], "norm": config["norm"]["name"]}
-        workers = config.get("workers", 1)
-        identity |= {"batch_size": config["batch_size"], "workers": workers}
-        identity |= {"images_per_worker": config["batch_size"] // workers, "seed": config["seed"]}
-        return cls(status=status, reason=reason, **identity, **values, config=config)
+    def of(cls, plan: RunPlan, status: str, reason: str | None = None, **values: Any) -> RunRecord:
+        """The record of the planned run: its identity comes from the plan."""
+        config = plan.config
+        identity = {
+            "model": config.model.name,
+            "norm": config.norm.name,
+            "batch_size": config.batch_size,
+            "workers": config.workers,
+            "images_per_worker": plan.images_per_worker,
+            "seed": config.seed,
+            "data": config.data.name,
+            "image": [plan.data.channels, plan.data.height, plan.data.width],
+            "num_classes": plan.data.classes,
+            "title": plan.title,
+            "launch": plan.launch.mode,
+            "resume_command": plan.launch.command or None,
+            "effective_lr": plan.lr,
+            "budget": plan.budget,
+        }
+        return cls(status=status, reason=reason, **{**identity, **values}, config=plan.settings())
 
     def write(self, run_dir: Path) -> None:
         self.flags = learning_flags(self)

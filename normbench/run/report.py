@@ -36,10 +36,10 @@ from normbench.base.errors import ConfigError
 from normbench.base.files import write_atomic, write_json
 from normbench.base.overrides import parse
 from normbench.parts.norms import NORMS
+from normbench.plan.schema import VOLATILE
 from normbench.run import record as R
 from normbench.run.record import RunRecord, UnreadableRecord, find_records
 from normbench.run.references import Reference
-from normbench.run.schema import VOLATILE
 from normbench.run.stats import interval
 
 # What a table shows; the rest of a run's overrides is its "variant". `cell` is the config group of the presets

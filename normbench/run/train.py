@@ -1,8 +1,8 @@
 """Training: one run from a composed config to TensorBoard events, checkpoints and `results.json`.
 
-Read top to bottom: `run` builds the run (`setup.set_up`), its side concerns (TensorBoard board, activation
-monitor, checkpoint, progress bar), then alternates `train_epoch` and `end_epoch` until the budget is spent,
-and writes the record whatever happens. The loop is deliberately plain (nanoGPT-style): batches come from
+Read top to bottom: `run` builds the run from its plan and model (`setup.set_up`), its side concerns (TensorBoard
+board, activation monitor, checkpoint, progress bar), then alternates `train_epoch` and `end_epoch` until the budget
+is spent, and writes the record whatever happens. The loop is deliberately plain (nanoGPT-style): batches come from
 `data.Batches` already on the device, a step is forward, loss, backward, optimizer step, and nothing waits for
 the device except when scalars are flushed every `log.every` steps. Losses are kept on the device until then.
 """
@@ -11,33 +11,33 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from contextlib import closing
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
-from torch import Tensor
+from torch import Tensor, nn
 
 from normbench import __version__
-from normbench.base import signals
 from normbench.base.errors import DivergedError, InterruptedRun
 from normbench.base.signals import StopRequest
 from normbench.parts.data import ImageData
+from normbench.parts.models import MODELS
+from normbench.parts.norms.shares import forward_in_shares
+from normbench.plan.plan import RunPlan
+from normbench.plan.schema import XAxis
 from normbench.run import record as R
-from normbench.run.board import LR_TAG, Board, run_experiment, run_hparams, run_metrics
+from normbench.run.board import LR_TAG, Board, run_experiment
 from normbench.run.checkpoint import Checkpoint
 from normbench.run.distributed import Ranks, failure_reason
 from normbench.run.evaluation import NormContractError, bn_mode_accuracies, evaluate
 from normbench.run.monitor import Monitor
 from normbench.run.progress import BN_EVALUATIONS, TRAINING, VALIDATION, RunProgress, progress
 from normbench.run.record import Epoch, Metrics, RunRecord
-from normbench.run.schema import XAxis
-from normbench.run.setup import Setup, effective_lr, set_up
+from normbench.run.setup import Setup, set_up
 
 
 @dataclass
@@ -58,93 +58,91 @@ class RunState:
     attempt: int = 1  # the processes that trained the run: a resume is the next attempt
     history: list[Epoch] = field(default_factory=list)
     curve: list[list[float]] = field(default_factory=list)  # [examples seen, mean train loss] per flush
+    # A stop between two flushes: the losses (mean over the workers) and correct predictions of the steps since the
+    # last flush, kept so that the resumed run flushes them where the uninterrupted run would have.
+    pending: list[float] = field(default_factory=list)
+    pending_correct: float = 0.0
 
 
 # --- The run --------------------------------------------------------------------------------------------
 
 
 def run(
-    cfg: DictConfig,
-    run_dir: Path,
+    plan: RunPlan,
+    model: nn.Module,
     *,
     console: Console | None = None,
     data: ImageData | None = None,
-    resume: bool = False,
     saved_checkpoint: dict[str, Any] | None = None,
-    swept: Sequence[str] = (),
-    sweep_dir: Path | None = None,
     ranks: Ranks | None = None,
 ) -> RunRecord:
-    """Train to the end of the budget; write the record whatever happens. Raises the run's error.
+    """Train the planned run to the end of its budget; write the record whatever happens. Raises the run's error.
 
-    `swept`: the config keys that tell this run apart from the others of its sweep (HParams columns besides the
-    usual ones); `sweep_dir`: the sweep the run belongs to (its HParams experiment and its place in TensorBoard's
-    run lists), None for a run alone; `saved_checkpoint`: with resume, the checkpoint already read (else it is
-    read here); `ranks`: this process's place among the run's worker processes (default: the only one). Every
-    rank trains; rank 0 alone validates and writes, the others wait for it at each epoch's end."""
+    `model`: the run's model (`setup.build_model`); `saved_checkpoint`: the checkpoint to resume from (read and
+    checked by the claim of its directory), None to start at step 0; `ranks`: this process's place among the run's
+    worker processes (default: the only one). Every rank trains; rank 0 alone validates and writes, the others wait
+    for it at each epoch's end."""
     console = console or Console()
     ranks = ranks or Ranks()
-    # The run's HParams row: started now, ended with its status, so every run has one whatever happens.
-    hparams = run_hparams(cfg, effective_lr(cfg.optim, cfg.batch_size), swept)
-    x_per_step = cfg.batch_size if cfg.log.x_axis == XAxis.examples else 1
-    experiment, first_event = run_experiment(hparams, run_metrics(cfg), run_dir, sweep_dir)
+    config, run_dir = plan.config, plan.directory
+    x_per_step = config.batch_size if config.log.x_axis == XAxis.examples else 1
+    experiment, first_event = run_experiment(plan)  # the run's HParams row: started now, ended with its status
     try:
-        setup = set_up(cfg, data, ranks)
+        setup = set_up(plan, model, data, ranks)
         checkpoint = Checkpoint(run_dir, setup.model, setup.optimizer, setup.scheduler, setup.device, ranks.writes)
-        saved = checkpoint.load(saved_checkpoint) if resume else None
+        saved = checkpoint.load(saved_checkpoint) if saved_checkpoint is not None else None
     except Exception:  # a run that cannot start (its record says why) still gets its row
         with closing(Board(run_dir, x_per_step, first_event=first_event, writes=ranks.writes)) as board:
-            board.start_session(hparams, experiment=experiment)
+            board.start_session(plan.hparams, experiment=experiment)
             board.end_session(R.FAILED)
         raise
-    config = OmegaConf.to_container(cfg, resolve=True)
     state = R.from_dict(RunState, saved) if saved is not None else RunState()
     state.attempt += saved is not None
     run_dir.mkdir(parents=True, exist_ok=True)
     resumed_at = state.step if saved is not None else None
     board = Board(run_dir, x_per_step, resumed_at=resumed_at, first_event=first_event, writes=ranks.writes)
-    board.start_session(hparams, experiment=experiment)
+    board.start_session(plan.hparams, experiment=experiment)
     board.layout()
     monitor = (
-        Monitor(setup.model, board, cfg.log.hist_points, cfg.log.hist_values, setup.budget.total_steps)
-        if cfg.log.activations and ranks.writes
+        Monitor(setup.model, board, config.log.hist_points, config.log.hist_values, plan.budget.total_steps,
+                MODELS[config.model.name].layout)
+        if config.log.activations and ranks.writes
         else None
-    )
+    )  # fmt: skip
 
     def record(status: str, reason: str | None = None, **values: Any) -> RunRecord:
-        written = make_record(config, status, reason, setup, state, **values)
+        written = make_record(plan, status, reason, setup, state, **values)
         if ranks.writes:
             written.write(run_dir)
         board.end_session(status)  # completed, diverged, failed; nothing while running or interrupted
         return written
 
     stop = StopRequest()
-    name = f"{cfg.model.name}/{cfg.norm.name} b={cfg.batch_size}" + (f" w={cfg.workers}" if cfg.workers > 1 else "")
-    show = console.is_terminal and not cfg.get("quiet", False) and ranks.writes
+    show = console.is_terminal and not config.quiet and ranks.writes
     try:
-        bar = progress(console, name, setup.budget.total_steps, state.step, show, sweep_dir, run_dir)
+        bar = progress(console, plan.title, plan.budget.total_steps, state.step, show, plan.sweep_dir, run_dir)
         if saved is not None and ranks.writes:
             bar.print(f"Resuming from step {state.step} (epoch {state.epoch + 1}).")
         with stop.installed(), bar:
-            while state.step < setup.budget.total_steps:
-                train_epoch(setup, state, board, monitor, bar, stop, cfg.log.every)
+            while state.step < plan.budget.total_steps:
+                train_epoch(plan, setup, state, board, monitor, bar, stop)
                 if ranks.stopping(stop):
-                    raise InterruptedRun(stop.reason(state.step, state.attempt, run_dir))
+                    raise InterruptedRun(stop.reason(state.step, state.attempt, plan.launch.command))
                 if not ranks.writes:  # another worker process: rank 0 validates and writes; wait for it
                     next_epoch(state)
                     ranks.barrier()
                     continue
                 with ranks.alone():
-                    epoch = end_epoch(setup, state, board, monitor, cfg.eval.bn_modes_every, bar.phase)
+                    epoch = end_epoch(plan, setup, state, board, monitor, bar.phase)
                 checkpoint.save(asdict(state))
                 record(R.RUNNING)
                 ranks.barrier()
                 bar.phase(TRAINING)
                 bar.print(
-                    f"epoch {epoch.epoch}/{setup.budget.epochs}  step {epoch.step}  train loss {epoch.train_loss:.4f} "
+                    f"epoch {epoch.epoch}/{plan.budget.epochs}  step {epoch.step}  train loss {epoch.train_loss:.4f} "
                     f"acc {epoch.train_acc:.3f}  val loss {epoch.val_loss:.4f} acc {epoch.val_acc:.3f}"
                 )
-        return record(R.COMPLETED, hparams=hparams)
+        return record(R.COMPLETED, hparams=plan.hparams)
     except DivergedError as error:
         record(R.DIVERGED, str(error), diverged_step=error.step)
         ranks.barrier()  # all workers end here together: none leaves (and has the others stopped) before rank 0 wrote
@@ -160,12 +158,11 @@ def run(
         record(R.INTERRUPTED, reason)
         raise InterruptedRun(reason) from None
     except KeyboardInterrupt:  # a second Ctrl-C: stopped mid-step, so the last epoch's checkpoint stands
-        again = f"`{signals.resume_command}`" if signals.resume_command else "resume=true"
-        record(R.INTERRUPTED, f"Stopped at once by a second Ctrl-C at step {state.step}; {again} continues from the "
-               "checkpoint saved at the last epoch's end, if there is one.")  # fmt: skip
+        record(R.INTERRUPTED, f"Stopped at once by a second Ctrl-C at step {state.step}; `{plan.launch.command}` "
+               "continues from the checkpoint saved at the last epoch's end, if there is one.")  # fmt: skip
         raise
     except NormContractError as error:  # a plugin norm that fails in normbench's own validations
-        broken = error.at(cfg.norm.name, state.step)
+        broken = error.at(config.norm.name, state.step)
         record(R.FAILED, str(broken))
         raise broken from None
     except BaseException as error:
@@ -180,10 +177,13 @@ def run(
 # --- One epoch ------------------------------------------------------------------------------------------
 
 
-def train_step(setup: Setup, forward: Callable[..., Tensor], x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
-    """One optimizer step; the loss and the count of correct predictions stay on the device."""
+def train_step(
+    setup: Setup, forward: Callable[..., Tensor], x: Tensor, y: Tensor, shares: int = 1
+) -> tuple[Tensor, Tensor]:
+    """One optimizer step, its BN statistics per worker share of `shares` (one process's shares of the batch); the
+    loss and the count of correct predictions stay on the device."""
     with setup.autocast:
-        logits = forward(x)
+        logits = forward_in_shares(forward, x, shares)
         loss = F.cross_entropy(logits, y)
     setup.optimizer.zero_grad(set_to_none=True)
     loss.backward()
@@ -193,28 +193,38 @@ def train_step(setup: Setup, forward: Callable[..., Tensor], x: Tensor, y: Tenso
 
 
 def train_epoch(
+    plan: RunPlan,
     setup: Setup,
     state: RunState,
     board: Board,
     monitor: Monitor | None,
     bar: RunProgress,
     stop: StopRequest,
-    log_every: int,
 ) -> None:
     """Train from where `state` stands to the end of its epoch, the end of the budget, or a stop request."""
-    s, budget = state, setup.budget
+    s, budget = state, plan.budget
     pending: list[Tensor] = []  # per-step losses still on the device
     pending_correct = torch.zeros((), device=setup.device)  # float32, like the losses: one stack
-    flush_every = max(1, log_every)
+    flush_every = max(1, plan.config.log.every)
     started = time.perf_counter()
 
-    def flush() -> None:
+    def gathered() -> tuple[list[float], float]:
+        """The unflushed steps' losses (mean over the worker processes: the batch's loss) and correct predictions:
+        the one host sync; across worker processes, summed over them."""
         nonlocal pending_correct
         if not pending:
-            return
-        # The one host sync; across worker processes, summed over them: their mean loss is the batch's loss.
+            return [], 0.0
         *totals, correct = setup.ranks.sum(torch.stack([*pending, pending_correct])).tolist()
-        losses = [total / setup.ranks.world for total in totals]
+        pending.clear()
+        pending_correct = torch.zeros((), device=setup.device)
+        return [total / setup.ranks.world for total in totals], correct
+
+    def flush() -> None:
+        new, correct = gathered()
+        losses, correct = [*s.pending, *new], correct + s.pending_correct
+        s.pending, s.pending_correct = [], 0.0
+        if not losses:
+            return
         first = s.step - len(losses) + 1
         for i, value in enumerate(losses):
             if not math.isfinite(value):
@@ -229,8 +239,6 @@ def train_epoch(
         s.epoch_loss_sum += sum(losses) * setup.train_batches.batch_size
         s.epoch_correct += correct
         s.curve.append([s.examples, sum(losses) / len(losses)])
-        pending.clear()
-        pending_correct = torch.zeros((), device=setup.device)
         bar.update(s.step, losses[-1], s.examples / max(s.wall_s + time.perf_counter() - started, 1e-9))
 
     batch = setup.train_batches.batch_size  # the optimizer's batch: all workers' shares together
@@ -241,7 +249,7 @@ def train_epoch(
         probed = monitor is not None and monitor.due(s.step + 1)
         if probed:
             monitor.attach()
-        loss, correct = train_step(setup, setup.eager if probed else setup.forward, x, y)
+        loss, correct = train_step(setup, setup.eager if probed else setup.forward, x, y, plan.shares)
         pending.append(loss)
         pending_correct += correct
         s.step += 1
@@ -252,18 +260,23 @@ def train_epoch(
             flush()
         if probed:
             monitor.write(s.step)
-        if setup.ranks.stopping(stop) or s.step >= budget.total_steps:  # every worker stops at the same step
+        if setup.ranks.stopping(stop):  # every worker stops at the same step
+            new, correct = gathered()  # kept, not flushed: the resumed run flushes them where this one would have
+            s.pending, s.pending_correct = [*s.pending, *new], s.pending_correct + correct
+            s.wall_s += time.perf_counter() - started
+            return
+        if s.step >= budget.total_steps:
             break
     flush()
     s.wall_s += time.perf_counter() - started
 
 
 def end_epoch(
+    plan: RunPlan,
     setup: Setup,
     state: RunState,
     board: Board,
     monitor: Monitor | None,
-    bn_modes_every: int,
     phase: Callable[[str], None] = lambda _: None,
 ) -> Epoch:
     """Validate, log, and move `state` to the next epoch. BN-family models are also validated with batch
@@ -283,14 +296,15 @@ def end_epoch(
     s.best_val_acc = max(s.best_val_acc, val_acc)
     s.eval_s += time.perf_counter() - started
     batch_stats = precise = None
-    last = s.step >= setup.budget.total_steps
-    due = last or (bn_modes_every > 0 and (s.epoch + 1) % bn_modes_every == 0)
+    last = s.step >= plan.budget.total_steps
+    every = plan.config.eval.bn_modes_every
+    due = last or (every > 0 and (s.epoch + 1) % every == 0)
     if setup.val_at_train_batch_size is not None and due:
         phase(BN_EVALUATIONS)
         started = time.perf_counter()
         batch_stats, precise = bn_mode_accuracies(
             model, setup.val_batches, setup.val_at_train_batch_size, setup.precise_bn_batches, setup.precise_bn,
-            setup.autocast, setup.workers,
+            setup.autocast,
         )  # fmt: skip
         s.bn_modes_s += time.perf_counter() - started
         board.scalar("val/acc_batch_stats", batch_stats, board.x(s.step))
@@ -330,16 +344,15 @@ def next_epoch(state: RunState) -> None:
 
 
 def make_record(
-    config: dict[str, Any], status: str, reason: str | None, setup: Setup, state: RunState, **values: Any
+    plan: RunPlan, status: str, reason: str | None, setup: Setup, state: RunState, **values: Any
 ) -> RunRecord:
     s = state
     return RunRecord.of(
-        config,
+        plan,
         status,
         reason,
         metrics=Metrics.of(s.history, s.best_val_acc),
         params=setup.params,
-        num_classes=setup.num_classes,
         steps=s.step,
         epochs=len(s.history),
         examples=s.examples,
@@ -348,8 +361,6 @@ def make_record(
         eval_s=round(s.eval_s, 3),
         bn_modes_s=round(s.bn_modes_s, 3),
         images_per_s=round(s.examples / s.wall_s, 1) if s.wall_s > 0 else None,
-        effective_lr=setup.lr,
-        budget=setup.budget,
         device=str(setup.device),
         threads=torch.get_num_threads(),
         memory_format=setup.memory_format,

@@ -1,40 +1,103 @@
-"""Model registry. Models take a `norm_layer(channels) -> nn.Module` callable (as torchvision's do) and
-never see the norm registry; `build_model` binds the configured norm to the model's layout."""
+"""The model registry, and a model built with the configured norm in each of its norm slots.
+
+Models take a `norm_layer(channels, act=True)` callable and an `act_layer()` callable (as torchvision's take a
+`norm_layer`) and never see the norm registry; `build_model` binds the configured norm to the model's layout:
+
+* `norm_layer(c)`: the norm for c channels; where the model puts no activation after it, `norm_layer(c, act=False)`;
+* `act_layer()`: the activation after a norm: ReLU, or an identity when the norm is a norm-activation layer (FRN +
+  TLU, EvoNorm), which then includes its own (timm's norm-act slot, `create_norm_act`).
+
+The data's shape and classes come in as `in_channels`, `image_size` (height, width) and `num_classes`, of which each
+model takes those its signature names. Its other keyword parameters are its options: their defaults and type hints
+are the config schema of `model=NAME` (plan/schema.py), stated nowhere else.
+
+A model is registered by its import path, so that this module, `normbench list` and `--help` import no torch:
+
+    register_model("cnn", "normbench.parts.models.cnn.CNN", layout="image", summary="...")
+"""
 
 from __future__ import annotations
 
+import importlib
 import inspect
+import typing
 from collections.abc import Callable, Mapping
-from functools import partial
-from typing import Any
-
-import torch
-from torch import nn
+from dataclasses import dataclass
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
 
 from normbench.base.errors import ConfigError, NormError
-from normbench.parts.models.cnn import CNN
-from normbench.parts.models.mlp import MLP
-from normbench.parts.models.resnet import ResNet20, ResNet32, ResNet56
-from normbench.parts.models.transformer import ViT
+from normbench.base.options import Options
 from normbench.parts.norms import NORMS, build_norm, get_norm
-from normbench.parts.norms.layers import set_workers, takes_workers
-from normbench.parts.norms.registry import shape_of
+from normbench.parts.norms.registry import Layout, shape_of
 
-MODELS: dict[str, tuple[type[nn.Module], str]] = {
-    "mlp": (MLP, "MLP on flattened images: (Linear → Norm → ReLU) × depth; norms see (N, C) vectors"),
-    "cnn": (CNN, "small VGG-style CNN: (Conv3×3 → Norm → ReLU) stages; norms see (N, C, H, W) maps"),
-    "transformer": (ViT, "small Vision Transformer, pre-norm blocks, class token; norms see (N, L, D) tokens"),
-    **{
-        f"resnet{cls.depth}": (
-            cls,
-            f"CIFAR ResNet-{cls.depth} of He et al. 2016 (16/32/64 channels, identity shortcuts)",
-        )
-        for cls in (ResNet20, ResNet32, ResNet56)
-    },
-}
+if TYPE_CHECKING:
+    from torch import nn
 
-
+# Constructor arguments a model does not take from its config: the norm and activation slots (from the norm registry)
+# and the data's shape and classes (from the data).
+FIXED_ARGS = ("norm_layer", "act_layer", "in_channels", "image_size", "num_classes")
 NORM_SLOT = "normbench_norm"  # set on every module built as a model's norm layer, for the monitor's hooks
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A registered model: its class (by import path), the layout its norms see and one line about it."""
+
+    name: str
+    factory: str
+    layout: Layout
+    summary: str
+
+    @cached_property
+    def cls(self) -> type[nn.Module]:
+        module, _, attr = self.factory.rpartition(".")
+        return getattr(importlib.import_module(module), attr)
+
+    def options(self) -> dict[str, tuple[Any, Any]]:
+        """Option name -> (type hint, default): the class's keyword parameters other than the fixed ones."""
+        hints = typing.get_type_hints(self.cls.__init__)
+        params = inspect.signature(self.cls).parameters.values()
+        return {p.name: (hints[p.name], p.default) for p in params if p.name not in FIXED_ARGS}
+
+    def fixed_args(self) -> list[str]:
+        """The fixed arguments its class takes (FIXED_ARGS it names)."""
+        return [p for p in inspect.signature(self.cls).parameters if p in FIXED_ARGS]
+
+
+MODELS: Options[ModelSpec] = Options("model")
+HERE = __name__
+
+
+def register_model(name: str, factory: str, *, layout: Layout, summary: str, replace: bool = False) -> ModelSpec:
+    return MODELS.register(name, ModelSpec(name, factory, layout, summary), origin=factory, replace=replace)
+
+
+register_model(
+    "mlp",
+    f"{HERE}.mlp.MLP",
+    layout="vector",
+    summary="MLP on flattened images: (Linear → Norm → ReLU) × depth; norms see (N, C) vectors",
+)
+register_model(
+    "cnn",
+    f"{HERE}.cnn.CNN",
+    layout="image",
+    summary="small VGG-style CNN: (Conv3×3 → Norm → ReLU) stages; norms see (N, C, H, W) maps",
+)
+register_model(
+    "transformer",
+    f"{HERE}.transformer.ViT",
+    layout="sequence",
+    summary="small Vision Transformer, pre-norm blocks, class token; norms see (N, L, D) tokens",
+)
+for _depth in (20, 32, 56):
+    register_model(
+        f"resnet{_depth}",
+        f"{HERE}.resnet.ResNet{_depth}",
+        layout="image",
+        summary=f"CIFAR ResNet-{_depth} of He et al. 2016 (16/32/64 channels, identity shortcuts)",
+    )
 
 
 def split_name(cfg: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
@@ -43,141 +106,151 @@ def split_name(cfg: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
     return options.pop("name"), options
 
 
-class _NormSlot(nn.Identity):
-    """Stands in for a norm layer to find where a model puts its norms, and with how many channels."""
-
-    def __init__(self, channels: int) -> None:
-        super().__init__()
-        self.channels = channels
-
-
 def build_model(
-    model_cfg: Mapping[str, Any], norm_cfg: Mapping[str, Any], num_classes: int = 10, workers: int = 1
+    model_cfg: Mapping[str, Any],
+    norm_cfg: Mapping[str, Any],
+    in_channels: int,
+    image_size: tuple[int, int],
+    num_classes: int,
+    per_share: bool = False,
 ) -> nn.Module:
-    """The model with the configured norm in each norm slot. `workers` > 1: its BN-family layers take their
-    training statistics per worker share (`set_workers`, docs/workers.md); a norm with batch statistics whose
-    class cannot is refused."""
+    """The model with the configured norm in each norm slot, for images of `in_channels` × `image_size` and
+    `num_classes` classes. `per_share`: its norms' training statistics will be taken per worker share
+    (docs/workers.md), so a batch-statistics norm whose class cannot take them is refused."""
+    from torch import nn
+
     name, options = split_name(model_cfg)
-    if name not in MODELS:
-        raise ConfigError(f"Unknown model '{name}'. Models: {', '.join(MODELS)} (`normbench list`).")
-    cls, _ = MODELS[name]
-    allowed = [p for p in inspect.signature(cls).parameters if p not in ("norm_layer", "num_classes")]
-    unknown = sorted(set(options) - set(allowed))
+    spec = MODELS[name]
+    unknown = sorted(set(options) - set(spec.options()))
     if unknown:
-        raise ConfigError(f"model={name} has no option {', '.join(unknown)}. Its options: {', '.join(allowed)}.")
+        raise ConfigError(f"model={name} has no option {', '.join(unknown)}. Its options: {', '.join(spec.options())}.")
     norm_name, norm_options = split_name(norm_cfg)
-    norm_layer = partial(build_norm, norm_name, layout=cls.layout, **norm_options)
+    norm = get_norm(norm_name)
     built: list[int] = []
 
-    def counted_norm_layer(channels: int) -> nn.Module:
+    def norm_layer(channels: int, act: bool = True) -> nn.Module:
         built.append(channels)
-        layer = norm_layer(channels)
+        layer = build_norm(norm_name, channels, spec.layout, act=act, **norm_options)
         setattr(layer, NORM_SLOT, True)
         return layer
 
+    def act_layer() -> nn.Module:
+        return nn.Identity() if norm.activation else nn.ReLU(inplace=True)
+
+    given = {"norm_layer": norm_layer, "act_layer": act_layer, "in_channels": in_channels,
+             "image_size": tuple(image_size), "num_classes": num_classes}  # fmt: skip
+    fixed = {k: given[k] for k in spec.fixed_args()}
     try:
-        model = cls(norm_layer=counted_norm_layer, num_classes=num_classes, **options)
+        model = spec.cls(**fixed, **options)
     except NormError as error:
         # Name the failing layer by its place in the model, found by building it with placeholders.
-        slots = [(n, m.channels) for n, m in _placeholder_model(model_cfg, num_classes).named_modules()
-                 if isinstance(m, _NormSlot)]  # fmt: skip
+        slots = [(n, m.slot_channels) for n, m in _placeholder_model(spec, fixed, options).named_modules()
+                 if hasattr(m, "slot_channels")]  # fmt: skip
         where, channels = slots[len(built) - 1] if built else ("?", 0)
         widths = sorted({c for _, c in slots})
         raise NormError(
             f"model={name}: the norm layer '{where}' ({channels} channels) cannot be built. {error} "
             f"This model's norm layers have {', '.join(map(str, widths))} channels."
         ) from None
-    if workers > 1:
-        _refuse_without_shares(model, norm_name, workers)
-        set_workers(model, workers)
+    if per_share and norm.per_share:
+        _refuse_without_shares(model, norm_name)
     return model
 
 
-def _refuse_without_shares(model: nn.Module, norm: str, workers: int) -> None:
+def _refuse_without_shares(model: nn.Module, norm: str) -> None:
     """Refuse a norm with batch statistics whose layers cannot take them per worker share."""
-    spec = get_norm(norm)
-    if not spec.batch_statistics or spec.synced:
-        return  # per-sample statistics, or statistics over all the shares: nothing per worker
+    from normbench.parts.norms.shares import PerShare
+
     for where, layer in model.named_modules():
-        if getattr(layer, NORM_SLOT, False) and not takes_workers(layer):
+        if getattr(layer, NORM_SLOT, False) and not isinstance(layer, PerShare):
             synced = [n for n, s in NORMS.items() if s.synced]
             per_sample = [n for n, s in NORMS.items() if not s.batch_statistics and n != "none"]
             raise NormError(
-                f"workers={workers} with norm={norm}: its layer '{where}' ({type(layer).__name__}) takes batch "
-                "statistics but cannot take them per worker share (its class has no `workers` attribute). Use "
-                f"workers=1, a norm whose statistics span all workers ({', '.join(synced)}), a per-sample norm "
-                f"({', '.join(per_sample)}), or derive the class from normbench.parts.norms.layers.BatchNorm1d/2d "
-                "or reference.ReferenceBatchNorm, which take per-share statistics (docs/workers.md)."
+                f"workers > 1 with norm={norm}: its layer '{where}' ({type(layer).__name__}) takes batch statistics "
+                "but cannot take them per worker share (its class does not derive from normbench's per-share "
+                f"classes). Use workers=1, a norm whose statistics span all workers ({', '.join(synced)}), a "
+                f"per-sample norm ({', '.join(per_sample)}), or derive the class from "
+                "normbench.parts.norms.layers.BatchNorm1d/2d or reference.ReferenceBatchNorm, which take per-share "
+                "statistics (docs/workers.md)."
             )
+
+
+def _placeholder_model(spec: ModelSpec, fixed: dict[str, Any], options: dict[str, Any]) -> nn.Module:
+    """The model with identities where its norm layers go, each marked with its channels: where they are."""
+    from torch import nn
+
+    def slot(channels: int, act: bool = True) -> nn.Module:
+        module = nn.Identity()
+        module.slot_channels = channels
+        return module
+
+    return spec.cls(**{**fixed, "norm_layer": slot, "act_layer": nn.Identity}, **options)
+
+
+def norm_inputs(model: nn.Module, in_channels: int, image_size: tuple[int, int]) -> dict[str, tuple[int, ...]]:
+    """The input shape of each norm layer of a built `model` (its name → shape, for one image), found by one
+    forward of a zero image in eval mode with hooks on the norm slots; the model's mode is restored."""
+    import torch
+
+    shapes: dict[str, tuple[int, ...]] = {}
+
+    def seen(name: str) -> Callable[[nn.Module, tuple[Any, ...]], None]:
+        def hook(module: nn.Module, args: tuple[Any, ...]) -> None:
+            shapes.setdefault(name, tuple(args[0].shape))
+
+        return hook
+
+    hooks = [m.register_forward_pre_hook(seen(n)) for n, m in model.named_modules() if getattr(m, NORM_SLOT, False)]
+    training = model.training
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(1, in_channels, *image_size))
+    finally:
+        model.train(training)
+        for hook in hooks:
+            hook.remove()
+    return shapes
 
 
 def check_norm_shapes(
-    model_cfg: Mapping[str, Any],
+    model: nn.Module,
+    model_name: str,
     norm_cfg: Mapping[str, Any],
-    batch_size: int,
-    image: tuple[int, ...] = (3, 32, 32),
-    workers: int = 1,
+    in_channels: int,
+    image_size: tuple[int, int],
+    images: int,
+    setting: str,
 ) -> None:
-    """Refuse a (model, norm, batch size) whose norm layers would get inputs the norm cannot normalize in
-    training, e.g. bn on (1, C) at batch 1. Each norm layer's input shape is found by one forward of a single image
-    through the model with identities in the norms' places, the batch size put in dim 0 (every layout's N), and
-    goes through the norm's own `check`. On the CPU: a few milliseconds, where a forward on the meta device
-    imported torch's Python decompositions (dynamo, sympy: 1.5 s and more at every process start).
-    With `workers` > 1 a norm with per-worker batch statistics sees batch_size / workers images per statistic."""
-    model_name, _ = split_name(model_cfg)
+    """Refuse a built model whose norm layers would get training inputs the norm cannot normalize when a batch
+    statistic averages `images` images (a worker's share, or the batch), e.g. bn on (1, C). Each norm layer's input
+    shape comes from one forward of one image (`norm_inputs`), its batch set to `images`, and goes through the
+    norm's own `shape_problem`. `setting` says in words what gives `images` (`batch_size=8 with workers=4 ...`)."""
     norm_name, norm_options = split_name(norm_cfg)
     spec = get_norm(norm_name)
-    build_model(model_cfg, norm_cfg, workers=workers)  # construction errors first (e.g. groups, plugin classes)
-    layout = MODELS[model_name][0].layout
-    per_worker = workers > 1 and spec.batch_statistics and not spec.synced
-    images = batch_size // workers if per_worker else batch_size
-    setting = (
-        f"batch_size={batch_size} with workers={workers} ({images} image{'s' * (images != 1)} per worker)"
-        if per_worker
-        else (f"batch_size={batch_size}")
-    )
-
-    def check(layer: str) -> Callable[[nn.Module, tuple[Any, ...]], None]:
-        def pre_hook(module: nn.Module, args: tuple[Any, ...]) -> None:
-            shape = (images, *args[0].shape[1:])
-            problem = spec.shape_problem(shape, True, **norm_options)
-            if problem is None:
-                return
-            if spec.batch_statistics and per_worker:
-                per_sample = [n for n, s in NORMS.items() if not s.batch_statistics and s.normalizes(shape, True)]
-                advice = (
-                    f"Each worker's BatchNorm needs >= 2 images: use batch_size >= {2 * workers}, fewer workers, "
-                    f"a norm whose statistics span all workers (syncbn), or one that works per sample "
-                    f"({', '.join(per_sample)})."
-                )
-            elif spec.batch_statistics:
-                per_sample = [n for n, s in NORMS.items() if not s.batch_statistics and s.normalizes(shape, True)]
-                advice = f"Use batch_size >= 2, or a norm that works per sample ({', '.join(per_sample)})."
-            else:
-                works = [n for n, s in NORMS.items() if s.normalizes(shape, True, **norm_options)]
-                advice = (
-                    f"Use a norm whose statistics average more values here ({', '.join(works)}), "
-                    "or a model config that gives this layer larger inputs."
-                )
-            raise NormError(
-                f"{setting} with norm={norm_name} on model={model_name}: this model's norms see "
-                f"{shape_of(layout)} {layout}s, and its norm layer '{layer}' gets {shape}. {problem} {advice}"
+    layout = MODELS[model_name].layout
+    for layer, one in norm_inputs(model, in_channels, image_size).items():
+        shape = (images, *one[1:])
+        problem = spec.shape_problem(shape, True, **norm_options)
+        if problem is None:
+            continue
+        per_sample = [n for n, s in NORMS.items() if not s.batch_statistics and s.normalizes(shape, True)]
+        if spec.batch_statistics and "worker" in setting:
+            advice = (
+                f"Each worker's BatchNorm needs >= 2 images: a larger batch_size, fewer workers, a norm whose "
+                f"statistics span all workers (syncbn), or one that works per sample ({', '.join(per_sample)})."
             )
-
-        return pre_hook
-
-    probe = _placeholder_model(model_cfg).eval()
-    for name, module in probe.named_modules():
-        if isinstance(module, _NormSlot):
-            module.register_forward_pre_hook(check(name))
-    with torch.no_grad():
-        probe(torch.zeros(1, *image))
-
-
-def _placeholder_model(model_cfg: Mapping[str, Any], num_classes: int = 10) -> nn.Module:
-    """The model with `_NormSlot` identities where its norm layers go: where they are, and with how many channels."""
-    name, options = split_name(model_cfg)
-    return MODELS[name][0](norm_layer=_NormSlot, num_classes=num_classes, **options)
+        elif spec.batch_statistics:
+            advice = f"Use batch_size >= 2, or a norm that works per sample ({', '.join(per_sample)})."
+        else:
+            works = [n for n, s in NORMS.items() if s.normalizes(shape, True, **norm_options)]
+            advice = (
+                f"Use a norm whose statistics average more values here ({', '.join(works)}), "
+                "or a model config that gives this layer larger inputs."
+            )
+        raise NormError(
+            f"{setting} with norm={norm_name} on model={model_name}: this model's norms see {shape_of(layout)} "
+            f"{layout}s, and its norm layer '{layer}' gets {shape}. {problem} {advice}"
+        )
 
 
 def count_parameters(model: nn.Module) -> int:

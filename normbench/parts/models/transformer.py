@@ -38,9 +38,9 @@ class Block(nn.Module):
     def __init__(self, dim: int, heads: int, mlp_ratio: float, norm_layer: Callable[[int], nn.Module]) -> None:
         super().__init__()
         hidden = int(dim * mlp_ratio)
-        self.attn_norm = norm_layer(dim)
+        self.attn_norm = norm_layer(dim, act=False)
         self.attn = SelfAttention(dim, heads)
-        self.mlp_norm = norm_layer(dim)
+        self.mlp_norm = norm_layer(dim, act=False)
         self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
 
     def forward(self, x: Tensor) -> Tensor:
@@ -49,14 +49,12 @@ class Block(nn.Module):
 
 
 class ViT(nn.Module):
-    layout = "sequence"
-
     def __init__(
         self,
-        norm_layer: Callable[[int], nn.Module],
-        image_size: int = 32,
-        in_channels: int = 3,
-        num_classes: int = 10,
+        norm_layer: Callable[..., nn.Module],
+        in_channels: int,
+        image_size: tuple[int, int],
+        num_classes: int,
         patch_size: int = 4,
         dim: int = 96,
         depth: int = 4,
@@ -64,7 +62,14 @@ class ViT(nn.Module):
         mlp_ratio: float = 2.0,
     ) -> None:
         super().__init__()
-        patches = (image_size // patch_size) ** 2
+        height, width = image_size
+        if height % patch_size or width % patch_size:
+            raise ValueError(
+                f"patch_size={patch_size} does not divide the data's {height}×{width} images into whole patches"
+            )
+        if dim % heads:
+            raise ValueError(f"heads={heads} does not divide dim={dim}: each head takes dim / heads features")
+        patches = (height // patch_size) * (width // patch_size)
         self.patch_embed = nn.Conv2d(in_channels, dim, kernel_size=patch_size, stride=patch_size)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
         self.pos_embed = nn.Parameter(torch.zeros(1, 1 + patches, dim))
@@ -73,7 +78,7 @@ class ViT(nn.Module):
         self.depth = depth
         for i in range(1, depth + 1):
             self.add_module(f"block{i}", Block(dim, heads, mlp_ratio, norm_layer))
-        self.norm = norm_layer(dim)
+        self.norm = norm_layer(dim, act=False)
         self.head = nn.Linear(dim, num_classes)
 
     def forward(self, x: Tensor) -> Tensor:

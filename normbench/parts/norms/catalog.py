@@ -1,6 +1,6 @@
 """The built-in norms: one registration each, with its layouts, classes and options.
 
-What each (norm, layout) pair averages, following the user's notes (shared/seed/normalization-notes.md):
+What each (norm, layout) pair averages, following the user's notes (docs/norms.md):
 
 | norm   | vector (N, C)                   | image (N, C, H, W)                 | sequence (N, L, D)         |
 |--------|---------------------------------|------------------------------------|----------------------------|
@@ -200,6 +200,7 @@ def group_norm(cls: Cls, num_features: int, *, groups: int = 8, eps: float = 1e-
         "sequence": on("D", torch=f"{LAYERS}.TokenRMSNorm", reference=f"{LAYERS}.TokenReferenceRMSNorm"),
     },
     min_values=1,  # no variance: one value is normalized to its sign
+    params=lambda channels, affine=True, **_: channels if affine else 0,  # γ only
 )
 def rms_norm(cls: Cls, num_features: int, *, eps: float = 1e-6, affine: bool = True) -> nn.Module:
     _check_eps("rms", eps)
@@ -210,6 +211,7 @@ def rms_norm(cls: Cls, num_features: int, *, eps: float = 1e-6, affine: bool = T
     "none",
     summary="No normalization (identity): the baseline",
     layouts={layout: on("", torch=f"{NN}.Identity", reference=f"{NN}.Identity") for layout in LAYOUTS},
+    params=lambda channels, **_: 0,
 )
 def no_norm(cls: Cls, num_features: int) -> nn.Module:
     return cls()

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from normbench.base.errors import NormError
-from normbench.parts.norms.registry import LAYOUTS, build_norm, get_norm, layout_of
+from normbench.parts.norms.registry import LAYOUTS, get_norm, layout_of
 
 
 @dataclass(frozen=True)
@@ -42,13 +42,18 @@ def explain(name: str, shape: tuple[int, ...], workers: int = 1, **options: Any)
             "worker takes an equal, contiguous share of N / workers samples. Give a workers count that divides N."
         )
     sizes = dict(zip(LAYOUTS[layout], shape, strict=True))
-    module = build_norm(name, sizes["D" if layout == "sequence" else "C"], layout, **options)  # refuses as it does
+    channels = sizes["D" if layout == "sequence" else "C"]
     spec = get_norm(name)
+    spec.refuse_unless_supported(layout)
+    unknown = sorted(set(options) - set(spec.options))
+    if unknown:
+        raise NormError(f"norm={name} has no option {', '.join(unknown)}. Its options: {', '.join(spec.options)}.")
+    spec.check_options(channels, **options)  # the builder's own refusals, without building the layer (no torch)
     per_share = spec.batch_statistics and not spec.synced
     each = spec.statistic_size((shape[0] // workers, *shape[1:]) if per_share else shape, **options)
     if not each:
         return NormExplanation(name, shape, layout, "", 0, 0, 0, False, workers=workers)
-    params = sum(p.numel() for p in module.parameters())
+    params = spec.params(channels, **{**spec.options, **options})
     axes = spec.layouts[layout].axes
     groups = options.get("groups", spec.options.get("groups")) if "/G" in axes else None
     share = (shape[0] // workers, *shape[1:]) if per_share else shape

@@ -5,16 +5,17 @@ Models see three layouts: `vector` (N, C), `image` (N, C, H, W) and `sequence` (
 norms (and the reference ones) expect the channel axis at dim 1, so sequences are adapted by the two
 mixins below. They only move axes: parameters, buffers and state_dict keys stay those of the wrapped class.
 
-Worker shares (docs/workers.md): every BN-family class here holds a plain attribute `workers` (W, default 1),
-set on a built model by `set_workers`. With W > 1, training normalizes each of the W contiguous shares of the
-batch with its own statistics in one forward, and the running statistics follow share 0 (what PyTorch's DDP
-leaves with broadcast_buffers=True). At W = 1 the forward is the wrapped class's own, unchanged.
+Worker shares (docs/workers.md, `shares.py`): every BN-family class here reads the split of the forward under way
+(`shares.current()`). With W > 1 shares, training normalizes each of the W contiguous shares of the batch with its
+own statistics in one forward, and the running statistics follow share 0 (what PyTorch's DDP leaves with
+broadcast_buffers=True). At W = 1 the forward is the wrapped class's own, unchanged.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 
 import torch
@@ -29,54 +30,8 @@ from normbench.parts.norms.reference import (
     ReferenceLayerNorm,
     ReferenceRMSNorm,
     per_channel,
-    per_share,
-    shares,
-    unshare,
 )
-
-
-def set_workers(model: nn.Module, workers: int) -> None:
-    """Make every BN-family layer of `model` (every module with a `workers` attribute, syncbn's aside) take its
-    training batch statistics per share of `workers` contiguous shares of the batch; 1 = over the whole batch.
-    Plain attributes, not buffers: the state_dict does not change.
-
-    For speed, `model` itself reorders each training batch on the way in so that share r sits in rows r, r + W,
-    r + 2W, ... (and restores the order of its output): every layer between works per sample, and a BN layer's
-    shares are then a view, (N, C, *) as (N/W, W·C, *), with no copy (`interleave`). The layers know the order
-    (`interleaved`); their output, and the model's, is that of contiguous shares."""
-    layers = [m for m in model.modules() if hasattr(m, "workers") and not getattr(m, "synced", False)]
-    if not layers:
-        return  # no per-share statistics: the batch is left in its order (per-sample norms: bit for bit)
-    for module in layers:
-        module.workers = workers
-        module.interleaved = workers > 1
-    model.normbench_workers = workers
-    if not getattr(model, "normbench_interleaves", False):  # once: the hooks read normbench_workers when called
-        model.register_forward_pre_hook(interleave)
-        model.register_forward_hook(restore_order)
-        model.normbench_interleaves = True
-
-
-def interleave(model: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
-    """A training batch (N, *) reordered so that share r (rows r·N/W to (r+1)·N/W - 1) is in rows r, r + W, ..."""
-    workers, x = model.normbench_workers, args[0]
-    if workers == 1 or not model.training or x.shape[0] % workers:
-        return None
-    return (shares(x, workers).transpose(0, 1).reshape(x.shape), *args[1:])
-
-
-def restore_order(model: nn.Module, args: tuple[Any, ...], out: Tensor) -> Tensor | None:
-    """`interleave` undone on the model's output."""
-    workers = model.normbench_workers
-    if workers == 1 or not model.training or out.shape[0] % workers:
-        return None
-    return unshare(shares(out, workers, interleaved=True))
-
-
-def takes_workers(module: nn.Module) -> bool:
-    """Whether a norm layer can take per-share statistics: normbench's BN-family classes, and plugin classes
-    derived from them (BatchNorm1d/2d here, reference.ReferenceBatchNorm)."""
-    return hasattr(module, "workers")
+from normbench.parts.norms.shares import PerShare, current, join, per_share, split, worker_shares
 
 
 def share_batch_norm(bn: nn.modules.batchnorm._BatchNorm, x: Tensor, workers: int, interleaved: bool) -> Tensor:
@@ -95,11 +50,11 @@ def share_batch_norm(bn: nn.modules.batchnorm._BatchNorm, x: Tensor, workers: in
     if interleaved:
         y = InterleavedBatchNorm.apply(x, bn.weight, bn.bias, running_mean, running_var, workers, factor, bn.eps)
     else:
-        wide = shares(x, workers).transpose(0, 1).reshape(n // workers, workers * c, *rest)
+        wide = split(x, workers).transpose(0, 1).reshape(n // workers, workers * c, *rest)
         weight = None if bn.weight is None else bn.weight.repeat(workers)
         bias = None if bn.bias is None else bn.bias.repeat(workers)
         y = F.batch_norm(wide, running_mean, running_var, weight, bias, True, factor, bn.eps)
-        y = unshare(y.reshape(n // workers, workers, c, *rest).transpose(0, 1))
+        y = join(y.reshape(n // workers, workers, c, *rest).transpose(0, 1))
     if running_mean is not None and running_var is not None:
         with torch.no_grad():
             bn.running_mean.copy_(running_mean[:c])  # type: ignore[union-attr]
@@ -153,15 +108,14 @@ class InterleavedBatchNorm(torch.autograd.Function):
         return x_grad, per_channel_sum(grad_w), per_channel_sum(grad_b), None, None, None, None, None
 
 
-class WorkerShares:
-    """PyTorch's BatchNorm with per-share training statistics at `workers` > 1 (`share_batch_norm`)."""
-
-    workers = 1
-    interleaved = False  # the batch arrives reordered by `set_workers`' hooks: share r in rows r, r + W, ...
+class WorkerShares(PerShare):
+    """PyTorch's BatchNorm with per-share training statistics when the forward runs in W > 1 shares
+    (`share_batch_norm`)."""
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.workers > 1 and self.training:  # type: ignore[attr-defined]
-            return share_batch_norm(self, x, self.workers, self.interleaved)  # type: ignore[arg-type]
+        shares = current()
+        if shares.count > 1 and self.training:  # type: ignore[attr-defined]
+            return share_batch_norm(self, x, shares.count, shares.interleaved)  # type: ignore[arg-type]
         return super().forward(x)  # type: ignore[misc]
 
 
@@ -288,7 +242,8 @@ class BatchRenorm(ReferenceBatchNorm):
     def forward(self, x: Tensor) -> Tensor:
         if not self.training:
             return super().forward(x)
-        per_worker = self.workers > 1
+        shares = current()
+        per_worker = shares.count > 1
         mean, var, n = self.share_statistics(x) if per_worker else self.batch_statistics(x)  # (W, C) or (C,)
         sigma_batch = torch.sqrt(var + self.eps)
         with torch.no_grad():
@@ -297,9 +252,9 @@ class BatchRenorm(ReferenceBatchNorm):
             r = torch.clamp(sigma_batch / sigma, 1.0 / r_max, r_max)
             d = torch.clamp((mean - self.running_mean) / sigma, -d_max, d_max)
         if per_worker:
-            xs = shares(x, self.workers, self.interleaved)
+            xs = split(x, shares.count, shares.interleaved)
             x_hat = (xs - per_share(mean, xs)) / per_share(sigma_batch, xs) * per_share(r, xs) + per_share(d, xs)
-            x_hat = unshare(x_hat, self.interleaved)
+            x_hat = join(x_hat, shares.interleaved)
             self.update_running_stats(mean[0].detach(), var[0].detach(), n)  # share 0: rank 0's buffers
         else:
             x_hat = (x - per_channel(mean, x)) / per_channel(sigma_batch, x) * per_channel(r, x)
@@ -315,25 +270,24 @@ class SequenceBatchRenorm(FeaturesToChannels, BatchRenorm):
 # --- SyncBN: batch statistics over every worker's share ----------------------------------------------------
 
 
-class _Unsynced:
-    depth = 0  # > 0 inside `unsynced()`
+_unsynced: ContextVar[bool] = ContextVar("normbench_unsynced", default=False)
 
 
 @contextmanager
 def unsynced() -> Iterator[None]:
     """Inside, synced norms normalize over this process's batch alone, as in one process: rank 0 validates by
     itself while the other worker processes wait (run/distributed.py)."""
-    _Unsynced.depth += 1
+    token = _unsynced.set(True)
     try:
         yield
     finally:
-        _Unsynced.depth -= 1
+        _unsynced.reset(token)
 
 
 def synced_world(group: Any) -> int:
     """How many processes a synced norm averages over: the size of `group` (None: the default group) when a
     torch.distributed process group is running, else 1 (one process: BN over its batch; also `unsynced()`)."""
-    if _Unsynced.depth or not (dist.is_available() and dist.is_initialized()):
+    if _unsynced.get() or not (dist.is_available() and dist.is_initialized()):
         return 1
     return dist.get_world_size(group)
 
@@ -401,7 +355,6 @@ class SyncBatchNorm(nn.modules.batchnorm._BatchNorm):
     shares do not concern it: on one device it normalizes the whole (total) batch. Not an nn.SyncBatchNorm
     subclass: DistributedDataParallel refuses those on the CPU, where the formula version serves."""
 
-    synced = True  # statistics over all worker shares: `set_workers` leaves it alone
     process_group: Any = None  # None: the default group, as nn.SyncBatchNorm's
     _check_input_dim = nn.SyncBatchNorm._check_input_dim
     _check_non_zero_input_channels = nn.SyncBatchNorm._check_non_zero_input_channels
@@ -429,13 +382,13 @@ class ReferenceSyncBatchNorm(ReferenceBatchNorm):
     (None: the default group) under torch.distributed (`sync_batch_norm`). Not per worker share: `workers` is
     not its setting: emulated, it normalizes the whole (total) batch."""
 
-    synced = True  # `set_workers` leaves it alone
     process_group: Any = None
 
     def forward(self, x: Tensor) -> Tensor:
         if self.training and synced_world(self.process_group) > 1:
             return sync_batch_norm(self, x)
-        return super().forward(x)
+        with worker_shares(1):  # never per share: emulated, it normalizes the whole (total) batch
+            return super().forward(x)
 
 
 class SequenceSyncBatchNorm(FeaturesToChannels, SyncBatchNorm):

@@ -11,15 +11,17 @@ square root, and the affine transform is per channel: y = γ_c · (x - μ) / sqr
 Inputs are (N, C, *) with the channel axis at dim 1; `layers.py` adapts (N, L, D) sequences.
 
 Worker shares (the `workers` setting, docs/workers.md): data-parallel training splits the optimizer's batch into
-W equal, contiguous shares, one per worker, and BatchNorm takes its statistics per share. The batch norms here
-hold a plain attribute `workers` (1 unless `layers.set_workers` sets it; not a buffer, so not in the state_dict)
-and, in training with W > 1, view the batch as (W, N/W, C, *) to take every share's statistics in one pass.
+W equal, contiguous shares, one per worker, and BatchNorm takes its statistics per share. The batch norm here reads
+the split of the forward under way (`shares.current()`) and, in training with W > 1, views the batch as
+(W, N/W, C, *) to take every share's statistics in one pass.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
+
+from normbench.parts.norms.shares import PerShare, current, join, per_share, split
 
 
 def standardize(x: Tensor, dims: tuple[int, ...], eps: float) -> Tensor:
@@ -32,25 +34,6 @@ def standardize(x: Tensor, dims: tuple[int, ...], eps: float) -> Tensor:
 def per_channel(v: Tensor, x: Tensor) -> Tensor:
     """View a (C,) vector so that it broadcasts along dim 1 of x."""
     return v.view(1, -1, *([1] * (x.dim() - 2)))
-
-
-def shares(x: Tensor, workers: int, interleaved: bool = False) -> Tensor:
-    """(N, C, *) as (W, N/W, C, *): worker share r is the contiguous rows r·N/W to (r+1)·N/W of the batch, the
-    slice a data-parallel process of rank r gets. `interleaved`: the batch comes in the order a model reordered
-    by `layers.set_workers` passes to its layers, share r being rows r, r + W, r + 2W, ... (a view either way)."""
-    if interleaved:
-        return x.reshape(x.shape[0] // workers, workers, *x.shape[1:]).transpose(0, 1)
-    return x.reshape(workers, x.shape[0] // workers, *x.shape[1:])
-
-
-def unshare(xs: Tensor, interleaved: bool = False) -> Tensor:
-    """`shares` undone: (W, N/W, C, *) back to (N, C, *) in the batch's order."""
-    return (xs.transpose(0, 1) if interleaved else xs).reshape(-1, *xs.shape[2:])
-
-
-def per_share(v: Tensor, xs: Tensor) -> Tensor:
-    """View a (W, C) statistic so that it broadcasts over shares `xs` of shape (W, N/W, C, *)."""
-    return v.view(v.shape[0], 1, v.shape[1], *([1] * (xs.dim() - 3)))
 
 
 class _PerChannelAffine(nn.Module):
@@ -73,7 +56,7 @@ class _PerChannelAffine(nn.Module):
         return x_hat * per_channel(self.weight, x_hat) + per_channel(self.bias, x_hat)
 
 
-class ReferenceBatchNorm(_PerChannelAffine):
+class ReferenceBatchNorm(PerShare, _PerChannelAffine):
     """BatchNorm: per channel, statistics over the batch and every spatial position (N, H, W).
 
     Training normalizes with the batch's mean and biased variance and updates the running statistics
@@ -90,9 +73,6 @@ class ReferenceBatchNorm(_PerChannelAffine):
     statistics follow share 0 alone: PyTorch's DDP (broadcast_buffers=True, its default) copies rank 0's
     buffers to every rank at each forward, so rank 0's updates, from its share, are the ones that survive.
     """
-
-    workers = 1  # worker shares taking their own batch statistics in training (layers.set_workers)
-    interleaved = False  # the batch arrives reordered, share r in rows r, r + W, ... (layers.set_workers)
 
     def __init__(
         self,
@@ -123,7 +103,7 @@ class ReferenceBatchNorm(_PerChannelAffine):
 
     def share_statistics(self, x: Tensor) -> tuple[Tensor, Tensor, int]:
         """Per-share, per-channel mean and biased variance, each (W, C), and how many values each averages."""
-        xs = shares(x, self.workers, self.interleaved)
+        xs = split(x, current().count, current().interleaved)
         dims = (1, *range(3, xs.dim()))
         n = xs[0].numel() // x.shape[1]
         if n == 1:
@@ -139,13 +119,14 @@ class ReferenceBatchNorm(_PerChannelAffine):
         self.running_var.mul_(1 - m).add_(m * unbiased_var)
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.training and self.workers > 1:
+        shares = current()
+        if self.training and shares.count > 1:
             mean, var, n = self.share_statistics(x)
             if self.track_running_stats:
                 self.update_running_stats(mean[0].detach(), var[0].detach(), n)  # share 0: rank 0's buffers
-            xs = shares(x, self.workers, self.interleaved)
+            xs = split(x, shares.count, shares.interleaved)
             x_hat = (xs - per_share(mean, xs)) / torch.sqrt(per_share(var, xs) + self.eps)
-            return self.scale_shift(unshare(x_hat, self.interleaved))
+            return self.scale_shift(join(x_hat, shares.interleaved))
         if self.training or not self.track_running_stats:
             mean, var, n = self.batch_statistics(x)
             if self.training and self.track_running_stats:

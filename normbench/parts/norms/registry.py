@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 from normbench.base.errors import NormError
+from normbench.base.options import Options, origin_of
 
 if TYPE_CHECKING:
     from torch import nn
@@ -74,6 +75,12 @@ class NormSpec:
     min_values: int = 2  # fewest values one statistic may average: a variance needs two
     # Batch statistics over every worker's share (SyncBN); otherwise per worker share (docs/workers.md).
     synced: bool = False
+    # A norm-activation layer (FRN + TLU, EvoNorm): it takes the place of the norm *and* the activation after it,
+    # and is built with act=False where a model puts no activation after its norm (a residual branch's last norm).
+    activation: bool = False
+    # Its parameter count for `channels` channels and its options, said without building it (`explain` imports no
+    # torch); tests/test_norms.py holds it against every built layer.
+    params: Callable[..., int] = field(default=lambda channels, affine=True, **_: 2 * channels if affine else 0)
 
     @property
     def axes(self) -> dict[str, str]:
@@ -84,6 +91,11 @@ class NormSpec:
     def impls(self) -> tuple[str, ...]:
         """Its implementations, the default first."""
         return tuple(next(iter(self.layouts.values())).classes)
+
+    @property
+    def per_share(self) -> bool:
+        """Whether its training statistics are taken per worker share (BN-family norms, not synced ones)."""
+        return self.batch_statistics and not self.synced
 
     @property
     def options(self) -> dict[str, Any]:
@@ -101,6 +113,14 @@ class NormSpec:
     def _keywords(self) -> list[inspect.Parameter]:
         params = inspect.signature(self.builder).parameters.values()
         return [p for p in params if p.kind is p.KEYWORD_ONLY]
+
+    def check_options(self, num_features: int, **options: Any) -> None:
+        """Run the builder's own checks of its options (groups that do not divide the channels, eps <= 0, ...)
+        without building the layer, so that nothing here imports torch: the builder gets a class that builds
+        nothing."""
+        options = {k: v for k, v in options.items() if k != "impl"}
+        args = (True,) if self.activation else ()
+        self.builder(_NoLayer, num_features, *args, **options)
 
     def statistic_size(self, shape: tuple[int, ...], **options: Any) -> int:
         """How many values of an input of `shape` each statistic averages (0: the norm takes none)."""
@@ -170,7 +190,11 @@ class NormSpec:
             )
 
 
-NORMS: dict[str, NormSpec] = {}  # in registration order, which lists and reports follow
+NORMS: Options[NormSpec] = Options("norm", NormError)  # in registration order, which lists and reports follow
+
+
+def _NoLayer(*args: Any, **kwargs: Any) -> None:
+    """What `NormSpec.check_options` hands a builder as its class: builds nothing."""
 
 
 def register_norm(
@@ -182,51 +206,38 @@ def register_norm(
     batch_statistics: bool = False,
     min_values: int = 2,
     synced: bool = False,
+    activation: bool = False,
+    params: Callable[..., int] | None = None,
     replace: bool = False,
 ) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
     """Register `builder(cls, num_features, *, **options) -> nn.Module` under `name`; `cls` is the class that
-    `layouts` names for the layout and implementation being built. A name already registered (a built-in norm,
-    another plugin's) is refused, naming both places, unless `replace=True` asks for it."""
+    `layouts` names for the layout and implementation being built. A norm-activation layer (`activation=True`)
+    has `builder(cls, num_features, act, *, **options)`, `act` saying whether it includes its activation. A name
+    already registered (a built-in norm, another plugin's) is refused, naming both places, unless `replace=True`
+    asks for it. `params(channels, **options)`: its parameter count (default: γ and β per channel when affine)."""
 
     def decorator(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-        first = NORMS.get(name)
-        if first is not None and not replace and origin(first.builder) != origin(builder):
-            raise NormError(
-                f"register_norm('{name}') in {origin(builder)}: the norm '{name}' is already registered by "
-                f"{origin(first.builder)}. Give yours another name, or pass replace=True to register_norm to "
-                f"replace that norm on purpose (every run with norm={name} then uses yours)."
-            )
         impls = [tuple(support.classes) for support in layouts.values()]
         if not layouts or set(layouts) - set(LAYOUTS) or len(set(impls)) != 1 or not impls[0]:
             raise NormError(
                 f"register_norm('{name}'): layouts must map some of {', '.join(LAYOUTS)} to on(axes, impl=class, "
                 f"...) with the same implementations for every layout; got {dict(layouts)}."
             )
-        NORMS[name] = NormSpec(
-            name, summary, builder, dict(layouts), dict(refused or {}), batch_statistics, min_values, synced
-        )
+        spec = NormSpec(name, summary, builder, dict(layouts), dict(refused or {}), batch_statistics, min_values,
+                        synced, activation, **({"params": params} if params else {}))  # fmt: skip
+        NORMS.register(name, spec, origin=origin_of(builder), replace=replace)
         return builder
 
     return decorator
 
 
-def origin(builder: Callable[..., Any]) -> str:
-    """Where a builder was written: `module (file:line)`."""
-    code = getattr(builder, "__code__", None)
-    where = f" ({code.co_filename}:{code.co_firstlineno})" if code is not None else ""
-    return f"{builder.__module__}{where}"
-
-
 def get_norm(name: str) -> NormSpec:
-    if name not in NORMS:
-        raise NormError(
-            f"Unknown norm '{name}'. Registered norms: {', '.join(sorted(NORMS))} (`normbench list` describes each)."
-        )
-    return NORMS[name]
+    return NORMS[name]  # an unknown name: a NormError listing the norms
 
 
-def build_norm(name: str, num_features: int, layout: Layout, **options: Any) -> nn.Module:
-    """Build the norm `name` for `num_features` channels of the given layout, refusing what has no meaning."""
+def build_norm(name: str, num_features: int, layout: Layout, act: bool = True, **options: Any) -> nn.Module:
+    """Build the norm `name` for `num_features` channels of the given layout, refusing what has no meaning. `act`:
+    a norm-activation layer includes its activation (plain norms never do: the model adds its own)."""
     spec = get_norm(name)
     spec.refuse_unless_supported(layout)
     unknown = sorted(set(options) - set(spec.options))
@@ -241,7 +252,8 @@ def build_norm(name: str, num_features: int, layout: Layout, **options: Any) -> 
             f"norm={name}: impl='{impl}' is not available. Allowed: {', '.join(spec.impls)} "
             "(torch = PyTorch's fused kernels, reference = normbench's code written from the formulas)."
         )
-    return spec.builder(_resolve(spec.layouts[layout].classes[impl]), num_features, **options)
+    args = (act,) if spec.activation else ()
+    return spec.builder(_resolve(spec.layouts[layout].classes[impl]), num_features, *args, **options)
 
 
 def _resolve(factory: Factory) -> Callable[..., nn.Module]:

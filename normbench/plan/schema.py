@@ -4,8 +4,10 @@ The dataclasses below are Hydra structured configs registered in Hydra's ConfigS
 group's options among them (`norm/gn`, `model/cnn`, ...): the YAML files under configs/ only choose groups, set
 Hydra and hold the sweep presets.
 
-The model and norm schemas are not written here at all: they are derived from the model
-classes' `__init__` signatures and from the norm registry, so a new model or norm brings its own schema.
+The options of the config groups are not written here at all: each group's registry in the parts layer holds them
+(`parts/models`, `parts/norms`, `parts/data`, `parts/optim`). The data and optimizer options are their own classes;
+the model and norm schemas are derived from the model classes' signatures and from the norm registry, so a new
+option of any group brings its own schema.
 
 What is checked where:
 
@@ -20,8 +22,7 @@ What is checked where:
 Keys whose value does not change a run's identity (resuming with another thread count is the same run) are
 marked `volatile=True`; `VOLATILE` lists them for the resume check, the report and run-directory names.
 
-This module does not import torch (`normbench report` reads the schema without it): the registries are
-imported only when the model and norm schemas are first built.
+This module does not import torch (`normbench report` reads the schema without it).
 """
 
 from __future__ import annotations
@@ -29,50 +30,28 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import math
+import re
 import typing
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from enum import Enum, StrEnum
+from enum import Enum
 from functools import cache
-from typing import Any, ClassVar
+from typing import Any
 
-from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from normbench.base.errors import ConfigError
-
-
-class Choice(StrEnum):
-    """A closed set of names; as a str, `cfg.budget == "steps"` and f-strings keep working."""
+from normbench.base.settings import MISSING, SEED_LIMIT, Choice, setting
+from normbench.parts.data import DATASETS, DataConfig
+from normbench.parts.models import MODELS
+from normbench.parts.norms import NORMS
+from normbench.parts.optim import OPTIMIZERS, SCHEDULES, OptimConfig
+from normbench.plan import naming
 
 
 class Budget(Choice):
     epochs = "epochs"  # the same data seen at every batch size
     steps = "steps"  # the same number of optimizer steps
-
-
-class Device(Choice):
-    auto = "auto"  # CUDA, then MPS, then CPU
-    cpu = "cpu"
-    cuda = "cuda"
-    mps = "mps"
-
-
-class LrScaling(Choice):
-    linear = "linear"  # lr·B/base (GroupNorm paper)
-    sqrt = "sqrt"  # lr·sqrt(B/base)
-    none = "none"
-
-
-class Schedule(Choice):
-    cosine = "cosine"  # from lr to 0 over the budget
-    constant = "constant"
-    step = "step"  # lr × gamma at each of optim.milestones (the GroupNorm paper's ÷10 at set epochs)
-
-
-class Generator(Choice):
-    v2 = "v2"  # the class lives in spatial structure only; per-image lighting drawn apart from it
-    v1 = "v1"  # the earlier generator, whose per-image channel statistics still carry the class
 
 
 class XAxis(Choice):
@@ -107,26 +86,6 @@ class Impl(Choice):
     reference = "reference"  # normbench's code written from the formulas
 
 
-def setting(
-    default: Any,
-    *,
-    ge: float | None = None,
-    gt: float | None = None,
-    lt: float | None = None,
-    null: str = "",
-    volatile: bool = False,
-) -> Any:
-    """A field with its allowed range (ge: >=, gt: >, lt: <; for lists, of every item), the meaning of null
-    where null is allowed, and whether it is volatile (does not change which run this is)."""
-    metadata = {"ge": ge, "gt": gt, "lt": lt, "null": null, "volatile": volatile}
-    if isinstance(default, (list, tuple)):
-        return field(default_factory=lambda: list(default), metadata=metadata)
-    return field(default=default, metadata=metadata)
-
-
-# Seeds within ±2³²: torch.manual_seed takes 64 bits, and an epoch's draw seeds with seed·1,000,003 + epoch
-# (parts/data.py Batches), which must fit there too.
-SEED_LIMIT = 2**32
 FLOAT32_MAX = 3.4028234663852886e38  # the largest float32: torch's optimizers take their settings as one
 
 
@@ -141,86 +100,6 @@ class ModelConfig:
 @dataclass
 class NormConfig:
     name: str = MISSING
-
-
-@dataclass
-class DataConfig:
-    name: str = MISSING
-    augment: bool = True  # random crop (4-px padding) + horizontal flip, batched on the device
-    subset: int | None = setting(None, ge=1, null="all training images")  # train on the first N images
-    val_subset: int | None = setting(None, ge=1, null="all validation images")
-
-    def sizes(self) -> tuple[int, int]:
-        """(training images, validation images) before subset/val_subset."""
-        raise NotImplementedError
-
-
-@dataclass
-class SyntheticData(DataConfig):
-    """Seeded CIFAR-shaped data made in memory: 3×32×32, 10 classes. No download."""
-
-    name: str = "synthetic"
-    train_size: int = setting(10_000, ge=1)
-    val_size: int = setting(2_000, ge=1)
-    seed: int = setting(0, gt=-SEED_LIMIT, lt=SEED_LIMIT)  # the dataset's own: the same images for every run seed
-    difficulty: float = setting(1.5, ge=0)  # strength of overlay and noise (docs/science.md: what cnn+bn reaches)
-    generator: Generator = Generator.v2
-
-    def sizes(self) -> tuple[int, int]:
-        return self.train_size, self.val_size
-
-
-@dataclass
-class Cifar10Data(DataConfig):
-    """CIFAR-10 through torchvision's loader, from root/cifar-10-batches-py/."""
-
-    TRAIN_IMAGES: ClassVar[int] = 50_000
-    VAL_IMAGES: ClassVar[int] = 10_000
-    name: str = "cifar10"
-    root: str = "${oc.env:NORMBENCH_DATA,'~/.cache/normbench'}"  # $NORMBENCH_DATA, else ~/.cache/normbench
-    download: bool = False  # true: fetch the archive into root where the network allows
-
-    def sizes(self) -> tuple[int, int]:
-        return self.TRAIN_IMAGES, self.VAL_IMAGES
-
-
-@dataclass
-class OptimConfig:
-    """lr is the rate at base_batch_size; lr_scaling adapts it to batch_size."""
-
-    name: str = MISSING
-    lr: float = setting(MISSING, gt=0)
-    base_batch_size: int = setting(128, ge=1)
-    lr_scaling: LrScaling = LrScaling.linear
-    weight_decay: float = setting(MISSING, ge=0)  # on weights only, not on γ/β or biases
-    schedule: Schedule = Schedule.cosine
-    warmup_steps: int = setting(0, ge=0)
-    # schedule=step: the lr is multiplied by gamma at each milestone, given as a fraction of the run's optimizer
-    # steps (fractions, not epochs, so that one list fits every budget: 0.3,0.6,0.9 of 100 epochs = epochs 30/60/90).
-    milestones: list[float] = setting([0.5, 0.75], gt=0, lt=1)  # noqa: RUF009 (setting() returns a field)
-    gamma: float = setting(0.1, gt=0)
-
-
-@dataclass
-class SGD(OptimConfig):
-    """SGD with momentum; lr scaled linearly with batch size from optim.base_batch_size"""
-
-    name: str = "sgd"
-    lr: float = setting(0.1, gt=0)
-    momentum: float = setting(0.9, ge=0, lt=1)
-    nesterov: bool = False
-    weight_decay: float = setting(5.0e-4, ge=0)
-
-
-@dataclass
-class AdamW(OptimConfig):
-    """AdamW; lr scaled with the square root of batch size from optim.base_batch_size"""
-
-    name: str = "adamw"
-    lr: float = setting(2.0e-3, gt=0)
-    lr_scaling: LrScaling = LrScaling.sqrt
-    betas: list[float] = setting([0.9, 0.999], ge=0, lt=1)  # noqa: RUF009 (setting() returns a field)
-    weight_decay: float = setting(0.05, ge=0)
 
 
 @dataclass
@@ -286,7 +165,8 @@ class Config:
     # a worker whatever this says.
     launch: Launch = setting(Launch.emulated, volatile=True)  # noqa: RUF009 (setting() returns a field)
     seed: int = setting(0, gt=-SEED_LIMIT, lt=SEED_LIMIT)
-    device: Device = setting(Device.auto, volatile=True)  # noqa: RUF009 (setting() returns a field)
+    # auto: CUDA, then Apple's MPS, then the CPU; or cpu, cuda, cuda:N (the Nth visible GPU), mps.
+    device: str = setting("auto", volatile=True)
     threads: int | None = setting(None, ge=1, null="all cores, divided among parallel sweep jobs", volatile=True)
     resume: bool = setting(False, volatile=True)  # continue from the run directory's checkpoint
     quiet: bool = setting(False, volatile=True)  # no live progress bar
@@ -308,10 +188,7 @@ def _volatile(schema: type, prefix: str = "") -> Iterator[str]:
 VOLATILE: tuple[str, ...] = tuple(_volatile(Config))
 
 
-# --- the derived part: models and norms -----------------------------------------------------------------
-
-# Model constructor arguments that the data fixes (3×32×32 images, 10 classes) or the norm registry fills.
-FIXED_MODEL_ARGS = ("norm_layer", "num_classes", "in_channels", "in_features", "image_size")
+# --- the config groups: each one registry in the parts layer ----------------------------------------------
 
 
 def _config_type(hint: Any) -> Any:
@@ -336,48 +213,35 @@ def _derived(group: str, option: str, base: type, options: dict[str, tuple[Any, 
     return cls
 
 
-def _model_schemas() -> dict[str, type]:
-    from normbench.parts.models import MODELS
-
-    schemas = {}
-    for model, (cls, text) in MODELS.items():
-        hints = typing.get_type_hints(cls.__init__)
-        params = inspect.signature(cls).parameters.values()
-        options = {p.name: (hints[p.name], p.default) for p in params if p.name not in FIXED_MODEL_ARGS}
-        schemas[model] = _derived("model", model, ModelConfig, options, text)
-    return schemas
+def _norm_options(spec: Any) -> dict[str, tuple[Any, Any]]:
+    """Each norm option's (type, default); `impl` is the closed set `Impl` whatever the registry annotates."""
+    types = {key: Impl if key == "impl" else hint for key, hint in spec.option_types.items()}
+    return {key: (types[key], default) for key, default in spec.options.items()}
 
 
-def _norm_option_types(spec: Any) -> dict[str, Any]:
-    """Each option's type; `impl` is the closed set `Impl` whatever the registry annotates."""
-    return {key: Impl if key == "impl" else hint for key, hint in spec.option_types.items()}
-
-
-def _norm_schemas() -> dict[str, type]:
-    from normbench.parts.norms import NORMS
-
-    schemas = {}
-    for norm, spec in NORMS.items():
-        types = _norm_option_types(spec)
-        options = {key: (types[key], default) for key, default in spec.options.items()}
-        schemas[norm] = _derived("norm", norm, NormConfig, options, spec.summary)
-    return schemas
+# How each config group's registry gives the schema of an option: the data's and the optimizer's classes are their
+# schemas; a model's and a norm's are derived from the model class's signature and the norm's registration.
+GROUPS: dict[str, Callable[[], dict[str, type]]] = {
+    "model": lambda: {n: _derived("model", n, ModelConfig, s.options(), s.summary) for n, s in MODELS.items()},
+    "norm": lambda: {n: _derived("norm", n, NormConfig, _norm_options(s), s.summary) for n, s in NORMS.items()},
+    "data": lambda: dict(DATASETS),
+    "optim": lambda: dict(OPTIMIZERS),
+}
 
 
 @cache
 def group_schemas() -> dict[str, dict[str, type]]:
-    """Every config group's options and their schemas: {"norm": {"bn": Norm_bn, ...}, ...}."""
-    return {
-        "model": _model_schemas(),
-        "norm": _norm_schemas(),
-        "data": {schema.name: schema for schema in (SyntheticData, Cifar10Data)},  # each name stated in its class
-        "optim": {schema.name: schema for schema in (SGD, AdamW)},
-    }
+    """Every config group's options and their schemas: {"norm": {"bn": Norm_bn, ...}, ...}. Builds the model
+    schemas, which imports the model classes (torch)."""
+    return {group: options() for group, options in GROUPS.items()}
 
 
 def __getattr__(name: str) -> type:
-    # Derived classes are found by name, so that configs holding them pickle (Hydra's joblib launcher
-    # sends the ConfigStore to its workers).
+    # Derived classes are found by name, so that configs holding them pickle (Hydra's joblib launcher sends the
+    # ConfigStore to its workers; a run's worker processes get its plan). A plugin's norm needs the plugin first.
+    from normbench.base.resources import load_plugins
+
+    load_plugins()
     group, _, option = name.partition("_")
     schema = group_schemas()[group.lower()].get(option) if group in ("Model", "Norm") else None
     if schema is None or schema.__name__ != name:
@@ -389,7 +253,11 @@ def __getattr__(name: str) -> type:
 def register() -> None:
     """Put the schema into Hydra's ConfigStore: `schema` (the root), every option of a config group as
     `GROUP/OPTION` (what `norm=gn` selects: no YAML file restates it), and again as `schema/GROUP/OPTION`, the node a
-    user's own YAML option extends (`defaults: [/schema/norm/NAME@_here_]`, then its own values)."""
+    user's own YAML option extends (`defaults: [/schema/norm/NAME@_here_]`, then its own values); and the resolvers
+    configs/config.yaml uses. Every process that composes calls it first."""
+    from hydra.core.config_store import ConfigStore
+
+    register_resolvers()
     store = ConfigStore.instance()
     store.store(name="schema", node=Config)
     for group, options in group_schemas().items():
@@ -402,9 +270,12 @@ def _volatile_and(*keys: str) -> list[str]:
     return [*keys, *VOLATILE]
 
 
-# config.yaml's hydra.job.config.override_dirname.exclude_keys: volatile keys never name a run directory.
-# Registered on import: every process that composes (also a launcher's worker) imports this module first.
-OmegaConf.register_new_resolver("normbench.volatile_and", _volatile_and, replace=True)
+def register_resolvers() -> None:
+    """The resolvers configs/config.yaml uses: run names (plan/naming.py) and the volatile keys, which never name a
+    run directory (`hydra.job.config.override_dirname.exclude_keys`). A launcher's job process registers them when it
+    imports launch/task.py."""
+    naming.register_resolvers()
+    OmegaConf.register_new_resolver("normbench.volatile_and", _volatile_and, replace=True)
 
 
 # --- checks ---------------------------------------------------------------------------------------------
@@ -506,37 +377,29 @@ def unknown_key(key: str, schema: type | None) -> ConfigError:
     )
 
 
-def effective_lr(optim: DictConfig, batch_size: int) -> float:
-    """optim.lr is the rate at optim.base_batch_size, scaled to the run's batch size.
-
-    linear: lr · B / base (Goyal et al. 2017, the GroupNorm paper's setting); sqrt: lr · sqrt(B / base);
-    none: lr as given.
-    """
-    ratio = batch_size / optim.base_batch_size
-    scale = {"linear": ratio, "sqrt": math.sqrt(ratio), "none": 1.0}[optim.lr_scaling]
-    return float(optim.lr * scale)
+DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 
 
-def check(cfg: DictConfig) -> None:
+def check(cfg: DictConfig) -> Config:
     """Refuse a composed config that the schema does not allow: unknown keys, values out of range, and the
-    rules that tie keys together. Raises a ConfigError naming the key, the value and what is allowed."""
+    rules that tie keys together. Raises a ConfigError naming the key, the value and what is allowed. Returns the
+    config as the schema's typed objects (the data's and the optimizer's classes with their builders)."""
     _check_node(cfg)
     for group, options in group_schemas().items():
         node = cfg[group]
         if OmegaConf.get_type(node) is not options.get(node.name):
             raise _fail(f"{group}.name", node.name, f"choose the {group} with {group}=NAME ({', '.join(options)})")
-    lr = effective_lr(cfg.optim, cfg.batch_size)
+    if cfg.optim.schedule not in SCHEDULES:
+        raise _fail("optim.schedule", cfg.optim.schedule, f"it must be one of {', '.join(SCHEDULES)}")
+    if not DEVICE.fullmatch(cfg.device):
+        raise _fail("device", cfg.device, "it must be auto, cpu, cuda, cuda:N (the Nth visible GPU) or mps")
+    config: Config = OmegaConf.to_object(cfg)  # type: ignore[assignment]
+    lr = config.optim.effective_lr(cfg.batch_size)
     if not lr < FLOAT32_MAX:
         raise _fail("optim.lr", cfg.optim.lr, f"scaled to batch_size={cfg.batch_size} (optim.lr_scaling="
                     f"{cfg.optim.lr_scaling}) it is {lr:.4g}, beyond float32's {FLOAT32_MAX:.4g}")  # fmt: skip
     if cfg.budget == Budget.steps and cfg.max_steps is None:
         raise _fail("max_steps", None, "budget=steps trains for max_steps optimizer steps, so set it (e.g. 2000)")
-    data: DataConfig = OmegaConf.to_object(cfg.data)  # type: ignore[assignment]
-    train_images, val_images = data.sizes()
-    for key, available, split in (("subset", train_images, "training"), ("val_subset", val_images, "validation")):
-        value = getattr(data, key)
-        if value is not None and value > available:
-            raise _fail(f"data.{key}", value, f"it must be between 1 and {available} (the {split} images)")
     if cfg.batch_size % cfg.workers:
         divisors = [w for w in range(1, cfg.batch_size + 1) if cfg.batch_size % w == 0]
         raise ConfigError(
@@ -545,9 +408,4 @@ def check(cfg: DictConfig) -> None:
             f"batch_size={cfg.batch_size}: {', '.join(map(str, divisors))}; or a batch_size that is a multiple of "
             f"{cfg.workers}."
         )
-    train_images = data.subset or train_images
-    if cfg.batch_size > train_images:
-        raise ConfigError(
-            f"batch_size={cfg.batch_size} is larger than the {train_images} training images of data={data.name}, "
-            "so an epoch would have no full batch (incomplete batches are dropped). Use a smaller batch_size."
-        )
+    return config
