@@ -26,8 +26,10 @@
 8. workers:  a training step of the default cnn with workers=8 emulated workers of 2 images against a plain
              16-image bn step (goal <= 1.10x), and the grouped batch-statistics validation (shares of 2 images)
              against the loop of one forward per share it replaces (same accuracy, printed).
+9. cli:      `normbench --help`, `--version`, `list`, `explain bn`, `run --help` and a shell completion, each as a
+             whole process (median of --reps × 2), against `python -c "pass"` (goal: at most 0.3 s each).
 
-    python scripts/bench.py [--sections data,logging,overhead,switches,e2e,fixed,workers,sweep] [--steps 100]
+    python scripts/bench.py [--sections data,logging,overhead,switches,e2e,fixed,workers,cli,sweep] [--steps 100]
                             [--reps 2] [--norms bn,gn] [--batches 2,8]   (overhead and switch cases)
 """
 
@@ -52,15 +54,18 @@ import torch
 import torch.nn.functional as F
 from rich.console import Console
 
-from normbench.launch.compose import compose_config
-from normbench.parts.data import Batches, ImageData, make_synthetic
-from normbench.parts.models import build_model
-from normbench.parts.norms.layers import set_workers
-from normbench.run import schema
+from normbench.base.overrides import hydra_value
+from normbench.launch.start import plan_once
+from normbench.parts.data import ImageData
+from normbench.parts.data.batches import Batches
+from normbench.parts.data.synthetic_images import make_synthetic
+from normbench.parts.models import build_model as build
+from normbench.plan import schema
+from normbench.plan.plan import RunPlan
 from normbench.run.devices import select_device
 from normbench.run.evaluation import batch_stats_accuracy, evaluate, frozen_buffers
 from normbench.run.record import find_records
-from normbench.run.setup import build_optimizer, cached_data, effective_lr
+from normbench.run.setup import build_model, build_optimizer
 from normbench.run.train import run
 
 CASES = [
@@ -81,26 +86,32 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def config(model: str, norm: str, batch: int, steps: int, *extra: str):
+def planned(overrides: list[str], directory: str = "/nonexistent") -> RunPlan:
+    """The plan `normbench run` makes of `overrides` (in `directory`)."""
+    return plan_once([*overrides, f"hydra.run.dir={hydra_value(directory)}"])[0]
+
+
+def config(model: str, norm: str, batch: int, steps: int, *extra: str) -> list[str]:
     # The thread count always explicit: a run sets torch's for the whole process, and a `threads=1` case must
     # not leave the cases after it on one thread.
     threads = [] if any(e.startswith("threads=") for e in extra) else [f"threads={THREADS}"]
     # Histogram steps as dense as in a default run (log.hist_points over its 60,000 images), not 16 in a round.
     points = f"log.hist_points={max(1, round(schema.LogConfig.hist_points * batch * steps / DEFAULT_RUN_IMAGES))}"
-    return compose_config([
+    return [
         f"model={model}", f"norm={norm}", f"batch_size={batch}", f"max_steps={steps}", "epochs=1000", "quiet=true",
         "eval.bn_modes=false", "data.val_size=500", points, *threads, *extra,
-    ])  # fmt: skip
+    ]  # fmt: skip
 
 
-def normbench_step(cfg, data: ImageData) -> float:
+def normbench_step(overrides: list[str], data: ImageData) -> float:
     """Seconds per step of normbench's own training loop (`train.run`; its wall_s excludes validation)."""
     with tempfile.TemporaryDirectory() as tmp:
-        record = run(cfg, Path(tmp), console=Console(quiet=True), data=data)
+        plan = planned(overrides, tmp)
+        record = run(plan, build_model(plan), console=Console(quiet=True), data=data)
     return record.wall_s / record.steps
 
 
-def bare_step(cfg, data: ImageData, steps: int) -> float:
+def bare_step(overrides: list[str], data: ImageData, steps: int) -> float:
     """Seconds per step of a hand-written loop fed by the same data stream as normbench's loop.
 
     Both loops take their batches from the same live `Batches` iterator, so the ratio isolates the
@@ -108,12 +119,13 @@ def bare_step(cfg, data: ImageData, steps: int) -> float:
     Batches materialised before the clock would be read from cold memory (~150 MB for 100 steps at 128)
     and made the bare loop 20-40% slower in some rounds than normbench's freshly written, cache-hot ones.
     """
+    plan = planned(overrides)
+    cfg = plan.config
     device = select_device(cfg.device)
-    torch.manual_seed(cfg.seed)
-    model = build_model(cfg.model, cfg.norm).to(device)
+    model = build_model(plan).to(device)  # seeded from the plan
     if cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    opt = build_optimizer(model, cfg.optim, effective_lr(cfg.optim, cfg.batch_size))  # the run's own optimizer
+    opt = build_optimizer(model, plan)  # the run's own optimizer
     source = Batches(data.train_images, data.train_labels, cfg.batch_size, data.mean, data.std, device, train=True,
                      augment=True, seed=cfg.seed, channels_last=cfg.train.channels_last)  # fmt: skip
     batches = itertools.islice(itertools.chain.from_iterable(source.epoch(e) for e in itertools.count()), steps)
@@ -213,8 +225,9 @@ def bench_logging(data: ImageData, steps: int, reps: int) -> None:
         on = config("cnn", "bn", batch, round_steps(batch, steps))
         off = config("cnn", "bn", batch, round_steps(batch, steps), "log.activations=false")
         t_on, t_off, ratio = paired(reps, lambda: normbench_step(on, data), lambda: normbench_step(off, data))  # noqa: B023
+        points = planned(on).config.log.hist_points
         print(f"b={batch:<4d} logging on {1000 * t_on:7.2f} ms/step, off {1000 * t_off:7.2f} ms/step "
-              f"({on.log.hist_points} histogram steps per run): ratio {ratio:.3f}")  # fmt: skip
+              f"({points} histogram steps per run): ratio {ratio:.3f}")  # fmt: skip
 
 
 def bench_overhead(data: ImageData, steps: int, reps: int, cases: list[tuple[str, str, int]]) -> float:
@@ -259,7 +272,7 @@ def bench_workers(data: ImageData, steps: int, reps: int) -> None:
               f"{1000 * t_plain:6.2f} ms/step: ratio {ratio:.3f} (goal <= 1.10)")  # fmt: skip
     device = select_device("auto")
     torch.manual_seed(0)
-    model = build_model({"name": "cnn"}, {"name": "bn"}).to(device).train()
+    model = build({"name": "cnn"}, {"name": "bn"}, 3, (32, 32), 10).to(device).train()
     shares = Batches(data.val_images, data.val_labels, 2, data.mean, data.std, device, train=False)
     accuracy: dict[str, float] = {}
 
@@ -272,7 +285,6 @@ def bench_workers(data: ImageData, steps: int, reps: int) -> None:
         return time.perf_counter() - start
 
     def loop() -> float:
-        set_workers(model, 1)
         return evaluate(model, shares)[1]
 
     t_loop, t_grouped, ratio = paired(
@@ -291,7 +303,7 @@ def bench_e2e() -> None:
     """Each run as a user's second one: its synthetic images already in the cache (making the default set takes
     5-8 s more, once per machine)."""
     for name, overrides in E2E.items():
-        cached_data(compose_config(overrides).data)
+        planned(overrides).config.data.load()
         with tempfile.TemporaryDirectory() as tmp:
             start = time.perf_counter()
             subprocess.run([NORMBENCH, "run", *overrides, "quiet=true", f"hydra.run.dir={tmp}"], check=True,
@@ -305,7 +317,7 @@ def bench_e2e() -> None:
 
 
 def bench_sweep(overrides: list[str]) -> None:
-    cached_data(compose_config([o for o in overrides if not o.startswith("hydra")]).data)  # as in bench_e2e
+    planned(["sweep=quick"] if "sweep=quick" in overrides else []).config.data.load()  # as in bench_e2e
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
         subprocess.run([NORMBENCH, "sweep", *overrides, f"hydra.sweep.dir={tmp}"], check=True,
@@ -382,7 +394,7 @@ def first_job_start() -> float:
 
 def bench_fixed(reps: int) -> None:
     for name, overrides in E2E.items():
-        cached_data(compose_config(overrides).data)  # as in bench_e2e: the images made once per machine
+        planned(overrides).config.data.load()  # as in bench_e2e: the images made once per machine
         cost = functools.partial(fixed_cost, overrides)
         rest, floor, above = paired_difference(reps, cost, import_torch)
         print(f"{name} ({' '.join(overrides) or 'no overrides'}): fixed cost {rest:.2f} s, import torch {floor:.2f} "
@@ -390,10 +402,37 @@ def bench_fixed(reps: int) -> None:
         rest, floor, above = paired_difference(reps, cost, import_torch_and_optimizer)
         print(f"{name}: fixed cost {rest:.2f} s, import torch and build a torch.optim optimizer {floor:.2f} s: "
               f"{above:+.2f} s above that floor")  # fmt: skip
-    cached_data(compose_config(["sweep=default"]).data)
+    planned(["batch_size=32", "data.train_size=10000"]).config.data.load()  # the default preset's images
     started, floor, above = paired_difference(reps, first_job_start, import_torch)
     print(f"default sweep: first job started after {started:.2f} s (goal: within 3 s); import torch {floor:.2f} s, "
           f"{above:+.2f} s above it")  # fmt: skip
+
+
+CLI = {
+    "--help": ["--help"],
+    "--version": ["--version"],
+    "list": ["list"],
+    "explain bn": ["explain", "bn"],
+    "run --help": ["run", "--help"],
+}
+COMPLETION = {"_NORMBENCH_COMPLETE": "complete_bash", "COMP_WORDS": "normbench run norm=", "COMP_CWORD": "2"}
+
+
+def command_seconds(args: list[str], env: dict[str, str] | None = None) -> float:
+    start = time.perf_counter()
+    subprocess.run(args, check=False, stdout=subprocess.DEVNULL, env={**os.environ, **(env or {})})
+    return time.perf_counter() - start
+
+
+def bench_cli(reps: int) -> None:
+    """The commands that answer at once: each a whole process, against the interpreter's own start."""
+    cases = {name: functools.partial(command_seconds, [NORMBENCH, *args]) for name, args in CLI.items()}
+    cases["completion of norm="] = functools.partial(command_seconds, [NORMBENCH], COMPLETION)
+    start = functools.partial(command_seconds, [sys.executable, "-c", "pass"])
+    for name, measure in cases.items():
+        seconds, python, above = paired_difference(reps, measure, start)
+        print(f"normbench {name:24s} {seconds:.2f} s (python alone {python:.2f} s, {above:+.2f} s above it; goal: "
+              "at most 0.30 s)")  # fmt: skip
 
 
 def selected(cases: list[tuple[str, str, int]], norms: str | None, batches: str | None) -> list[tuple[str, str, int]]:
@@ -406,7 +445,7 @@ def selected(cases: list[tuple[str, str, int]], norms: str | None, batches: str 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sections", default="data,logging,overhead,switches,e2e,fixed,workers")
+    parser.add_argument("--sections", default="cli,data,logging,overhead,switches,e2e,fixed,workers")
     parser.add_argument("--steps", type=int, default=100, help="steps per timed round (at least 3,200 images)")
     parser.add_argument("--reps", type=int, default=2, help="blocks of 4 timed rounds per case")
     parser.add_argument("--threads", type=int, default=None)
@@ -423,8 +462,11 @@ def main() -> None:
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     print(f"normbench bench: torch {torch.__version__}, {device}, {torch.get_num_threads()} threads, "
           f"{os.cpu_count()} cores, load average {load}")  # fmt: skip
-    data = make_synthetic(10_000, 500)
     sections = args.sections.split(",")
+    if "cli" in sections:
+        print("\n== commands that answer at once")
+        bench_cli(args.reps)
+    data = make_synthetic(10_000, 500)
     if "data" in sections:
         print("\n== data path (issue: CIFAR-10 fast path)")
         bench_data(data, args.reps)

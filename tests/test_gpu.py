@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import events
-
-from normbench.run.train import run
+from conftest import events, train
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -23,19 +21,19 @@ def _losses(run_dir) -> list[float]:
     return [e.value for e in events(run_dir).Scalars("train/loss")]
 
 
-def test_cuda_graph_steps_give_the_eager_losses(tiny, tmp_path) -> None:
+def test_cuda_graph_steps_give_the_eager_losses(tmp_path) -> None:
     """train.compile_mode=reduce_overhead (CUDA graphs) against eager on the same seed: the per-step losses agree
     within float tolerance (inductor fuses and reorders reductions, so not bit for bit)."""
-    eager = run(tiny(*SMALL), tmp_path / "eager")
-    graphs = run(tiny(*SMALL, "train.compile=true", "train.compile_mode=reduce_overhead"), tmp_path / "graphs")
+    eager = train(tmp_path / "eager", *SMALL)
+    graphs = train(tmp_path / "graphs", *SMALL, "train.compile=true", "train.compile_mode=reduce_overhead")
     assert eager.steps == graphs.steps == 30 and eager.device.startswith("cuda")
     torch.testing.assert_close(_losses(tmp_path / "graphs"), _losses(tmp_path / "eager"), rtol=2e-3, atol=2e-3)
     assert graphs.metrics.val_loss == pytest.approx(eager.metrics.val_loss, rel=1e-2)
 
 
-def test_bf16_autocast_trains_close_to_fp32(tiny, tmp_path) -> None:
-    run(tiny(*SMALL), tmp_path / "fp32")
-    bf16 = run(tiny(*SMALL, "train.amp=true"), tmp_path / "bf16")
+def test_bf16_autocast_trains_close_to_fp32(tmp_path) -> None:
+    train(tmp_path / "fp32", *SMALL)
+    bf16 = train(tmp_path / "bf16", *SMALL, "train.amp=true")
     first_fp32, first_bf16 = _losses(tmp_path / "fp32")[0], _losses(tmp_path / "bf16")[0]
     assert first_bf16 != first_fp32  # autocast did run in bf16
     assert first_bf16 == pytest.approx(first_fp32, rel=2e-2)  # bf16 keeps 8 bits of mantissa

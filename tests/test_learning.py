@@ -8,12 +8,13 @@ import math
 import pytest
 import torch
 
+from conftest import planned
+
 from normbench.base.errors import ConfigError
-from normbench.launch.compose import compose_config
 from normbench.parts.data import ImageData
 from normbench.parts.models import MODELS
-from normbench.parts.models.resnet import CifarResNet
 from normbench.parts.norms import NORMS
+from normbench.run.setup import build_model
 from normbench.run.train import run
 
 CLASSES, TRAIN, VAL, BATCH = 10, 1536, 256, 32  # one epoch of 48 steps, one validation
@@ -46,12 +47,12 @@ def gratings(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 def _pairs() -> list[object]:
     pairs = []
-    for model, (cls, _) in MODELS.items():
+    for model, spec_model in MODELS.items():
         for norm, spec in NORMS.items():
-            if cls.layout not in spec.axes:
+            if spec_model.layout not in spec.axes:
                 continue
             marks = []
-            if issubclass(cls, CifarResNet):
+            if model.startswith("resnet"):
                 # 0.7 s per step at batch 32 on one core here: minutes per pair. The norms' placement in the
                 # ResNets is tested in test_science, and every pair completes a few steps in test_run.
                 marks.append(pytest.mark.skip(reason="ResNets take about 0.7 s per training step on CPU"))
@@ -68,15 +69,14 @@ def data() -> ImageData:
 @pytest.mark.parametrize(("model", "norm"), _pairs())
 def test_every_allowed_pair_beats_chance_within_48_steps(model, norm, data, tmp_path) -> None:
     try:
-        cfg = compose_config([
-            f"model={model}", f"norm={norm}", *SMALL.get(model, []), *WIDER.get((model, norm), []),
-            "device=cpu", "threads=1", "quiet=true",
-            f"batch_size={BATCH}", "epochs=1", f"data.train_size={TRAIN}", f"data.val_size={VAL}",
+        plan = planned(
+            tmp_path, f"model={model}", f"norm={norm}", *SMALL.get(model, []), *WIDER.get((model, norm), []),
+            f"batch_size={BATCH}", "epochs=1", "max_steps=null", f"data.train_size={TRAIN}", f"data.val_size={VAL}",
             "data.augment=false", f"eval.batch_size={VAL}", "eval.bn_modes=false", "log.activations=false",
             "optim=adamw", "optim.lr=1e-2", "optim.lr_scaling=none",
-        ])  # fmt: skip
+        )  # fmt: skip
     except ConfigError as error:
         pytest.fail(f"model={model} norm={norm} does not compose: {error}")
-    record = run(cfg, tmp_path, data=data)
+    record = run(plan, build_model(plan), data=data)
     assert record.steps == TRAIN // BATCH
     assert record.metrics.val_acc >= 0.3, record.metrics  # chance is 0.1

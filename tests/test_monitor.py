@@ -6,34 +6,32 @@ import io
 
 import pytest
 import torch
-from conftest import events, saved_model_scores
-from omegaconf import OmegaConf
+from conftest import events, planned, saved_model_scores, train
 from rich.console import Console
 from tensorboard.plugins.hparams.api_pb2 import Status
 from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
 from torch import nn
 
 from normbench.base.errors import DivergedError
-from normbench.parts.data import make_synthetic
+from normbench.parts.data.synthetic_images import make_synthetic
 from normbench.run import progress
 from normbench.run import record as R
-from normbench.run.board import SweepExperiment
+from normbench.plan.plan import SweepPlan
 from normbench.run.evaluation import frozen_buffers, precise_bn
 from normbench.run.monitor import schedule
 from normbench.run.record import RunRecord
-from normbench.run.train import run
 
 CNN_NORMS = ("stage1.norm", "stage2.norm", "stage3.norm")
 
 
-def test_histograms_of_every_norm_layer_at_the_logging_steps(tiny, tmp_path) -> None:
-    record = run(tiny("max_steps=4", "data.train_size=64", "log.hist_points=2"), tmp_path)
+def test_histograms_of_every_norm_layer_at_the_logging_steps(tmp_path) -> None:
+    record = train(tmp_path, "max_steps=4", "data.train_size=64", "log.hist_points=2")
     ea = events(tmp_path)
     histograms = set(ea.Tags()["histograms"])
     for layer in CNN_NORMS:
         for kind in ("in", "out"):
-            train = ea.Histograms(f"watch/act/{layer}/{kind}")
-            assert [h.step for h in train] == [8, 16, 32]  # steps 1, 2 (half the run), 4 at batch 8: examples seen
+            probed = ea.Histograms(f"watch/act/{layer}/{kind}")
+            assert [h.step for h in probed] == [8, 16, 32]  # steps 1, 2 (half the run), 4 at batch 8: examples seen
             assert [h.step for h in ea.Histograms(f"watch/act_eval/{layer}/{kind}")] == [32]
             assert f"watch/act/{layer}/{kind}_std" in ea.Tags()["scalars"]
         for statistic in ("mean", "var"):
@@ -50,24 +48,23 @@ def test_histograms_of_every_norm_layer_at_the_logging_steps(tiny, tmp_path) -> 
     assert record.steps == 4
 
 
-def test_histograms_come_at_the_same_images_seen_at_every_batch_size(tiny, tmp_path) -> None:
+def test_histograms_come_at_the_same_images_seen_at_every_batch_size(tmp_path) -> None:
     """Two points: half and all of the run, at batch 4 steps 4 and 8, at batch 8 steps 2 and 4, both after 16 and
     32 images; plus the first step of each (4 and 8 images). A cadence in steps would put them at 8/16/32 against
     16/32."""
     x = {}
     for batch, axis in ((4, "examples"), (8, "examples"), (4, "steps")):
         run_dir = tmp_path / f"{batch}_{axis}"
-        run(tiny(f"batch_size={batch}", f"max_steps={32 // batch}", "log.hist_points=2", f"log.x_axis={axis}"),
-            run_dir)  # fmt: skip
+        train(run_dir, f"batch_size={batch}", f"max_steps={32 // batch}", "log.hist_points=2", f"log.x_axis={axis}")  # fmt: skip
         x[batch, axis] = [h.step for h in events(run_dir).Histograms("watch/act/stage2.norm/out")]
     assert x[4, "examples"] == [4, 16, 32] and x[8, "examples"] == [8, 16, 32]
     assert x[4, "steps"] == [1, 4, 8]
 
 
-def test_the_three_ways_to_evaluate_batch_norm(tiny, tmp_path) -> None:
+def test_the_three_ways_to_evaluate_batch_norm(tmp_path) -> None:
     """Each against the saved model scored here: running statistics; batch statistics of the training batch size
     (8); statistics re-estimated by torch's own update_bn over PreciseBN's 16 training images."""
-    record = run(tiny("max_steps=6", "data.train_size=48", "epochs=2", "data.val_size=256"), tmp_path)
+    record = train(tmp_path, "max_steps=6", "data.train_size=48", "epochs=2", "data.val_size=256")
     ea = events(tmp_path)
     for tag in ("val/acc", "val/acc_batch_stats", "val/acc_precise_bn"):
         assert [e.step for e in ea.Scalars(tag)] == [48]  # 6 steps of 8 examples
@@ -80,10 +77,10 @@ def test_the_three_ways_to_evaluate_batch_norm(tiny, tmp_path) -> None:
         assert ea.Scalars(tag)[0].value == pytest.approx(scores[key], abs=1e-6), tag  # float32 in the event file
 
 
-def test_bn_modes_follow_eval_bn_modes_not_activation_logging(tiny, tmp_path) -> None:
-    without_histograms = run(tiny("log.activations=false"), tmp_path / "a").metrics
+def test_bn_modes_follow_eval_bn_modes_not_activation_logging(tmp_path) -> None:
+    without_histograms = train(tmp_path / "a", "log.activations=false").metrics
     assert without_histograms.val_acc_batch_stats is not None and without_histograms.val_acc_precise_bn is not None
-    off = run(tiny("eval.bn_modes=false"), tmp_path / "b")
+    off = train(tmp_path / "b", "eval.bn_modes=false")
     assert off.metrics.val_acc_batch_stats is None and off.metrics.val_acc_precise_bn is None
     assert [(h.val_acc_batch_stats, h.val_acc_precise_bn) for h in off.history] == [(None, None)]
     assert off.precise_bn_images is None
@@ -91,16 +88,16 @@ def test_bn_modes_follow_eval_bn_modes_not_activation_logging(tiny, tmp_path) ->
     assert "val/acc" in scalars and not {"val/acc_batch_stats", "val/acc_precise_bn"} & set(scalars)
 
 
-def test_norm_none_is_probed_at_the_same_places_and_has_no_bn_extras(tiny, tmp_path) -> None:
-    record = run(tiny("norm=none"), tmp_path)
+def test_norm_none_is_probed_at_the_same_places_and_has_no_bn_extras(tmp_path) -> None:
+    record = train(tmp_path, "norm=none")
     ea = events(tmp_path)
     assert {f"watch/act/{layer}/in" for layer in CNN_NORMS} <= set(ea.Tags()["histograms"])
     assert not any(t.startswith("watch/bn/") for t in ea.Tags()["histograms"])
     assert record.metrics.val_acc_batch_stats is None and "val/acc_batch_stats" not in ea.Tags()["scalars"]
 
 
-def test_every_run_shows_its_starting_and_final_distributions(tiny, tmp_path) -> None:
-    run(tiny("max_steps=3", "log.hist_points=1", "log.x_axis=steps"), tmp_path)
+def test_every_run_shows_its_starting_and_final_distributions(tmp_path) -> None:
+    train(tmp_path, "max_steps=3", "log.hist_points=1", "log.x_axis=steps")
     ea = events(tmp_path)
     assert [h.step for h in ea.Histograms("watch/act/stage1.norm/in")] == [1, 3]  # the first and last steps
     assert [e.step for e in ea.Scalars("watch/bn/stage1.norm/mean/gap")] == [1, 3]
@@ -108,13 +105,13 @@ def test_every_run_shows_its_starting_and_final_distributions(tiny, tmp_path) ->
     assert schedule(4, 10) == {1, 3, 5, 8, 10} and schedule(0, 10) == set() and schedule(16, 3) == {1, 2, 3}
 
 
-def test_activation_logging_can_be_turned_off(tiny, tmp_path) -> None:
-    run(tiny("log.activations=false"), tmp_path)
+def test_activation_logging_can_be_turned_off(tmp_path) -> None:
+    train(tmp_path, "log.activations=false")
     assert events(tmp_path).Tags()["histograms"] == []
 
 
-def test_hparams_session_and_custom_scalars_in_the_run_directory(tiny, tmp_path) -> None:
-    run(tiny("norm=gn", "norm.groups=4", "batch_size=16", "data.train_size=64"), tmp_path)
+def test_hparams_session_and_custom_scalars_in_the_run_directory(tmp_path) -> None:
+    train(tmp_path, "norm=gn", "norm.groups=4", "batch_size=16", "data.train_size=64")
     assert [p.name for p in tmp_path.iterdir() if p.is_dir()] == []  # no timestamped subfolder
     ea = events(tmp_path)
     content = ea.PluginTagToContent("hparams")
@@ -123,7 +120,8 @@ def test_hparams_session_and_custom_scalars_in_the_run_directory(tiny, tmp_path)
     assert start.hparams["norm"].string_value == "gn"
     assert start.hparams["batch_size"].number_value == 16
     assert start.hparams["lr"].number_value == 0.1 * 16 / 128
-    assert set(start.hparams) == {"model", "norm", "batch_size", "lr", "seed"}  # outside a sweep: nothing swept
+    # Every run has the same columns; outside a sweep nothing is swept besides them.
+    assert set(start.hparams) == {"model", "norm", "data", "batch_size", "workers", "images_per_worker", "lr", "seed"}
     end = next(s.session_end_info for s in sessions if s.HasField("session_end_info"))
     assert end.status == Status.STATUS_SUCCESS
     experiment = next(s.experiment for s in sessions if s.HasField("experiment"))
@@ -132,9 +130,9 @@ def test_hparams_session_and_custom_scalars_in_the_run_directory(tiny, tmp_path)
     assert ea.PluginTagToContent("custom_scalars")
 
 
-def test_a_diverged_run_has_its_hparams_row_with_a_failure_status(tiny, tmp_path) -> None:
+def test_a_diverged_run_has_its_hparams_row_with_a_failure_status(tmp_path) -> None:
     with pytest.raises(DivergedError):
-        run(tiny("norm=none", "optim.lr=1e9", "max_steps=30", "epochs=4", "log.every=5"), tmp_path)
+        train(tmp_path, "norm=none", "optim.lr=1e9", "max_steps=30", "epochs=4", "log.every=5")
     sessions = [HParamsPluginData.FromString(c) for c in events(tmp_path).PluginTagToContent("hparams").values()]
     start = next(s.session_start_info for s in sessions if s.HasField("session_start_info"))
     assert start.hparams["norm"].string_value == "none" and start.hparams["lr"].number_value == 1e9 * 8 / 128
@@ -152,7 +150,7 @@ def test_batch_statistic_evaluation_leaves_running_statistics_alone() -> None:
 
 
 def test_precise_bn_is_the_cumulative_average_over_training_batches() -> None:
-    from normbench.parts.data import Batches
+    from normbench.parts.data.batches import Batches
     from normbench.run.evaluation import PRECISE_BN_DRAW
 
     data = make_synthetic(64, 8)
@@ -204,12 +202,14 @@ def test_channel_statistics_for_each_layout() -> None:
     torch.testing.assert_close(var, tokens.var(dim=(0, 1), unbiased=False), atol=1e-5, rtol=1e-4)
 
 
-def test_a_sweep_job_prints_named_status_lines_with_phase_and_runs_ended(tiny, tmp_path, monkeypatch) -> None:
+def test_a_sweep_job_prints_named_status_lines_with_phase_and_runs_ended(tmp_path, monkeypatch) -> None:
     """No live bar in a sweep: lines that start with the run's name, say its phase, and count the runs whose
     records under the sweep directory have ended, of the grid's size."""
-    cfg = tiny()
-    SweepExperiment(0.0, {"bn_b004": {}, "bn_b032": {}}, {"bn_b004": [], "bn_b032": []}).write(tmp_path)
-    RunRecord.of(OmegaConf.to_container(cfg, resolve=True), R.COMPLETED, None).write(tmp_path / "bn_b032")
+    sweep = SweepPlan(0.0, "normbench sweep ...")
+    for batch in (4, 32):
+        sweep.add(planned(tmp_path / f"bn_b{batch:03d}", f"batch_size={batch}"))
+    sweep.write(tmp_path)
+    RunRecord.of(planned(tmp_path / "bn_b032", "batch_size=32"), R.COMPLETED, None).write(tmp_path / "bn_b032")
     out = io.StringIO()
     monkeypatch.setattr(progress, "STATUS_EVERY_S", 0.0)  # a line at every update
     with progress.progress(Console(file=out, width=300), "x", 10, 0, True, tmp_path, tmp_path / "bn_b004") as lines:

@@ -13,18 +13,17 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import events, normbench
+from conftest import events, normbench, train
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch import nn
 
-from normbench.parts.data import Batches
+from normbench.parts.data.batches import Batches
 from normbench.parts.models import NORM_SLOT, build_model
 from normbench.run import record as R
 from normbench.run.board import Board
 from normbench.run.checkpoint import CHECKPOINT_FILE
 from normbench.run.evaluation import bn_mode_accuracies, evaluate
 from normbench.run.monitor import Monitor
-from normbench.run.train import run
 
 CPU = torch.device("cpu")
 
@@ -104,7 +103,7 @@ def test_bn_gap_and_ratio_match_float64_statistics_of_the_captured_batch(name, t
     var / running var, with the batch statistics over every dim but the channel one."""
     config, shape, channel_dim = MODELS[name]
     g = torch.Generator().manual_seed(1)
-    model = build_model(config, {"name": "bn"}).eval()  # eval: the forward leaves the running statistics as set
+    model = build_model(config, {"name": "bn"}, 3, (32, 32), 10).eval()  # eval: the forward leaves the running statistics as set
     layers = {n: m for n, m in model.named_modules() if getattr(m, NORM_SLOT, False)}
     inputs: dict[str, torch.Tensor] = {}
     for layer, m in layers.items():
@@ -113,7 +112,8 @@ def test_bn_gap_and_ratio_match_float64_statistics_of_the_captured_batch(name, t
             m.running_var.copy_(torch.rand(m.num_features, generator=g) * 3 + 0.2)
         m.register_forward_pre_hook(lambda mod, args, layer=layer: inputs.setdefault(layer, args[0].detach()))
     board = Board(tmp_path)
-    monitor = Monitor(model, board, points=1, most=10_000, total_steps=1)
+    layout = "sequence" if channel_dim == -1 else "image"
+    monitor = Monitor(model, board, points=1, most=10_000, total_steps=1, layout=layout)
     monitor.attach()
     with torch.no_grad():
         model(torch.randn(shape, generator=g))
@@ -133,14 +133,11 @@ def test_bn_gap_and_ratio_match_float64_statistics_of_the_captured_batch(name, t
 
 
 @pytest.mark.parametrize("model", ["mlp", "transformer"])
-def test_the_monitor_probes_every_norm_layer_of_the_mlp_and_the_transformer(model, tiny, tmp_path) -> None:
+def test_the_monitor_probes_every_norm_layer_of_the_mlp_and_the_transformer(model, tmp_path) -> None:
     options = {"mlp": {"width": 16}, "transformer": {"dim": 16, "depth": 1, "heads": 2}}[model]
     overrides = [f"model.{k}={v}" for k, v in options.items()]
-    run(
-        tiny(f"model={model}", *overrides, "norm=bn", "max_steps=4", "log.hist_points=2", "log.x_axis=steps"),
-        tmp_path,
-    )
-    built = build_model({"name": model, **options}, {"name": "bn"})
+    train(tmp_path, f"model={model}", *overrides, "norm=bn", "max_steps=4", "log.hist_points=2", "log.x_axis=steps")
+    built = build_model({"name": model, **options}, {"name": "bn"}, 3, (32, 32), 10)
     layers = [n for n, m in built.named_modules() if getattr(m, NORM_SLOT, False)]
     ea = events(tmp_path)
     assert len(layers) >= 3

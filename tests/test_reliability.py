@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import events, normbench, saved_model_scores
+from conftest import events, normbench, saved_model_scores, train
 
 from normbench.base.errors import EXIT_DIVERGED, EXIT_INTERRUPTED, DivergedError
 from normbench.base.files import write_atomic, write_json
@@ -107,7 +107,7 @@ def test_divergence_exit_code_in_a_real_process(tmp_path) -> None:
 
 
 def test_checkpoints_hold_everything_a_resume_needs(tiny, tmp_path) -> None:
-    run(tiny("max_steps=3"), tmp_path)
+    train(tmp_path, "max_steps=3")
     saved = torch.load(tmp_path / CHECKPOINT_FILE, weights_only=True)  # plain data: no code runs on load
     assert set(saved) == {"model", "optimizer", "scheduler", "progress", "rng"}
     assert saved["progress"]["step"] == 3 and saved["progress"]["epoch"] == 1

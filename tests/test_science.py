@@ -8,16 +8,19 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, normbench
+from conftest import ROOT, normbench, planned, setup, train
 
 from normbench.base.errors import ConfigError
-from normbench.launch.compose import compose_config, compose_unchecked
+from normbench.launch.compose import compose_unchecked
 from normbench.launch.preflight import plan_sweep
-from normbench.parts.models import NORM_SLOT, build_model, count_parameters
+from normbench.parts.models import NORM_SLOT, count_parameters
+from normbench.parts.models import build_model as build
 from normbench.parts.norms import NORMS
 from normbench.run import record as R
-from normbench.run.setup import effective_lr, set_up
-from normbench.run.train import run
+
+
+def build_model(model_cfg: dict, norm_cfg: dict) -> torch.nn.Module:
+    return build(model_cfg, norm_cfg, 3, (32, 32), 10)
 
 # He et al. 2016, Table 6: parameters of the CIFAR-10 ResNets by depth.
 PAPER_PARAMS = {20: 0.27e6, 32: 0.46e6, 56: 0.85e6}
@@ -67,8 +70,8 @@ def test_resnet_layers_keep_the_map_sizes_of_the_paper() -> None:
     assert sizes == {"stage1": (2, 16, 32, 32), "stage2": (2, 32, 16, 16), "stage3": (2, 64, 8, 8)}
 
 
-def test_resnet20_completes_a_three_step_run(tiny, tmp_path) -> None:
-    record = run(tiny("model=resnet20", "norm=gn"), tmp_path)
+def test_resnet20_completes_a_three_step_run(tmp_path) -> None:
+    record = train(tmp_path, "model=resnet20", "norm=gn")
     assert record.status == R.COMPLETED and record.steps == 3 and record.model == "resnet20"
 
 
@@ -91,10 +94,8 @@ def sweep_dir(tmp_path_factory) -> Path:
     """Two tiny runs (bn and gn) as a sweep directory holds them."""
     root = tmp_path_factory.mktemp("sweep")
     for norm in ("bn", "gn"):
-        cfg = compose_config(["data.train_size=32", "data.val_size=16", "batch_size=8", "max_steps=2", "epochs=1",
-                              "quiet=true", "eval.precise_bn_images=8", "log.activations=false", "threads=1",
-                              f"norm={norm}"])  # fmt: skip
-        run(cfg, root / f"norm={norm}")
+        train(root / f"norm={norm}", "data.train_size=32", "data.val_size=16", "max_steps=2",
+              "eval.precise_bn_images=8", "log.activations=false", f"norm={norm}")  # fmt: skip
     return root
 
 
@@ -144,8 +145,9 @@ def test_paper_preset_is_the_papers_design_on_eight_workers() -> None:
     assert (cfg.optim.schedule, list(cfg.optim.milestones), cfg.optim.gamma) == ("step", [0.3, 0.6, 0.9], 0.1)
     params = dict(cfg.hydra.sweeper.params)
     assert params == {"norm": "bn,gn", "batch_size": "16,32,64,128,256", "seed": "0,1,2,3,4"}
+    optim = typed_optim(cfg.optim)
     for total in (16, 256):  # lr = 0.1 · images per worker / 32: the public sweep's per-GPU rule
-        assert effective_lr(cfg.optim, total) == pytest.approx(0.1 * (total // 8) / 32)
+        assert optim.effective_lr(total) == pytest.approx(0.1 * (total // 8) / 32)
 
 
 PRESETS = sorted(p.stem for p in (ROOT / "configs" / "sweep").glob("*.yaml"))
@@ -166,7 +168,8 @@ def test_every_preset_passes_the_real_preflight(preset, tmp_path, monkeypatch) -
         pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
     if preset in ("paper", "converged"):  # ResNet-20 checks take a second per run: one seed (it changes no shape)
         extra.append("seed=0")
-    names = plan_sweep([f"sweep={preset}", f"hydra.sweep.dir={tmp_path / 'sweep'}", *extra], create=False).runs
+    args = [f"sweep={preset}", f"hydra.sweep.dir={tmp_path / 'sweep'}", *extra]
+    names = plan_sweep(args, lambda directory: "normbench sweep ...", create=False).runs
     grid = dict(compose_unchecked([f"sweep={preset}"], with_hydra=True).hydra.sweeper.params)
     grid |= {"seed": "0"} if "seed=0" in extra else {}
     expected = 0 if preset == "tune_lr" else math.prod(len(str(v).split(",")) for v in grid.values())
@@ -177,22 +180,28 @@ def test_converged_preset_runs_at_a_tiny_scale(tmp_path) -> None:
     cfg = compose_unchecked(["sweep=converged"], with_hydra=True)
     assert (cfg.model.name, cfg.data.name) == ("resnet20", "synthetic")
     assert dict(cfg.hydra.sweeper.params) == {"norm": "bn,gn,ln", "batch_size": "2,32", "seed": "0,1"}
-    tiny = compose_config(["sweep=converged", "batch_size=2", "norm=ln", "max_steps=2", "data.train_size=16",
-                           "data.val_size=8", "eval.precise_bn_images=8", "threads=1"])  # fmt: skip
-    assert run(tiny, tmp_path).status == R.COMPLETED
+    record = train(tmp_path, "sweep=converged", "batch_size=2", "norm=ln", "max_steps=2", "data.train_size=16",
+                   "data.val_size=8", "eval.precise_bn_images=8")  # fmt: skip
+    assert record.status == R.COMPLETED
 
 
-def test_the_step_schedule_is_torchs_multistep_at_the_paper_fractions(tiny) -> None:
+def test_the_step_schedule_is_torchs_multistep_at_the_paper_fractions(tmp_path) -> None:
     """optim.schedule=step with milestones 0.3, 0.6, 0.9 of a 20-step budget: PyTorch's MultiStepLR at steps 6, 12,
     18 (÷10 each), the GroupNorm paper's epochs 30/60/90 of 100 scaled to the budget."""
-    cfg = tiny("budget=steps", "max_steps=20", "optim.schedule=step", "optim.milestones=[0.3,0.6,0.9]",
-               "optim.lr_scaling=none", "optim.lr=0.1")  # fmt: skip
-    setup = set_up(cfg)
+    built = setup("budget=steps", "max_steps=20", "optim.schedule=step", "optim.milestones=[0.3,0.6,0.9]",
+                  "optim.lr_scaling=none", "optim.lr=0.1")  # fmt: skip
     oracle = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
     multistep = torch.optim.lr_scheduler.MultiStepLR(oracle, milestones=[6, 12, 18], gamma=0.1)
     for _ in range(20):
-        assert setup.optimizer.param_groups[0]["lr"] == pytest.approx(oracle.param_groups[0]["lr"], rel=1e-12)
-        setup.optimizer.step(), setup.scheduler.step(), oracle.step(), multistep.step()
+        assert built.optimizer.param_groups[0]["lr"] == pytest.approx(oracle.param_groups[0]["lr"], rel=1e-12)
+        built.optimizer.step(), built.scheduler.step(), oracle.step(), multistep.step()
     assert oracle.param_groups[0]["lr"] == pytest.approx(1e-4)
     with pytest.raises(ConfigError, match=r"optim.milestones=\[0.5,1.5\] is not valid"):
-        compose_config(["optim.milestones=[0.5,1.5]"])
+        planned(tmp_path, "optim.milestones=[0.5,1.5]")
+
+
+def typed_optim(node: object) -> object:
+    """A composed optim node as its optimizer's class."""
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_object(node)

@@ -5,32 +5,27 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import events
+from conftest import events, planned, setup, train
 from omegaconf import OmegaConf
 from torch import nn
 
 from normbench.launch.jobs import assign_job_gpu, job_gpu
 from normbench.run.evaluation import plan_precise_bn, precise_bn
-from normbench.run.setup import set_up
-from normbench.run.train import run
 
 
 @pytest.mark.parametrize("batch", [2, 32])
-def test_precise_bn_sees_the_same_images_at_every_training_batch_size(tiny, tmp_path, batch) -> None:
-    record = run(
-        tiny(f"batch_size={batch}", "eval.precise_bn_images=48", "eval.precise_bn_batch_size=16", "max_steps=2"),
-        tmp_path,
-    )
+def test_precise_bn_sees_the_same_images_at_every_training_batch_size(tmp_path, batch) -> None:
+    record = train(tmp_path, f"batch_size={batch}", "eval.precise_bn_images=48", "eval.precise_bn_batch_size=16", "max_steps=2")
     assert record.precise_bn_images == 48 and record.warnings == []
     assert record.metrics.val_acc_precise_bn is not None
 
 
-def test_precise_bn_says_when_the_training_set_is_too_small(tiny, tmp_path) -> None:
+def test_precise_bn_says_when_the_training_set_is_too_small(tmp_path) -> None:
     # 64 training images, 4096 asked for, batch 128 asked for: one batch of all 64.
-    record = run(tiny("eval.precise_bn_images=4096", "eval.precise_bn_batch_size=128"), tmp_path)
+    record = train(tmp_path, "eval.precise_bn_images=4096", "eval.precise_bn_batch_size=128")
     assert record.precise_bn_images == 64
     assert len(record.warnings) == 1 and "eval.precise_bn_images=4096" in record.warnings[0]
-    off = run(tiny("eval.precise_bn_images=0"), tmp_path / "off")
+    off = train(tmp_path / "off", "eval.precise_bn_images=0")
     assert off.precise_bn_images is None and off.metrics.val_acc_precise_bn is None
     assert off.metrics.val_acc_batch_stats is not None
 
@@ -43,14 +38,14 @@ def test_precise_bn_plan() -> None:
     assert plan_precise_bn(0, 128, 64) is None
 
 
-def test_precise_bn_estimate_equals_an_independent_computation(tiny) -> None:
+def test_precise_bn_estimate_equals_an_independent_computation() -> None:
     """The same images at training batch 2 and 32; the statistics are the mean of per-batch means and of
     unbiased per-batch variances over exactly those images (momentum=None averages batches equally)."""
     seen = {}
     for batch in (2, 32):
-        setup = set_up(tiny(f"batch_size={batch}", "eval.precise_bn_images=48", "eval.precise_bn_batch_size=16"))
-        assert setup.precise_bn is not None and setup.precise_bn_batches is not None
-        plan, batches = setup.precise_bn, setup.precise_bn_batches
+        built = setup(f"batch_size={batch}", "eval.precise_bn_images=48", "eval.precise_bn_batch_size=16")
+        assert built.precise_bn is not None and built.precise_bn_batches is not None
+        plan, batches = built.precise_bn, built.precise_bn_batches
         probe = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
         estimated = precise_bn(probe, batches, plan.batches)
         from normbench.run.evaluation import PRECISE_BN_DRAW
@@ -70,16 +65,9 @@ def test_precise_bn_estimate_equals_an_independent_computation(tiny) -> None:
 @pytest.mark.parametrize(
     ("every", "with_bn_modes"), [(0, [False, False, True]), (1, [True] * 3), (2, [False, True, True])]
 )
-def test_bn_modes_run_at_the_end_and_every_n_epochs(tiny, tmp_path, every, with_bn_modes) -> None:
-    cfg = tiny(
-        "epochs=3",
-        "max_steps=null",
-        "data.train_size=32",
-        "log.activations=false",
-        f"eval.bn_modes_every={every}",
-        "log.x_axis=steps",
-    )
-    record = run(cfg, tmp_path)
+def test_bn_modes_run_at_the_end_and_every_n_epochs(tmp_path, every, with_bn_modes) -> None:
+    record = train(tmp_path, "epochs=3", "max_steps=null", "data.train_size=32", "log.activations=false",
+                   f"eval.bn_modes_every={every}", "log.x_axis=steps")  # fmt: skip
     assert [e.val_acc_batch_stats is not None for e in record.history] == with_bn_modes
     assert [e.val_acc_precise_bn is not None for e in record.history] == with_bn_modes
     steps = [e.step for e, due in zip(record.history, with_bn_modes, strict=True) if due]
@@ -123,18 +111,17 @@ def test_a_multirun_gives_its_jobs_gpus_by_hydra_job_number(monkeypatch, tmp_pat
     assert chosen == [0, 1, 2, 0]
 
 
-def test_synthetic_data_is_made_once_then_read_from_the_cache(tiny, tmp_path, monkeypatch) -> None:
-    from normbench.parts.data import load_data
-    from normbench.run import setup as setup_module
+def test_synthetic_data_is_made_once_then_read_from_the_cache(tmp_path, monkeypatch) -> None:
+    from normbench.parts.data import DataConfig, synthetic
 
     monkeypatch.setenv("NORMBENCH_DATA", str(tmp_path))
-    monkeypatch.setattr(setup_module, "CACHE_FROM_IMAGES", 0)
-    cfg = tiny().data
-    made = setup_module.cached_data(cfg)
-    assert len(list((tmp_path / "synthetic").glob("*.pt"))) == 1
-    monkeypatch.setattr(setup_module, "load_data", lambda spec: pytest.fail("made again instead of read"))
-    read = setup_module.cached_data(cfg)
-    fresh = load_data(OmegaConf.to_container(cfg))
+    monkeypatch.setattr(DataConfig, "CACHE_FROM_IMAGES", 0)
+    data = planned(tmp_path / "run").config.data
+    made = data.load()
+    assert len(list((tmp_path / "cache" / "synthetic").glob("*.pt"))) == 1
+    fresh = data.decode()
+    monkeypatch.setattr(synthetic.SyntheticData, "decode", lambda self: pytest.fail("made again instead of read"))
+    read = data.load()
     for split in ("train_images", "train_labels", "val_images", "val_labels"):
         assert torch.equal(getattr(read, split), getattr(fresh, split)) and torch.equal(
             getattr(made, split), getattr(fresh, split)
@@ -168,7 +155,7 @@ def test_the_bench_cancels_drift_and_order_within_its_blocks() -> None:
     assert ratio == pytest.approx(0.5)
 
 
-def test_the_record_says_where_a_runs_time_went(tiny, tmp_path, monkeypatch) -> None:
+def test_the_record_says_where_a_runs_time_went(tmp_path, monkeypatch) -> None:
     """wall_s (training), eval_s (validation every epoch), bn_modes_s (the BN-mode validations, at the end here):
     on a clock that moves only inside validation, by 10 s per eval-mode validation and 100 s per BN-mode one."""
     import types
@@ -187,8 +174,8 @@ def test_the_record_says_where_a_runs_time_went(tiny, tmp_path, monkeypatch) -> 
 
     monkeypatch.setattr(train_module, "evaluate", taking(10, train_module.evaluate))
     monkeypatch.setattr(train_module, "bn_mode_accuracies", taking(100, train_module.bn_mode_accuracies))
-    record = run(tiny("epochs=2", "max_steps=null", "data.train_size=32", "log.activations=false"), tmp_path)
+    record = train(tmp_path, "epochs=2", "max_steps=null", "data.train_size=32", "log.activations=false")
     assert record.epochs == 2
     assert (record.wall_s, record.eval_s, record.bn_modes_s) == (0, 20, 100)
-    gn = run(tiny("norm=gn", "norm.groups=4", "log.activations=false"), tmp_path / "gn")
+    gn = train(tmp_path / "gn", "norm=gn", "norm.groups=4", "log.activations=false")
     assert (gn.eval_s, gn.bn_modes_s) == (10, 0)  # no running statistics: no BN-mode validations

@@ -9,7 +9,7 @@ import os
 
 import pytest
 import yaml
-from conftest import ROOT, events, normbench, saved_model_scores
+from conftest import ROOT, events, normbench, saved_model_scores, train
 from omegaconf import OmegaConf
 from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
 from typer.testing import CliRunner
@@ -134,7 +134,7 @@ def test_report_on_a_single_run_directory(tiny, tmp_path) -> None:
     from normbench.run.train import run
 
     run_dir = tmp_path / "one"
-    run(tiny("norm=gn", "norm.groups=4", "log.activations=false"), run_dir)
+    train(run_dir, "norm=gn", "norm.groups=4", "log.activations=false")
     done = CliRunner().invoke(app, ["report", str(run_dir)], env={"COLUMNS": "200"})
     assert done.exit_code == 0, done.output
     with (run_dir / "summary.csv").open() as f:

@@ -17,25 +17,45 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
-from conftest import TINY
+from conftest import TINY, planned, train
 from torch import nn
 
 from normbench.base.errors import ConfigError, NormError
-from normbench.launch.compose import compose_config
-from normbench.launch.naming import run_name
-from normbench.parts.data import Batches, make_synthetic
-from normbench.parts.models import build_model, check_norm_shapes
+from normbench.launch.compose import compose_run
+from normbench.launch.preflight import without_hydra
+from normbench.parts.data.batches import Batches
+from normbench.parts.data.synthetic_images import make_synthetic
+from normbench.parts.models import build_model as build
 from normbench.parts.models.cnn import CNN
 from normbench.parts.norms import build_norm, register_norm
-from normbench.parts.norms.layers import set_workers
 from normbench.parts.norms.registry import NORMS, on
-from normbench.run.board import Board, run_hparams
+from normbench.parts.norms.shares import forward_in_shares, worker_shares
+from normbench.plan.naming import run_name
+from normbench.plan.plan import Launch, plan_run
+from normbench.run.board import Board
 from normbench.run.distributed import Ranks
 from normbench.run.evaluation import PRECISE_BN_DRAW, batch_stats_accuracy, frozen_buffers, precise_bn
 from normbench.run.monitor import Monitor
 from normbench.run.record import RunRecord
-from normbench.run.setup import set_up
-from normbench.run.train import run
+from normbench.run.setup import build_model, set_up
+
+
+def built(model_cfg: dict, norm_cfg: dict, workers: int = 1) -> nn.Module:
+    """A model for CIFAR-shaped images (3×32×32, 10 classes)."""
+    return build(model_cfg, norm_cfg, 3, (32, 32), 10, per_share=workers > 1)
+
+
+def in_shares(module: nn.Module, workers: int, reorder: bool = True) -> Any:
+    """`module` as a callable whose per-share layers take their statistics over `workers` shares: through the
+    reordered batch (`forward_in_shares`: shares a view) or as contiguous shares of the batch as it is."""
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        if reorder:
+            return forward_in_shares(module, x, workers)
+        with worker_shares(workers):
+            return module(x)
+
+    return forward
 
 SHAPES = {"vector": (16, 3), "image": (8, 3, 2, 2), "sequence": (8, 2, 3)}  # four shares: 4, 8, 4 values
 CASES = [("bn", layout, impl) for layout in SHAPES for impl in ("torch", "reference")]
@@ -66,16 +86,9 @@ def share_formula(x: torch.Tensor, layout: str, workers: int, eps: float, brn: b
     return y if layout == "sequence" else y.movedim(-1, 1)
 
 
-def layer(name: str, layout: str, impl: str, workers: int, reorder: bool = True) -> nn.Module:
-    """A norm layer with worker shares: through `set_workers` (the batch reordered around it, its shares a view)
-    or by its attribute alone (contiguous shares taken as they are)."""
+def layer(name: str, layout: str, impl: str) -> nn.Module:
     options = {"warmup_steps": 0} if name == "brn" else {}
-    module = build_norm(name, 3, layout, impl=impl, **options)  # type: ignore[arg-type]
-    if reorder:
-        set_workers(module, workers)
-    else:
-        module.workers = workers
-    return module.train()
+    return build_norm(name, 3, layout, impl=impl, **options).train()  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("reorder", [True, False])
@@ -86,13 +99,13 @@ def test_each_share_is_normalized_over_itself_gradients_and_running_stats_from_s
     torch.manual_seed(0)
     n = SHAPES[layout][0]
     x = torch.randn(SHAPES[layout]) * 3 + torch.arange(float(n)).view(n, *[1] * (len(SHAPES[layout]) - 1))
-    bn = layer(name, layout, impl, workers=4, reorder=reorder)
+    bn = layer(name, layout, impl)
     with torch.no_grad():
         bn.weight.copy_(torch.tensor([0.5, 2.0, -1.0]))
         bn.bias.copy_(torch.tensor([0.1, -0.2, 0.3]))
     x32 = x.clone().requires_grad_()
     upstream = torch.randn(SHAPES[layout])
-    (bn(x32) * upstream).sum().backward()
+    (in_shares(bn, 4, reorder)(x32) * upstream).sum().backward()
 
     x64 = x.double().requires_grad_()
     gamma = bn.weight.detach().double().requires_grad_()
@@ -107,11 +120,11 @@ def test_each_share_is_normalized_over_itself_gradients_and_running_stats_from_s
     torch.testing.assert_close(bn.bias.grad.double(), beta.grad, rtol=1e-4, atol=1e-5)
 
     # Outputs, and the running statistics after exactly one update: share 0's alone (rank 0's buffers).
-    fresh = layer(name, layout, impl, workers=4, reorder=reorder)
+    fresh = layer(name, layout, impl)
     with torch.no_grad():
         fresh.weight.copy_(bn.weight)
         fresh.bias.copy_(bn.bias)
-        out = fresh(x.clone())
+        out = in_shares(fresh, 4, reorder)(x.clone())
     torch.testing.assert_close(out.double(), y.detach(), rtol=1e-5, atol=1e-5)
     share0 = channels_last(x.double(), layout)[: n // 4].reshape(-1, 3)
     torch.testing.assert_close(fresh.running_mean.double(), 0.1 * share0.mean(0), rtol=1e-5, atol=1e-6)
@@ -136,8 +149,7 @@ def test_emulated_workers_compute_what_ddp_computes_from_separate_shares(name: s
     torch.manual_seed(2)
     x, y = torch.randn(8, 2, 4, 4), torch.randint(0, 3, (8,))
     emulated = small_model(name, impl).train()
-    set_workers(emulated, 2)
-    F.cross_entropy(emulated(x), y).backward()
+    F.cross_entropy(in_shares(emulated, 2)(x), y).backward()
     ranks = [small_model(name, impl).train() for _ in range(2)]
     for rank, share in zip(ranks, range(2), strict=True):
         F.cross_entropy(rank(x[share * 4 : (share + 1) * 4]), y[share * 4 : (share + 1) * 4]).backward()
@@ -149,13 +161,13 @@ def test_emulated_workers_compute_what_ddp_computes_from_separate_shares(name: s
             torch.testing.assert_close(emulated.state_dict()[key], value, rtol=1e-5, atol=1e-6, msg=key)
 
 
-def train_steps(model: nn.Module, steps: int = 3) -> list[torch.Tensor]:
+def train_steps(model: nn.Module, steps: int = 3, workers: int = 1) -> list[torch.Tensor]:
     torch.manual_seed(3)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     losses = []
     for _ in range(steps):
         x, y = torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))
-        loss = F.cross_entropy(model(x), y)
+        loss = F.cross_entropy(in_shares(model, workers)(x), y)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -168,9 +180,10 @@ def test_one_worker_is_todays_batch_norm_bit_for_bit() -> None:
     as a model built with torch.nn.BatchNorm2d itself."""
     widths = {"widths": [4, 8]}
     torch.manual_seed(4)
-    today = CNN(norm_layer=nn.BatchNorm2d, **widths)  # type: ignore[arg-type]
+    today = CNN(norm_layer=lambda c, act=True: nn.BatchNorm2d(c), act_layer=lambda: nn.ReLU(inplace=True),
+                in_channels=3, num_classes=10, **widths)  # type: ignore[arg-type]  # fmt: skip
     torch.manual_seed(4)
-    ours = build_model({"name": "cnn", **widths}, {"name": "bn"}, workers=1)
+    ours = built({"name": "cnn", **widths}, {"name": "bn"})
     assert all(torch.equal(a, b) for a, b in zip(train_steps(today), train_steps(ours), strict=True))
     mine = ours.state_dict()
     assert mine.keys() == today.state_dict().keys()
@@ -178,26 +191,29 @@ def test_one_worker_is_todays_batch_norm_bit_for_bit() -> None:
 
 
 @pytest.mark.parametrize("norm", ["ln", "in", "gn", "rms", "none"])
-def test_per_sample_norms_do_not_depend_on_the_workers(norm: str) -> None:
+def test_per_sample_norms_do_not_depend_on_the_workers(norm: str, tmp_path) -> None:
+    """Their plans take no shares (the batch is not even reordered), so the runs are the same bit for bit."""
     options = {"groups": 2} if norm == "gn" else {}
     models = []
     for workers in (1, 4):
+        plan = planned(tmp_path, f"norm={norm}", *(f"norm.{k}={v}" for k, v in options.items()), f"workers={workers}")
+        assert plan.shares == 1
         torch.manual_seed(5)
-        models.append(build_model({"name": "cnn", "widths": [4, 8]}, {"name": norm, **options}, workers=workers))
+        models.append(built({"name": "cnn", "widths": [4, 8]}, {"name": norm, **options}, workers))
     losses = [train_steps(m, 2) for m in models]
     assert all(torch.equal(a, b) for a, b in zip(*losses, strict=True))
     first, second = (m.state_dict() for m in models)
     assert first.keys() == second.keys() and all(torch.equal(v, second[k]) for k, v in first.items())
 
 
-def test_config_refuses_workers_that_do_not_divide_the_batch_or_leave_one_value() -> None:
+def test_config_refuses_workers_that_do_not_divide_the_batch_or_leave_one_value(tmp_path) -> None:
     with pytest.raises(ConfigError, match=r"workers=3 does not divide batch_size=8.*Allowed workers .*: 1, 2, 4, 8"):
-        compose_config([*TINY, "workers=3"])
+        planned(tmp_path, "workers=3")
     with pytest.raises(NormError, match=r"batch_size=8 with workers=8 \(1 image per worker\) with norm=bn on "
-                       r"model=mlp.*use batch_size >= 16, fewer workers.*\(syncbn\)"):  # fmt: skip
-        compose_config([*TINY, "workers=8", "model=mlp"])
-    assert compose_config([*TINY, "workers=4", "model=mlp"]).workers == 4  # 2 images per worker
-    assert compose_config([*TINY, "workers=8", "model=mlp", "norm=ln"]).workers == 8  # per sample: any share
+                       r"model=mlp.*a larger batch_size, fewer workers.*\(syncbn\)"):  # fmt: skip
+        build_model(planned(tmp_path, "workers=8", "model=mlp"))
+    assert build_model(planned(tmp_path, "workers=4", "model=mlp"))  # 2 images per worker
+    assert build_model(planned(tmp_path, "workers=8", "model=mlp", "norm=ln"))  # per sample: any share
 
 
 class PlainBatchNorm(nn.BatchNorm1d):
@@ -208,37 +224,38 @@ def test_a_plugin_batch_norm_without_per_share_statistics_is_refused_by_name() -
     register_norm("plainbn", summary="plugin BN", layouts={"vector": on("N", torch=PlainBatchNorm)},
                   batch_statistics=True)(lambda cls, num_features: cls(num_features))  # fmt: skip
     try:
-        check_norm_shapes({"name": "mlp", "width": 8, "depth": 1}, {"name": "plainbn"}, batch_size=8)  # W=1: fine
-        with pytest.raises(NormError, match=r"workers=2 with norm=plainbn: its layer 'layer1.norm' \(PlainBatchNorm\)"
-                           r" takes batch statistics but cannot take them per worker share"):  # fmt: skip
-            check_norm_shapes({"name": "mlp", "width": 8, "depth": 1}, {"name": "plainbn"}, batch_size=8, workers=2)
+        built({"name": "mlp", "width": 8, "depth": 1}, {"name": "plainbn"}, workers=1)  # one worker: fine
+        with pytest.raises(NormError, match=r"workers > 1 with norm=plainbn: its layer 'layer1.norm' "
+                           r"\(PlainBatchNorm\) takes batch statistics but cannot take them per worker share"):  # fmt: skip
+            built({"name": "mlp", "width": 8, "depth": 1}, {"name": "plainbn"}, workers=2)
     finally:
-        del NORMS["plainbn"]
+        NORMS.unregister("plainbn")
 
 
-def test_record_run_name_and_hparams_say_workers_and_images_per_worker(tiny, tmp_path) -> None:
-    cfg = tiny("workers=2", "model=mlp", "model.width=16", "model.depth=1")
-    record = run(cfg, tmp_path)
+def test_record_run_name_and_hparams_say_workers_and_images_per_worker(tmp_path) -> None:
+    overrides = ("workers=2", "model=mlp", "model.width=16", "model.depth=1")
+    record = train(tmp_path, *overrides)
     saved = json.loads((tmp_path / "results.json").read_text())
     assert (saved["batch_size"], saved["workers"], saved["images_per_worker"]) == (8, 2, 4)
+    assert saved["title"] == "mlp / bn, batch 8 = 2 workers × 4 images"
     assert RunRecord.read(tmp_path).workers == 2 and record.effective_lr == pytest.approx(0.1 * 8 / 128)
     assert record.budget is not None and record.budget.steps_per_epoch == 64 // 8  # the total batch
-    hparams = run_hparams(cfg, 0.1)
+    hparams = planned(tmp_path, *overrides).hparams
     assert (hparams["batch_size"], hparams["workers"], hparams["images_per_worker"]) == (8, 2, 4)
-    assert "workers" not in run_hparams(tiny(), 0.1)  # one worker, not swept: no columns
-    assert run_name("bn", 16, ["norm=bn", "seed=1", "workers=8", "batch_size=16"], []) == "bn_b016_w008_seed001"
+    assert planned(tmp_path).hparams["workers"] == 1  # one worker: the same columns, every run alike
+    assert run_name("bn", 16, 8, ["norm=bn", "seed=1", "workers=8", "batch_size=16"], []) == "bn_b002x08_seed001"
 
 
 def test_monitor_shows_share_zero_and_precise_bn_takes_whole_batches(tmp_path) -> None:
     """The monitor's BN batch statistics are share 0's (the ones the running statistics follow); PreciseBN
     re-estimates population statistics over whole batches on a copy, the model keeping its shares."""
     torch.manual_seed(8)
-    model = build_model({"name": "mlp", "width": 8, "depth": 1}, {"name": "bn"}, workers=2).train()
-    monitor = Monitor(model, Board(tmp_path), points=1, most=100, total_steps=1)
+    model = built({"name": "mlp", "width": 8, "depth": 1}, {"name": "bn"}, workers=2).train()
+    monitor = Monitor(model, Board(tmp_path), points=1, most=100, total_steps=1, layout="vector")
     monitor.attach()
     x = torch.randn(8, 3, 32, 32)
     with torch.no_grad():
-        model(x)
+        forward_in_shares(model, x, 2)
         h = model.layer1.fc(x.flatten(1)).double()  # type: ignore[operator]
     _, _, (mean, var) = monitor.captured["layer1.norm"]
     monitor.close()
@@ -247,7 +264,6 @@ def test_monitor_shows_share_zero_and_precise_bn_takes_whole_batches(tmp_path) -
     data = make_synthetic(32, 8)
     batches = Batches(data.train_images, data.train_labels, 8, data.mean, data.std, torch.device("cpu"), train=True)
     precise = precise_bn(model, batches, 1)
-    assert precise.layer1.norm.workers == 1 and model.layer1.norm.workers == 2  # type: ignore[union-attr]
     with torch.no_grad():
         h = precise.layer1.fc(next(batches.epoch(PRECISE_BN_DRAW))[0].flatten(1))  # type: ignore[operator]
     torch.testing.assert_close(precise.layer1.norm.running_mean, h.mean(0))  # type: ignore[union-attr]
@@ -382,12 +398,11 @@ def test_emulated_workers_equal_a_real_two_process_ddp_run(synced, impl: str) ->
     running statistics as rank 0's under DDP (the evaluated model). Rank 1's buffers differ: they are the
     broadcast ones updated from share 1, which the next forward would overwrite."""
     model = small_model("bn", impl).train()
-    set_workers(model, 2)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     losses = []
     for step in range(3):
         x, y = ddp_batches(step)
-        loss = F.cross_entropy(model(x), y)
+        loss = F.cross_entropy(in_shares(model, 2)(x), y)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -400,12 +415,14 @@ def test_emulated_workers_equal_a_real_two_process_ddp_run(synced, impl: str) ->
 
 
 def test_syncbn_in_one_process_is_bn_and_ignores_emulated_workers() -> None:
-    """Emulated workers on one device: syncbn normalizes the whole batch, as bn at workers=1 does."""
+    """Emulated workers on one device: syncbn normalizes the whole batch, as bn at workers=1 does, even inside a
+    forward that takes 4 shares."""
     models = []
     for norm, workers in (("bn", 1), ("syncbn", 4)):
         torch.manual_seed(6)
-        models.append(build_model({"name": "cnn", "widths": [4, 8]}, {"name": norm}, workers=workers))
-    losses = [train_steps(m, 2) for m in models]
+        models.append((built({"name": "cnn", "widths": [4, 8]}, {"name": norm}, workers), workers))
+    losses = [train_steps(m, 2, workers) for m, workers in models]
+    models = [m for m, _ in models]
     torch.testing.assert_close(torch.stack(losses[0]), torch.stack(losses[1]), rtol=1e-6, atol=1e-6)
     first, second = (m.state_dict() for m in models)
     assert first.keys() == second.keys()
@@ -416,10 +433,18 @@ def test_syncbn_in_one_process_is_bn_and_ignores_emulated_workers() -> None:
 # --- batch-statistics validation, grouped -------------------------------------------------------------------
 
 
-def logits_of(model: nn.Module) -> list[torch.Tensor]:
-    """Every forward's output, in order (a hook: the evaluation itself only returns an accuracy)."""
+def logits_of(monkeypatch: pytest.MonkeyPatch) -> list[torch.Tensor]:
+    """Every forward's output in the batch's order, as the evaluation gets it (it only returns an accuracy)."""
+    from normbench.run import evaluation
+
     seen: list[torch.Tensor] = []
-    model.register_forward_hook(lambda module, args, out: seen.append(out.detach().clone()))
+
+    def recorded(model: Any, x: torch.Tensor, count: int) -> torch.Tensor:
+        out = forward_in_shares(model, x, count)
+        seen.append(out.detach().clone())
+        return out
+
+    monkeypatch.setattr(evaluation, "forward_in_shares", recorded)
     return seen
 
 
@@ -433,11 +458,13 @@ def logits_of(model: nn.Module) -> list[torch.Tensor]:
     ],
 )
 @pytest.mark.parametrize("images", [24, 23, 21, 17])  # whole shares; a last share of 3; of 1 (twice)
-def test_grouped_batch_statistics_validation_equals_the_loop_over_shares(model_cfg, norm, images: int) -> None:
+def test_grouped_batch_statistics_validation_equals_the_loop_over_shares(
+    model_cfg, norm, images: int, monkeypatch
+) -> None:
     """One forward per chunk of up to 8 images, statistics per share of 4, against one forward per share of 4
     (each from the trained running statistics). A last image alone joins the share before it."""
     torch.manual_seed(7)
-    model = build_model(model_cfg, norm, workers=2).train()
+    model = built(model_cfg, norm, workers=2).train()
     with torch.no_grad():
         for name, buffer in model.named_buffers():
             if "running" in name:
@@ -450,13 +477,12 @@ def test_grouped_batch_statistics_validation_equals_the_loop_over_shares(model_c
     if images % 4 == 1:
         cuts.remove(images - 1)  # one image left: with the share before it
     loop = []
-    set_workers(model, 1)
     with torch.no_grad():
         for start, stop in itertools.pairwise(cuts):
             with frozen_buffers(model):
                 loop.append(model(x[start:stop]))
     expected = torch.cat(loop)
-    grouped = logits_of(model)
+    grouped = logits_of(monkeypatch)
     shares.labels = expected.argmax(1)
     assert batch_stats_accuracy(model, shares, most=8) == 1.0
     torch.testing.assert_close(torch.cat(grouped), expected, rtol=1e-5, atol=1e-5)
@@ -466,13 +492,14 @@ def test_grouped_batch_statistics_validation_equals_the_loop_over_shares(model_c
         assert len(grouped) <= -(-images // 8) + 1
 
 
-def test_set_up_emulates_the_workers_its_process_does_not_leave_to_others(tiny) -> None:
+def test_a_process_emulates_the_workers_it_does_not_leave_to_others(tmp_path) -> None:
     """Under torch.distributed a process emulates workers / processes shares (1 with a process per worker)."""
-    cfg = tiny("workers=4", "model=mlp", "model.width=8", "model.depth=1")
+    cfg = without_hydra(compose_run([*TINY, "workers=4", "model=mlp", "model.width=8", "model.depth=1"]))
     for processes, emulated in ((1, 4), (2, 2), (4, 1)):
-        setup = set_up(cfg, ranks=Ranks(rank=0, world=processes))  # no process group: no DDP
-        assert setup.workers == emulated and setup.model.layer1.norm.workers == emulated  # type: ignore[union-attr]
-        assert setup.lr == pytest.approx(0.1 * 8 / 128)  # the optimizer's total batch
+        plan = plan_run(cfg, tmp_path, Launch(mode="torchrun", processes=processes))
+        assert plan.shares == emulated
+        setup = set_up(plan, build_model(plan), ranks=Ranks(rank=0, world=processes))  # no process group: no DDP
+        assert setup.optimizer.param_groups[0]["lr"] == pytest.approx(0.1 * 8 / 128)  # the optimizer's total batch
         assert setup.val_at_train_batch_size is not None and setup.val_at_train_batch_size.batch_size == 2
 
 
@@ -481,26 +508,22 @@ def test_set_up_emulates_the_workers_its_process_does_not_leave_to_others(tiny) 
 )
 @pytest.mark.parametrize("impl", ["torch", "reference"])
 def test_the_reordered_batch_and_contiguous_shares_agree_for_every_bn_option(options: dict, impl: str) -> None:
-    """Two steps through `set_workers` (the batch reordered, shares a view) and through the attribute alone
-    (contiguous shares, checked against the formula above): outputs, input gradients, buffers."""
+    """Two steps through the reordered batch (`forward_in_shares`: shares a view) and as contiguous shares (checked
+    against the formula above): outputs, input gradients, buffers."""
     layers = []
     for reorder in (True, False):
         module = build_norm("bn", 3, "image", impl=impl, **options).train()  # type: ignore[arg-type]
-        if reorder:
-            set_workers(module, 4)
-        else:
-            module.workers = 4
-        layers.append(module)
+        layers.append((module, in_shares(module, 4, reorder)))
     for step in range(2):
         torch.manual_seed(step)
         x, g = torch.randn(8, 3, 2, 2) + step, torch.randn(8, 3, 2, 2)
         outs = []
-        for module in layers:
+        for _, forward in layers:
             xi = x.clone().requires_grad_()
-            y = module(xi)
+            y = forward(xi)
             (y * g).sum().backward()
             outs.append((y.detach(), xi.grad))
         for a, b in zip(*outs, strict=True):
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
-    for (key, a), b in zip(layers[0].state_dict().items(), layers[1].state_dict().values(), strict=True):
+    for (key, a), b in zip(layers[0][0].state_dict().items(), layers[1][0].state_dict().values(), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=key)

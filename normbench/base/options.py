@@ -38,6 +38,11 @@ class Options(Mapping[str, T], Generic[T]):
         self._origins[name] = origin
         return entry
 
+    def unregister(self, name: str) -> None:
+        """Remove an entry (a test's, or a plugin's that is unloaded)."""
+        self._entries.pop(name, None)
+        self._origins.pop(name, None)
+
     def __getitem__(self, name: str) -> T:
         try:
             return self._entries[name]
