@@ -38,16 +38,25 @@ TINY = [
 ]  # fmt: skip
 
 
-def planned(directory: Path, *overrides: str) -> RunPlan:
-    """The plan `normbench run` makes of the tiny settings and the test's own overrides, in `directory`."""
-    plan, _ = plan_once([*TINY, *overrides, f"hydra.run.dir={hydra_value(str(directory))}"])
+def planned(directory: Path, *overrides: str, tiny: bool = True) -> RunPlan:
+    """The plan `normbench run` makes of the tiny settings (`tiny`) and the test's own overrides, in `directory`."""
+    plan, _ = plan_once([*(TINY if tiny else []), *overrides, f"hydra.run.dir={hydra_value(str(directory))}"])
     return plan
 
 
-def train(directory: Path, *overrides: str, **kwargs: object) -> RunRecord:
-    """A tiny run trained in this process, as `normbench run` trains it (its plan, its one model)."""
-    plan = planned(directory, *overrides)
+def train(directory: Path, *overrides: str, tiny: bool = True, **kwargs: object) -> RunRecord:
+    """A run (tiny unless `tiny=False`) trained in this process, as `normbench run` trains it (its plan, its one
+    model)."""
+    plan = planned(directory, *overrides, tiny=tiny)
     return run(plan, build_run_model(plan), **kwargs)  # type: ignore[arg-type]
+
+
+def checked(*overrides: str, directory: Path = Path("/nonexistent")) -> RunPlan:
+    """What `normbench run` checks of its overrides before anything is written: its plan (the schema, the data),
+    and its model built, with its norm layers' inputs checked. Raises what the command refuses."""
+    plan = planned(directory, *overrides, tiny=False)
+    build_run_model(plan)
+    return plan
 
 
 def setup(*overrides: str, directory: Path = Path("/nonexistent")) -> Setup:

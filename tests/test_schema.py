@@ -1,5 +1,6 @@
 """The config schema: wrong types, out-of-range values and unknown keys stop before anything is written, for
-the command line (a real process) and for compose_config alike; defaults come from the code they configure."""
+the command line (a real process) and for the checks in this process alike; defaults come from the code they
+configure."""
 
 from __future__ import annotations
 
@@ -12,14 +13,14 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import ROOT, normbench
+from conftest import ROOT, checked, normbench
 from omegaconf import OmegaConf
 from typer.testing import CliRunner
 
 from normbench.base.errors import ConfigError
 from normbench.cli import app
-from normbench.launch.compose import compose_config, compose_unchecked, sweep_jobs
-from normbench.run import schema
+from normbench.launch.compose import compose_unchecked, sweep_jobs
+from normbench.plan import schema
 
 # (overrides, the key and value the message must name). Every kind of refusal: a wrong type (int, float, bool,
 # enum, list item), a range, a cross-key rule, an unknown key with and without `+`, a removed key.
@@ -55,7 +56,6 @@ BAD = [
     (["data.subset=0"], "data.subset=0"),
     (["data.subset=10001"], "data.subset=10001"),
     (["data.val_subset=2001"], "data.val_subset=2001"),
-    (["data=cifar10", "data.subset=50001"], "data.subset=50001"),
     (["batch_size=512", "data.subset=256"], "batch_size=512"),
     (["norm.impl=fast"], "norm.impl=fast"),
     (["norm.eps=small"], "norm.eps=small"),
@@ -78,9 +78,9 @@ def one_paragraph(text: str) -> str:
 
 
 @pytest.mark.parametrize(("overrides", "named"), BAD)
-def test_compose_config_refuses_with_one_paragraph_naming_key_and_value(overrides, named) -> None:
+def test_the_checks_refuse_with_one_paragraph_naming_key_and_value(overrides, named) -> None:
     with pytest.raises(ConfigError) as refused:
-        compose_config(overrides)
+        checked(*overrides)
     assert named in one_paragraph(str(refused.value))
 
 
@@ -117,11 +117,11 @@ def test_a_real_process_refuses_each_kind_of_bad_value_and_writes_nothing(tmp_pa
 def test_model_defaults_are_the_model_classes_signature_defaults() -> None:
     from normbench.parts.models import MODELS
 
-    data_given = {"norm_layer", "num_classes", "in_channels", "in_features", "image_size"}
-    for name, (cls, _) in MODELS.items():
-        params = inspect.signature(cls).parameters.values()
-        expected = {p.name: p.default for p in params if p.name not in data_given}
-        composed = OmegaConf.to_container(compose_config([f"model={name}", "norm=ln"]).model)
+    given = {"norm_layer", "act_layer", "num_classes", "in_channels", "image_size"}  # by the norm and the data
+    for name, spec in MODELS.items():
+        params = inspect.signature(spec.cls).parameters.values()
+        expected = {p.name: p.default for p in params if p.name not in given}
+        composed = OmegaConf.to_container(compose_unchecked([f"model={name}", "norm=ln"]).model)
         assert composed.pop("name") == name
         assert composed == {k: list(v) if isinstance(v, tuple) else v for k, v in expected.items()}, name
 
@@ -149,7 +149,7 @@ def test_group_yaml_files_only_select_their_schema() -> None:
 
 
 def test_closed_sets_compare_and_serialize_as_plain_strings() -> None:
-    cfg = compose_config(["budget=steps", "max_steps=5", "optim.lr_scaling=sqrt", "device=cpu"])
+    cfg = compose_unchecked(["budget=steps", "max_steps=5", "optim.lr_scaling=sqrt", "device=cpu"])
     assert cfg.budget == "steps" and f"{cfg.budget}" == "steps" and cfg.optim.lr_scaling == "sqrt"
     stored = json.loads(json.dumps(OmegaConf.to_container(cfg, resolve=True)))
     assert stored["budget"] == "steps" and stored["device"] == "cpu" and stored["norm"]["impl"] == "torch"

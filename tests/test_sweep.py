@@ -3,13 +3,14 @@ stay local to their run, and the report's numbers against the runs' own records.
 
 from __future__ import annotations
 
+import copy
 import csv
 import json
 import os
 
 import pytest
 import yaml
-from conftest import ROOT, events, normbench, saved_model_scores, train
+from conftest import ROOT, events, normbench, planned, saved_model_scores, train
 from omegaconf import OmegaConf
 from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
 from typer.testing import CliRunner
@@ -38,7 +39,7 @@ def test_joblib_sweep_summary_report_and_rerun(tmp_path) -> None:
     assert set(records) == RUNS  # one directory per run, named by what varies
     content = events(sweep_dir / "bn_b004").PluginTagToContent("hparams")  # the grid's HParams experiment, in a run
     infos = HParamsPluginData.FromString(content["_hparams_/experiment"]).experiment.hparam_infos
-    assert {i.name for i in infos if i.differs} == {"norm", "batch_size", "lr"}
+    assert {i.name for i in infos if i.differs} == {"norm", "batch_size", "images_per_worker", "lr"}
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()  # macOS: no affinity
     assert all(
         r.status == "completed" and r.threads == max(1, cores // 2) for r in records.values()
@@ -114,14 +115,14 @@ def test_submitit_launcher_runs_jobs_through_its_local_executor(tmp_path) -> Non
     assert "normbench_launcher.NormbenchSlurmLauncher" in shown.stdout and "cpus_per_task: 2" in shown.stdout
 
 
-def test_a_run_is_recognised_by_the_settings_both_configs_have(tiny) -> None:
+def test_a_run_is_recognised_by_the_settings_both_configs_have(tmp_path) -> None:
     from normbench.launch.rundir import differing
 
     def same_run(stored, cfg, volatile):
         return not differing(stored, cfg, volatile)
 
-    cfg = tiny()
-    stored = OmegaConf.to_container(cfg, resolve=True)
+    cfg = planned(tmp_path).settings()
+    stored = copy.deepcopy(cfg)
     del stored["train"]["deterministic"]  # written by an older normbench that lacked this setting
     assert same_run(stored, cfg, ("threads",))
     stored["threads"] = 7
@@ -130,9 +131,7 @@ def test_a_run_is_recognised_by_the_settings_both_configs_have(tiny) -> None:
     assert not same_run(stored, cfg, ("threads",))
 
 
-def test_report_on_a_single_run_directory(tiny, tmp_path) -> None:
-    from normbench.run.train import run
-
+def test_report_on_a_single_run_directory(tmp_path) -> None:
     run_dir = tmp_path / "one"
     train(run_dir, "norm=gn", "norm.groups=4", "log.activations=false")
     done = CliRunner().invoke(app, ["report", str(run_dir)], env={"COLUMNS": "200"})
@@ -155,7 +154,7 @@ def test_the_default_and_quick_grids_are_the_runs_their_yaml_lists(preset, tmp_p
     `sweep=quick` through the same grid expansion."""
     import normbench.launch.task
     from normbench.launch.compose import sweep_jobs
-    from normbench.run.schema import EvalConfig
+    from normbench.plan.schema import EvalConfig
 
     stated = yaml.safe_load((ROOT / "configs" / "sweep" / f"{preset}.yaml").read_text())
     params = stated["hydra"]["sweeper"]["params"]

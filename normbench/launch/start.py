@@ -19,7 +19,14 @@ from omegaconf import DictConfig
 
 from normbench.base import signals
 from normbench.base.console import console
-from normbench.base.errors import EXIT_CRASH, EXIT_INTERRUPTED, EXIT_SWEEP_INCOMPLETE, ConfigError, StoppedBeforeStart
+from normbench.base.errors import (
+    EXIT_CRASH,
+    EXIT_INTERRUPTED,
+    EXIT_SWEEP_INCOMPLETE,
+    ConfigError,
+    NormbenchError,
+    StoppedBeforeStart,
+)
 from normbench.base.overrides import hydra_value, override_key, parse
 from normbench.launch import task
 from normbench.launch.compose import compose_run, hydra_errors, sweep_jobs
@@ -153,6 +160,8 @@ def run_once(overrides: list[str]) -> int:
     except StoppedBeforeStart as error:
         console.print(f"[yellow]Interrupted[/] {error}", highlight=False)
         return error.exit_code
+    except NormbenchError:
+        raise  # one paragraph, by the command
     except Exception:  # a crash: its traceback (the run's record says it failed, and why)
         traceback.print_exc()
         return EXIT_CRASH

@@ -29,8 +29,9 @@ def images_per_worker(batch_size: int, workers: int) -> int:
 
 
 def split_label(norm: str, batch_size: int, workers: int) -> str:
-    """`bn_b032`, `bn_b002x16`: the norm and the batch one of its BN layers normalizes over (module doc)."""
-    each = f"b{images_per_worker(batch_size, workers):03d}"
+    """`bn_b032`, `bn_b002x16`: the norm and the batch one of its BN layers normalizes over (module doc). A config
+    the schema refuses (workers=0) still gets a label here, so that the refusal is the schema's paragraph."""
+    each = f"b{images_per_worker(batch_size, workers) if workers > 0 else batch_size:03d}"
     return f"{norm}_{each}" + (f"x{workers:02d}" if workers > 1 else "")
 
 
