@@ -187,6 +187,10 @@ def group_options(group: str) -> list[str]:
     (registered in Hydra's ConfigStore), normbench's YAML files, and Hydra's and its plugins' launchers and sweepers
     (in the ConfigStore once Hydra has looked for its plugins, i.e. after a composition)."""
     schema.register()
+    if group.startswith("hydra/"):  # Hydra's plugins put their options into the ConfigStore when Hydra loads them
+        from hydra.core.plugins import Plugins
+
+        Plugins.instance()
     store = ConfigStore.instance()
     stored = store.list(group) if store.get_type(group) == ObjectType.GROUP else []
     files = [p.stem for p in (config_dir() / group).glob("*.yaml")]

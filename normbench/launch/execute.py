@@ -26,7 +26,7 @@ from omegaconf import DictConfig
 from rich.table import Table
 
 from normbench.base import signals
-from normbench.base.console import console, print_error
+from normbench.base.console import console, debugging, print_error
 from normbench.base.errors import EXIT_CRASH, ConfigError, InterruptedRun, NormbenchError
 from normbench.base.overrides import hydra_value, override_key
 from normbench.launch import rundir
@@ -132,6 +132,8 @@ def execute(plan: RunPlan, hydra_cfg: DictConfig, multirun: bool) -> RunRecord |
         model = build_model(plan)
         claim = claim_for(plan, model, ranks, resume=multirun or plan.config.resume, multirun=multirun)
     except NormbenchError as error:
+        if multirun and not isinstance(error, rundir.RunDirError) and (ranks is None or ranks.writes):
+            record_failure(plan, str(error))  # a job the pre-flight could not check (a trial): its record says why
         return refused(plan, error, where, multirun, ranks)
     try:
         if claim.completed:
@@ -175,6 +177,8 @@ def refused(plan: RunPlan, error: NormbenchError, where: str, multirun: bool, ra
                       highlight=False)  # fmt: skip
         return None
     if ranks is None or ranks.writes:
+        if debugging():
+            traceback.print_exception(error)
         print_error(error, where)
     if ranks is not None:
         from normbench.run.distributed import leave

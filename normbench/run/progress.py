@@ -40,7 +40,8 @@ def sweep_count(sweep_dir: Path) -> str:
     """`3/8 runs of the sweep ended`: the runs with a final record under `sweep_dir`, of the grid's runs."""
     ended = sum(1 for _, r in R.find_records(sweep_dir) if not isinstance(r, R.UnreadableRecord) and r.status in ENDED)
     grid = SweepPlan.read(sweep_dir)
-    return f"{ended}/{len(grid.runs)} runs of the sweep ended" if grid else f"{ended} runs of the sweep ended"
+    planned = len(grid.runs) if grid else 0  # 0: runs not known up front (an optimizing sweeper's trials)
+    return f"{ended}/{planned} runs of the sweep ended" if planned else f"{ended} runs of the sweep ended"
 
 
 class RunProgress(Protocol):

@@ -39,6 +39,7 @@ def build_model(plan: RunPlan) -> nn.Module:
     per statistic of training and, for norms with batch statistics validated with them, of that validation. Raises
     ConfigError/NormError naming the layer and what to change. The one build of the run's model (on the CPU)."""
     config = plan.config
+    select_device(config.device)  # a device this machine lacks is refused here, before anything is written
     seed_everything(config.seed)
     try:
         model = build(plan.options("model"), plan.options("norm"), plan.data.channels, plan.data.image_size,

@@ -187,31 +187,6 @@ def _placeholder_model(spec: ModelSpec, fixed: dict[str, Any], options: dict[str
     return spec.cls(**{**fixed, "norm_layer": slot, "act_layer": nn.Identity}, **options)
 
 
-def norm_inputs(model: nn.Module, in_channels: int, image_size: tuple[int, int]) -> dict[str, tuple[int, ...]]:
-    """The input shape of each norm layer of a built `model` (its name → shape, for one image), found by one
-    forward of a zero image in eval mode with hooks on the norm slots; the model's mode is restored."""
-    import torch
-
-    shapes: dict[str, tuple[int, ...]] = {}
-
-    def seen(name: str) -> Callable[[nn.Module, tuple[Any, ...]], None]:
-        def hook(module: nn.Module, args: tuple[Any, ...]) -> None:
-            shapes.setdefault(name, tuple(args[0].shape))
-
-        return hook
-
-    hooks = [m.register_forward_pre_hook(seen(n)) for n, m in model.named_modules() if getattr(m, NORM_SLOT, False)]
-    training = model.training
-    try:
-        with torch.no_grad():
-            model.eval()(torch.zeros(1, in_channels, *image_size))
-    finally:
-        model.train(training)
-        for hook in hooks:
-            hook.remove()
-    return shapes
-
-
 def check_norm_shapes(
     model: nn.Module,
     model_name: str,
@@ -222,35 +197,56 @@ def check_norm_shapes(
     setting: str,
 ) -> None:
     """Refuse a built model whose norm layers would get training inputs the norm cannot normalize when a batch
-    statistic averages `images` images (a worker's share, or the batch), e.g. bn on (1, C). Each norm layer's input
-    shape comes from one forward of one image (`norm_inputs`), its batch set to `images`, and goes through the
-    norm's own `shape_problem`. `setting` says in words what gives `images` (`batch_size=8 with workers=4 ...`)."""
+    statistic averages `images` images (a worker's share, or the batch), e.g. bn on (1, C). One forward of a zero
+    image in eval mode (no statistic or parameter changes) with a pre-hook on every norm layer: the hook puts
+    `images` into dim 0 (every layout's N) of the layer's input shape and asks the norm's own `shape_problem`,
+    refusing before the layer computes anything. `setting` says in words what gives `images`
+    (`batch_size=8 with workers=4 ...`). The model's mode is restored."""
+    import torch
+
     norm_name, norm_options = split_name(norm_cfg)
     spec = get_norm(norm_name)
     layout = MODELS[model_name].layout
-    for layer, one in norm_inputs(model, in_channels, image_size).items():
-        shape = (images, *one[1:])
-        problem = spec.shape_problem(shape, True, **norm_options)
-        if problem is None:
-            continue
-        per_sample = [n for n, s in NORMS.items() if not s.batch_statistics and s.normalizes(shape, True)]
-        if spec.batch_statistics and "worker" in setting:
-            advice = (
-                f"Each worker's BatchNorm needs >= 2 images: a larger batch_size, fewer workers, a norm whose "
-                f"statistics span all workers (syncbn), or one that works per sample ({', '.join(per_sample)})."
-            )
-        elif spec.batch_statistics:
-            advice = f"Use batch_size >= 2, or a norm that works per sample ({', '.join(per_sample)})."
-        else:
-            works = [n for n, s in NORMS.items() if s.normalizes(shape, True, **norm_options)]
-            advice = (
-                f"Use a norm whose statistics average more values here ({', '.join(works)}), "
-                "or a model config that gives this layer larger inputs."
-            )
-        raise NormError(
-            f"{setting} with norm={norm_name} on model={model_name}: this model's norms see {shape_of(layout)} "
-            f"{layout}s, and its norm layer '{layer}' gets {shape}. {problem} {advice}"
+
+    def check(layer: str) -> Callable[[nn.Module, tuple[Any, ...]], None]:
+        def pre_hook(module: nn.Module, args: tuple[Any, ...]) -> None:
+            shape = (images, *args[0].shape[1:])
+            problem = spec.shape_problem(shape, True, **norm_options)
+            if problem is not None:
+                raise NormError(
+                    f"{setting} with norm={norm_name} on model={model_name}: this model's norms see "
+                    f"{shape_of(layout)} {layout}s, and its norm layer '{layer}' gets {shape}. {problem} "
+                    f"{_advice(spec, shape, norm_options, setting)}"
+                )
+
+        return pre_hook
+
+    hooks = [m.register_forward_pre_hook(check(n)) for n, m in model.named_modules() if getattr(m, NORM_SLOT, False)]
+    training = model.training
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(1, in_channels, *image_size))
+    finally:
+        model.train(training)
+        for hook in hooks:
+            hook.remove()
+
+
+def _advice(spec: Any, shape: tuple[int, ...], options: Mapping[str, Any], setting: str) -> str:
+    """What to change instead, for a norm that cannot normalize `shape`."""
+    per_sample = [n for n, s in NORMS.items() if not s.batch_statistics and s.normalizes(shape, True)]
+    if spec.batch_statistics and "worker" in setting:
+        return (
+            f"Each worker's BatchNorm needs >= 2 images: a larger batch_size, fewer workers, a norm whose statistics "
+            f"span all workers (syncbn), or one that works per sample ({', '.join(per_sample)})."
         )
+    if spec.batch_statistics:
+        return f"Use batch_size >= 2, or a norm that works per sample ({', '.join(per_sample)})."
+    works = [n for n, s in NORMS.items() if s.normalizes(shape, True, **options)]
+    return (
+        f"Use a norm whose statistics average more values here ({', '.join(works)}), "
+        "or a model config that gives this layer larger inputs."
+    )
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -49,6 +49,11 @@ ONE_VALUE = (
 Cls = Callable[..., "nn.Module"]
 
 
+def affine_params(channels: int, affine: bool = True, **_: object) -> int:
+    """γ and β per channel when affine: the parameter count of every norm here but rms and none."""
+    return 2 * channels if affine else 0
+
+
 def _check_eps(name: str, eps: float) -> None:
     if not eps > 0:
         raise NormError(f"norm={name}: eps={eps} must be positive (it keeps sqrt(var + eps) away from zero).")
@@ -90,6 +95,7 @@ register_norm(
         "sequence": on("N,L", torch=f"{LAYERS}.SequenceBatchNorm", reference=f"{LAYERS}.SequenceReferenceBatchNorm"),
     },
     batch_statistics=True,
+    params=affine_params,
 )(batch_norm_builder("bn"))
 
 
@@ -103,6 +109,7 @@ register_norm(
         "sequence": on("N,L", reference=f"{LAYERS}.SequenceBatchRenorm"),
     },
     batch_statistics=True,
+    params=affine_params,
 )
 def batch_renorm(
     cls: Cls,
@@ -136,6 +143,7 @@ register_norm(
     },
     batch_statistics=True,
     synced=True,
+    params=affine_params,
 )(batch_norm_builder("syncbn"))
 
 
@@ -147,6 +155,7 @@ register_norm(
         "image": on("C,H,W", torch=f"{LAYERS}.ChannelLayerNorm", reference=f"{REF}.ReferenceLayerNorm"),
         "sequence": on("D", torch=f"{LAYERS}.LayerNorm", reference=f"{LAYERS}.TokenReferenceLayerNorm"),
     },
+    params=affine_params,
 )
 def layer_norm(cls: Cls, num_features: int, *, eps: float = 1e-5, affine: bool = True) -> nn.Module:
     _check_eps("ln", eps)
@@ -163,6 +172,7 @@ def layer_norm(cls: Cls, num_features: int, *, eps: float = 1e-5, affine: bool =
         ),
     },
     refused={"vector": ONE_VALUE},
+    params=affine_params,
 )
 def instance_norm(cls: Cls, num_features: int, *, eps: float = 1e-5, affine: bool = True) -> nn.Module:
     _check_eps("in", eps)
@@ -178,6 +188,7 @@ def instance_norm(cls: Cls, num_features: int, *, eps: float = 1e-5, affine: boo
         "image": on("C/G,H,W", torch=f"{NN}.GroupNorm", reference=f"{REF}.ReferenceGroupNorm"),
         "sequence": on("D/G", torch=f"{LAYERS}.TokenGroupNorm", reference=f"{LAYERS}.TokenReferenceGroupNorm"),
     },
+    params=affine_params,
 )
 def group_norm(cls: Cls, num_features: int, *, groups: int = 8, eps: float = 1e-5, affine: bool = True) -> nn.Module:
     _check_eps("gn", eps)

@@ -53,7 +53,12 @@ def explain(name: str, shape: tuple[int, ...], workers: int = 1, **options: Any)
     each = spec.statistic_size((shape[0] // workers, *shape[1:]) if per_share else shape, **options)
     if not each:
         return NormExplanation(name, shape, layout, "", 0, 0, 0, False, workers=workers)
-    params = spec.params(channels, **{**spec.options, **options})
+    if spec.params is not None:
+        params = spec.params(channels, **{**spec.options, **options})
+    else:  # a plugin's norm that does not state its count: a built layer's (imports torch)
+        from normbench.parts.norms.registry import build_norm
+
+        params = sum(p.numel() for p in build_norm(name, channels, layout, **options).parameters())
     axes = spec.layouts[layout].axes
     groups = options.get("groups", spec.options.get("groups")) if "/G" in axes else None
     share = (shape[0] // workers, *shape[1:]) if per_share else shape

@@ -78,9 +78,10 @@ class NormSpec:
     # A norm-activation layer (FRN + TLU, EvoNorm): it takes the place of the norm *and* the activation after it,
     # and is built with act=False where a model puts no activation after its norm (a residual branch's last norm).
     activation: bool = False
-    # Its parameter count for `channels` channels and its options, said without building it (`explain` imports no
-    # torch); tests/test_norms.py holds it against every built layer.
-    params: Callable[..., int] = field(default=lambda channels, affine=True, **_: 2 * channels if affine else 0)
+    # Its parameter count for `channels` channels and its options, said without building it (so `explain` of a
+    # built-in norm imports no torch; tests/test_norms.py holds it against every built layer). None: count the
+    # parameters of a built layer (a plugin's norm that does not say).
+    params: Callable[..., int] | None = None
 
     @property
     def axes(self) -> dict[str, str]:
@@ -214,7 +215,7 @@ def register_norm(
     `layouts` names for the layout and implementation being built. A norm-activation layer (`activation=True`)
     has `builder(cls, num_features, act, *, **options)`, `act` saying whether it includes its activation. A name
     already registered (a built-in norm, another plugin's) is refused, naming both places, unless `replace=True`
-    asks for it. `params(channels, **options)`: its parameter count (default: γ and β per channel when affine)."""
+    asks for it. `params(channels, **options)`: its parameter count (None: counted on a built layer when asked)."""
 
     def decorator(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         impls = [tuple(support.classes) for support in layouts.values()]
@@ -224,7 +225,7 @@ def register_norm(
                 f"...) with the same implementations for every layout; got {dict(layouts)}."
             )
         spec = NormSpec(name, summary, builder, dict(layouts), dict(refused or {}), batch_statistics, min_values,
-                        synced, activation, **({"params": params} if params else {}))  # fmt: skip
+                        synced, activation, params)  # fmt: skip
         NORMS.register(name, spec, origin=origin_of(builder), replace=replace)
         return builder
 
