@@ -54,7 +54,7 @@ CLICK_TAB = """(() => {
 # Series); the Custom Scalars charts.
 PAGES = [
     ("timeseries.png", lambda port: f"http://localhost:{port}/#timeseries", None),
-    ("timeseries_batch_sizes.png", lambda port: timeseries_url(port, runs="^bn_"), None),
+    ("timeseries_batch_sizes.png", lambda port: timeseries_url(port, runs="^bn_", color="cell"), None),
     ("hparams.png", lambda port: f"http://localhost:{port}/#hparams", CLICK_TAB % "parallel coordinates"),
     ("scalars.png", lambda port: f"http://localhost:{port}/#scalars", None),
     ("histograms.png", lambda port: f"http://localhost:{port}/#histograms&tagFilter=" + quote(LAYER), None),

@@ -188,7 +188,7 @@ def split_free(norm: str | None) -> bool:
     """Whether the norm's training statistics do not depend on how the batch is split among workers: per-sample
     norms (ln, in, gn, rms, none) and statistics synced over all workers."""
     spec = NORMS.get(str(norm))
-    return spec is not None and (not spec.batch_statistics or spec.synced)
+    return spec is not None and not spec.per_share
 
 
 def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
