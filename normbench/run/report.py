@@ -1,20 +1,28 @@
 """`normbench report DIR`: the comparison you look at.
 
-Reads every `results.json` under DIR (one run, a sweep, or a partial sweep), groups runs that differ only
-by seed, and writes next to them:
+Reads every `results.json` under DIR (one run, a sweep, a partial sweep, or a folder of several sweeps), groups
+runs that differ only by seed into cells, and writes next to them:
 
 * `summary.csv` (one row per run, every field of its record) and `summary.json` (runs, seed-aggregated cells,
   paired differences against BN, the settings),
 * `error_vs_batch.png`: final validation error against images per worker (BN's batch) on a log₂ axis, one line
-  per norm, mean and 95% interval over seeds (the GroupNorm paper's Figure 1), chance drawn, flagged runs hollow,
+  per norm, mean and 95% interval over seeds (the GroupNorm paper's Figure 1); its title gives the total batch,
+  workers, seeds per cell and lr; chance drawn where it lies near the data (else named in the legend), flagged
+  runs hollow,
 * `curves.png`: train (solid) and validation (dashed) loss against examples seen, one panel per images per worker,
-  one colour per norm, so different splits are compared at equal data seen,
-* `report.md`: the settings, the tables, the paired differences, BN's three evaluations, flags and warnings, and
-  both figures: a sweep's outcome is one file to open.
+  one colour per norm: each cell's mean over its seeds, with a band over their range (min to max),
+* `table.tex`: the main tables as LaTeX (booktabs), for a paper,
+* `report.md`: a one-line reading of the paired differences, the settings, the tables, the paired differences,
+  BN's three evaluations, flags and warnings, and both figures: a sweep's outcome is one file to open.
 
 The x axis is images per worker = batch_size / workers: the batch one BN layer normalizes over. With one worker
 it is the batch size. A norm whose statistics do not depend on the split (ln, in, gn: per sample) trained at one
 worker is drawn at every x that has its total batch, and marked so: it is the same run there.
+
+Several sweeps under DIR: runs with the same model, data and variant (what varies inside a sweep besides the
+table's axes) land in one table and figure. Where the sweeps' settings differ (their configs, compared key by
+key), each sweep is a series of its own, named by its directory, with what differs; where they do not, their seeds
+are pooled.
 """
 
 from __future__ import annotations
