@@ -49,9 +49,9 @@ CLICK_TAB = """(() => {
   return Boolean(tab);
 })()"""
 # (file, TensorBoard page, script to run before the shot): what TensorBoard opens on (Time Series); the printed
-# link for one norm at every batch size (a colour per run); Scalars; HParams' parallel coordinates (every run must be
-# drawn); one layer's input and output distributions in every run (Histograms) and side by side for one run (Time
-# Series); the Custom Scalars charts.
+# link for one norm at every images-per-worker value (a colour per cell); Scalars; HParams' parallel coordinates (every
+# run must be drawn); one layer's input and output distributions in every run (Histograms) and side by side for one
+# run (Time Series); the Custom Scalars charts.
 PAGES = [
     ("timeseries.png", lambda port: f"http://localhost:{port}/#timeseries", None),
     ("timeseries_batch_sizes.png", lambda port: timeseries_url(port, runs="^bn_", color="cell"), None),
