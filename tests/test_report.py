@@ -286,7 +286,7 @@ def test_curves_draw_each_cells_mean_over_seeds_with_the_band_of_their_range(gri
     band = ax.collections[0].get_paths()[0].vertices[:, 1]
     assert band.min() == pytest.approx(min(c[-1][1] for c in seeds)) and band.max() == pytest.approx(2.4)
     assert len([line for line in ax.lines if line.get_linestyle() == "-"]) == 3  # a line per cell, not per seed
-    assert "the band their range (min to max)" in drawn["curves.png"]._suptitle.get_text()
+    assert "the band their range (min to max);\ntrain loss" in drawn["curves.png"]._suptitle.get_text()
     x, mean, low, high = mean_and_range([[(0, 1.0), (10, 2.0)], [(0, 3.0), (5, 3.0), (10, 4.0)]])
     assert (x, mean, low, high) == ([0, 10], [2.0, 3.0], [1.0, 2.0], [3.0, 4.0])
     assert smoothed([1.0, 3.0], 2) == [1.0, 2.0]
@@ -332,8 +332,9 @@ def test_two_sweeps_under_one_folder_share_one_table_and_figure_told_apart(tmp_p
         in text
     )
     assert "| series | images per worker | norm |" in text and "| lr10 | 2 | gn | " in text
-    readings = [line for line in text.splitlines() if line.startswith("**Reading**")]
-    assert len(readings) == 2 and "lr02: GN is better than BN at 2" in readings[0] and "lr10: GN" in readings[1]
+    lines = text.splitlines()
+    assert lines[2] == "**Reading** (paired differences against BN, 95% intervals over seeds):"  # then one per sweep
+    assert lines[4].startswith("- lr02: GN is better than BN at 2") and lines[5].startswith("- lr10: GN is not")
     ax = drawn["error_vs_batch.png"].axes[0]
     assert [t for t in _legend(ax) if t.startswith(("bn", "gn"))] == [
         "bn (lr02)", "gn (lr02) (1 worker, same runs at every x)", "bn (lr10)",

@@ -904,7 +904,7 @@ def _curves_figure(
             ax.axis("off")
     for row in axes:
         row[0].set_ylabel("loss (train solid, val dashed)")
-    fig.suptitle(f"Loss curves — {label}: per cell the mean over its seeds, the band their range (min to max); "
+    fig.suptitle(f"Loss curves — {label}: per cell the mean over its seeds, the band their range (min to max);\n"
                  f"train loss a moving average over {smooth} logged points", fontsize=10)  # fmt: skip
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -974,8 +974,9 @@ def latex(summary: dict[str, Any]) -> str:
 def markdown(summary: dict[str, Any], figures: list[Path], reference: Reference | None = None) -> str:
     runs = summary["runs"]
     lines = [f"# normbench report: `{summary['root']}`", ""]
-    lines += [f"**Reading** (paired differences against {_shown(BASELINE)}, 95% intervals over seeds): {text}"
-              for text in readings(summary)]  # fmt: skip
+    said = readings(summary)
+    lead = f"**Reading** (paired differences against {_shown(BASELINE)}, 95% intervals over seeds):"
+    lines += [f"{lead} {said[0]}"] if len(said) == 1 else [lead, "", *(f"- {text}" for text in said)]
     lines.append("")
     n_done = sum(r["status"] == R.COMPLETED for r in runs)
     counts = flagged_count(summary)
