@@ -49,12 +49,12 @@ CLICK_TAB = """(() => {
   return Boolean(tab);
 })()"""
 # (file, TensorBoard page, script to run before the shot): what TensorBoard opens on (Time Series); the printed
-# link for one norm at every batch size (a colour per run); Scalars; HParams' parallel coordinates (every run must be
-# drawn); one layer's input and output distributions in every run (Histograms) and side by side for one run (Time
-# Series); the Custom Scalars charts.
+# link for one norm at every images-per-worker value (a colour per cell); Scalars; HParams' parallel coordinates (every
+# run must be drawn); one layer's input and output distributions in every run (Histograms) and side by side for one
+# run (Time Series); the Custom Scalars charts.
 PAGES = [
     ("timeseries.png", lambda port: f"http://localhost:{port}/#timeseries", None),
-    ("timeseries_batch_sizes.png", lambda port: timeseries_url(port, runs="^bn_"), None),
+    ("timeseries_batch_sizes.png", lambda port: timeseries_url(port, runs="^bn_", color="cell"), None),
     ("hparams.png", lambda port: f"http://localhost:{port}/#hparams", CLICK_TAB % "parallel coordinates"),
     ("scalars.png", lambda port: f"http://localhost:{port}/#scalars", None),
     ("histograms.png", lambda port: f"http://localhost:{port}/#histograms&tagFilter=" + quote(LAYER), None),

@@ -129,7 +129,7 @@ def run(overrides: list[str] | None = OVERRIDES, debug: bool = DEBUG) -> None:
     """Train one run. OVERRIDES change the composed config, in Hydra's override grammar.
 
     ```
-    normbench run                           # cnn + bn, synthetic data (~80 s)
+    normbench run                           # cnn + bn, synthetic data
     normbench run model=mlp norm=ln max_steps=50       # a quick look
     normbench run model=cnn norm=gn norm.groups=8 batch_size=16 epochs=2
     normbench run 'model.widths=[16,32]'    # a list: quote it for the shell
@@ -148,9 +148,9 @@ def run(overrides: list[str] | None = OVERRIDES, debug: bool = DEBUG) -> None:
     `--resolve`, `--info`, `--config-dir DIR` (your own configs beside normbench's), `--hydra-help`.
     Full grammar: https://hydra.cc/docs/advanced/override_grammar/basic/
 
-    Outputs go to the run directory (`runs/DATE/TIME_MODEL_NORM_bB`, or `hydra.run.dir=DIR`): TensorBoard
-    events, results.json, checkpoint.pt and the composed config in .hydra/. View with
-    `tensorboard --logdir runs`.
+    Outputs go to the run directory (`runs/DATE/TIME_MODEL_NORM_bB`, `..._bBxW` with W workers of B images, or
+    `hydra.run.dir=DIR`): TensorBoard events, results.json, checkpoint.pt and the composed config in .hydra/.
+    The run ends by printing the tensorboard command that opens it.
     """
     _launch("start_run", overrides, debug)
 
@@ -161,7 +161,7 @@ def sweep(overrides: list[str] | None = OVERRIDES, debug: bool = DEBUG) -> None:
 
     ```
     normbench sweep                       # the default grid: bn at 2..32 images per worker; ln, in, gn; 3 seeds
-    normbench sweep sweep=quick           # the same cells, small budget (~5 min on 2 idle cores, in parallel)
+    normbench sweep sweep=quick           # the same cells, a smaller budget
     normbench sweep norm=bn,gn batch_size=2,8,32 seed=0,1,2
     normbench sweep 'batch_size=range(2,10,2)' norm=gn
     normbench sweep sweep=quick hydra/launcher=parallel  # joblib, this machine
@@ -197,9 +197,12 @@ def report(
         None, "--smooth", min=1, help="Moving average of the training-loss curves over K logged points (1 = raw)."
     ),
 ) -> None:
-    """Tables and figures from a run or sweep directory: validation error vs images per worker per norm (mean and
-    95% interval over seeds, paired differences against BN, runs that did not learn flagged), loss curves per
-    images per worker, summary.csv/json and report.md embedding the figures, written into DIR (or --out).
+    """Tables and figures from a run or sweep directory (or a folder of sweeps: runs of the same design share one
+    table and figure, a series per sweep where their settings differ): validation error vs images per worker per
+    norm (mean and 95% interval over seeds, paired differences against BN, runs that did not learn flagged), loss
+    curves per images per worker (each cell's mean over seeds, the band their range), summary.csv/json, table.tex
+    (LaTeX booktabs) and report.md (a one-line reading of the paired differences first) embedding the figures,
+    written into DIR (or --out).
     --reference NAME draws a published BN-vs-GN result beside the error-vs-batch figure, with its citation.
     A results.json that is not a readable record is listed as unreadable and the exit code is 2 (--skip-bad: 0)."""
     from normbench.plan.plan import SweepPlan

@@ -11,11 +11,12 @@ import yaml
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from normbench.base.commands import program
 from normbench.base.console import console
 from normbench.base.errors import EXIT_INTERRUPTED, EXIT_SWEEP_INCOMPLETE, NormbenchError
 from normbench.base.files import write_atomic
 from normbench.launch.rundir import CHECKPOINT_FILE, HYDRA_DIR, in_use
-from normbench.run.board import EVENTS_PREFIX, tensorboard_hint
+from normbench.run.board import EVENTS_PREFIX, sweep_hparams, tensorboard_hint
 from normbench.run.record import COMPLETED, RUNNING, RunRecord, UnreadableRecord, find_records
 from normbench.run.report import STUDY_FILE, flagged_count, print_tables, write_summary
 
@@ -46,8 +47,8 @@ class SweepSummary(Callback):
         console.print(f"Flagged: {words}.", highlight=False)
         console.print(
             f"Summary: {sweep_dir / 'summary.csv'}, {sweep_dir / 'summary.json'}. Figures: "
-            f"{shlex.join(['normbench', 'report', str(sweep_dir)])}.\n"
-            f"{tensorboard_hint(sweep_dir, [r['run'] for r in summary['runs']])}",
+            f"{program('normbench', 'normbench')} report {shlex.quote(str(sweep_dir))}.\n"
+            f"{tensorboard_hint(sweep_dir, sweep_hparams(sweep_dir))}",
             highlight=False,
             soft_wrap=True,
         )

@@ -14,15 +14,21 @@ directory holding one as a run, so an experiment at the sweep root would be a ru
   by its place in the sorted grid (the sweep's start plus 1 ms per rank), so every tab lists norm, then batch.
 * HParams: a run writes its session start (its hparams, from its plan) when it starts and its session end (its
   status) when it ends, so every run has a row whatever happens to it. The experiment (which hparams exist, their
-  values, which differ; which metrics) goes into every run: made from the plans of its sweep's runs (the sweep's
+  values, which are shown; which metrics) goes into every run: made from the plans of its sweep's runs (the sweep's
   plan file, plan/plan.py `SweepPlan`), so every run writes the same one (TensorBoard takes the first it finds).
+  TensorBoard's HParams dashboard sorts the hparams marked `differs` first, by name, and ticks the first five: the
+  columns of its table and parallel coordinates. So exactly the columns to show are marked (`shown_hparams`): the
+  worker split (norm, images per worker, workers, total batch) always, then what else the sweep varies.
   Metrics are the last values of existing tags (`val/acc`, ...). Only the metrics every run of the experiment has are
   listed: TensorBoard's parallel coordinates select the first five
   metrics and drop every run that lacks one (a BN-only metric would hide every other norm).
+* Links (`tensorboard_hint`): Time Series filtered to the runs that answer one question each, built from the runs'
+  hparams (their plans), one colour per cell (a cell's seeds share it).
 """
 
 from __future__ import annotations
 
+import re
 import shlex
 import time
 from collections.abc import Mapping, Sequence
@@ -39,6 +45,9 @@ from tensorboard.summary.writer.record_writer import RecordWriter
 from torch import Tensor
 from torch.utils.tensorboard import SummaryWriter
 
+from normbench.base.commands import program
+from normbench.parts.norms import NORMS
+from normbench.plan.naming import NAMED_BY_SPLIT
 from normbench.plan.plan import HValue, RunPlan, SweepPlan
 from normbench.run import record as R
 
@@ -90,21 +99,43 @@ def _value(value: HValue) -> struct_pb2.Value:
     return struct_pb2.Value(string_value=str(value))
 
 
+# The HParams columns every sweep shows: how the batch is split (plan/plan.py `hparams` writes them in every row).
+SPLIT_COLUMNS = ("norm", "images_per_worker", "workers", "batch_size")
+# TensorBoard's HParams dashboard ticks the first five hparams (those marked `differs` first, then by name).
+SHOWN_COLUMNS = 5
+DERIVED = ("lr", *NAMED_BY_SPLIT)  # follow from other columns: the effective lr; `cell` is norm and workers
+
+
+def shown_hparams(runs: Sequence[Mapping[str, HValue]], domains: bool = True) -> list[str]:
+    """The hparams to mark `differs`, so that TensorBoard shows them as columns without clicking: the split
+    columns, whether they vary or not, then the columns whose values differ across `runs` (the sweep's own keys
+    before those that follow from others), at most five in all (TensorBoard shows five). `domains=False` (runs not
+    known up front): the split columns and the keys beyond the standard row (what the sweep varies)."""
+    names = list(dict.fromkeys(k for run in runs for k in run))
+    if domains:
+        varying = [n for n in names if len({repr(run.get(n)) for run in runs}) > 1]
+    else:
+        varying = names[names.index("seed") + 1 :] if "seed" in names else []
+    others = [n for n in varying if n not in SPLIT_COLUMNS]
+    ranked = [n for n in SPLIT_COLUMNS if n in names] + [n for n in others if n not in DERIVED]
+    ranked += [n for n in others if n in DERIVED and n not in NAMED_BY_SPLIT]
+    return ranked[:SHOWN_COLUMNS]
+
+
 def experiment_summary(
     runs: Sequence[Mapping[str, HValue]], metrics: Sequence[Sequence[str]], domains: bool = True
 ) -> Summary:
     """The HParams experiment of `runs` (each run's hparams) whose metric tags are `metrics` (per run): every
-    hparam with its discrete domain, marked as differing when runs disagree, so TensorBoard shows those columns
-    without clicking; the metrics every run has. `domains=False` (a run of a sweep whose grid is not known up
-    front): no domains, which would hide the runs outside them, and every hparam marked as differing."""
+    hparam with its discrete domain, the columns of `shown_hparams` marked `differs` (TensorBoard shows those
+    without clicking), and the metrics every run has. `domains=False` (a run of a sweep whose grid is not known up
+    front): no domains, which would hide the runs outside them."""
     types = {bool: api_pb2.DATA_TYPE_BOOL, str: api_pb2.DATA_TYPE_STRING}
+    shown = set(shown_hparams(runs, domains))
     infos = []
     for name in dict.fromkeys(k for run in runs for k in run):
         values = sorted({run[name] for run in runs if name in run}, key=lambda v: (str(type(v)), v))
         info = api_pb2.HParamInfo(
-            name=name,
-            type=types.get(type(values[0]), api_pb2.DATA_TYPE_FLOAT64),
-            differs=len(values) > 1 or not domains,
+            name=name, type=types.get(type(values[0]), api_pb2.DATA_TYPE_FLOAT64), differs=name in shown
         )
         if domains:
             info.domain_discrete.CopyFrom(struct_pb2.ListValue(values=[_value(v) for v in values]))
@@ -199,7 +230,7 @@ class Board:
 
     def start_session(self, hparams: Mapping[str, HValue], experiment: Summary | None = None) -> None:
         """This run's HParams row, written at its start, so a run that dies without a word still has its row
-        (status unknown), after the `experiment` (`experiment_summary`, `SweepExperiment.summary`), if any."""
+        (status unknown), after the `experiment` (`experiment_summary`), if any."""
         if experiment is not None:
             self.writer.file_writer.add_summary(experiment)
         start = plugin_data_pb2.SessionStartInfo(start_time_secs=time.time())
@@ -237,36 +268,119 @@ class _NoWriter:
 
 # Time Series' tag filter of the printed links: loss and accuracy, not the learning rate or the diagnostics.
 LOSS_AND_ACCURACY = "^(train/(loss|acc)|val/)"
+# Time Series' colour groups (`runColorGroup=regex:...`): runs whose names match with the same capture groups share
+# a colour. This one groups a run name without its `_seedNNN` (plan/naming.py): a cell's seeds share a colour.
+CELL_COLOURS = r"^((?:(?!_seed\d).)*)(?:_seed\d+)?(.*)$"
+# TensorBoard's Time Series (2.x) colours colour groups from a palette of 7, in turn: the 8th group takes the 1st's.
+PALETTE = 7
 
 
 def timeseries_url(port: int = 6006, runs: str = "", color: str = "run", tags: str = LOSS_AND_ACCURACY) -> str:
     """TensorBoard's Time Series filtered to `tags` (a regex; loss and accuracy by default), optionally to the
-    runs matching `runs` (a regex), one colour per run (`color="run"`) or per norm (`"norm"`: run names start
-    with the norm, so a norm's seeds share its colour)."""
+    runs matching `runs` (a regex, matched as TensorBoard does: anywhere, ignoring case), one colour per run
+    (`color="run"`), per cell (`"cell"`: a cell's seeds share one), per norm (`"norm"`: run names start with it),
+    or per the capture groups of a `regex:...`."""
     query = {"tagFilter": tags}
     if runs:
         query["runFilter"] = runs
-    query["runColorGroup"] = "regex:^([^_]+)_" if color == "norm" else "run"
+    query["runColorGroup"] = {"cell": f"regex:{CELL_COLOURS}", "norm": "regex:^([^_]+)_"}.get(color, color)
     encoded = "&".join(f"{key}={quote(value, safe='')}" for key, value in query.items())
     return f"http://localhost:{port}/?{encoded}#timeseries"
 
 
-def tensorboard_hint(log_dir: Path, runs: Sequence[str] = ()) -> str:
-    """What to print at the end of a run (no `runs`) or of a sweep (its run names): where it is, the command that
-    opens TensorBoard on it, and one link per question: every run; the norms at one batch size (a colour per
-    norm); one norm across batch sizes (a colour per run, so each batch size is its own line)."""
-    what = "Sweep directory" if runs else "Run directory"
+def tensorboard_command() -> str:
+    """The `tensorboard` installed with this normbench, as a command that runs as printed (base/commands.py)."""
+    return program("tensorboard", "tensorboard.main")
+
+
+def cell_key(hparams: Mapping[str, HValue]) -> tuple[tuple[str, str], ...]:
+    """What tells a cell apart: a run's hparams without its seed (a cell's runs differ only by seed)."""
+    return tuple(sorted((k, repr(v)) for k, v in hparams.items() if k != "seed"))
+
+
+def _split_free(norm: HValue) -> bool:
+    """A norm whose training statistics do not depend on how the batch is split (per sample, or synced)."""
+    spec = NORMS.get(str(norm))
+    return spec is not None and not spec.per_share
+
+
+def _alternatives(wanted: Sequence[str], names: Sequence[str]) -> str:
+    r"""A regex alternation that TensorBoard's run filter (`^(?:...)$`, a search ignoring case) matches on exactly
+    the `wanted` run names of `names`: each name with its seed as `_seed\d+`, or the names themselves where that
+    would take in others."""
+    short = "|".join(dict.fromkeys(re.sub(r"_seed\d+", r"_seed\\d+", re.escape(n)) for n in wanted))
+    if sorted(n for n in names if re.search(f"^(?:{short})$", n, re.IGNORECASE)) == sorted(wanted):
+        return short
+    return "|".join(re.escape(n) for n in wanted)
+
+
+def colour_groups(runs: Mapping[str, Mapping[str, HValue]], only: str = "") -> tuple[str, str]:
+    """Time Series' colour grouping for `runs` (`name: hparams`) and its words: a colour per cell where the run
+    names tell the cells apart as their hparams do (CELL_COLOURS) and the cells fit the palette; else a colour per
+    norm; else per run. `only` (an alternation of run names): only those runs take part, so that their groups get
+    the palette's first colours (TensorBoard numbers groups in run order; runs that match no group are grey)."""
+    by_name = {n: re.match(CELL_COLOURS, n).groups() for n in runs}  # type: ignore[union-attr]
+    by_plan = {n: cell_key(h) for n, h in runs.items()}
+    same = all((by_name[a] == by_name[b]) == (by_plan[a] == by_plan[b]) for a in runs for b in runs)
+    guard = f"^(?=(?:{only})$)" if only else "^"
+    if same and len(set(by_plan.values())) <= PALETTE:
+        return f"regex:{guard}{CELL_COLOURS[1:]}", "a colour per cell: its seeds share one"
+    norms = {n: str(h.get("norm")) for n, h in runs.items()}
+    if all(n.startswith(f"{norm}_") for n, norm in norms.items()) and len(set(norms.values())) <= PALETTE:
+        return f"regex:{guard}([^_]+)_", "a colour per norm"
+    return "run", "a colour per run"
+
+
+def questions(runs: Mapping[str, Mapping[str, HValue]]) -> list[tuple[str, list[str]]]:
+    """The comparisons a sweep's runs answer, each with its runs, from their hparams (`name: hparams`): every norm
+    at the smallest and at the largest images-per-worker value (with a norm whose statistics do not depend on the
+    split, trained at one worker, standing in at every value with its total batch, as in the report), and each
+    norm that has several values at all of them. One that is every run is left out."""
+    rows = {n: h for n, h in runs.items() if {"norm", "images_per_worker", "workers", "batch_size"} <= set(h)}
+    xs = sorted({int(h["images_per_worker"]) for h in rows.values()})  # type: ignore[arg-type]
+    out: list[tuple[str, list[str]]] = []
+    for x in dict.fromkeys([xs[0], xs[-1]] if xs else []):
+        at = [n for n, h in rows.items() if h["images_per_worker"] == x]
+        totals = {rows[n]["batch_size"] for n in at}
+        norms = {rows[n]["norm"] for n in at}
+        standing = [n for n, h in rows.items() if n not in at and h["norm"] not in norms and _split_free(h["norm"])
+                    and h["workers"] == 1 and h["batch_size"] in totals]  # fmt: skip
+        out.append((f"every norm at {x} images per worker", sorted(at + standing)))
+    for norm in dict.fromkeys(str(h["norm"]) for h in rows.values()):
+        mine = [n for n, h in rows.items() if h["norm"] == norm]
+        if len({rows[n]["images_per_worker"] for n in mine}) > 1:
+            out.append((f"{norm} at every images-per-worker value", sorted(mine)))
+    return [(label, names) for label, names in out if len(names) < len(runs)]
+
+
+def sweep_hparams(sweep_dir: Path) -> dict[str, dict[str, HValue]]:
+    """`run name: hparams` of a sweep's runs: its plans (the sweep's plan file), else the records' (a sweep whose
+    runs were not planned up front, or an older one)."""
+    plan = SweepPlan.read(sweep_dir)
+    if plan is not None and plan.runs:
+        return {name: dict(run["hparams"]) for name, run in sorted(plan.runs.items())}
+    found = {}
+    for run_dir, record in R.find_records(sweep_dir):
+        if isinstance(record, R.RunRecord) and record.hparams:
+            found[str(run_dir.relative_to(sweep_dir))] = dict(record.hparams)
+    return dict(sorted(found.items()))
+
+
+def tensorboard_hint(log_dir: Path, runs: Mapping[str, Mapping[str, HValue]] | None = None) -> str:
+    """What to print at the end of a run (no `runs`) or of a sweep (`run name: hparams`, `sweep_hparams`): where it
+    is, the command that opens TensorBoard on it, and one link per question (`questions`), a colour per cell."""
     lines = [
-        f"{what}: {log_dir}",
-        f"TensorBoard: tensorboard --logdir {shlex.quote(str(log_dir))}",
-        f"  loss and accuracy: {timeseries_url()}",
+        f"{'Sweep' if runs is not None else 'Run'} directory: {log_dir}",
+        f"TensorBoard: {tensorboard_command()} --logdir {shlex.quote(str(log_dir))}",
     ]
-    if runs:
-        first = sorted(runs)[0]
-        norm, rest = first.split("_", 1) if "_" in first else (first, "")
-        if rest:
-            batch = rest.split("_")[0]
-            lines.append(f"  every norm at {batch}: {timeseries_url(runs=f'_{batch}(_|$)', color='norm')}")
-        lines.append(f"  {norm} at every batch size: {timeseries_url(runs=f'^{norm}_')}")
-        lines.append("  HParams (parallel coordinates, final metrics): http://localhost:6006/#hparams")
+    if not runs:
+        return "\n".join([*lines, f"  loss and accuracy: {timeseries_url()}"])
+    color, words = colour_groups(runs)
+    lines.append(f"  loss and accuracy of every run ({words}): {timeseries_url(color=color)}")
+    crowded = len({cell_key(h) for h in runs.values()}) > PALETTE  # a link's cells could share a colour
+    for label, wanted in questions(runs):
+        only = _alternatives(wanted, list(runs))
+        color, words = colour_groups({n: runs[n] for n in wanted}, only if crowded else "")
+        lines.append(f"  {label} ({words}): {timeseries_url(runs=f'^(?:{only})$', color=color)}")
+    lines.append("  HParams (parallel coordinates, final metrics): http://localhost:6006/#hparams")
     return "\n".join(lines)

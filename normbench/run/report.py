@@ -1,20 +1,28 @@
 """`normbench report DIR`: the comparison you look at.
 
-Reads every `results.json` under DIR (one run, a sweep, or a partial sweep), groups runs that differ only
-by seed, and writes next to them:
+Reads every `results.json` under DIR (one run, a sweep, a partial sweep, or a folder of several sweeps), groups
+runs that differ only by seed into cells, and writes next to them:
 
 * `summary.csv` (one row per run, every field of its record) and `summary.json` (runs, seed-aggregated cells,
   paired differences against BN, the settings),
 * `error_vs_batch.png`: final validation error against images per worker (BN's batch) on a log₂ axis, one line
-  per norm, mean and 95% interval over seeds (the GroupNorm paper's Figure 1), chance drawn, flagged runs hollow,
+  per norm, mean and 95% interval over seeds (the GroupNorm paper's Figure 1); its title gives the total batch,
+  workers, seeds per cell and lr; chance drawn where it lies near the data (else named in the legend), flagged
+  runs hollow,
 * `curves.png`: train (solid) and validation (dashed) loss against examples seen, one panel per images per worker,
-  one colour per norm, so different splits are compared at equal data seen,
-* `report.md`: the settings, the tables, the paired differences, BN's three evaluations, flags and warnings, and
-  both figures: a sweep's outcome is one file to open.
+  one colour per norm: each cell's mean over its seeds, with a band over their range (min to max),
+* `table.tex`: the main tables as LaTeX (booktabs), for a paper,
+* `report.md`: a one-line reading of the paired differences, the settings, the tables, the paired differences,
+  BN's three evaluations, flags and warnings, and both figures: a sweep's outcome is one file to open.
 
 The x axis is images per worker = batch_size / workers: the batch one BN layer normalizes over. With one worker
 it is the batch size. A norm whose statistics do not depend on the split (ln, in, gn: per sample) trained at one
 worker is drawn at every x that has its total batch, and marked so: it is the same run there.
+
+Several sweeps under DIR: runs with the same model, data and variant (what varies inside a sweep besides the
+table's axes) land in one table and figure. Where the sweeps' settings differ (their configs, compared key by
+key), each sweep is a series of its own, named by its directory, with what differs; where they do not, their seeds
+are pooled.
 """
 
 from __future__ import annotations
@@ -51,7 +59,8 @@ BASELINE = "bn"  # paired differences are taken against it
 # Record fields that are not one value per run: the figures read history and curve, the settings read config.
 BULKY = ("metrics", "budget", "history", "curve", "config", "hparams")
 # First columns of summary.csv, then every metric and every other field of the record, in the record's order.
-LEAD = ("run", "status", "flags", "model", "norm", "batch_size", "workers", "images_per_worker", "seed", "variant")
+LEAD = ("run", "status", "flags", "model", "norm", "batch_size", "workers", "images_per_worker", "seed", "variant",
+        "sweep", "series")  # fmt: skip
 
 
 def run_columns() -> list[str]:
@@ -105,15 +114,87 @@ def collect(root: Path) -> list[dict[str, Any]]:
     if not found:
         bad = f" ({len(everything)} results.json there, none readable as a record)" if everything else ""
         raise ConfigError(f"No normbench record under {root}{bad}: give a run or sweep directory written by normbench.")
+    sweep = {d: _sweep_of(root, d) for d, _ in found}
     extra = {d: _variant_overrides(d) for d, _ in found}
-    common = set.intersection(*(set(v) for v in extra.values())) if extra else set()
-    rows = [_row(_run_name(root, d), rec, ",".join(o for o in extra[d] if o not in common)) for d, rec in found]
+    fixed: dict[str, set[str]] = {}  # per sweep: the overrides all its runs share (its command's fixed settings)
+    for d, _ in found:
+        fixed[sweep[d]] = fixed[sweep[d]] & set(extra[d]) if sweep[d] in fixed else set(extra[d])
+    rows = [
+        _row(_run_name(root, d), rec, ",".join(o for o in extra[d] if o not in fixed[sweep[d]])) | {"sweep": sweep[d]}
+        for d, rec in found
+    ]
+    _name_series(rows)
     return sorted(rows, key=_order)
 
 
+def _sweep_of(root: Path, run_dir: Path) -> str:
+    """The sweep a run belongs to, as its directory below `root` ("" for the runs of `root` itself)."""
+    if run_dir == root or run_dir.parent == root:
+        return ""
+    return str(run_dir.parent.relative_to(root))
+
+
+# Settings that tell sweeps apart in a report of several: every config key but the table's axes, the norm's own
+# options (compared per norm), the run's identity and what does not change the numbers (volatile keys, logging).
+NOT_A_SETTING = ("seed", "batch_size", "workers", "model.name", "data.name", "sweep.", "log.", "eval.batch_size",
+                 *VOLATILE)  # fmt: skip
+
+
+def _settings_of(row: dict[str, Any]) -> dict[str, str]:
+    """A run's config flattened to `key: value` (norm options under the norm's name: `gn.groups`), without the keys
+    that do not tell sweeps apart."""
+    out: dict[str, str] = {}
+
+    def walk(node: Any, prefix: str) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                walk(value, f"{prefix}{key}.")
+        else:
+            out[prefix[:-1]] = str(node)
+
+    walk(row["config"], "")
+    norm = out.pop("norm.name", row["norm"])
+    named = {(f"{norm}.{k[5:]}" if k.startswith("norm.") else k): v for k, v in out.items()}
+    return {k: v for k, v in named.items() if not any(k == n or k.startswith(n) for n in NOT_A_SETTING)}
+
+
+def _name_series(rows: list[dict[str, Any]]) -> None:
+    """Several sweeps under one report: runs of one experiment (model, data, the variant that varies inside a sweep)
+    from sweeps whose settings differ are drawn and tabled side by side, one series per sweep, named by its
+    directory (`series`), with what differs (`series_settings`). Sweeps with the same settings are pooled (more
+    seeds of the same cells), unless a cell would hold a seed twice: then they are told apart by directory too."""
+    for row in rows:
+        row["series"], row["series_settings"] = "", ""
+    experiments: dict[tuple[Any, ...], list[dict[str, Any]]] = defaultdict(list)
+    for row in rows:
+        experiments[(row["model"], row["data"], row["variant"])].append(row)
+    for members in experiments.values():
+        sweeps = sorted({r["sweep"] for r in members})
+        if len(sweeps) < 2:
+            continue
+        fixed = {}
+        for name in sweeps:
+            settings = [_settings_of(r) for r in members if r["sweep"] == name]
+            values = defaultdict(set)
+            for found in settings:
+                for k, v in found.items():
+                    values[k].add(v)
+            fixed[name] = {k: next(iter(v)) for k, v in values.items() if len(v) == 1}
+        keys = dict.fromkeys(k for name in sweeps for k in fixed[name])
+        differ = [k for k in keys if len({fixed[n][k] for n in sweeps if k in fixed[n]}) > 1]
+        seeds = defaultdict(list)
+        for r in members:
+            seeds[(r["norm"], r["batch_size"], r["workers"])].append(r["seed"])
+        if not differ and all(len(v) == len(set(v)) for v in seeds.values()):
+            continue  # the same settings: more seeds of the same cells
+        for r in members:
+            r["series"] = r["sweep"] or "."
+            r["series_settings"] = ", ".join(f"{k}={fixed[r['sweep']].get(k, 'varies')}" for k in differ)
+
+
 def _order(r: dict[str, Any]) -> tuple[Any, ...]:
-    return (str(r["model"]), r["variant"], _norm_rank(r["norm"]), r["images_per_worker"] or 0, r["batch_size"] or 0,
-            r["seed"] or 0)  # fmt: skip
+    return (str(r["model"]), str(r["data"]), r["variant"], r["series"], _norm_rank(r["norm"]),
+            r["images_per_worker"] or 0, r["batch_size"] or 0, r["seed"] or 0)  # fmt: skip
 
 
 def _row(name: str, rec: RunRecord, variant: str) -> dict[str, Any]:
@@ -188,7 +269,7 @@ def split_free(norm: str | None) -> bool:
     """Whether the norm's training statistics do not depend on how the batch is split among workers: per-sample
     norms (ln, in, gn, rms, none) and statistics synced over all workers."""
     spec = NORMS.get(str(norm))
-    return spec is not None and (not spec.batch_statistics or spec.synced)
+    return spec is not None and not spec.per_share
 
 
 def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -196,16 +277,20 @@ def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     the error per seed (for paired differences) and the flagged runs."""
     groups: dict[tuple[Any, ...], list[dict[str, Any]]] = defaultdict(list)
     for row in rows:
-        groups[(row["model"], row["variant"], row["norm"], row["batch_size"], row["workers"])].append(row)
+        key = (row["model"], row["data"], row["variant"], row["series"], row["norm"], row["batch_size"], row["workers"])
+        groups[key].append(row)
     out = []
-    for (model, variant, norm, batch_size, workers), members in groups.items():
+    for (model, data, variant, series, norm, batch_size, workers), members in groups.items():
         done = [r for r in members if r["val_err"] is not None]
         errors = [r["val_err"] for r in done]
         spread = interval(errors) if errors else None
         out.append(
             {
                 "model": model,
+                "data": data,
                 "variant": variant,
+                "series": series,
+                "series_settings": members[0]["series_settings"],
                 "norm": norm,
                 "batch_size": batch_size,
                 "workers": workers,
@@ -220,63 +305,96 @@ def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "val_err_std": statistics.stdev(errors) if len(errors) > 1 else (0.0 if errors else None),
                 "flagged": {r["run"]: sorted(r["flags"]) for r in members if r["flags"]},
                 "chance": 1 / members[0]["num_classes"],
+                "lr": sorted({r["effective_lr"] for r in members if r["effective_lr"] is not None}),
             }
         )
     return out
 
 
-def cells(groups: list[dict[str, Any]]) -> tuple[list[int], list[tuple[str, list[tuple[dict[str, Any], bool] | None]]]]:
-    """One experiment's images-per-worker values and, per norm, its cell at each: (group, drawn_from_one_worker)
-    or None. A split-free norm trained at one worker stands at every x whose runs have its total batch."""
+Cell = tuple[dict[str, Any], bool]  # a group and whether it is drawn from one worker at another x
+Line = tuple[str, str, list[Cell | None]]  # norm, series, its cell at each x
+
+
+def series_of(groups: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """One experiment's groups by series (the sweep they come from, where several sweeps' settings differ; "" for
+    one sweep), in series order."""
+    out: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for g in sorted(groups, key=lambda g: g["series"]):
+        out[g["series"]].append(g)
+    return dict(out)
+
+
+def cells(groups: list[dict[str, Any]]) -> tuple[list[int], list[Line]]:
+    """One experiment's images-per-worker values and, per norm of each series, its cell at each: (group,
+    drawn_from_one_worker) or None. A split-free norm trained at one worker stands at every x whose runs (of its
+    series) have its total batch."""
     xs = sorted({g["images_per_worker"] for g in groups})
-    totals = {x: {g["batch_size"] for g in groups if g["images_per_worker"] == x} for x in xs}
-    by_cell = {(g["norm"], g["images_per_worker"]): g for g in groups}
-    out = []
-    for norm in sorted({g["norm"] for g in groups}, key=_norm_rank):
-        line: list[tuple[dict[str, Any], bool] | None] = []
-        one_worker = {g["batch_size"]: g for g in groups if g["norm"] == norm and g["workers"] == 1}
-        for x in xs:
-            if (norm, x) in by_cell:
-                line.append((by_cell[(norm, x)], False))
-            elif split_free(norm) and len(totals[x]) == 1 and next(iter(totals[x])) in one_worker:
-                line.append((one_worker[next(iter(totals[x]))], True))
-            else:
-                line.append(None)
-        out.append((norm, line))
+    out: list[Line] = []
+    for series, members in series_of(groups).items():
+        totals = {x: {g["batch_size"] for g in members if g["images_per_worker"] == x} for x in xs}
+        by_cell = {(g["norm"], g["images_per_worker"]): g for g in members}
+        for norm in sorted({g["norm"] for g in members}, key=_norm_rank):
+            line: list[Cell | None] = []
+            one_worker = {g["batch_size"]: g for g in members if g["norm"] == norm and g["workers"] == 1}
+            for x in xs:
+                if (norm, x) in by_cell:
+                    line.append((by_cell[(norm, x)], False))
+                elif split_free(norm) and len(totals[x]) == 1 and next(iter(totals[x])) in one_worker:
+                    line.append((one_worker[next(iter(totals[x]))], True))
+                else:
+                    line.append(None)
+            out.append((norm, series, line))
     return xs, out
 
 
 def paired(groups: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per images-per-worker value, each norm's error minus BN's on the same seeds: mean, 95% interval, n, and
-    whether the interval excludes 0 ("bn better" / "NORM better") or not ("not distinguishable")."""
+    """Per series and images-per-worker value, each norm's error minus BN's on the same seeds: mean, 95% interval,
+    n, and whether the interval excludes 0 ("bn better" / "NORM better") or not ("not distinguishable")."""
     xs, lines = cells(groups)
-    by_norm = dict(lines)
-    if BASELINE not in by_norm:
-        return []
     out = []
-    for i, x in enumerate(xs):
-        base = by_norm[BASELINE][i]
-        if base is None:
+    for series in series_of(groups):
+        mine_lines = [(norm, line) for norm, s, line in lines if s == series]
+        by_norm = dict(mine_lines)
+        if BASELINE not in by_norm:
             continue
-        for norm, line in lines:
-            if norm == BASELINE or line[i] is None:
+        for i, x in enumerate(xs):
+            base = by_norm[BASELINE][i]
+            if base is None:
                 continue
-            mine, theirs = line[i][0]["val_err_by_seed"], base[0]["val_err_by_seed"]
-            seeds = sorted(set(mine) & set(theirs))
-            if not seeds:
-                continue
-            diff = interval([mine[s] - theirs[s] for s in seeds])
-            if diff.half is None:
-                verdict = "one seed: no interval"
-            elif diff.excludes_zero():
-                verdict = f"{norm if diff.mean < 0 else BASELINE} better"
-            else:
-                verdict = "not distinguishable"
-            if line[i][0]["flagged"] or base[0]["flagged"]:
-                verdict += " (flagged runs in the pair)"
-            out.append({"images_per_worker": x, "norm": norm, "seeds": seeds, "n": diff.n, "diff_mean": diff.mean,
-                        "diff_half": diff.half, "verdict": verdict})  # fmt: skip
+            for norm, line in mine_lines:
+                if norm == BASELINE or line[i] is None:
+                    continue
+                mine, theirs = line[i][0]["val_err_by_seed"], base[0]["val_err_by_seed"]
+                seeds = sorted(set(mine) & set(theirs))
+                if not seeds:
+                    continue
+                diff = interval([mine[s] - theirs[s] for s in seeds])
+                if diff.half is None:
+                    verdict = "one seed: no interval"
+                elif diff.excludes_zero():
+                    verdict = f"{norm if diff.mean < 0 else BASELINE} better"
+                else:
+                    verdict = "not distinguishable"
+                flagged = bool(line[i][0]["flagged"] or base[0]["flagged"])
+                if flagged:
+                    verdict += " (flagged runs in the pair)"
+                out.append({"series": series, "images_per_worker": x, "norm": norm, "seeds": seeds, "n": diff.n,
+                            "diff_mean": diff.mean, "diff_half": diff.half, "verdict": verdict,
+                            "flagged": flagged})  # fmt: skip
     return out
+
+
+def experiments(groups: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """Groups by experiment (model, data, and the variant that varies inside a sweep), each one table and one
+    figure, by label: `cnn`, `cnn (norm.groups=8)`; the data named where the report holds several."""
+    keys = list(dict.fromkeys((g["model"], g["data"], g["variant"]) for g in groups))
+    several = len({data for _, data, _ in keys}) > 1
+    out: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for g in groups:
+        on = f" on {g['data']}" if several else ""
+        label = f"{g['model']}{on}" + (f" ({g['variant']})" if g["variant"] else "")
+        out[label].append(g)
+    return dict(out)
 
 
 def settings(rows: list[dict[str, Any]]) -> list[tuple[str, str]]:
@@ -336,7 +454,7 @@ def settings(rows: list[dict[str, Any]]) -> list[tuple[str, str]]:
 def summarize(root: Path) -> dict[str, Any]:
     rows = collect(root)
     groups = aggregate(rows)
-    pairs = {f"{m}{' ' + v if v else ''}": paired(g) for (m, v), g in _by_experiment(groups).items()}
+    pairs = {label: paired(g) for label, g in experiments(groups).items()}
     return {"root": str(root), "runs": rows, "groups": groups, "paired": pairs, "settings": settings(rows),
             "tuned": tuned(root), "unreadable": unreadable(root)}  # fmt: skip
 
@@ -369,19 +487,14 @@ def write_summary(root: Path, out: Path | None = None, summary: dict[str, Any] |
     return summary
 
 
-def _by_experiment(groups: list[dict[str, Any]]) -> dict[tuple[str, str], list[dict[str, Any]]]:
-    """Groups by (model, variant): each is one table and one figure."""
-    out: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
-    for g in groups:
-        out[(g["model"], g["variant"])].append(g)
-    return out
+TABLE_FILE = "table.tex"  # the main tables as LaTeX (booktabs)
 
 
-def _experiments(summary: dict[str, Any]) -> dict[tuple[str, str], list[dict[str, Any]]]:
-    return _by_experiment(summary["groups"])
+def _experiments(summary: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    return experiments(summary["groups"])
 
 
-def _cell(found: tuple[dict[str, Any], bool] | None) -> str:
+def _cell(found: Cell | None, show_n: bool = True) -> str:
     if found is None:
         return ""
     g, one_worker = found
@@ -389,7 +502,7 @@ def _cell(found: tuple[dict[str, Any], bool] | None) -> str:
         return "not completed: " + ", ".join(sorted(set(g["not_completed"].values())))  # e.g. still running
     text = f"{100 * g['val_err_mean']:.1f}"
     if g["val_err_half"] is not None:
-        text += f" ± {100 * g['val_err_half']:.1f} (n={g['completed']})"
+        text += f" ± {100 * g['val_err_half']:.1f}" + (f" (n={g['completed']})" if show_n else "")
     if one_worker:
         text += " †"
     if g["not_completed"]:
@@ -400,10 +513,21 @@ def _cell(found: tuple[dict[str, Any], bool] | None) -> str:
     return text
 
 
+def seeds_per_cell(groups: list[dict[str, Any]]) -> list[int]:
+    """The numbers of completed seeds the experiment's cells hold (one value: every cell has as many)."""
+    return sorted({g["completed"] for g in groups if g["completed"]})
+
+
+def _line_label(norm: str, series: str) -> str:
+    return f"{norm} ({series})" if series else norm
+
+
 def table_rows(groups: list[dict[str, Any]]) -> tuple[list[int], list[tuple[str, list[str]]]]:
-    """Norms × images per worker of one experiment as text cells: final val error % (mean ± 95% interval)."""
+    """Norms (of each series) × images per worker of one experiment as text cells: final val error % (mean ± 95%
+    interval); each cell's n only where the cells' n differ (else `seeds_per_cell` says it once)."""
     xs, lines = cells(groups)
-    return xs, [(norm, [_cell(c) for c in line]) for norm, line in lines]
+    show_n = len(seeds_per_cell(groups)) > 1
+    return xs, [(_line_label(norm, series), [_cell(c, show_n) for c in line]) for norm, series, line in lines]
 
 
 def _split(groups: list[dict[str, Any]], x: int) -> str:
@@ -417,6 +541,24 @@ def _plural(n: int, word: str) -> str:
     return f"{n} {word}{'s' * (n != 1)}"
 
 
+def _seeds_words(groups: list[dict[str, Any]]) -> str:
+    ns = seeds_per_cell(groups)
+    if not ns:
+        return "no completed run"
+    return f"n = {ns[0]} {'seed' if ns == [1] else 'seeds'} per cell" if len(ns) == 1 else f"n = {ns[0]}–{ns[-1]}"
+
+
+def _series_words(groups: list[dict[str, Any]]) -> str:
+    """`Series (one per sweep): a: optim.lr=0.02; b: optim.lr=0.05.` where the experiment holds several."""
+    named = {g["series"]: g["series_settings"] for g in groups if g["series"]}
+    if not named:
+        return ""
+    listed = "; ".join(
+        f"`{s}`: {text or 'the same settings, the same seeds again'}" for s, text in sorted(named.items())
+    )
+    return f"Series (one per sweep directory, as their settings differ): {listed}."
+
+
 NOTES = (
     "Cells: final validation error %, mean ± half-width of the 95% interval over n seeds (Student t); a single seed "
     "shows its value alone. x: images per worker (the batch one BN layer normalizes over); B = total batch, "
@@ -428,13 +570,97 @@ ONE_WORKER = (
 )
 
 
+# --- The reading: what the paired differences say, in one line --------------------------------------------
+
+
+def _shown(norm: str) -> str:
+    return {"syncbn": "SyncBN"}.get(norm, norm.upper())
+
+
+def _where(xs: list[int], every: list[int]) -> str:
+    """`at 2 images per worker`, `from 4 images per worker up`, `at 4 to 16 images per worker`, `at 2, 8 ...`."""
+    if len(xs) == 1:
+        return f"at {xs[0]} images per worker"
+    if xs == every:
+        return f"at every images-per-worker value ({xs[0]} to {xs[-1]})"
+    start = every.index(xs[0])
+    if every[start : start + len(xs)] == xs:
+        if xs[-1] == every[-1]:
+            return f"from {xs[0]} images per worker up"
+        return f"at {xs[0]} to {xs[-1]} images per worker"
+    return f"at {', '.join(map(str, xs))} images per worker"
+
+
+def _by(pairs: list[dict[str, Any]]) -> str:
+    ns = sorted({p["n"] for p in pairs})
+    n = f"n={ns[0]}" if len(ns) == 1 else f"n={ns[0]}–{ns[-1]}"
+    flagged = ", flagged runs among them" if any(p["flagged"] for p in pairs) else ""
+    if len(pairs) == 1:
+        p = pairs[0]
+        return f"by {100 * abs(p['diff_mean']):.1f} ± {100 * p['diff_half']:.1f} points, {n}{flagged}"
+    sizes = sorted(100 * abs(p["diff_mean"]) for p in pairs)
+    return f"by {sizes[0]:.1f} to {sizes[-1]:.1f} points, {n}{flagged}"
+
+
+def reading(pairs: list[dict[str, Any]]) -> str:
+    """What one series' paired differences against BN say, one sentence per norm: where the norm is better than
+    BN, worse, or not distinguishable from it (the 95% interval of the paired difference excludes 0 or not), with
+    the size of the difference; runs of consecutive images-per-worker values with the same verdict read as one."""
+    if not pairs:
+        return f"no paired difference: no {BASELINE.upper()} cell shares seeds with another norm's."
+    every = sorted({p["images_per_worker"] for p in pairs})
+    sentences = []
+    for norm in sorted({p["norm"] for p in pairs}, key=_norm_rank):
+        mine = sorted((p for p in pairs if p["norm"] == norm), key=lambda p: p["images_per_worker"])
+        runs: list[tuple[str, list[dict[str, Any]]]] = []
+        for p in mine:
+            if p["diff_half"] is None:
+                kind = "one seed"
+            elif not p["verdict"].startswith(("not", "one")):
+                kind = "better" if p["diff_mean"] < 0 else "worse"
+            else:
+                kind = "level"
+            if runs and runs[-1][0] == kind:
+                runs[-1][1].append(p)
+            else:
+                runs.append((kind, [p]))
+        parts = []
+        for kind, members in runs:
+            where = _where([p["images_per_worker"] for p in members], every)
+            if kind in ("better", "worse"):
+                parts.append(f"{kind} than {_shown(BASELINE)} {where} ({_by(members)})")
+            elif kind == "level":
+                parts.append(f"not distinguishable from {_shown(BASELINE)} {where}")
+            else:
+                parts.append(f"{where} one seed only (no interval)")
+        first, *rest = parts
+        verb = "is " if not first.startswith("at ") else ""
+        sentences.append(f"{_shown(norm)} {verb}{first}" + "".join(f"; {r}" for r in rest) + ".")
+    return " ".join(sentences)
+
+
+def readings(summary: dict[str, Any]) -> list[str]:
+    """One reading per experiment and series, labelled where there are several."""
+    out = []
+    several = len(_experiments(summary)) > 1
+    for label, groups in _experiments(summary).items():
+        pairs = summary["paired"].get(label, [])
+        for series in series_of(groups):
+            mine = [p for p in pairs if p["series"] == series]
+            where = ", ".join(t for t in (label if several else "", series) if t)
+            flagged = " Flagged runs are among these pairs (see the flagged runs)." if any(
+                p["flagged"] for p in mine) else ""  # fmt: skip
+            out.append(f"{where + ': ' if where else ''}{reading(mine)}{flagged}")
+    return out
+
+
 def print_tables(summary: dict[str, Any], console: Console | None = None) -> None:
     console = console or Console()
-    for (model, variant), groups in _experiments(summary).items():
+    for label, groups in _experiments(summary).items():
         xs, rows = table_rows(groups)
         console.print(
-            f"[bold]{model}{' ' + variant if variant else ''}[/]: final validation error % by images per worker "
-            "(mean ± 95% interval over seeds)",
+            f"[bold]{label}[/]: final validation error % by images per worker (mean ± 95% interval over seeds, "
+            f"{_seeds_words(groups)})",
             highlight=False,
         )
         table = Table()
@@ -447,14 +673,18 @@ def print_tables(summary: dict[str, Any], console: Console | None = None) -> Non
         console.print(table)
         if any("†" in c for _, texts in rows for c in texts):
             console.print(ONE_WORKER, highlight=False)
-        key = f"{model}{' ' + variant if variant else ''}"
-        for p in summary["paired"].get(key, []):
+        if _series_words(groups):
+            console.print(escape(_series_words(groups)), highlight=False)
+        for p in summary["paired"].get(label, []):
             if p["diff_half"] is not None:
                 console.print(
-                    f"  {p['images_per_worker']}/worker: {p['norm']} − {BASELINE} = {100 * p['diff_mean']:+.1f} ± "
-                    f"{100 * p['diff_half']:.1f} points (n={p['n']}): {p['verdict']}",
+                    f"  {p['series'] + ': ' if p['series'] else ''}{p['images_per_worker']}/worker: {p['norm']} − "
+                    f"{BASELINE} = {100 * p['diff_mean']:+.1f} ± {100 * p['diff_half']:.1f} points (n={p['n']}): "
+                    f"{p['verdict']}",
                     highlight=False,
                 )
+    for line in readings(summary):
+        console.print(f"[bold]Reading[/]: {escape(line)}", highlight=False, soft_wrap=True)
     flagged = [r for r in summary["runs"] if r["flags"]]
     for r in flagged:
         console.print(
@@ -481,6 +711,14 @@ def _suffix(i: int, n: int) -> str:
     return f"_{i + 1}" if n > 1 else ""
 
 
+def _numbers(values: list[Any]) -> str:
+    """`32`, `2, 4, 8`, or `0.0025–0.04` for more than three numbers."""
+    found = sorted(set(values))
+    if len(found) > 3 and all(isinstance(v, int | float) for v in found):
+        return f"{found[0]:g}–{found[-1]:g}"
+    return ", ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in found)
+
+
 def make_figures(
     summary: dict[str, Any], out_dir: Path, reference: Reference | None = None, smooth: int = SMOOTH
 ) -> list[Path]:
@@ -490,68 +728,85 @@ def make_figures(
     import matplotlib.pyplot as plt
 
     paths = []
-    experiments = _experiments(summary)
+    found = _experiments(summary)
     norms = sorted({g["norm"] for g in summary["groups"]}, key=_norm_rank)
     colors = {n: plt.get_cmap("tab10")(i) for i, n in enumerate(norms)}
-    for i, ((model, variant), groups) in enumerate(experiments.items()):
-        label = f"{model}{', ' + variant if variant else ''}"
+    for i, (label, groups) in enumerate(found.items()):
         fig, axes = plt.subplots(1, 2 if reference else 1, figsize=(13 if reference else 7.5, 5), squeeze=False)
         ax = axes[0][0]
         _draw_errors(ax, groups, colors)
-        totals = sorted({g["batch_size"] for g in groups})
-        workers = sorted({g["workers"] for g in groups})
-        ax.set_title(f"Validation error vs images per worker — {label}\ntotal batch {', '.join(map(str, totals))}; "
-                     f"workers {', '.join(map(str, workers))}", fontsize=10)  # fmt: skip
+        lrs = [lr for g in groups for lr in g["lr"]]
+        totals, workers = _numbers([g["batch_size"] for g in groups]), _numbers([g["workers"] for g in groups])
+        ax.set_title(f"Validation error vs images per worker — {label}\ntotal batch {totals}; workers {workers}; "
+                     f"{_seeds_words(groups)}; lr {_numbers(lrs) if lrs else 'not recorded'}", fontsize=10)  # fmt: skip
         if reference:
             _draw_reference(axes[0][1], reference, colors, plt)
         fig.tight_layout()
-        path = out_dir / f"error_vs_batch{_suffix(i, len(experiments))}.png"
+        path = out_dir / f"error_vs_batch{_suffix(i, len(found))}.png"
         fig.savefig(path, dpi=120)
         plt.close(fig)
         paths.append(path)
-        curves = out_dir / f"curves{_suffix(i, len(experiments))}.png"
+        curves = out_dir / f"curves{_suffix(i, len(found))}.png"
         paths.append(_curves_figure(plt, summary, groups, colors, label, curves, smooth))
     return paths
 
 
+MARKERS = ("o", "s", "^", "D", "v", "P")  # one per series
+
+
 def _draw_errors(ax: Any, groups: list[dict[str, Any]], colors: dict[str, Any]) -> None:
-    """Mean error per norm and x with its 95% interval (no bar for one seed); hollow where a run is flagged;
-    a split-free norm drawn from one worker dashed; chance as a grey line."""
+    """Mean error per norm (of each series: a marker each, set slightly apart) and x with its 95% interval (no bar
+    for one seed); hollow where a run is flagged; a split-free norm drawn from one worker dashed; chance as a grey
+    line where it lies within or near the data's range, else named in the legend only (it would squash the data)."""
     from matplotlib.lines import Line2D
 
     xs, lines = cells(groups)
-    for norm, line in lines:
+    series = list(series_of(groups))
+    handles, low, high = [], math.inf, -math.inf
+    for norm, name, line in lines:
         pts = [(x, c[0], c[1]) for x, c in zip(xs, line, strict=True) if c and c[0]["val_err_mean"] is not None]
         if not pts:
             continue
-        color = colors[norm]
+        k = series.index(name)
+        shift = 2 ** (0.05 * (k - (len(series) - 1) / 2))  # apart on the log axis, so that their bars do not overlap
+        color, marker = colors[norm], MARKERS[k % len(MARKERS)]
         one_worker = any(w for _, _, w in pts)  # the same runs drawn at every x
-        ax.plot([x for x, _, _ in pts], [100 * g["val_err_mean"] for _, g, _ in pts], color=color,
+        ax.plot([x * shift for x, _, _ in pts], [100 * g["val_err_mean"] for _, g, _ in pts], color=color,
                 ls="--" if one_worker else "-", lw=1.5)  # fmt: skip
         for x, g, _ in pts:
-            y = 100 * g["val_err_mean"]
+            y, half = 100 * g["val_err_mean"], 100 * (g["val_err_half"] or 0.0)
+            low, high = min(low, y - half), max(high, y + half)
             if g["val_err_half"] is not None:
-                ax.errorbar([x], [y], yerr=[100 * g["val_err_half"]], color=color, capsize=3, lw=1, ls="none")
+                ax.errorbar([x * shift], [y], yerr=[half], color=color, capsize=3, lw=1, ls="none")
             hollow = bool(g["flagged"])
-            ax.plot([x], [y], marker="o", ms=7, color=color, mfc="white" if hollow else color, ls="none")
-    chance = groups[0]["chance"]
-    ax.axhline(100 * (1 - chance), color="grey", ls=":", lw=1.2)
+            ax.plot([x * shift], [y], marker=marker, ms=7, color=color, mfc="white" if hollow else color, ls="none")
+        tag = " (1 worker, same runs at every x)" if one_worker else ""
+        handles.append(Line2D([], [], color=color, marker=marker, ls="--" if tag else "-",
+                              label=_line_label(norm, name) + tag))  # fmt: skip
     ax.set_xscale("log", base=2)
     ax.set_xticks(xs, [str(x) for x in xs])
     ax.set_xlabel("images per worker (the batch one BN layer normalizes over)")
     ax.set_ylabel("final validation error (%), mean and 95% interval")
     ax.grid(alpha=0.3)
-    handles = []
-    for norm, line in lines:
-        drawn = [c for c in line if c and c[0]["val_err_mean"] is not None]
-        if drawn:
-            tag = " (1 worker, same runs at every x)" if any(c[1] for c in drawn) else ""
-            handles.append(Line2D([], [], color=colors[norm], marker="o", ls="--" if tag else "-", label=norm + tag))
-    handles.append(Line2D([], [], color="grey", ls=":", label=f"chance ({100 * (1 - chance):.0f}% error)"))
-    if any(c and c[0]["flagged"] for _, line in lines for c in line):  # the key only where it explains a point
+    chance = 100 * (1 - groups[0]["chance"])
+    if low <= high and near_range(chance, low, high):
+        ax.axhline(chance, color="grey", ls=":", lw=1.2)
+        handles.append(Line2D([], [], color="grey", ls=":", label=f"chance ({chance:.0f}% error)"))
+    else:
+        where = "above" if low <= high and chance > high else "below"
+        handles.append(Line2D([], [], color="grey", ls="none", marker="^" if where == "above" else "v",
+                              label=f"chance: {chance:.0f}% error, {where} the drawn range"))  # fmt: skip
+    if any(c and c[0]["flagged"] for _, _, line in lines for c in line):  # the key only where it explains a point
         hollow = Line2D([], [], color="black", marker="o", mfc="white", ls="none", label="flagged run in the cell")
         handles.append(hollow)
     ax.legend(handles=handles, fontsize=8)
+
+
+def near_range(value: float, low: float, high: float) -> bool:
+    """Whether a reference line at `value` can be drawn with data spanning [low, high] without squashing it: within
+    the range, or beyond it by at most half the range (at least 2 points)."""
+    margin = max((high - low) / 2, 2.0)
+    return low - margin <= value <= high + margin
 
 
 def _draw_reference(ax: Any, reference: Reference, colors: dict[str, Any], plt: Any) -> None:
@@ -581,6 +836,20 @@ def smoothed(values: list[float], window: int) -> list[float]:
     return out
 
 
+def mean_and_range(
+    curves: list[list[tuple[float, float]]],
+) -> tuple[list[float], list[float], list[float], list[float]]:
+    """The mean of several seeds' curves (x, y) and their range (min, max) at each x of the first curve that lies
+    where every curve has points (the others interpolated linearly there): (x, mean, low, high)."""
+    import numpy as np
+
+    curves = [c for c in curves if c]
+    start, end = max(c[0][0] for c in curves), min(c[-1][0] for c in curves)
+    x = [px for px, _ in curves[0] if start <= px <= end]
+    ys = np.array([np.interp(x, [p[0] for p in c], [p[1] for p in c]) for c in curves])
+    return x, ys.mean(axis=0).tolist(), ys.min(axis=0).tolist(), ys.max(axis=0).tolist()
+
+
 def _curves_figure(
     plt: Any,
     summary: dict[str, Any],
@@ -590,42 +859,53 @@ def _curves_figure(
     path: Path,
     smooth: int,
 ) -> Path:
+    """Loss against examples seen, one panel per images-per-worker value (and series): per cell, the mean over its
+    seeds of the training loss (solid, smoothed) and of the validation loss (dashed), each with a band over the
+    range of its seeds (min to max)."""
     xs, lines = cells(groups)
-    cols = min(4, len(xs))
-    rows = math.ceil(len(xs) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.8 * cols, 3.8 * rows), squeeze=False, sharey=True)
-    by_run = {r["run"]: r for r in summary["runs"]}
-    for i, (ax, x) in enumerate(zip(axes.flat, xs, strict=False)):
-        for norm, line in lines:
-            if line[i] is None:
-                continue
-            g, one_worker = line[i]
-            members = [
-                r
-                for r in by_run.values()
-                if r["model"] == g["model"]
-                and r["variant"] == g["variant"]
-                and r["norm"] == norm
-                and r["batch_size"] == g["batch_size"]
-                and r["workers"] == g["workers"]
-            ]
-            for k, r in enumerate(members):
-                if not r["history"]:
+    series = list(series_of(groups))
+    cols = min(len(xs), 5)
+    per_series = math.ceil(len(xs) / cols)
+    fig, axes = plt.subplots(per_series * len(series), cols, figsize=(4.6 * cols, 3.8 * per_series * len(series)),
+                             squeeze=False, sharey=True)  # fmt: skip
+    by_cell: dict[tuple[Any, ...], list[dict[str, Any]]] = defaultdict(list)
+    for r in summary["runs"]:
+        by_cell[(r["model"], r["data"], r["variant"], r["series"], r["norm"], r["batch_size"], r["workers"])].append(r)
+    for k, name in enumerate(series):
+        panels = axes[k * per_series : (k + 1) * per_series].flat
+        for i, (ax, x) in enumerate(zip(panels, xs, strict=False)):
+            for norm, line_series, line in lines:
+                if line_series != name or line[i] is None:
                     continue
-                name = (norm + (" (1 worker)" if one_worker else "")) if k == 0 else None
-                if r["curve"]:
-                    loss = smoothed([p[1] for p in r["curve"]], smooth)
-                    ax.plot([p[0] for p in r["curve"]], loss, color=colors[norm], lw=1.1, alpha=0.8, label=name)
-                ax.plot([h.examples for h in r["history"]], [h.val_loss for h in r["history"]], color=colors[norm],
-                        ls="--", marker=".", lw=1.2)  # fmt: skip
-        ax.set_title(f"{x} images per worker ({_split(groups, x)})", fontsize=10)
-        ax.set_xlabel("examples seen")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    for ax in axes.flat[len(xs) :]:
-        ax.axis("off")
-    axes[0][0].set_ylabel("loss (train solid, val dashed)")
-    fig.suptitle(f"Loss curves — {label} (train loss: moving average over {smooth} logged points)")
+                g, one_worker = line[i]
+                key = (g["model"], g["data"], g["variant"], g["series"], norm, g["batch_size"], g["workers"])
+                members = [r for r in by_cell[key] if r["history"]]
+                if not members:
+                    continue
+                color = colors[norm]
+                text = f"{norm}{' (1 worker)' if one_worker else ''}, n={len(members)}"
+                train = [list(zip([p[0] for p in r["curve"]], smoothed([p[1] for p in r["curve"]], smooth),
+                                  strict=True)) for r in members if r["curve"]]  # fmt: skip
+                if train:
+                    at, mean, lo, hi = mean_and_range(train)
+                    ax.plot(at, mean, color=color, lw=1.2, label=text)
+                    if len(train) > 1:
+                        ax.fill_between(at, lo, hi, color=color, alpha=0.18, lw=0)
+                val = [[(h.examples, h.val_loss) for h in r["history"]] for r in members]
+                at, mean, lo, hi = mean_and_range(val)
+                ax.plot(at, mean, color=color, ls="--", marker=".", lw=1.2, label=None if train else text)
+                if len(val) > 1:
+                    ax.fill_between(at, lo, hi, color=color, alpha=0.1, lw=0)
+            ax.set_title(f"{x} images per worker ({_split(groups, x)})" + (f" — {name}" if name else ""), fontsize=10)
+            ax.set_xlabel("examples seen")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=8)
+        for ax in list(panels)[len(xs) :]:
+            ax.axis("off")
+    for row in axes:
+        row[0].set_ylabel("loss (train solid, val dashed)")
+    fig.suptitle(f"Loss curves — {label}: per cell the mean over its seeds, the band their range (min to max);\n"
+                 f"train loss a moving average over {smooth} logged points", fontsize=10)  # fmt: skip
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -636,9 +916,68 @@ def _pct(value: float | None) -> str:
     return "" if value is None else f"{100 * value:.1f}"
 
 
+def _tex(text: str) -> str:
+    """Text for LaTeX: its special characters escaped."""
+    special = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{",
+               "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}  # fmt: skip
+    return "".join(special.get(c, c) for c in text)
+
+
+def latex(summary: dict[str, Any]) -> str:
+    """The main table of each experiment as LaTeX (booktabs): final validation error % by images per worker, mean
+    ± 95% interval over seeds, for a paper. Needs `\\usepackage{booktabs}`."""
+    out = ["% normbench report: final validation error (%), mean ± 95% interval over seeds (Student t).",
+           "% Needs \\usepackage{booktabs}.", ""]  # fmt: skip
+    for label, groups in _experiments(summary).items():
+        xs, lines = cells(groups)
+        notes = [f"{_tex(_seeds_words(groups))}", "$B$: total batch, $W$: workers"]
+        rows = []
+        for norm, series, line in lines:
+            texts = []
+            for c in line:
+                if c is None or c[0]["val_err_mean"] is None:
+                    texts.append("--")
+                    continue
+                g, one_worker = c
+                value = f"{100 * g['val_err_mean']:.1f}"
+                if g["val_err_half"] is not None:
+                    value += f" \\pm {100 * g['val_err_half']:.1f}"
+                marks = " ".join(m for m, on in (("\\dagger", one_worker), ("*", g["flagged"])) if on)
+                texts.append(f"${value}" + (f"^{{{marks}}}" if marks else "") + "$")
+            rows.append(f"{_tex(_line_label(norm, series))} & " + " & ".join(texts) + r" \\")
+        if any(c and c[1] for _, _, line in lines for c in line):
+            notes.append("$^\\dagger$ trained once per seed at one worker (its statistics do not depend on the "
+                         "split): the same runs at every column")  # fmt: skip
+        if any(c and c[0]["flagged"] for _, _, line in lines for c in line):
+            notes.append("$^{*}$ a run of the cell is flagged (did not learn, or not converged)")
+        if _series_words(groups):
+            notes.append(_tex(_series_words(groups).replace("`", "")))
+        out += [
+            "\\begin{table}[t]",
+            "\\centering",
+            f"\\caption{{{_tex(label)}: final validation error (\\%) by images per worker, mean $\\pm$ 95\\% "
+            f"interval over seeds (Student $t$); {'; '.join(notes)}.}}",
+            f"\\begin{{tabular}}{{l{'r' * len(xs)}}}",
+            "\\toprule",
+            "norm & " + " & ".join(str(x) for x in xs) + r" \\",
+            " & " + " & ".join(f"{{\\small {_split(groups, x).replace('; ', ' / ')}}}" for x in xs) + r" \\",
+            "\\midrule",
+            *rows,
+            "\\bottomrule",
+            "\\end{tabular}",
+            "\\end{table}",
+            "",
+        ]
+    return "\n".join(out)
+
+
 def markdown(summary: dict[str, Any], figures: list[Path], reference: Reference | None = None) -> str:
     runs = summary["runs"]
     lines = [f"# normbench report: `{summary['root']}`", ""]
+    said = readings(summary)
+    lead = f"**Reading** (paired differences against {_shown(BASELINE)}, 95% intervals over seeds):"
+    lines += [f"{lead} {said[0]}"] if len(said) == 1 else [lead, "", *(f"- {text}" for text in said)]
+    lines.append("")
     n_done = sum(r["status"] == R.COMPLETED for r in runs)
     counts = flagged_count(summary)
     flagged = ", ".join(f"{_plural(n, 'run')} {flag}" for flag, n in counts.items()) or "none"
@@ -646,10 +985,13 @@ def markdown(summary: dict[str, Any], figures: list[Path], reference: Reference 
     lines += ["## Settings", "", "| setting | value |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in summary["settings"]]
     lines.append("")
-    for (model, variant), groups in _experiments(summary).items():
+    for label, groups in _experiments(summary).items():
         xs, rows = table_rows(groups)
         lines += [
-            f"## {model}{' (' + variant + ')' if variant else ''}",
+            f"## {label}",
+            "",
+            f"Final validation error %, mean ± 95% interval over seeds ({_seeds_words(groups)}); the same table as "
+            "LaTeX (booktabs) in [table.tex](table.tex).",
             "",
             "| norm | " + " | ".join(f"{x}/worker" for x in xs) + " |",
             "|---|" + "---:|" * len(xs),
@@ -659,20 +1001,24 @@ def markdown(summary: dict[str, Any], figures: list[Path], reference: Reference 
         lines.append("")
         if any("†" in c for _, texts in rows for c in texts):
             lines += [ONE_WORKER, ""]
-        pairs = summary["paired"].get(f"{model}{' ' + variant if variant else ''}", [])
+        if _series_words(groups):
+            lines += [_series_words(groups), ""]
+        pairs = summary["paired"].get(label, [])
         if pairs:
+            several = len(series_of(groups)) > 1
             lines += [
                 f"Paired differences against {BASELINE} (same seeds): error of the norm − error of {BASELINE}, "
                 "points, mean ± 95% interval.",
                 "",
-                "| images per worker | norm | difference | n | reading |",
-                "|---:|---|---:|---:|---|",
+                f"| {'series | ' if several else ''}images per worker | norm | difference | n | reading |",
+                f"|{'---|' if several else ''}---:|---|---:|---:|---|",
             ]
             for p in pairs:
                 diff = f"{100 * p['diff_mean']:+.1f}" + (
                     f" ± {100 * p['diff_half']:.1f}" if p["diff_half"] is not None else ""
                 )
-                lines.append(f"| {p['images_per_worker']} | {p['norm']} | {diff} | {p['n']} | {p['verdict']} |")
+                lines.append(f"| {p['series'] + ' | ' if several else ''}{p['images_per_worker']} | {p['norm']} | "
+                             f"{diff} | {p['n']} | {p['verdict']} |")  # fmt: skip
             lines.append("")
     lines += _tuned_lines(summary)
     for path in figures:
@@ -735,9 +1081,9 @@ def _tuned_lines(summary: dict[str, Any]) -> list[str]:
         return []
     grid = {(g["norm"], g["images_per_worker"]): g for g in summary["groups"] if g["val_err_mean"] is not None}
     fixed = {}
-    for (_, _), groups in _experiments(summary).items():
+    for groups in _experiments(summary).values():
         xs, lines = cells(groups)
-        for norm, line in lines:
+        for norm, _, line in lines:
             for x, c in zip(xs, line, strict=True):
                 if c and c[0]["val_err_mean"] is not None:
                     fixed.setdefault((norm, x), c[0])
@@ -772,11 +1118,13 @@ def write_report(
     summary: dict[str, Any] | None = None,
     smooth: int = SMOOTH,
 ) -> tuple[dict[str, Any], list[Path], Path]:
-    """Summary files, figures and report.md in `out` (default: `root`); returns (summary, figures, report path)."""
+    """Summary files, figures, table.tex and report.md in `out` (default: `root`); returns (summary, figures, report
+    path)."""
     root = root.resolve()
     out = (out or root).resolve()
     summary = write_summary(root, out, summary)
     figures = make_figures(summary, out, reference, smooth)
+    (out / TABLE_FILE).write_text(latex(summary))
     path = out / "report.md"
     path.write_text(markdown(summary, figures, reference))
     return summary, figures, path
