@@ -26,6 +26,7 @@ from omegaconf import DictConfig
 from rich.table import Table
 
 from normbench.base import signals
+from normbench.base.commands import program
 from normbench.base.console import console, debugging, print_error
 from normbench.base.errors import EXIT_CRASH, ConfigError, InterruptedRun, NormbenchError
 from normbench.base.overrides import hydra_value, override_key
@@ -72,10 +73,10 @@ def run_command(hydra_cfg: DictConfig, directory: Path, processes: int | None = 
     own = [o for o in hydra_cfg.overrides.task if override_key(o) not in ("resume", "hydra.run.dir")]
     kept = [o for o in hydra_cfg.overrides.hydra if override_key(o).startswith(KEPT_HYDRA_KEYS)]
     where = ["resume=true", f"hydra.run.dir={hydra_value(str(directory.resolve()))}"]
-    start = ["normbench"]
+    start = program("normbench", "normbench")  # as it runs from here, whether or not the environment is active
     if processes:
-        start = ["torchrun", "--standalone", f"--nproc_per_node={processes}", "-m", "normbench"]
-    return shlex.join([*start, "run", *own, *kept, *where])
+        start = f"{program('torchrun', 'torch.distributed.run')} --standalone --nproc_per_node={processes} -m normbench"
+    return f"{start} {shlex.join(['run', *own, *kept, *where])}"
 
 
 def launch_of_run(cfg: DictConfig, directory: Path) -> Launch:

@@ -18,6 +18,7 @@ from hydra._internal.utils import get_args_parser
 from omegaconf import DictConfig
 
 from normbench.base import signals
+from normbench.base.commands import program
 from normbench.base.console import console
 from normbench.base.errors import (
     EXIT_CRASH,
@@ -181,7 +182,8 @@ def start_sweep(given: list[str]) -> int:
 
     def again(sweep_dir: Path) -> str:
         kept = [a for a in given if override_key(a) != "hydra.sweep.dir"]
-        return shlex.join(["normbench", "sweep", *kept, f"hydra.sweep.dir={hydra_value(str(sweep_dir))}"])
+        sweep = ["sweep", *kept, f"hydra.sweep.dir={hydra_value(str(sweep_dir))}"]
+        return f"{program('normbench', 'normbench')} {shlex.join(sweep)}"
 
     if _shows(flags):
         if _prints_the_run(flags):
