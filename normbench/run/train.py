@@ -231,7 +231,7 @@ def train_epoch(
                 board.flush()
                 raise DivergedError(
                     f"The training loss became {value} at step {first + i} (epoch {s.epoch + 1}); the run "
-                    f"stopped there. Lower optim.lr (effective lr {setup.lr:g}) or check the norm settings.",
+                    f"stopped there. Lower optim.lr (effective lr {plan.lr:g}) or check the norm settings.",
                     step=first + i,
                 )
             board.scalar("train/loss", value, board.x(first + i))

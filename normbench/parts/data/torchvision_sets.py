@@ -28,6 +28,11 @@ from normbench.parts.data import DataConfig, DataShape, ImageData, channel_stati
 DATA_ROOT = "${oc.env:NORMBENCH_DATA,'~/.cache/normbench'}"  # $NORMBENCH_DATA, else ~/.cache/normbench
 
 
+def installed(module: str) -> bool:
+    """Whether `module` can be imported, without importing it."""
+    return importlib.util.find_spec(module) is not None
+
+
 @dataclass
 class TorchvisionData(DataConfig):
     """What every torchvision dataset shares: where it is and whether it may be downloaded."""
@@ -56,7 +61,7 @@ class TorchvisionData(DataConfig):
                 f"{self.TITLE} {state} in {self.where()}: normbench looked for {self.where() / self.FOLDER}/ holding "
                 f"{', '.join(self.FILES)}. {self.how()}"
             )
-        if self.NEEDS and importlib.util.find_spec(self.NEEDS[0]) is None:
+        if self.NEEDS and not installed(self.NEEDS[0]):
             module, extra = self.NEEDS
             raise DataError(
                 f"{self.TITLE}'s files are read with {module}, which is not installed. Install it with "
