@@ -18,8 +18,10 @@ import pytest
 import torch
 from conftest import planned, setup, train
 from PIL import Image
+from typer.testing import CliRunner
 
 from normbench.base.errors import ConfigError, DataError, DivergedError
+from normbench.cli import app
 from normbench.parts.data import DATASETS, DataShape, torchvision_sets
 from normbench.parts.data import digits as digits_module
 from normbench.parts.data.folder import FolderData
@@ -28,6 +30,7 @@ from normbench.parts.data.split import stratified_split
 from normbench.parts.models import MODELS
 from normbench.parts.norms import NORMS
 from normbench.run.record import COMPLETED, DIVERGED, RunRecord
+from normbench.run.report import summarize
 
 
 @pytest.fixture(autouse=True)
@@ -351,7 +354,10 @@ def test_digits_without_scikit_learn_say_how_to_install_it(monkeypatch) -> None:
 def test_a_tiny_digits_run_takes_its_shape_from_the_data(tmp_path) -> None:
     record = train(tmp_path / "run", "data=digits", "model=cnn", "norm=bn")
     assert record.status == COMPLETED
-    assert (record.data, record.image, record.num_classes) == ("digits", [1, 8, 8], 10)
+    assert (record.data, record.image, record.num_classes, record.images) == ("digits", [1, 8, 8], 10, [1438, 359])
+    settings = dict(summarize(tmp_path / "run")["settings"])
+    assert settings["data"] == "digits (1×8×8, 10 classes); augment True, flip False"
+    assert settings["training / validation images"] == "1438 / 359"
     plan = planned(tmp_path / "plan", "data=digits")
     assert plan.hparams["data"] == "digits" and (plan.hparams["image"], plan.hparams["classes"]) == ("1×8×8", 10)
     built = setup("data=digits")
@@ -554,3 +560,21 @@ def test_npz_in_a_zip_written_by_hand_keeps_its_order(tmp_path) -> None:
             archive.writestr(f"{name}.npy", data)
     loaded = NpzData(path=str(tmp_path / "hand.npz")).load()
     assert loaded.train_labels.tolist() == [0, 1] and loaded.train_images[1, 0, 0, 0] == 16
+
+
+def test_explain_shows_the_norm_at_every_layer_of_the_runs_model_on_its_data(user_data) -> None:
+    result = CliRunner().invoke(app, ["explain", "bn", *user_data["npz"], "model=cnn", "batch_size=8", "workers=4"],
+                                env={"COLUMNS": "200"})  # fmt: skip
+    text = " ".join(result.output.replace("│", " ").split())
+    assert result.exit_code == 0, result.output
+    assert "bn in model=cnn on data=npz: 1×12×12, 4 classes, 32 training / 8 validation images; batch 8 = 4 " in text
+    assert "stage1.norm 8×32×12×12 N,H,W 128 288" in text  # 2 images per worker × 12 × 12
+    assert "stage3.norm 8×128×3×3 N,H,W 512 18" in text
+    result = CliRunner().invoke(app, ["explain", "bn", *user_data["npz"], "model=mlp", "batch_size=1"],
+                                env={"COLUMNS": "200"})  # fmt: skip
+    assert (
+        result.exit_code == 0
+        and "Refused: layer1.norm: In training, norm=bn takes each statistic over N" in " ".join(result.output.split())
+    )
+    result = CliRunner().invoke(app, ["explain", "bn", "data=npz", "data.path=/nonexistent.npz"])
+    assert result.exit_code == 2 and "data.path=/nonexistent.npz does not exist" in result.output
