@@ -22,6 +22,8 @@ from typer.testing import CliRunner
 
 from normbench.base.errors import ConfigError, DataError, DivergedError
 from normbench.cli import app
+from normbench.launch.compose import compose_run
+from normbench.launch.preflight import plan_sweep
 from normbench.parts.data import DATASETS, DataShape, torchvision_sets
 from normbench.parts.data import digits as digits_module
 from normbench.parts.data.folder import FolderData
@@ -578,3 +580,16 @@ def test_explain_shows_the_norm_at_every_layer_of_the_runs_model_on_its_data(use
     )
     result = CliRunner().invoke(app, ["explain", "bn", "data=npz", "data.path=/nonexistent.npz"])
     assert result.exit_code == 2 and "data.path=/nonexistent.npz does not exist" in result.output
+
+
+def test_the_digits_preset_is_the_default_design_on_digits(tmp_path) -> None:
+    """sweep=digits: the default preset's cells and optimizer on data=digits, its budget from docs/science.md §13;
+    all 24 runs pass the real pre-flight."""
+    cfg = compose_run(["sweep=digits"])
+    default = compose_run(["sweep=default"])
+    assert (cfg.data.name, cfg.model.name, cfg.epochs, cfg.batch_size) == ("digits", "cnn", 10, 32)
+    assert (cfg.optim.lr, cfg.optim.lr_scaling, cfg.optim.schedule) == (0.02, "none", "cosine")
+    assert dict(cfg.hydra.sweeper.params) == dict(default.hydra.sweeper.params)
+    assert (cfg.optim.lr_scaling, cfg.batch_size) == (default.optim.lr_scaling, default.batch_size)
+    runs = plan_sweep(["sweep=digits", f"hydra.sweep.dir={tmp_path / 'sweep'}"], lambda d: "", create=False).runs
+    assert len(runs) == 24 and "bn_b002x16_seed002" in runs and "gn_b032_seed000" in runs
