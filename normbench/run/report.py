@@ -311,7 +311,7 @@ def settings(rows: list[dict[str, Any]]) -> list[tuple[str, str]]:
         data = r["config"].get("data") or {}
         name = r["data"] or data.get("name")
         shape = f"{'×'.join(map(str, r['image']))}, {r['num_classes']} classes" if r.get("image") else None
-        made = [f"generator {data['generator']}", f"difficulty {data['difficulty']}"] if name == "synthetic" else []
+        made = [f"{k} {data[k]}" for k in ("generator", "difficulty") if k in data] if name == "synthetic" else []
         return f"{name} ({', '.join(filter(None, [shape, *made]))})" if shape or made else str(name)
 
     def images(r: dict[str, Any]) -> str | None:
