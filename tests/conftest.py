@@ -36,11 +36,19 @@ TINY = [
     "device=cpu", "data.train_size=64", "data.val_size=32", "batch_size=8", "max_steps=3", "epochs=1", "quiet=true",
     "eval.batch_size=32", "eval.precise_bn_images=16", "log.hist_points=2", "log.every=1", "threads=1",
 ]  # fmt: skip
+SYNTHETIC_KEYS = ("data.train_size=", "data.val_size=")  # TINY's keys that only data=synthetic has
+
+
+def tiny_for(overrides: tuple[str, ...] | list[str]) -> list[str]:
+    """TINY, without the synthetic data's sizes where the overrides choose another dataset."""
+    other = any(o.startswith("data=") and o != "data=synthetic" for o in overrides)
+    return [o for o in TINY if not (other and o.startswith(SYNTHETIC_KEYS))]
 
 
 def planned(directory: Path, *overrides: str, tiny: bool = True) -> RunPlan:
     """The plan `normbench run` makes of the tiny settings (`tiny`) and the test's own overrides, in `directory`."""
-    plan, _ = plan_once([*(TINY if tiny else []), *overrides, f"hydra.run.dir={hydra_value(str(directory))}"])
+    base = tiny_for(overrides) if tiny else []
+    plan, _ = plan_once([*base, *overrides, f"hydra.run.dir={hydra_value(str(directory))}"])
     return plan
 
 

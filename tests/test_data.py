@@ -1,5 +1,6 @@
 """Datasets and the data path: CIFAR-10 in its real on-disk format through torchvision's real loader,
-standardization, batched augmentation against a per-image reference, determinism."""
+standardization, batched augmentation against a per-image reference, determinism. (The other datasets:
+test_datasets.py.)"""
 
 from __future__ import annotations
 
@@ -11,11 +12,15 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import planned
 from torchvision.datasets import CIFAR10
 
 from normbench.base.errors import ConfigError, DataError
-from normbench.launch.compose import compose_config
-from normbench.parts.data import CIFAR10_MEAN, CIFAR10_STD, Batches, crop, load_cifar10, load_data, make_synthetic
+from normbench.launch.compose import compose_run
+from normbench.parts.data import ImageData, channel_statistics
+from normbench.parts.data.batches import Batches, crop
+from normbench.parts.data.synthetic_images import make_synthetic
+from normbench.parts.data.torchvision_sets import Cifar10Data
 
 PER_BATCH = 6  # images per data_batch_i file (the real files hold 10,000)
 
@@ -53,6 +58,12 @@ def cifar_root(tmp_path, monkeypatch) -> tuple[Path, np.ndarray, list[int]]:
     return tmp_path, images, labels
 
 
+def load_cifar10(root: Path) -> ImageData:
+    data = Cifar10Data(root=str(root))
+    data.describe()  # what the plan checks first: the files are there
+    return data.load()
+
+
 def test_cifar10_loads_through_torchvision(cifar_root) -> None:
     root, images, labels = cifar_root
     data = load_cifar10(root)
@@ -62,16 +73,17 @@ def test_cifar10_loads_through_torchvision(cifar_root) -> None:
     assert data.train_labels.tolist() == labels[:n_train] and data.val_labels.tolist() == labels[n_train:]
     expected = torch.from_numpy(images[:n_train].reshape(-1, 3, 32, 32))  # the on-disk channel-planar layout
     assert torch.equal(data.train_images, expected)
-    assert (data.mean, data.std) == (CIFAR10_MEAN, CIFAR10_STD)
+    assert (data.mean, data.std) == (Cifar10Data.MEAN, Cifar10Data.STD)
 
 
-def test_cifar10_subset_through_the_config(cifar_root) -> None:
+def test_cifar10_subset_through_the_config(cifar_root, tmp_path) -> None:
     root, _, _ = cifar_root
-    cfg = {"name": "cifar10", "root": str(root), "download": False, "subset": 10, "val_subset": 4}
-    data = load_data(cfg)
+    data = Cifar10Data(root=str(root), subset=10, val_subset=4).load()
     assert len(data.train_labels) == 10 and len(data.val_labels) == 4
-    with pytest.raises(ConfigError, match=r"data.subset=31 must be between 1 and the 30 train images of cifar10"):
-        load_data({**cfg, "subset": 31})
+    # The plan checks subset against the images the dataset describes (CIFAR-10's published 50,000)
+    with pytest.raises(ConfigError, match=r"data.subset=50001 is not valid: it must be between 1 and 50000 \(the "
+                       r"training images of data=cifar10\)"):  # fmt: skip
+        planned(tmp_path / "run", "data=cifar10", f"data.root={root}", "data.subset=50001")
 
 
 def test_missing_cifar10_says_where_and_how(tmp_path) -> None:
@@ -251,4 +263,18 @@ def test_v1_is_kept_for_old_results() -> None:
     # v1's pixels are 128 + 48 · structure, so its images' mean level sits near 128 with little spread
     assert (a.train_images.float().mean(dim=(1, 2, 3)) - 128).abs().mean() < 15
     with pytest.raises(ConfigError, match=r"data.generator=v3 .*v2, v1"):  # the schema's closed set
-        compose_config(["data.generator=v3"])
+        compose_run(["data.generator=v3"])
+
+
+def test_channel_statistics_are_exact_and_chunked() -> None:
+    """Integer sums taken a chunk at a time give the float64 formula's mean and (n - 1) standard deviation."""
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (300, 3, 50, 60), generator=g, dtype=torch.uint8)  # 466 images a chunk: one
+    mean, std = channel_statistics(images)
+    pixels = images.double() / 255
+    torch.testing.assert_close(torch.tensor(mean, dtype=torch.float64), pixels.mean(dim=(0, 2, 3)), rtol=0, atol=1e-12)
+    torch.testing.assert_close(torch.tensor(std, dtype=torch.float64), pixels.std(dim=(0, 2, 3)), rtol=0, atol=1e-12)
+    big = torch.randint(0, 256, (5000, 1, 32, 32), generator=g, dtype=torch.uint8)  # 4,096 images a chunk: two
+    mean, std = channel_statistics(big)
+    assert abs(mean[0] - big.double().mean().item() / 255) < 1e-12
+    assert abs(std[0] - big.double().std().item() / 255) < 1e-12

@@ -279,9 +279,16 @@ def describe_option(entry: Any) -> str:
     return (entry.__doc__ or "").strip().splitlines()[0]
 
 
-@app.command()
+@app.command(context_settings=PASS_THROUGH)
 def explain(
     norm: str = typer.Argument(..., help="A registered norm, e.g. bn, ln, in, gn."),
+    overrides: list[str] | None = typer.Argument(
+        None,
+        show_default=False,
+        metavar="[OVERRIDES]",
+        help="A run's overrides (data=digits model=resnet20 batch_size=16): every norm layer of its model, instead "
+        "of --shape.",
+    ),
     shape: str = typer.Option("4,256", "--shape", help="Input shape: N,C (vector), N,L,D (sequence), N,C,H,W (image)."),
     groups: int = typer.Option(None, "--groups", help="GroupNorm's group count (default: the norm's default)."),
     workers: int = typer.Option(
@@ -290,7 +297,20 @@ def explain(
 ) -> None:
     """What NORM computes on an input of SHAPE: the axes of its statistics, how many statistics and how many
     values each averages, its parameters, and whether train and eval differ. With --workers W, the batch N is
-    shared by W workers: what one worker's share is, and what a batch norm (or syncbn) averages then."""
+    shared by W workers: what one worker's share is, and what a batch norm (or syncbn) averages then.
+
+    With a run's OVERRIDES instead, the same for every norm layer of the model that run would build, on its data
+    (the data's channels, image size and classes shape the model):
+
+    ```
+    normbench explain gn --shape 8,64,16,16 --groups 8
+    normbench explain bn data=digits                   # the default cnn on 1×8×8 digits, batch 128
+    normbench explain bn data=folder data.root=DIR model=resnet20 batch_size=16 workers=8
+    ```
+    """
+    if overrides:
+        _explain_run(norm, overrides)
+        return
     from normbench.parts.norms import explain as explain_norm
 
     try:
@@ -364,6 +384,38 @@ def explain(
             highlight=False,
             soft_wrap=True,
         )
+
+
+def _explain_run(norm: str, overrides: list[str]) -> None:
+    """`normbench explain NORM OVERRIDES`: the norm at every norm layer of the run's model, on the run's data."""
+    from normbench.cli.explain import model_norms  # deferred: Hydra and torch
+
+    try:
+        found = model_norms(norm, overrides)
+    except NormbenchError as error:
+        raise _fail(error) from None
+    plan, data = found.plan, found.data
+    config = plan.config
+    table = Table(
+        title=f"{norm} in model={config.model.name} on data={config.data.name}: {data.words()}, "
+        f"{data.train_images:,} training / {data.val_images:,} validation images; {plan.title.split(', ', 1)[1]}",
+        caption="input: a training batch at the layer (N = the total batch); statistics: how many, and the values "
+        "each averages" + (" (a worker's share for a norm with per-worker batch statistics)" if config.workers > 1
+                           else ""),
+    )  # fmt: skip
+    for column in ("norm layer", "input", "statistics over", "statistics", "values each"):
+        table.add_column(column, justify="right" if column in ("statistics", "values each") else "left")
+    refused = []
+    for layer, shape, e in found.layers:
+        count = f"{e.num_statistics:,}" if e.axes else "none"
+        each = f"{e.values_per_statistic:,}" if e.axes else "-"
+        if e.problem:
+            refused.append(f"{layer}: {e.problem}")
+            each = f"[red]{each}[/]"
+        table.add_row(layer, "×".join(map(str, shape)), e.axes or "-", count, each)
+    console.print(table)
+    for line in refused:
+        console.print(f"[bold yellow]Refused:[/] {escape(line)}", highlight=False, soft_wrap=True)
 
 
 def main() -> None:

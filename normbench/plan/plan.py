@@ -159,9 +159,10 @@ def title(config: Config) -> str:
     return f"{config.model.name} / {config.norm.name}, {split}"
 
 
-def hparams(config: Config, lr: float, data: str, swept: Mapping[str, HValue] = {}) -> dict[str, HValue]:
-    """A run's HParams row: the same columns for every run (norm, model, data, total batch, workers, images per
-    worker, lr = the effective learning rate, seed), then the keys its sweep varies (a config group by its choice)."""
+def hparams(config: Config, lr: float, data: DataShape, swept: Mapping[str, HValue] = {}) -> dict[str, HValue]:
+    """A run's HParams row: the same columns for every run (norm, model, data with its image shape and classes,
+    total batch, workers, images per worker, lr = the effective learning rate, seed), then the keys its sweep varies
+    (a config group by its choice)."""
     row: dict[str, HValue] = {
         "norm": config.norm.name,
         "images_per_worker": naming.images_per_worker(config.batch_size, config.workers),
@@ -169,7 +170,9 @@ def hparams(config: Config, lr: float, data: str, swept: Mapping[str, HValue] = 
         "batch_size": config.batch_size,
         "lr": lr,
         "model": config.model.name,
-        "data": data,
+        "data": config.data.name,
+        "image": f"{data.channels}×{data.height}×{data.width}",
+        "classes": data.classes,
         "seed": config.seed,
     }
     for key, value in swept.items():
@@ -245,7 +248,7 @@ def plan_run(
         eval_per_statistic=min(per_statistic, data.val_images),
         shares=config.workers // launch.processes if norm.per_share else 1,
         budget=make_budget(config, data.train_images),
-        hparams=hparams(config, lr, config.data.name, swept_values(cfg, swept, choices)),
+        hparams=hparams(config, lr, data, swept_values(cfg, swept, choices)),
         metrics=metrics(config),
     )
 

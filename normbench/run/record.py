@@ -108,6 +108,7 @@ class RunRecord:
     seed: int | None = None
     data: str | None = None  # the dataset's name
     image: list[int] | None = None  # one image's channels, height and width, as the model took them
+    images: list[int] | None = None  # the training and validation images the run used (after subset, val_subset)
     title: str | None = None  # the run in words: `cnn / bn, batch 32 = 16 workers × 2 images`
     launch: str | None = None  # how it ran: emulated, processes (started by normbench), torchrun, slurm tasks
     resume_command: str | None = None  # what continues it where a stop leaves it (a sweep's job: the sweep's command)
@@ -153,6 +154,7 @@ class RunRecord:
             "seed": config.seed,
             "data": config.data.name,
             "image": [plan.data.channels, plan.data.height, plan.data.width],
+            "images": [plan.data.train_images, plan.data.val_images],
             "num_classes": plan.data.classes,
             "title": plan.title,
             "launch": plan.launch.mode,

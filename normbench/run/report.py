@@ -424,13 +424,26 @@ def settings(rows: list[dict[str, Any]]) -> list[tuple[str, str]]:
     def lr(r: dict[str, Any]) -> str | None:
         return None if r["effective_lr"] is None else f"{r['effective_lr']:.4g}"
 
+    def dataset(r: dict[str, Any]) -> str:
+        """`digits (1×8×8, 10 classes)`; synthetic data with its generator and difficulty."""
+        data = r["config"].get("data") or {}
+        name = r["data"] or data.get("name")
+        shape = f"{'×'.join(map(str, r['image']))}, {r['num_classes']} classes" if r.get("image") else None
+        made = [f"{k} {data[k]}" for k in ("generator", "difficulty") if k in data] if name == "synthetic" else []
+        return f"{name} ({', '.join(filter(None, [shape, *made]))})" if shape or made else str(name)
+
+    def images(r: dict[str, Any]) -> str | None:
+        if r.get("images"):
+            return " / ".join(map(str, r["images"]))
+        train, val = key("data.subset", "data.train_size")(r), key("data.val_subset", "data.val_size")(r)
+        return f"{train} / {val}" if train is not None and val is not None else None
+
     milestones = values(key("optim.milestones"))
     step = any(key("optim.schedule")(r) == "step" for r in rows)
     return [
-        ("data", f"{values(key('data.name'))} (generator {values(key('data.generator'))}, difficulty "
-                 f"{values(key('data.difficulty'))}, augment {values(key('data.augment'))})"),
-        ("training / validation images",
-         f"{values(key('data.subset', 'data.train_size'))} / {values(key('data.val_subset', 'data.val_size'))}"),
+        ("data", "; ".join(dict.fromkeys(dataset(r) for r in rows))
+                 + f"; augment {values(key('data.augment'))}, flip {values(key('data.flip'))}"),
+        ("training / validation images", values(images)),
         ("model", values(key("model.name"))),
         ("budget", f"{values(key('epochs'))} epochs (budget={values(key('budget'))}), "
                    f"max_steps {values(key('max_steps')) or 'none'}; "

@@ -26,6 +26,7 @@ import dataclasses
 import hashlib
 import inspect
 import json
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -151,12 +152,65 @@ def cache_dir() -> Path:
 
 
 def channel_statistics(images: Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Per-channel mean and standard deviation of uint8 images (N, C, H, W), in [0, 1] units: what the training
-    split is standardized with (computed in float64: a float32 sum of millions of values drifts)."""
-    pixels = images.double() / 255
-    mean = pixels.mean(dim=(0, 2, 3))
-    std = pixels.std(dim=(0, 2, 3))
-    return tuple(mean.tolist()), tuple(std.tolist())
+    """Per-channel mean and standard deviation (n - 1) of uint8 images (N, C, H, W), in [0, 1] units: what the
+    training split is standardized with. Sums of the pixel values and of their squares are exact integers, taken a
+    chunk of images at a time (float copies of a whole dataset would take 8 bytes a pixel)."""
+    import torch
+
+    n, c = images.shape[0], images.shape[1]
+    chunk = max(1, (1 << 22) // max(1, images[0].numel()))  # about 4M pixels (32 MiB of int64) at a time
+    total, squares = [0] * c, [0] * c
+    for first in range(0, n, chunk):
+        part = images[first : first + chunk].to(torch.int64)
+        total = [t + v for t, v in zip(total, part.sum(dim=(0, 2, 3)).tolist(), strict=True)]
+        squares = [t + v for t, v in zip(squares, (part * part).sum(dim=(0, 2, 3)).tolist(), strict=True)]
+    count = n * images.shape[2] * images.shape[3]
+    mean = tuple(t / count / 255 for t in total)
+    # (Σx² - (Σx)²/m) / (m - 1), in integers until the one division
+    pairs = zip(total, squares, strict=True)
+    std = tuple(math.sqrt(max(0, count * q - t * t) / (count * max(1, count - 1))) / 255 for t, q in pairs)
+    return mean, std
+
+
+# Decoding a dataset holds its images about three times over at the peak: the decoded array, the splits cut from it
+# (and the copy the data cache saves), then the padded copy augmentation crops from beside the images themselves.
+PEAK_COPIES = 3
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available to a new allocation without swapping (Linux's MemAvailable); None if unknown."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_memory(what: str, shape: DataShape, fix: str) -> None:
+    """Refuse, before decoding anything, a dataset whose uint8 images would not fit in the memory available now."""
+    images = shape.train_images + shape.val_images
+    needed = images * shape.channels * shape.height * shape.width
+    available = available_memory()
+    if available is None or needed * PEAK_COPIES <= available:
+        return
+    raise DataError(
+        f"{what} does not fit in memory: its {images:,} images of {shape.channels}×{shape.height}×{shape.width} "
+        f"take {_size(needed)} as uint8 tensors and about {PEAK_COPIES} times that ({_size(needed * PEAK_COPIES)}) "
+        f"while they are decoded and prepared, and {_size(available)} of memory is available. normbench holds every "
+        f"image in memory (on the GPU when training there). {fix}"
+    )
+
+
+def _size(n: int) -> str:
+    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} bytes"
 
 
 D = TypeVar("D", bound=type[DataConfig])
@@ -172,6 +226,11 @@ def register_data(cls: D) -> D:
     return cls
 
 
-# The built-in datasets register themselves on import.
+# The built-in datasets register themselves on import, in the order `normbench list` shows them.
+# isort: off
 from normbench.parts.data import synthetic as _synthetic  # noqa: E402, F401
+from normbench.parts.data import digits as _digits  # noqa: E402, F401
+from normbench.parts.data import folder as _folder  # noqa: E402, F401
+from normbench.parts.data import npz as _npz  # noqa: E402, F401
 from normbench.parts.data import torchvision_sets as _torchvision_sets  # noqa: E402, F401
+# isort: on

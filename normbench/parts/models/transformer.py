@@ -64,8 +64,11 @@ class ViT(nn.Module):
         super().__init__()
         height, width = image_size
         if height % patch_size or width % patch_size:
+            divisors = [d for d in range(1, min(height, width) + 1) if height % d == 0 and width % d == 0]
             raise ValueError(
-                f"patch_size={patch_size} does not divide the data's {height}×{width} images into whole patches"
+                f"patch_size={patch_size} does not divide the data's {height}×{width} images (height × width) into "
+                f"whole patches. Set model.patch_size to a divisor of both sides ({', '.join(map(str, divisors))}), "
+                "or resize the images where the dataset can (data.image_size)."
             )
         if dim % heads:
             raise ValueError(f"heads={heads} does not divide dim={dim}: each head takes dim / heads features")
