@@ -44,7 +44,9 @@ def model_norms(norm: str, overrides: list[str]) -> ModelNorms:
                         plan.data.classes, per_share=config.workers > 1)  # fmt: skip
     _, options = split_name(plan.options("norm"))
     layers = []
-    for name, one in norm_inputs(model, plan.data.channels, plan.data.image_size).items():
+    del model  # built for its refusals (a norm the layout does not support, groups that do not divide)
+    for name, one in norm_inputs(plan.options("model"), plan.data.channels, plan.data.image_size,
+                                 plan.data.classes).items():  # fmt: skip
         shape = (config.batch_size, *one[1:])
         layers.append((name, shape, explain(config.norm.name, shape, config.workers, **options)))
     return ModelNorms(plan, layers)

@@ -184,7 +184,36 @@ def _placeholder_model(spec: ModelSpec, fixed: dict[str, Any], options: dict[str
         module.slot_channels = channels
         return module
 
-    return spec.cls(**{**fixed, "norm_layer": slot, "act_layer": nn.Identity}, **options)
+    placed = {**fixed, "norm_layer": slot, **({"act_layer": nn.Identity} if "act_layer" in fixed else {})}
+    return spec.cls(**placed, **options)
+
+
+def norm_inputs(
+    model_cfg: Mapping[str, Any], in_channels: int, image_size: tuple[int, int], num_classes: int
+) -> dict[str, tuple[int, ...]]:
+    """The input shape of each norm layer of the model `model_cfg` describes (its name → shape, for one image): one
+    forward of a zero image through the model with identities in the norms' places, so no norm computes."""
+    import torch
+
+    name, options = split_name(model_cfg)
+    spec = MODELS[name]
+    given = {"act_layer": None, "in_channels": in_channels, "image_size": tuple(image_size), "num_classes": num_classes}
+    fixed = {k: given.get(k) for k in spec.fixed_args() if k != "norm_layer"}
+    placeholder = _placeholder_model(spec, fixed, options).eval()
+    shapes: dict[str, tuple[int, ...]] = {}
+
+    def seen(slot: str) -> Callable[[nn.Module, tuple[Any, ...]], None]:
+        def hook(module: nn.Module, args: tuple[Any, ...]) -> None:
+            shapes.setdefault(slot, tuple(args[0].shape))
+
+        return hook
+
+    for slot, module in placeholder.named_modules():
+        if hasattr(module, "slot_channels"):
+            module.register_forward_pre_hook(seen(slot))
+    with torch.no_grad():
+        placeholder(torch.zeros(1, in_channels, *image_size))
+    return shapes
 
 
 def check_norm_shapes(
