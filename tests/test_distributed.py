@@ -17,15 +17,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY, events, normbench
+from conftest import TINY, events, normbench, train
 
 from normbench.base.errors import EXIT_BAD_INPUT, EXIT_CRASH, EXIT_INTERRUPTED
 from normbench.launch import rundir
-from normbench.launch.compose import compose_config
 from normbench.run import record as R
 from normbench.run.checkpoint import CHECKPOINT_FILE
 from normbench.run.record import RunRecord
-from normbench.run.train import run
 
 SMALL = [*TINY, "model=mlp", "model.width=32", "model.depth=2", "log.hist_points=0"]
 # Long enough to be stopped in its second epoch: 3 epochs of 96 steps of 8 images.
@@ -53,26 +51,26 @@ def _start(run_dir: Path, *args: str) -> subprocess.Popen[str]:
     return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
+def _proc(pid: int, name: str) -> str:
+    try:
+        return Path(f"/proc/{pid}/{name}").read_bytes().decode(errors="replace")
+    except OSError:
+        return ""
+
+
 def _processes_of(run_dir: Path) -> list[int]:
-    """The processes whose command line names `run_dir` (the parent normbench and its workers)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and entry.name != str(os.getpid()):
-            try:
-                if str(run_dir) in (entry / "cmdline").read_bytes().decode(errors="replace"):
-                    found.append(int(entry.name))
-            except OSError:
-                continue
-    return found
+    """The processes of a run: those whose command line names `run_dir` (the parent normbench, torchrun's ranks)
+    and their children (the workers a parent started), zombies aside."""
+    pids = [int(e.name) for e in Path("/proc").iterdir() if e.name.isdigit() and e.name != str(os.getpid())]
+    named = {pid for pid in pids if str(run_dir) in _proc(pid, "cmdline")}
+    children = {pid for pid in pids if _proc(pid, "stat").rpartition(")")[2].split()[1:2] in ([str(p)] for p in named)}
+    return sorted(p for p in named | children if _proc(p, "stat").rpartition(")")[2].split()[:1] != ["Z"])
 
 
 def _rank_pid(run_dir: Path, rank: int) -> int:
+    """A worker of the run by its rank: named `normbench-rank<r>` in `ps` (launch=processes)."""
     for pid in _processes_of(run_dir):
-        try:
-            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if f"RANK={rank}".encode() in environ:
+        if _proc(pid, "comm").strip() == f"normbench-rank{rank}":
             return pid
     raise AssertionError(f"no rank {rank} among {_processes_of(run_dir)}")
 
@@ -110,7 +108,7 @@ def _same_run(run_dir: Path, reference: Path) -> None:
 def test_two_worker_processes_train_like_two_emulated_workers(tmp_path) -> None:
     """bn, workers=2: each process normalizes its own share; the emulated run, the same shares side by side. Started
     by normbench (launch=processes) and by torchrun; rank 0 alone writes."""
-    run(compose_config([*SMALL, "workers=2"]), tmp_path / "emulated")
+    train(tmp_path / "emulated", *SMALL, "workers=2")
     spawned = normbench("run", *SMALL, "workers=2", "launch=processes", f"hydra.run.dir={tmp_path / 'p'}",
                         cwd=tmp_path)  # fmt: skip
     assert spawned.returncode == 0, spawned.stdout + spawned.stderr
@@ -126,7 +124,7 @@ def test_two_worker_processes_train_like_two_emulated_workers(tmp_path) -> None:
 
 
 def test_syncbn_across_two_processes_trains_like_bn_over_the_total_batch(tmp_path) -> None:
-    run(compose_config([*SMALL, "norm=bn"]), tmp_path / "bn")
+    train(tmp_path / "bn", *SMALL, "norm=bn")
     done = _torchrun(*SMALL, "norm=syncbn", "workers=2", f"hydra.run.dir={tmp_path / 'sync'}", cwd=tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr
     _same_run(tmp_path / "sync", tmp_path / "bn")
@@ -136,7 +134,7 @@ def test_processes_not_as_many_as_workers_are_refused(tmp_path) -> None:
     env = {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "2", "MASTER_ADDR": "localhost", "MASTER_PORT": "29999"}
     done = normbench("run", *SMALL, "workers=4", f"hydra.run.dir={tmp_path / 'r'}", cwd=tmp_path, **env)
     assert done.returncode == EXIT_BAD_INPUT, done.stdout + done.stderr
-    assert "workers=4, but torch.distributed started 2 processes" in done.stdout
+    assert "workers=4, but torchrun started 2 processes" in done.stdout
     assert "Traceback" not in done.stdout + done.stderr
 
 

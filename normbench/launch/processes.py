@@ -176,6 +176,7 @@ def worker(plan: RunPlan, lock: HeldLock, resume: bool, parent: int) -> None:
     try:
         load_plugins()
         ranks = join(plan.config.device)
+        name_process(f"normbench-rank{ranks.rank}")
         model = build_model(plan)
         saved = rundir.read_checkpoint(plan.directory, model, plan.settings()) if resume else None
         signals.raise_if_requested()
@@ -202,6 +203,13 @@ def end(error: BaseException, code: int, ranks: Ranks | None) -> NoReturn:
         print_error(error, f" (rank {ranks.rank} of {ranks.world})" if ranks else "")
     leave()
     raise SystemExit(code)
+
+
+def name_process(name: str) -> None:
+    """What `ps` and `top` call this process (15 characters at most; Linux only): a spawned worker's command line
+    is multiprocessing's, which says nothing about it."""
+    with contextlib.suppress(OSError):
+        Path("/proc/self/comm").write_text(name[:15])
 
 
 def watch_parent(parent: int) -> None:
