@@ -224,8 +224,9 @@ EPOCH = ["device=cpu", "model=mlp", "data.train_size=1024", "data.val_size=32", 
 
 
 def _paste(said: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    """The command between backticks that starts with `normbench run`, run through a real shell."""
-    (command,) = re.findall(r"`(normbench run [^`]*)`", said)
+    """The command between backticks that starts with `normbench run` or `normbench sweep` (the program's path where
+    the shell would not find it), run through a real shell."""
+    (command,) = set(re.findall(r"`(\S*normbench (?:run|sweep) [^`]*)`", said))
     path = f"{Path(EXE).parent}:{os.environ['PATH']}"
     return subprocess.run(["bash", "-c", command], cwd=cwd, capture_output=True, text=True, timeout=600,
                           env={**os.environ, "PATH": path, "COLUMNS": "200"})  # fmt: skip
@@ -254,14 +255,15 @@ def test_every_printed_recovery_command_works_when_pasted(tmp_path, tmpfs) -> No
     record = RunRecord.read(run_dir)
     assert record.status == "completed" and record.config["optim"]["lr"] == 0.05 and record.attempt == 2
 
-    # A sweep's per-run line, as `report` prints it for an interrupted run.
+    # A sweep's run, as `report` prints it when interrupted: its record's command continues the sweep it belongs to.
     sweep = tmp_path / "sweep"
     _stop_mid_run([EXE, "sweep", *EPOCH, "norm=bn,ln", f"hydra.sweep.dir={sweep}"], sweep / "bn_b008")
     said = _ok(normbench("report", str(sweep), "--no-figures", cwd=tmp_path), 0)
-    assert "interrupted bn_b008" in said and "not started ln_b008" in said  # the grid, from multirun.yaml
+    assert "interrupted bn_b008" in said and "not started ln_b008" in said  # the grid, from the sweep's plans
+    assert RunRecord.read(sweep / "bn_b008").resume_command in said
     done = _paste(said, elsewhere)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert RunRecord.read(sweep / "bn_b008").status == "completed"
+    assert [RunRecord.read(sweep / n).status for n in ("bn_b008", "ln_b008")] == ["completed", "completed"]
 
     # A full disk: the run had no checkpoint yet, so the command starts it again in a new directory.
     said = _ok(normbench("run", *SMALL, "optim.lr=0.05", f"hydra.run.dir={tmpfs / 'run'}", cwd=tmp_path), 2)
@@ -328,7 +330,7 @@ def test_a_plugin_cannot_silently_replace_a_registered_norm(tmp_path) -> None:
     catalog = Path(__file__).resolve().parents[1] / "normbench" / "parts" / "norms" / "catalog.py"
     plugins = {"NORMBENCH_PLUGINS": str(tmp_path / "bn.py")}
     said = _ok(normbench("run", *SMALL, cwd=tmp_path, **plugins), EXIT_BAD_INPUT)
-    assert f"register_norm('bn') in normbench_plugin_bn ({tmp_path / 'bn.py'}:" in said
+    assert f"The norm 'bn' in normbench_plugin_bn ({tmp_path / 'bn.py'}:" in said
     assert f"already registered by normbench.parts.norms.catalog ({catalog}:" in said and "replace=True" in said
     said = _ok(normbench("list", cwd=tmp_path, NORMBENCH_PLUGINS=str(tmp_path / "bn_on_purpose.py")), 0)
     assert "my own batch norm" in said

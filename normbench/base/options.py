@@ -30,7 +30,7 @@ class Options(Mapping[str, T], Generic[T]):
         first = self._origins.get(name)
         if name in self._entries and not replace and first != origin:
             raise self.error(
-                f"The {self.group} '{name}' of {origin} is already registered by {first}. Give yours another name, "
+                f"The {self.group} '{name}' in {origin} is already registered by {first}. Give yours another name, "
                 f"or register it with replace=True to replace that {self.group} on purpose (every run with "
                 f"{self.group}={name} then uses yours)."
             )

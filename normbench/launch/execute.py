@@ -67,12 +67,12 @@ def torchrun_processes() -> int | None:
     return int(os.environ["WORLD_SIZE"])
 
 
-def run_command(hydra_cfg: DictConfig, directory: Path, processes: int | None = None) -> str:
-    """`normbench run` with this run's own overrides, resume=true, in `directory`, shell-quoted; under torchrun
-    (`processes`), through torchrun with as many processes."""
+def run_command(hydra_cfg: DictConfig, directory: Path | None, processes: int | None = None) -> str:
+    """`normbench run` with this run's own overrides, resume=true, in `directory` (None: the same run from step 0 in
+    a new dated directory), shell-quoted; under torchrun (`processes`), through torchrun with as many processes."""
     own = [o for o in hydra_cfg.overrides.task if override_key(o) not in ("resume", "hydra.run.dir")]
     kept = [o for o in hydra_cfg.overrides.hydra if override_key(o).startswith(KEPT_HYDRA_KEYS)]
-    where = ["resume=true", f"hydra.run.dir={hydra_value(str(directory.resolve()))}"]
+    where = ["resume=true", f"hydra.run.dir={hydra_value(str(directory.resolve()))}"] if directory else []
     start = program("normbench", "normbench")  # as it runs from here, whether or not the environment is active
     if processes:
         start = f"{program('torchrun', 'torch.distributed.run')} --standalone --nproc_per_node={processes} -m normbench"
@@ -221,8 +221,10 @@ def train(
                 record = processes.start(plan, claim, resume=saved is not None)
             else:
                 record = run(plan, model, console=console, saved_checkpoint=saved, ranks=ranks)
-        except OSError as error:
-            again = plan.launch.command if (run_dir / rundir.CHECKPOINT_FILE).exists() else None
+        except OSError as error:  # continued from its checkpoint, or (none yet) started again in a new directory
+            resumable = (run_dir / rundir.CHECKPOINT_FILE).exists()
+            through = plan.launch.processes if plan.launch.mode == "torchrun" else None
+            again = plan.launch.command if resumable or multirun else run_command(hydra_cfg, None, through)
             raise rundir.io_error(error, run_dir, again=again) from None
         if not speaks or record is None:
             return record
