@@ -7,7 +7,6 @@ import math
 
 import pytest
 import torch
-
 from conftest import planned
 
 from normbench.base.errors import ConfigError

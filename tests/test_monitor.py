@@ -14,9 +14,9 @@ from torch import nn
 
 from normbench.base.errors import DivergedError
 from normbench.parts.data.synthetic_images import make_synthetic
+from normbench.plan.plan import SweepPlan
 from normbench.run import progress
 from normbench.run import record as R
-from normbench.plan.plan import SweepPlan
 from normbench.run.evaluation import frozen_buffers, precise_bn
 from normbench.run.monitor import schedule
 from normbench.run.record import RunRecord
@@ -55,7 +55,8 @@ def test_histograms_come_at_the_same_images_seen_at_every_batch_size(tmp_path) -
     x = {}
     for batch, axis in ((4, "examples"), (8, "examples"), (4, "steps")):
         run_dir = tmp_path / f"{batch}_{axis}"
-        train(run_dir, f"batch_size={batch}", f"max_steps={32 // batch}", "log.hist_points=2", f"log.x_axis={axis}")  # fmt: skip
+        steps = f"max_steps={32 // batch}"
+        train(run_dir, f"batch_size={batch}", steps, "log.hist_points=2", f"log.x_axis={axis}")
         x[batch, axis] = [h.step for h in events(run_dir).Histograms("watch/act/stage2.norm/out")]
     assert x[4, "examples"] == [4, 16, 32] and x[8, "examples"] == [8, 16, 32]
     assert x[4, "steps"] == [1, 4, 8]

@@ -103,7 +103,8 @@ def test_bn_gap_and_ratio_match_float64_statistics_of_the_captured_batch(name, t
     var / running var, with the batch statistics over every dim but the channel one."""
     config, shape, channel_dim = MODELS[name]
     g = torch.Generator().manual_seed(1)
-    model = build_model(config, {"name": "bn"}, 3, (32, 32), 10).eval()  # eval: the forward leaves the running statistics as set
+    model = build_model(config, {"name": "bn"}, 3, (32, 32), 10)
+    model.eval()  # eval: the forward leaves the running statistics as set
     layers = {n: m for n, m in model.named_modules() if getattr(m, NORM_SLOT, False)}
     inputs: dict[str, torch.Tensor] = {}
     for layer, m in layers.items():

@@ -22,6 +22,7 @@ from normbench.run import record as R
 def build_model(model_cfg: dict, norm_cfg: dict) -> torch.nn.Module:
     return build(model_cfg, norm_cfg, 3, (32, 32), 10)
 
+
 # He et al. 2016, Table 6: parameters of the CIFAR-10 ResNets by depth.
 PAPER_PARAMS = {20: 0.27e6, 32: 0.46e6, 56: 0.85e6}
 IMAGE_NORMS = [n for n, spec in NORMS.items() if "image" in spec.axes]

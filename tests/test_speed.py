@@ -15,7 +15,9 @@ from normbench.run.evaluation import plan_precise_bn, precise_bn
 
 @pytest.mark.parametrize("batch", [2, 32])
 def test_precise_bn_sees_the_same_images_at_every_training_batch_size(tmp_path, batch) -> None:
-    record = train(tmp_path, f"batch_size={batch}", "eval.precise_bn_images=48", "eval.precise_bn_batch_size=16", "max_steps=2")
+    record = train(
+        tmp_path, f"batch_size={batch}", "eval.precise_bn_images=48", "eval.precise_bn_batch_size=16", "max_steps=2"
+    )
     assert record.precise_bn_images == 48 and record.warnings == []
     assert record.metrics.val_acc_precise_bn is not None
 

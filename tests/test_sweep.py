@@ -11,7 +11,6 @@ import os
 import pytest
 import yaml
 from conftest import ROOT, events, normbench, planned, saved_model_scores, train
-from omegaconf import OmegaConf
 from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
 from typer.testing import CliRunner
 
