@@ -1,10 +1,11 @@
 """SLURM: the pre-timeout signal path and the launcher plugin without a cluster; on a real single-node cluster,
 sweeps, sbatch's refusals, scancel and Ctrl-C.
 
-The cluster tests (`-m slurm`) start SLURM with ../shared/slurm/setup.sh (beside the repository, as in CI;
-$NORMBENCH_SLURM_SETUP names another copy) and skip, saying why, where it cannot run: not root, no setup
-script, setup failing. A cluster already up is used and left up. The time-limit test is also `slow`:
-`pytest -m slow tests/test_slurm.py` (7 to 20 min, with the machine's load).
+The cluster tests (`-m slurm`) start their own single-node SLURM with the setup script beside the repository (as in
+CI; $NORMBENCH_SLURM_SETUP names another copy), stop it afterwards, and skip, saying why, where they cannot: not root,
+no setup script, setup failing. They never submit to a cluster they did not start: where `scontrol ping` finds one
+already up (a login node), they skip unless NORMBENCH_TEST_SLURM=existing says to use it. The time-limit test is
+also `slow`: `pytest -m slow tests/test_slurm.py` (7 to 20 min, with the machine's load).
 """
 
 from __future__ import annotations
@@ -22,14 +23,12 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import ROOT, normbench
+from conftest import ROOT, normbench, train
 
 from normbench.base.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_SWEEP_INCOMPLETE, InterruptedRun
-from normbench.launch.compose import compose_config
 from normbench.launch.slurm import gpus, refused, signal_delay
 from normbench.run import record as R
 from normbench.run.record import RunRecord, find_records
-from normbench.run.train import run
 
 LONG = ["data.train_size=768", "data.val_size=64", "batch_size=16", "epochs=3", "quiet=true", "threads=1",
         "eval.precise_bn_images=32", "log.hist_points=4", "device=cpu", "log.every=4"]  # fmt: skip
@@ -106,7 +105,7 @@ def test_a_machine_without_slurm_is_told_so_in_one_paragraph(tmp_path) -> None:
 def test_usr2_checkpoints_at_a_step_records_requeued_and_the_next_attempt_ends_like_an_uninterrupted_run(
     tmp_path,
 ) -> None:
-    reference = run(compose_config(LONG), tmp_path / "reference")
+    reference = train(tmp_path / "reference", *LONG, tiny=False)
     run_dir = tmp_path / "run"
     exe = Path(sys.executable).with_name("normbench")
     proc = subprocess.Popen([str(exe), "run", *LONG, f"hydra.run.dir={run_dir}"], stdout=subprocess.PIPE,
@@ -149,7 +148,7 @@ def test_a_job_that_may_not_be_requeued_again_says_so(tmp_path) -> None:
     try:
         sender.start()
         with pytest.raises(InterruptedRun, match="not requeued"):
-            run(compose_config([*LONG, "epochs=20"]), tmp_path)
+            train(tmp_path, *LONG, "epochs=20", tiny=False)
     finally:
         sender.join()
         signal.signal(signal.SIGUSR2, previous)
@@ -171,10 +170,13 @@ def _cluster_up() -> bool:
 
 @pytest.fixture(scope="module")
 def partition() -> Iterator[str]:
-    """The `debug` partition of a running single-node cluster: started here, stopped after the tests."""
+    """The `debug` partition of a single-node cluster started here and stopped after the tests."""
     if _cluster_up():
-        yield "debug"
-        return
+        if os.environ.get("NORMBENCH_TEST_SLURM") == "existing":
+            yield "debug"
+            return
+        pytest.skip("a SLURM cluster is already running here (scontrol ping): the tests submit only to a cluster "
+                    "they start; NORMBENCH_TEST_SLURM=existing uses that one (its `debug` partition)")  # fmt: skip
     if os.geteuid() != 0:
         pytest.skip("starting SLURM needs root (apt, munge, slurmctld)")
     if not SETUP.is_file():
@@ -214,7 +216,7 @@ def test_a_sweep_runs_as_slurm_jobs_with_only_the_partition_set(partition, tmp_p
 @pytest.mark.slurm
 @pytest.mark.slow
 def test_a_run_longer_than_the_time_limit_completes_through_requeues(partition, tmp_path) -> None:
-    reference = run(compose_config(LIMITED), tmp_path / "reference")
+    reference = train(tmp_path / "reference", *LIMITED, tiny=False)
     sweep_dir = tmp_path / "sweep"
     started = time.monotonic()
     done = normbench("sweep", "norm=bn", *LIMITED, "hydra/launcher=slurm", f"hydra.launcher.partition={partition}",
@@ -321,7 +323,7 @@ def test_a_run_of_two_worker_processes_as_two_tasks_of_one_job(partition, tmp_pa
     TorchDistributedEnvironment gives them torch.distributed's variables), and train like two emulated workers."""
     small = [*TINY_SWEEP, "model=mlp", "model.width=32", "model.depth=2", "eval.batch_size=32", "workers=2",
              "log.every=1", "log.hist_points=0"]  # fmt: skip
-    emulated = run(compose_config(small), tmp_path / "emulated")
+    emulated = train(tmp_path / "emulated", *small, tiny=False)
     sweep_dir = tmp_path / "sweep"
     done = normbench("sweep", "norm=choice(bn)", *small, "hydra/launcher=slurm", "hydra.launcher.tasks_per_node=2",
                      f"hydra.launcher.partition={partition}", "hydra.launcher.cpus_per_task=1",
@@ -331,6 +333,6 @@ def test_a_run_of_two_worker_processes_as_two_tasks_of_one_job(partition, tmp_pa
     assert record.status == "completed" and record.steps == 3
     logs = [p.read_text() for p in sorted((sweep_dir / ".submitit").rglob("*_log.out"))]
     assert ["global_rank=1(2)" in log for log in logs] == [False, True]  # task 1 was rank 1 of 2
-    assert ["bn_b008 | done" in log for log in logs] == [True, False]  # rank 0 alone speaks
+    assert ["bn_b004x02 | done" in log for log in logs] == [True, False]  # rank 0 alone speaks
     assert [p[1] for p in record.curve] == pytest.approx([p[1] for p in emulated.curve], rel=1e-5)
     assert record.metrics.val_loss == pytest.approx(emulated.metrics.val_loss, rel=1e-5)
