@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint bench sweep-quick tune-lr clean
+.PHONY: install run test test-processes test-all lint bench sweep-quick tune-lr clean
 
 install: $(STAMP)
 
@@ -19,8 +19,16 @@ $(STAMP): pyproject.toml constraints.txt
 run: install
 	$(BIN)/normbench run
 
+# The first tier: everything checked inside the test process (a few minutes). The second: real processes, signals,
+# sweeps, worker processes, TensorBoard's server, the wheel, SLURM. CI runs both; `test-all` is the two in one.
 test: install
 	$(BIN)/python -m pytest
+
+test-processes: install
+	$(BIN)/python -m pytest -m "process and not slow"
+
+test-all: install
+	$(BIN)/python -m pytest -m "not slow"
 
 lint: install
 	$(BIN)/ruff check normbench hydra_plugins tests scripts

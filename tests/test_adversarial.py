@@ -6,6 +6,8 @@ happened; shared files with the run directory's permissions."""
 
 from __future__ import annotations
 
+import pytest
+
 import json
 import os
 import re
@@ -73,6 +75,7 @@ def _plugin(root: Path, name: str, source: str) -> Path:
 # --- 1. No traceback without --debug, exit codes as documented ------------------------------------------------
 
 
+@pytest.mark.process
 def test_bad_input_is_one_paragraph_with_exit_code_2_and_changes_nothing(completed, tmp_path) -> None:
     # report: a record whose fields have the wrong types is listed as unreadable, with or without --skip-bad.
     sweep = tmp_path / "sweep"
@@ -128,6 +131,7 @@ def test_bad_input_is_one_paragraph_with_exit_code_2_and_changes_nothing(complet
     assert "name: bn" in _ok(normbench("sweep", "--cfg", "job", "norm=bn,gn", cwd=tmp_path), 0)
 
 
+@pytest.mark.process
 def test_a_plugin_norm_that_breaks_the_contract_is_named_with_its_step(tmp_path) -> None:
     plugins = _plugin(tmp_path / "mine", "strictbn", STRICT_BN)
     env = {"NORMBENCH_PLUGINS": str(plugins / "strictbn.py")}
@@ -150,6 +154,7 @@ def test_a_plugin_norm_that_breaks_the_contract_is_named_with_its_step(tmp_path)
 # --- 2. Never write into a directory that holds something else -------------------------------------------------
 
 
+@pytest.mark.process
 def test_no_directory_that_holds_something_else_is_written(completed, tmp_path) -> None:
     sweep = tmp_path / "sweep"
     _ok(normbench("sweep", *SMALL, "norm=bn,gn", f"hydra.sweep.dir={sweep}", cwd=tmp_path), 0)
@@ -194,6 +199,7 @@ def test_no_directory_that_holds_something_else_is_written(completed, tmp_path) 
 # --- 3. A run started again from scratch leaves no trace of its earlier attempt in TensorBoard --------------------
 
 
+@pytest.mark.process
 def test_a_run_killed_before_its_first_checkpoint_starts_again_without_a_trace(tmp_path) -> None:
     sweep = tmp_path / "sweep"
     one_epoch = ["device=cpu", "model=mlp", "data.train_size=2048", "data.val_size=32", "batch_size=8", "epochs=1",
@@ -243,6 +249,7 @@ def _stop_mid_run(command: list[str], run_dir: Path) -> str:
     return output
 
 
+@pytest.mark.process
 def test_every_printed_recovery_command_works_when_pasted(tmp_path, tmpfs) -> None:
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
@@ -283,6 +290,7 @@ def _alive(pid: int) -> bool:
     return bool(shown) and not shown.startswith("Z")
 
 
+@pytest.mark.process
 def test_workers_of_a_killed_sweep_stop_with_a_checkpoint_and_leave_nothing_running(tmp_path) -> None:
     sweep = tmp_path / "sweep"
     long = [*EPOCH, "epochs=50", "norm=bn,ln", "hydra/launcher=parallel", f"hydra.sweep.dir={sweep}"]
@@ -323,6 +331,7 @@ def my_bn(cls, num_features: int, *, eps: float = 1e-5) -> nn.Module:
 """
 
 
+@pytest.mark.process
 def test_a_plugin_cannot_silently_replace_a_registered_norm(tmp_path) -> None:
     for file, name, replace in (("bn.py", "bn", ""), ("bn_on_purpose.py", "bn", " replace=True,"),
                                 ("one.py", "mine", ""), ("two.py", "mine", "")):  # fmt: skip
@@ -345,6 +354,7 @@ def test_a_plugin_cannot_silently_replace_a_registered_norm(tmp_path) -> None:
 # --- 7. Messages that say what happened --------------------------------------------------------------------------
 
 
+@pytest.mark.process
 def test_messages_say_what_happened(tmp_path) -> None:
     said = _ok(normbench("run", *SMALL, "norm=bn,ln", cwd=tmp_path), EXIT_BAD_INPUT)
     assert "`normbench run` trains one run" in said and "`normbench sweep" in said and "norm=bn,ln" in said
@@ -362,6 +372,7 @@ def test_messages_say_what_happened(tmp_path) -> None:
 # --- 8. Shared files get the run directory's permissions ------------------------------------------------------
 
 
+@pytest.mark.process
 def test_shared_files_follow_the_umask(tmp_path) -> None:
     for umask, mode in ((0o022, 0o644), (0o002, 0o664)):
         run_dir = tmp_path / f"run{umask:o}"
@@ -375,6 +386,7 @@ def test_shared_files_follow_the_umask(tmp_path) -> None:
             assert (run_dir / name).stat().st_mode & 0o777 == mode, name
 
 
+@pytest.mark.process
 def test_a_ctrl_c_while_torch_imports_is_held_until_the_import_ends(tmp_path) -> None:
     """A real SIGINT to this very process inside `signals.deferred()` raises nothing there (in torch's C++ callbacks
     it would abort the process); Python's own handler gets it when the block ends: KeyboardInterrupt, there."""
@@ -397,6 +409,7 @@ def test_a_ctrl_c_while_torch_imports_is_held_until_the_import_ends(tmp_path) ->
     assert out.stdout.splitlines() == ["inside: nothing raised", "after: KeyboardInterrupt", "no signal: nothing"]
 
 
+@pytest.mark.process
 def test_a_ctrl_c_at_any_moment_of_start_up_says_interrupted_and_never_aborts(tmp_path) -> None:
     """Ctrl-C while torch imports (the command's imports, torch._dynamo at the first optimizer) or the run is set up:
     exit 130 with one line, never SIGABRT from a KeyboardInterrupt raised inside torch's C++ (it was, once in a
@@ -413,6 +426,7 @@ def test_a_ctrl_c_at_any_moment_of_start_up_says_interrupted_and_never_aborts(tm
             assert "Interrupted" in output and "second Ctrl-C" not in output, output
 
 
+@pytest.mark.process
 def test_an_early_ctrl_c_or_one_while_workers_start_says_interrupted(tmp_path) -> None:
     sweep_dir = tmp_path / "sweep"
     sweep = Sweep(sweep_dir, "hydra/launcher=parallel")

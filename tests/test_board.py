@@ -151,6 +151,7 @@ def _same_colour_same(query: dict[str, list[str]], shown: list[str], key) -> boo
     )
 
 
+@pytest.mark.process
 def test_printed_links_follow_what_a_preset_varies_a_colour_per_cell(quick) -> None:
     """The quick preset (total batch 32; BN at 2 … 32 images per worker; ln, in, gn at one worker; 3 seeds): every
     norm at 2 and at 32 images per worker (the one-worker norms standing in at both, as in the report), BN at every
@@ -182,6 +183,7 @@ def test_printed_links_follow_what_a_preset_varies_a_colour_per_cell(quick) -> N
     assert all([t for t in tags if re.search(q["tagFilter"][0], t)] == tags[:3] for _, q in links.values() if q)
 
 
+@pytest.mark.process
 def test_printed_links_of_a_plain_grid_of_norms_and_batch_sizes(tmp_path) -> None:
     """`norm=bn,gn batch_size=4,32 seed=0,1`: one worker, so images per worker is the batch; each norm at each."""
     runs = {name: plan.hparams for name, plan in _plans(tmp_path / "s", "norm=bn,gn", "batch_size=4,32",
@@ -219,6 +221,7 @@ def test_a_run_alone_and_names_that_do_not_tell_cells_apart(tmp_path) -> None:
     assert words == "a colour per norm" and query["runColorGroup"] == ["regex:^([^_]+)_"]
 
 
+@pytest.mark.process
 def test_the_printed_tensorboard_command_runs_where_normbench_was_started(tmp_path, monkeypatch) -> None:
     """Not `tensorboard` unless the shell finds the one installed with normbench: its path (relative below the
     working directory), else Python's module. The printed command runs with the environment not active."""
@@ -344,6 +347,7 @@ def _drawn(groups: list[dict], hparams: list[str], metrics: list[str]) -> list[s
                                                                             g["metricValues"]})  # fmt: skip
 
 
+@pytest.mark.process
 def test_hparams_show_the_split_and_every_run_with_its_status(tmp_path, tensorboard) -> None:
     statuses = {"bn_b002": R.COMPLETED, "bn_b016": R.DIVERGED, "gn_b002": R.INTERRUPTED, "gn_b016": None}
     plans = _plans(tmp_path, "norm=bn,gn", "batch_size=2,16")  # writes the sweep's plans, as its start does
@@ -383,6 +387,7 @@ def test_hparams_show_the_split_and_every_run_with_its_status(tmp_path, tensorbo
     assert (metric["name"]["tag"], metric["value"], metric["trainingStep"]) == ("val/acc", 0.25, 64)
 
 
+@pytest.mark.process
 def test_a_presets_parallel_coordinates_draw_every_run_by_norm_and_split(quick, tensorboard) -> None:
     """The quick preset's 24 runs (the total batch never varies; its `cell` says again what norm and workers say):
     HParams shows norm, images per worker, workers, total batch and seed, and draws every run."""
@@ -418,6 +423,7 @@ def test_the_columns_shown_are_the_split_then_what_the_sweep_varies() -> None:
     assert shown_hparams([row | {"optim.lr": 0.05}], domains=False)[-1] == "optim.lr"  # a study's key
 
 
+@pytest.mark.process
 def test_a_sweep_of_one_run_gets_its_directory_experiment_and_command(tmp_path) -> None:
     sweep_dir = tmp_path / "sweep"
     done = normbench("sweep", "norm=choice(gn)", "batch_size=8", "max_steps=1", "epochs=1", "data.train_size=16",
@@ -433,6 +439,7 @@ def test_a_sweep_of_one_run_gets_its_directory_experiment_and_command(tmp_path) 
     assert swept_keys(["norm=gn", "batch_size=8", "hydra.x=1", "seed=1"], ["seed"]) == ["norm", "batch_size"]
 
 
+@pytest.mark.process
 def test_a_real_sweep_lines_up_its_batch_sizes_and_shows_norm_and_batch_size(tmp_path, tensorboard) -> None:
     """2 norms × 2 batch sizes, one epoch of 32 examples: 8 steps at batch 4, 4 at batch 8, the same 32 examples.
     Histograms at 4 points: after 8, 16, 24 and 32 examples at both batch sizes (and at each one's first step)."""

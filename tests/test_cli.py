@@ -110,6 +110,7 @@ def test_a_bad_run_in_a_sweep_stops_the_whole_sweep_before_training(tmp_path) ->
     assert not any(tmp_path.iterdir())
 
 
+@pytest.mark.process
 def test_real_process_exit_codes_and_hydra_pass_through(tmp_path) -> None:
     bad = normbench("run", "model=mlp", "norm=in", cwd=tmp_path)
     assert bad.returncode == 2 and "Traceback" not in bad.stdout + bad.stderr
@@ -118,6 +119,7 @@ def test_real_process_exit_codes_and_hydra_pass_through(tmp_path) -> None:
     assert not (tmp_path / "runs").exists()  # --cfg prints, trains nothing
 
 
+@pytest.mark.process
 def test_a_run_from_another_directory_writes_its_outputs(tmp_path) -> None:
     run_dir = tmp_path / "my-run"
     done = normbench(
@@ -135,6 +137,7 @@ def test_a_run_from_another_directory_writes_its_outputs(tmp_path) -> None:
     assert json.loads((run_dir / "results.json").read_text()) == record  # results never overwritten
 
 
+@pytest.mark.process
 def test_a_directory_holding_another_run_is_left_untouched(tmp_path) -> None:
     from normbench.base.files import write_json
 
@@ -146,6 +149,7 @@ def test_a_directory_holding_another_run_is_left_untouched(tmp_path) -> None:
     assert json.loads((run_dir / "results.json").read_text()) == other
 
 
+@pytest.mark.process
 def test_debug_shows_the_traceback(tmp_path) -> None:
     shown = normbench("run", "--debug", "model=mlp", "norm=in", cwd=tmp_path)
     assert shown.returncode == 2

@@ -105,6 +105,7 @@ def _same_run(run_dir: Path, reference: Path) -> None:
         torch.testing.assert_close(weights[key], value, rtol=1e-5, atol=1e-6, msg=key)
 
 
+@pytest.mark.process
 def test_two_worker_processes_train_like_two_emulated_workers(tmp_path) -> None:
     """bn, workers=2: each process normalizes its own share; the emulated run, the same shares side by side. Started
     by normbench (launch=processes) and by torchrun; rank 0 alone writes."""
@@ -123,6 +124,7 @@ def test_two_worker_processes_train_like_two_emulated_workers(tmp_path) -> None:
         assert [e.step for e in events(run_dir).Scalars("train/loss")] == [8, 16, 24]
 
 
+@pytest.mark.process
 def test_syncbn_across_two_processes_trains_like_bn_over_the_total_batch(tmp_path) -> None:
     train(tmp_path / "bn", *SMALL, "norm=bn")
     done = _torchrun(*SMALL, "norm=syncbn", "workers=2", f"hydra.run.dir={tmp_path / 'sync'}", cwd=tmp_path)
@@ -130,6 +132,7 @@ def test_syncbn_across_two_processes_trains_like_bn_over_the_total_batch(tmp_pat
     _same_run(tmp_path / "sync", tmp_path / "bn")
 
 
+@pytest.mark.process
 def test_processes_not_as_many_as_workers_are_refused(tmp_path) -> None:
     env = {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "2", "MASTER_ADDR": "localhost", "MASTER_PORT": "29999"}
     done = normbench("run", *SMALL, "workers=4", f"hydra.run.dir={tmp_path / 'r'}", cwd=tmp_path, **env)
@@ -138,6 +141,7 @@ def test_processes_not_as_many_as_workers_are_refused(tmp_path) -> None:
     assert "Traceback" not in done.stdout + done.stderr
 
 
+@pytest.mark.process
 def test_sigterm_stops_every_worker_once_and_resume_ends_like_an_uninterrupted_run(tmp_path) -> None:
     reference = normbench("run", *LONG, "workers=2", "launch=processes", f"hydra.run.dir={tmp_path / 'ref'}",
                           cwd=tmp_path)  # fmt: skip
@@ -164,6 +168,7 @@ def test_sigterm_stops_every_worker_once_and_resume_ends_like_an_uninterrupted_r
     _none_left(run_dir)
 
 
+@pytest.mark.process
 def test_a_killed_worker_ends_the_run_with_one_paragraph_naming_its_rank(tmp_path) -> None:
     run_dir = tmp_path / "run"
     proc = _start(run_dir)
@@ -178,6 +183,7 @@ def test_a_killed_worker_ends_the_run_with_one_paragraph_naming_its_rank(tmp_pat
     assert record.status == R.FAILED and "rank 1 of 2 was killed by SIGKILL" in record.reason
 
 
+@pytest.mark.process
 def test_sigterm_to_one_worker_stops_both_at_the_same_step(tmp_path) -> None:
     run_dir = tmp_path / "run"
     proc = _start(run_dir)

@@ -40,6 +40,7 @@ def test_bf16_autocast_trains_close_to_fp32(tmp_path) -> None:
     assert bf16.metrics.train_loss is not None and torch.isfinite(torch.tensor(bf16.metrics.train_loss))
 
 
+@pytest.mark.process
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
 def test_parallel_sweep_jobs_train_on_different_gpus(tmp_path) -> None:
     import json

@@ -122,7 +122,8 @@ def test_hparams_session_and_custom_scalars_in_the_run_directory(tmp_path) -> No
     assert start.hparams["batch_size"].number_value == 16
     assert start.hparams["lr"].number_value == 0.1 * 16 / 128
     # Every run has the same columns; outside a sweep nothing is swept besides them.
-    assert set(start.hparams) == {"model", "norm", "data", "batch_size", "workers", "images_per_worker", "lr", "seed"}
+    assert set(start.hparams) == {"model", "norm", "data", "image", "classes", "batch_size", "workers",
+                                  "images_per_worker", "lr", "seed"}  # fmt: skip
     end = next(s.session_end_info for s in sessions if s.HasField("session_end_info"))
     assert end.status == Status.STATUS_SUCCESS
     experiment = next(s.experiment for s in sessions if s.HasField("experiment"))

@@ -157,6 +157,7 @@ KILLED = ["device=cpu", "model.widths=[8,16]", "data.train_size=768", "data.val_
           "log.x_axis=steps"]  # fmt: skip
 
 
+@pytest.mark.process
 def test_resume_after_sigkill_past_the_checkpoint_shows_each_step_once(tmp_path) -> None:
     """Events written after the last checkpoint by a process that then died are dropped on resume
     (purge_step), as TensorBoard's own reader shows them: steps 1 … N, each once."""

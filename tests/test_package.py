@@ -31,6 +31,7 @@ def python(*args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess[str
     )  # fmt: skip
 
 
+@pytest.mark.process
 def test_the_built_wheel_trains_from_another_directory(tmp_path) -> None:
     source, wheels, target, elsewhere = (tmp_path / d for d in ("src", "wheels", "site", "elsewhere"))
     shutil.copytree(ROOT, source, ignore=SOURCE_ONLY)  # build from a copy: the checkout gets no build/ folder
@@ -74,6 +75,7 @@ def complete(*words: str) -> list[str]:
     return done.stdout.split()
 
 
+@pytest.mark.process
 def test_shell_completion_offers_commands_groups_options_and_keys() -> None:
     assert {"run", "sweep", "report", "list", "explain"} <= set(complete(""))
     assert complete("run", "norm=") == [f"norm={n}" for n in NORMS]  # registration order, as `normbench list`
@@ -95,6 +97,7 @@ def test_run_help_explains_the_grammar_and_keeps_examples_whole() -> None:
         assert any(example in line for line in out.splitlines()), example  # on one line
 
 
+@pytest.mark.process
 def test_hydra_help_advertises_only_flags_that_work(tmp_path) -> None:
     out = normbench("run", "--hydra-help", cwd=tmp_path).stdout
     assert "--cfg" in out and "--config-dir" in out and "hydra/sweeper: basic, optuna" in out
@@ -137,6 +140,7 @@ def scale_norm(cls, num_features: int, *, eps: float = 1e-5):
 """
 
 
+@pytest.mark.process
 def test_a_plugin_module_adds_a_norm_to_an_installed_normbench(tmp_path) -> None:
     """docs/norms.md's story, word for word: a module outside the package registers `scalenorm` (one learned scalar
     per layer), a config folder of the user's own selects it; it trains, is probed by the monitor, and is listed by
@@ -172,6 +176,7 @@ def test_a_plugin_module_adds_a_norm_to_an_installed_normbench(tmp_path) -> None
     assert missing.returncode == 2 and "NORMBENCH_PLUGINS=no_such_module" in missing.stdout
 
 
+@pytest.mark.process
 def test_optuna_sweep_completes_scores_a_failed_run_as_worst_and_reports_the_best(tmp_path) -> None:
     pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
     sweep_dir = tmp_path / "sweep"

@@ -64,6 +64,7 @@ def completed(tmp_path_factory) -> Path:
     return run_dir
 
 
+@pytest.mark.process
 @pytest.mark.parametrize(
     ("extra", "says"),
     [
@@ -80,6 +81,7 @@ def test_a_refused_run_changes_nothing(completed, extra, says) -> None:
     assert tree_hashes(completed) == before
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("content", ['{"status": "comp', "null", "[]", '{"steps": 3}'])
 def test_an_unreadable_record_is_a_refusal_not_an_empty_directory(tmp_path, content) -> None:
     run_dir = tmp_path / "run"
@@ -94,6 +96,7 @@ def test_an_unreadable_record_is_a_refusal_not_an_empty_directory(tmp_path, cont
     assert "none readable" in _ok(shown, EXIT_BAD_INPUT)
 
 
+@pytest.mark.process
 def test_two_processes_on_one_directory(tmp_path) -> None:
     run_dir = tmp_path / "run"
     long = [*SLOW, "epochs=1000", "log.x_axis=steps"]  # trains until the test stops it
@@ -112,6 +115,7 @@ def test_two_processes_on_one_directory(tmp_path) -> None:
     assert steps == list(range(1, len(steps) + 1)) and 0 <= RunRecord.read(run_dir).steps - len(steps) < LOG_EVERY
 
 
+@pytest.mark.process
 def test_a_lock_dies_with_its_process(tmp_path) -> None:
     """kill -9 leaves no stale lock: the run resumes from its checkpoint at once."""
     run_dir = tmp_path / "run"
@@ -207,6 +211,7 @@ MOMENTS = {
 }
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("moment", MOMENTS)
 def test_a_parallel_sweep_stops_at_any_moment(tmp_path, moment) -> None:
     sweep_dir = tmp_path / "sweep"
@@ -224,6 +229,7 @@ def test_a_parallel_sweep_stops_at_any_moment(tmp_path, moment) -> None:
             assert {row["run"]: row["status"] for row in csv.DictReader(f)} == {n: r.status for n, r in records.items()}
 
 
+@pytest.mark.process
 def test_ctrl_c_twice_on_a_parallel_sweep(tmp_path) -> None:
     """Ctrl-C in a terminal signals the whole process group (the workers too), twice: runs end at once, recorded
     `interrupted`, and nothing is left running."""
@@ -237,6 +243,7 @@ def test_ctrl_c_twice_on_a_parallel_sweep(tmp_path) -> None:
     assert len(records) == 2 and {r.status for r in records.values()} == {"interrupted"}
 
 
+@pytest.mark.process
 @pytest.mark.parametrize(
     ("launcher", "sig"),
     [("hydra/launcher=basic", signal.SIGINT), ("hydra/launcher=parallel", signal.SIGTERM)],
@@ -284,6 +291,7 @@ def _holder(lock: Path) -> int:
     raise AssertionError(f"no process holds {lock}")
 
 
+@pytest.mark.process
 def test_a_parallel_worker_killed_with_sigkill_is_one_paragraph_and_the_sweep_resumes(tmp_path) -> None:
     """kill -9 (or the out-of-memory killer) of one joblib worker: loky kills the others and raises. The sweep
     says so in one paragraph, exits 4 naming the runs left behind, leaves no process, and the same command then
@@ -307,6 +315,7 @@ def test_a_parallel_worker_killed_with_sigkill_is_one_paragraph_and_the_sweep_re
     assert {r.status for r in _records(sweep_dir).values()} == {"completed"}
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("launcher", ["hydra/launcher=basic", "hydra/launcher=parallel"])
 def test_two_identical_sweeps_at_once_train_each_run_once(tmp_path, launcher) -> None:
     sweep_dir = tmp_path / "sweep"
@@ -349,6 +358,7 @@ def test_two_identical_sweeps_at_once_train_each_run_once(tmp_path, launcher) ->
     assert yaml.safe_load((sweep_dir / "multirun.yaml").read_text())["hydra"]["sweep"]["dir"] == str(sweep_dir)
 
 
+@pytest.mark.process
 def test_a_run_whose_lock_is_held_is_skipped_by_a_sweep(tmp_path) -> None:
     """The interleaving forced: the test holds one run's lock, as a second sweep's process training it would."""
     import fcntl
@@ -370,6 +380,7 @@ def test_a_run_whose_lock_is_held_is_skipped_by_a_sweep(tmp_path) -> None:
     assert {n: r.status for n, r in _records(sweep_dir).items()} == {"bn_b008": "completed", "rms_b008": "completed"}
 
 
+@pytest.mark.process
 def test_a_sweep_rerun_with_other_settings_is_refused_up_front(tmp_path) -> None:
     sweep_dir = tmp_path / "sweep"
     grid = ["norm=bn,gn", *SMALL, f"hydra.sweep.dir={sweep_dir}"]
@@ -381,6 +392,7 @@ def test_a_sweep_rerun_with_other_settings_is_refused_up_front(tmp_path) -> None
     assert tree_hashes(sweep_dir) == before  # multirun.yaml and summary.* included
 
 
+@pytest.mark.process
 def test_a_sweep_with_a_diverged_run_exits_with_its_own_code(tmp_path) -> None:
     sweep_dir = tmp_path / "sweep"
     done = normbench("sweep", "optim.lr=0.05,1e9", "norm=none", *SMALL, f"hydra.sweep.dir={sweep_dir}", cwd=tmp_path)
@@ -400,6 +412,7 @@ def test_a_sweep_with_a_diverged_run_exits_with_its_own_code(tmp_path) -> None:
     assert rows[diverged]["val_acc"] == "" and "The training loss became" in rows[diverged]["reason"]
 
 
+@pytest.mark.process
 def test_file_system_faults_are_messages(tmp_path) -> None:
     afile = tmp_path / "afile"
     afile.write_text("mine")
@@ -422,6 +435,7 @@ def tmpfs(tmp_path):
     subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
+@pytest.mark.process
 def test_a_full_disk_says_so(tmpfs) -> None:
     run_dir = tmpfs / "run"  # the CNN's checkpoint (~0.8 MB) does not fit in 512 KiB
     done = normbench("run", *SMALL, f"hydra.run.dir={run_dir}", cwd=tmpfs.parent)
@@ -429,6 +443,7 @@ def test_a_full_disk_says_so(tmpfs) -> None:
     assert "No space left on device" in said and str(run_dir) in said
 
 
+@pytest.mark.process
 def test_a_read_only_file_system_is_refused(tmpfs) -> None:
     subprocess.run(["mount", "-o", "remount,ro", str(tmpfs)], check=True)
     for command in ("run", "sweep"):
@@ -443,6 +458,7 @@ def _limit_file_size() -> None:
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead of killing
 
 
+@pytest.mark.process
 def test_a_file_size_limit_is_a_message(tmp_path) -> None:
     run_dir = tmp_path / "run"
     done = subprocess.run([EXE, "run", *SMALL, f"hydra.run.dir={run_dir}"], capture_output=True, text=True,
@@ -451,6 +467,7 @@ def test_a_file_size_limit_is_a_message(tmp_path) -> None:
     assert "File too large" in said and "checkpoint.pt" in said
 
 
+@pytest.mark.process
 def test_resume_faults(tmp_path) -> None:
     stray = tmp_path / "stray"
     stray.mkdir()
@@ -470,6 +487,7 @@ def test_resume_faults(tmp_path) -> None:
         assert "cannot be loaded to resume the run" in said
 
 
+@pytest.mark.process
 def test_report_lists_unreadable_records_and_writes_elsewhere(completed, tmp_path) -> None:
     root = tmp_path / "mixed"
     root.mkdir()
@@ -494,6 +512,7 @@ def test_report_lists_unreadable_records_and_writes_elsewhere(completed, tmp_pat
     assert "Cannot write the report into" in said and "--out DIR" in said
 
 
+@pytest.mark.process
 def test_report_on_a_run_while_it_trains(tmp_path) -> None:
     run_dir = tmp_path / "run"
     proc = subprocess.Popen([EXE, "run", *SLOW, "epochs=1000", f"hydra.run.dir={run_dir}"], stdout=subprocess.PIPE,

@@ -44,6 +44,7 @@ def _wait_for_training(run_dir: Path, proc: subprocess.Popen[str], timeout: floa
         time.sleep(0.01)
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_a_signal_stops_at_a_step_saves_and_resume_ends_like_an_uninterrupted_run(sig, tmp_path) -> None:
     reference = train(tmp_path / "reference", *LONG, tiny=False)
@@ -76,6 +77,7 @@ def test_a_signal_stops_at_a_step_saves_and_resume_ends_like_an_uninterrupted_ru
     assert logged == list(range(16, 16 * reference.steps + 1, 16))  # no duplicated steps after the resume
 
 
+@pytest.mark.process
 def test_a_second_ctrl_c_ends_at_once_and_records_interrupted(tmp_path) -> None:
     run_dir = tmp_path / "run"
     proc = _start(run_dir, "epochs=1000")
@@ -98,6 +100,7 @@ def test_divergence_stops_the_run_with_its_step(tmp_path) -> None:
     assert logged == [8 * s for s in range(1, step)]  # every finite loss before it was flushed to TensorBoard
 
 
+@pytest.mark.process
 def test_divergence_exit_code_in_a_real_process(tmp_path) -> None:
     done = normbench("run", "norm=none", "optim.lr=1e9", "max_steps=30", "data.train_size=256", "data.val_size=32",
                      "batch_size=16", "quiet=true", f"hydra.run.dir={tmp_path / 'r'}", cwd=tmp_path)  # fmt: skip

@@ -98,6 +98,7 @@ REAL = ["batch_size=abc", "train.compile=maybe", "optim.lr=fast", "budget=foreve
         "budget=steps", "+no_such_key=1"]  # fmt: skip
 
 
+@pytest.mark.process
 def test_a_real_process_refuses_each_kind_of_bad_value_and_writes_nothing(tmp_path) -> None:
     def attempt(override: str) -> tuple[str, subprocess.CompletedProcess[str], Path]:
         cwd = tmp_path / override.strip("+")

@@ -126,6 +126,7 @@ def test_report_draws_the_published_points_with_their_citation(sweep_dir, monkey
     assert bn_at_2 == pytest.approx(100 - 80.30, abs=0.01)
 
 
+@pytest.mark.process
 def test_report_command_with_a_reference_and_an_unknown_name(sweep_dir, tmp_path) -> None:
     done = normbench("report", str(sweep_dir), "--reference", "cifar10-resnet20", cwd=tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr

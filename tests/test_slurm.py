@@ -61,6 +61,7 @@ def test_preset_helpers_ask_for_gpus_only_for_cuda_and_signal_within_the_limit()
     assert [signal_delay(t) for t in (1, 2, 10, 20, 120, 2880)] == [15, 15, 60, 120, 120, 120]
 
 
+@pytest.mark.process
 def test_preset_composes_without_gpus_for_cpu_runs_and_with_one_for_cuda(tmp_path) -> None:
     shown = normbench("run", "hydra/launcher=slurm", "--cfg", "all", "--resolve", "-p", "hydra.launcher",
                       cwd=tmp_path)  # fmt: skip
@@ -94,6 +95,7 @@ def test_a_job_that_failed_is_not_mistaken_for_a_refusal_by_sbatch(monkeypatch) 
         raise FailedJobError("Job (task=0) failed during processing with trace: ...")
 
 
+@pytest.mark.process
 def test_a_machine_without_slurm_is_told_so_in_one_paragraph(tmp_path) -> None:
     done = normbench("sweep", "norm=bn,gn", *TINY_SWEEP, "hydra/launcher=slurm", f"hydra.sweep.dir={tmp_path / 's'}",
                      cwd=tmp_path, PATH=str(Path(sys.executable).parent))  # fmt: skip
@@ -102,6 +104,7 @@ def test_a_machine_without_slurm_is_told_so_in_one_paragraph(tmp_path) -> None:
     assert "no sbatch or srun on its PATH" in out and "hydra/launcher=parallel" in out
 
 
+@pytest.mark.process
 def test_usr2_checkpoints_at_a_step_records_requeued_and_the_next_attempt_ends_like_an_uninterrupted_run(
     tmp_path,
 ) -> None:
@@ -195,6 +198,7 @@ def _job_name(job_id: str) -> str:
     return next(word.split("=", 1)[1] for word in shown.split() if word.startswith("JobName="))
 
 
+@pytest.mark.process
 @pytest.mark.slurm
 def test_a_sweep_runs_as_slurm_jobs_with_only_the_partition_set(partition, tmp_path) -> None:
     sweep_dir = tmp_path / "sweep"
@@ -213,6 +217,7 @@ def test_a_sweep_runs_as_slurm_jobs_with_only_the_partition_set(partition, tmp_p
         assert _job_name(task.name.split("_")[0]) in {f"normbench-{d.name}" for d in records}
 
 
+@pytest.mark.process
 @pytest.mark.slurm
 @pytest.mark.slow
 def test_a_run_longer_than_the_time_limit_completes_through_requeues(partition, tmp_path) -> None:
@@ -231,6 +236,7 @@ def test_a_run_longer_than_the_time_limit_completes_through_requeues(partition, 
     assert "Caught signal SIGUSR2" in logs and "Requeued job" in logs
 
 
+@pytest.mark.process
 @pytest.mark.slurm
 @pytest.mark.parametrize(
     ("setting", "sbatch_option", "fix"),
@@ -291,6 +297,7 @@ def _leaves_queue(job: str, timeout: float = 60) -> bool:
     return True
 
 
+@pytest.mark.process
 @pytest.mark.slurm
 @pytest.mark.parametrize("how", [["--signal=TERM"], []], ids=["sigterm", "cancel"])
 def test_scancel_stops_a_job_at_a_step_with_a_checkpoint(partition, tmp_path, how) -> None:
@@ -305,6 +312,7 @@ def test_scancel_stops_a_job_at_a_step_with_a_checkpoint(partition, tmp_path, ho
     assert (run_dir / "checkpoint.pt").is_file() and _leaves_queue(job)
 
 
+@pytest.mark.process
 @pytest.mark.slurm
 def test_ctrl_c_on_a_slurm_sweep_stops_its_jobs_and_exits_130(partition, tmp_path) -> None:
     sweep_dir = tmp_path / "sweep"
@@ -317,6 +325,7 @@ def test_ctrl_c_on_a_slurm_sweep_stops_its_jobs_and_exits_130(partition, tmp_pat
     assert (run_dir / "checkpoint.pt").is_file() and _leaves_queue(job)  # the waiting task was cancelled
 
 
+@pytest.mark.process
 @pytest.mark.slurm
 def test_a_run_of_two_worker_processes_as_two_tasks_of_one_job(partition, tmp_path) -> None:
     """hydra.launcher.tasks_per_node=2 with workers=2: the job's two tasks are the run's two workers (submitit's

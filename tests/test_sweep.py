@@ -29,6 +29,7 @@ def _records(sweep_dir):
     return {d.name: RunRecord.read(d) for d in sweep_dir.iterdir() if (d / "results.json").exists()}
 
 
+@pytest.mark.process
 def test_joblib_sweep_summary_report_and_rerun(tmp_path) -> None:
     sweep_dir = tmp_path / "sweep"
     first = normbench("sweep", *GRID, "hydra/launcher=parallel", f"hydra.sweep.dir={sweep_dir}", cwd=tmp_path)
@@ -69,6 +70,7 @@ def test_joblib_sweep_summary_report_and_rerun(tmp_path) -> None:
     assert stamps == {n: (sweep_dir / n / "results.json").stat().st_mtime_ns for n in RUNS}
 
 
+@pytest.mark.process
 def test_a_failing_run_is_recorded_and_the_others_complete(tmp_path) -> None:
     sweep_dir = tmp_path / "sweep"
     broken = sweep_dir / "gn_b004"
@@ -90,6 +92,7 @@ def test_a_failing_run_is_recorded_and_the_others_complete(tmp_path) -> None:
     assert all(r.status == "completed" for r in _records(sweep_dir).values())
 
 
+@pytest.mark.process
 def test_seeds_are_aggregated_not_separate_settings(tmp_path) -> None:
     sweep_dir = tmp_path / "sweep"
     done = normbench("sweep", "norm=gn", "batch_size=8", "seed=0,1,2", *GRID[2:], f"hydra.sweep.dir={sweep_dir}",
@@ -103,6 +106,7 @@ def test_seeds_are_aggregated_not_separate_settings(tmp_path) -> None:
     assert group["val_err_mean"] == pytest.approx(sum(errors) / 3, abs=1e-12)
 
 
+@pytest.mark.process
 def test_submitit_launcher_runs_jobs_through_its_local_executor(tmp_path) -> None:
     """The SLURM preset uses submitit; its local executor runs the same code path without a cluster."""
     sweep_dir = tmp_path / "sweep"
@@ -145,6 +149,7 @@ def test_report_on_a_single_run_directory(tmp_path) -> None:
     assert f"| gn | {100 * (1 - accuracy):.1f} " in (run_dir / "report.md").read_text()  # then its flag, if any
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("preset", ["default", "quick"])
 def test_the_default_and_quick_grids_are_the_runs_their_yaml_lists(preset, tmp_path, monkeypatch) -> None:
     """The oracle is the preset's YAML read here: the product of its cells and seeds, each cell's norm and workers

@@ -372,6 +372,7 @@ def assert_rank_matches_one_process(result: dict[str, torch.Tensor], one: dict[s
         torch.testing.assert_close(value, expected, rtol=1e-5, atol=1e-5, msg=key)
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("impl", ["torch", "reference"])
 @pytest.mark.parametrize("layout", list(SYNC_SHAPES))
 def test_syncbn_across_two_gloo_processes_is_bn_over_the_total_batch(synced, impl: str, layout: str) -> None:
@@ -382,6 +383,7 @@ def test_syncbn_across_two_gloo_processes_is_bn_over_the_total_batch(synced, imp
         assert_rank_matches_one_process(synced[rank][("cpu", impl, layout)], one, rank)
 
 
+@pytest.mark.process
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("layout", list(SYNC_SHAPES))
 def test_syncbn_formula_version_equals_torch_sync_batch_norm_on_cuda(synced, layout: str) -> None:
@@ -393,6 +395,7 @@ def test_syncbn_formula_version_equals_torch_sync_batch_norm_on_cuda(synced, lay
         assert_rank_matches_one_process(formula, sync_cases("cpu", "torch", layout, rank=0, world=1), rank)
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("impl", ["torch", "reference"])
 def test_emulated_workers_equal_a_real_two_process_ddp_run(synced, impl: str) -> None:
     """The same three steps with workers=2 emulated in one process: the same per-step losses, weights, and

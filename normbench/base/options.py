@@ -43,6 +43,8 @@ class Options(Mapping[str, T], Generic[T]):
         self._entries.pop(name, None)
         self._origins.pop(name, None)
 
+    __delitem__ = unregister
+
     def __getitem__(self, name: str) -> T:
         try:
             return self._entries[name]
