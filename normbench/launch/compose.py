@@ -20,7 +20,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.config_store import ConfigStore
 from hydra.core.object_type import ObjectType
 from hydra.core.override_parser.types import Override
-from hydra.errors import HydraException, MissingConfigException
+from hydra.errors import HydraException, MissingConfigException, OverrideParseException
 from omegaconf import DictConfig
 from omegaconf.errors import (
     ConfigAttributeError,
@@ -98,6 +98,13 @@ def hydra_errors() -> Iterator[None]:
             message = (
                 f"Could not find '{error.missing_cfg_file}'\nAvailable options in '{group}': {' '.join(error.options)}."
             )
+        elif isinstance(error, OverrideParseException):
+            said = " ".join(str(error).split())
+            message = (
+                f"{said} A value that holds `=`, spaces, commas or characters beyond ASCII letters, digits and "
+                "`/._-` is quoted in Hydra's grammar: key='value' (in a shell, inside its own quotes: \"key='value'\")."
+            )
+            raise ConfigError(message) from None
         else:
             message = " ".join((str(error) or str(error.__cause__ or type(error).__name__)).split())
         raise ConfigError(f"{message} (`normbench list` shows the config groups and their options.)") from None

@@ -217,11 +217,9 @@ def optimizing(hydra_node: DictConfig, cfg: DictConfig, sweep_dir: Path) -> int:
     """Check an optimizing sweeper's settings against the objective the runs return (`sweep.objective`: its
     direction, at least one trial) and return the trials still to run: a study stored in the sweep directory
     continues where it stopped."""
-    from normbench.launch.task import OBJECTIVES
-
     sweeper = hydra_node.sweeper
     objective = str(cfg.sweep.objective)
-    wanted = OBJECTIVES[objective][0]
+    wanted = schema.DIRECTION[cfg.sweep.objective]
     direction = str(sweeper.get("direction", wanted))
     if direction not in ("minimize", "maximize"):
         raise ConfigError(f"hydra.sweeper.direction={direction} is not valid: it must be minimize or maximize.")
@@ -229,7 +227,7 @@ def optimizing(hydra_node: DictConfig, cfg: DictConfig, sweep_dir: Path) -> int:
         raise ConfigError(
             f"hydra.sweeper.direction={direction} with sweep.objective={objective}: {objective} is better "
             f"{'higher' if wanted == 'maximize' else 'lower'}, so the study must {wanted} it. Give "
-            f"hydra.sweeper.direction={wanted}, or leave it out (sweep=tune_lr derives it from the objective)."
+            f"hydra.sweeper.direction={wanted}, or leave it out: sweep=tune_lr derives it from the objective."
         )
     n_trials = sweeper.get("n_trials", 0)
     if not isinstance(n_trials, int) or n_trials < 1:

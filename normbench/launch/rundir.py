@@ -91,7 +91,7 @@ def prepare(run_dir: Path) -> None:
 def refuse_unless_placed(run_dir: Path) -> None:
     """Refuse, read-only, a directory path that is a file or lies below one, or whose names are longer than the file
     system takes (255 bytes a name on most)."""
-    existing = next((p for p in (run_dir, *run_dir.parents) if p.exists()), Path("/"))
+    existing = next((p for p in run_dir.parents if _exists(p)), Path("/"))
     longest = _limit(existing, "PC_NAME_MAX", 255)
     for part in run_dir.parts:
         size = len(os.fsencode(part))
@@ -108,6 +108,13 @@ def refuse_unless_placed(run_dir: Path) -> None:
     for parent in run_dir.parents:
         if parent.exists() and not parent.is_dir():
             raise RunDirError(f"{run_dir} is below {parent}, which is a file. {ELSEWHERE_}.")
+
+
+def _exists(path: Path) -> bool:
+    try:
+        return path.exists()
+    except OSError:  # a name too long to look up
+        return False
 
 
 def _limit(path: Path, name: str, default: int) -> int:

@@ -31,8 +31,8 @@ from normbench.base.errors import (
 from normbench.base.overrides import hydra_value, override_key, parse
 from normbench.launch import task
 from normbench.launch.compose import compose_run, hydra_errors, sweep_jobs
-from normbench.launch.execute import env_set, execute, launch_of_run
-from normbench.launch.preflight import has_grid, placed, plan_sweep, without_hydra
+from normbench.launch.execute import env_set, execute, launch_of_run, torchrun_processes
+from normbench.launch.preflight import has_grid, placed, plan_sweep, refuse_cell_conflicts, without_hydra
 from normbench.launch.stop import STOP
 from normbench.launch.summary import mark_study, sweep_outcome
 from normbench.plan.plan import RunPlan, plan_run
@@ -130,6 +130,7 @@ def start_run(args: list[str]) -> int:
             f"sweep axis. Run the grid with `{shlex.join(['normbench', 'sweep', *flags.overrides])}`, or quote a "
             "value that holds commas: 'key=[a,b]' for a list, \"key='a,b'\" for a text."
         )
+    refuse_cell_conflicts(overrides)
     if _shows(flags):
         if _prints_the_run(flags):
             plan_once(overrides)  # checked: refuses what the run would refuse
@@ -173,6 +174,12 @@ def start_sweep(given: list[str]) -> int:
     """A sweep: every run of its grid planned and checked before anything trains (raises NormbenchError), then
     Hydra's multirun; returns the exit code the sweep's records give (`summary.sweep_outcome`)."""
     given = [a for a in given if a not in MULTIRUN_FLAGS]  # a sweep is a multirun already
+    if torchrun_processes() is not None:
+        raise ConfigError(
+            "`normbench sweep` under torchrun: torchrun starts the processes of one run, and a sweep is many runs, "
+            "each started by the sweep's launcher. Run the sweep without torchrun; `workers=W launch=processes` "
+            "gives each of its runs W worker processes."
+        )
     flags = parse_flags(given)
     if _passes_through(flags):
         return task.hydra_main(["--multirun", *hydra_args(given)])

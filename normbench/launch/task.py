@@ -34,9 +34,14 @@ from normbench.run.record import RunRecord
 
 schema.register_resolvers()  # a launcher's job process resolves its run directory's name with them
 
-# What a run returns to optimizing sweepers (sweep.objective): its direction, and the worst value it can take, the
-# score of a run that failed or diverged, so that Optuna steers away from it instead of stopping the study.
-OBJECTIVES = {"val_acc": ("maximize", 0.0), "val_loss": ("minimize", math.inf)}
+# What a run returns to optimizing sweepers (sweep.objective) when it failed or diverged: the objective's worst value,
+# so that Optuna steers away from it instead of stopping the study.
+WORST = {"val_acc": 0.0, "val_loss": math.inf}
+
+
+class NotTrained(Exception):
+    """An optimizing sweeper's trial that did not train (the sweep was stopping, or it was interrupted): raised to the
+    sweeper, which records the trial as failed rather than scored, so that a continued study runs it again."""
 
 
 def job_plan(cfg: DictConfig, hydra_cfg: DictConfig) -> RunPlan:
@@ -82,7 +87,7 @@ def not_started(run_dir: Path) -> None:
 
 def objective(record: RunRecord | None, name: str) -> float:
     """The final metric `name` of a completed run; the objective's worst value for any other outcome."""
-    worst = OBJECTIVES[name][1]
+    worst = WORST[name]
     if record is None or record.status != R.COMPLETED:
         return worst
     value = float(getattr(record.metrics, name))
@@ -95,7 +100,11 @@ def scored_task(cfg: DictConfig) -> float:
     load_plugins()
     STOP.busy = True
     try:
-        return objective(task(cfg), cfg.sweep.objective)
+        record = task(cfg)
+        optimizing = HydraConfig.get().runtime.choices.get("hydra/sweeper") != "basic"
+        if optimizing and (record is None or record.status in (R.INTERRUPTED, R.REQUEUED)) and STOP.stopping():
+            raise NotTrained("the sweep stopped before this trial trained to its end")
+        return objective(record, cfg.sweep.objective)
     finally:
         STOP.busy = False
         STOP.exit_if_orphaned()  # a worker whose sweep's main process was killed

@@ -74,6 +74,10 @@ class Objective(Choice):
     val_loss = "val_loss"  # minimize
 
 
+# The direction an optimizing sweeper takes each objective in (configs/sweep/tune_lr.yaml derives it from here).
+DIRECTION = {Objective.val_acc: "maximize", Objective.val_loss: "minimize"}
+
+
 class Launch(Choice):
     """How a run with workers > 1 runs its workers (`launch`): both give the same numbers."""
 
@@ -276,6 +280,7 @@ def register_resolvers() -> None:
     imports launch/task.py."""
     naming.register_resolvers()
     OmegaConf.register_new_resolver("normbench.volatile_and", _volatile_and, replace=True)
+    OmegaConf.register_new_resolver("normbench_direction", lambda objective: DIRECTION[objective], replace=True)
 
 
 # --- checks ---------------------------------------------------------------------------------------------

@@ -209,7 +209,8 @@ def _row(name: str, rec: RunRecord, variant: str) -> dict[str, Any]:
         "val_acc": rec.metrics.val_acc if completed else None,
         "val_err": 1 - rec.metrics.val_acc if completed and rec.metrics.val_acc is not None else None,
         "workers": workers,
-        "images_per_worker": rec.batch_size // workers if rec.batch_size else None,
+        # the record's own (its plan's); a record from before workers: its batch, one worker
+        "images_per_worker": rec.images_per_worker or rec.batch_size,
         "history": rec.history,
         "curve": rec.curve,
         "config": rec.config,

@@ -250,7 +250,20 @@ def check_norm_shapes(
 
         return pre_hook
 
-    hooks = [m.register_forward_pre_hook(check(n)) for n, m in model.named_modules() if getattr(m, NORM_SLOT, False)]
+    def same_shape(layer: str) -> Callable[[nn.Module, tuple[Any, ...], Any], None]:
+        def hook(module: nn.Module, args: tuple[Any, ...], out: Any) -> None:
+            if getattr(out, "shape", None) != args[0].shape:
+                raise NormError(
+                    f"norm={norm_name} on model={model_name}: its layer '{layer}' ({type(module).__name__}) returned "
+                    f"{tuple(getattr(out, 'shape', ()))} for an input of {tuple(args[0].shape)}. A norm layer returns "
+                    "a tensor of its input's shape (see \"What normbench asks of a norm\" in docs/plugins.md)."
+                )
+
+        return hook
+
+    slots = [(n, m) for n, m in model.named_modules() if getattr(m, NORM_SLOT, False)]
+    hooks = [m.register_forward_pre_hook(check(n)) for n, m in slots]
+    hooks += [m.register_forward_hook(same_shape(n)) for n, m in slots]
     training = model.training
     try:
         with torch.no_grad():
