@@ -190,7 +190,7 @@ def check(run_dir: Path, settings: dict[str, Any], resume: bool, multirun: bool)
     # resume=true where this run has nothing to continue from yet (a new directory, or one that holds only this
     # run's .hydra/ from a start stopped before its first checkpoint): it starts at step 0.
     if stored is None and not has_checkpoint and entries:  # neither this run's nor any run's: someone else's
-        what = "a sweep's directory" if SWEEP_FILE in entries else "not a run's directory"
+        what = "a sweep's directory" if set(SWEEP_MARKS) & set(entries) else "not a run's directory"
         raise RunDirError(
             f"{run_dir} is {what}: it holds {_listed(entries)}. normbench writes a run only into an empty "
             f"directory or one that holds the same run. Nothing was changed; {ELSEWHERE}."
@@ -198,7 +198,8 @@ def check(run_dir: Path, settings: dict[str, Any], resume: bool, multirun: bool)
     return None
 
 
-SWEEP_FILE = "multirun.yaml"  # what Hydra writes at a sweep's root
+SWEEP_FILE = "multirun.yaml"  # what Hydra's basic sweeper writes at a sweep's root (Optuna's writes none)
+SWEEP_MARKS = (SWEEP_FILE, SWEEP_PLAN_FILE)  # either says a directory holds a sweep
 # At a sweep's root besides its runs' directories: Hydra's file, the HParams experiment, the summary and report,
 # submitit's folder.
 SWEEP_ROOT_FILES = (
@@ -212,6 +213,7 @@ SWEEP_ROOT_FILES = (
     "error_vs_batch.png",
     "curves.png",
     "optimization_results.yaml",
+    "study.db",
 )
 RUN_MARKS = (R.RESULTS_FILE, CHECKPOINT_FILE, HYDRA_DIR)  # what says a directory holds a run
 
@@ -227,7 +229,7 @@ def _listed(entries: list[str]) -> str:
 
 def check_sweep_dir(sweep_dir: Path, runs: list[str]) -> None:
     """Refuse a sweep directory that holds a run (a sweep would write its runs inside another run) or, when it is
-    no sweep's (no multirun.yaml), anything besides a sweep's own files and the directories of its grid's `runs`;
+    no sweep's (neither multirun.yaml nor sweep_plan.json), anything besides a sweep's own files and the directories of its grid's `runs`;
     read-only. Which runs of an earlier sweep may be continued is `preflight.check_rerun`'s question."""
     entries = _entries(sweep_dir)
     marks = [e for e in entries if e in RUN_MARKS]
@@ -236,7 +238,7 @@ def check_sweep_dir(sweep_dir: Path, runs: list[str]) -> None:
             f"{sweep_dir} is a run's directory (it holds {_listed(marks)}): a sweep writes its runs into a directory "
             f"of their own. Nothing was changed; {ELSEWHERE}."
         )
-    if SWEEP_FILE in entries:
+    if set(SWEEP_MARKS) & set(entries):
         return
     foreign = [e for e in entries if e not in (*SWEEP_ROOT_FILES, *runs) and not e.startswith("events.out.tfevents.")]
     if foreign:
