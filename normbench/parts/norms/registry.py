@@ -78,9 +78,29 @@ class NormSpec:
     # A norm-activation layer (FRN + TLU, EvoNorm): it takes the place of the norm *and* the activation after it,
     # and is built with act=False where a model puts no activation after its norm (a residual branch's last norm).
     activation: bool = False
-    # Its parameter count for `channels` channels and its options, said without building it (`explain` imports no
-    # torch); tests/test_norms.py holds it against every built layer.
+    # Its parameter count for `channels` channels and its options (and `act` for a norm-activation layer), said
+    # without building it (`explain` imports no torch); tests/test_norms.py holds it against every built layer.
     params: Callable[..., int] = field(default=lambda channels, affine=True, **_: 2 * channels if affine else 0)
+    # What `normbench explain` says of it: the formula, what each statistic over the axes is ("mean and variance",
+    # "mean square", "variance"), how training and evaluation differ (default: from `batch_statistics`), and for
+    # a norm-activation layer what it is where a model puts no activation after its norm.
+    formula: str = ""
+    statistic: str = "mean and variance"
+    modes: str = ""
+    without_act: str = ""
+
+    @property
+    def train_vs_eval(self) -> str:
+        """How training and evaluation differ, in words."""
+        if self.modes:
+            return self.modes
+        if self.batch_statistics:
+            return "differ: batch statistics in training, running statistics in eval"
+        return "identical: statistics come from each sample alone"
+
+    def statistic_words(self, count: int) -> str:
+        """`8 means and 8 variances`, `8 mean squares`: `count` of each statistic it takes."""
+        return " and ".join(f"{count} {word}{'s' * (count != 1)}" for word in self.statistic.split(" and "))
 
     @property
     def axes(self) -> dict[str, str]:
@@ -161,8 +181,8 @@ class NormSpec:
         one_channel = "/G" in axes and each == 1 and axes.count(",") == 0  # groups = channels on (N, C) or tokens
         return (
             f"{'In training, ' if self.batch_statistics else ''}norm={self.name} takes each statistic over "
-            f"{axes}, which gives {each} value{'s' * (each != 1)} per statistic on {tuple(shape)}: a variance "
-            f"needs {self.min_values}."
+            f"{axes}, which gives {each} value{'s' * (each != 1)} per statistic on {tuple(shape)}: a "
+            f"{self.statistic.split(' and ')[-1]} needs {self.min_values}."
             + (" With as many groups as channels each group is one channel (InstanceNorm), which has one value "
                "per sample here; use fewer groups." if one_channel else "")
         )  # fmt: skip
@@ -208,13 +228,20 @@ def register_norm(
     synced: bool = False,
     activation: bool = False,
     params: Callable[..., int] | None = None,
+    formula: str = "",
+    statistic: str = "mean and variance",
+    modes: str = "",
+    without_act: str = "",
     replace: bool = False,
 ) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
     """Register `builder(cls, num_features, *, **options) -> nn.Module` under `name`; `cls` is the class that
     `layouts` names for the layout and implementation being built. A norm-activation layer (`activation=True`)
-    has `builder(cls, num_features, act, *, **options)`, `act` saying whether it includes its activation. A name
-    already registered (a built-in norm, another plugin's) is refused, naming both places, unless `replace=True`
-    asks for it. `params(channels, **options)`: its parameter count (default: γ and β per channel when affine)."""
+    has `builder(cls, num_features, act, *, **options)`, `act` saying whether it includes its activation, and takes
+    the place of the norm and the activation after it in every model (docs/plugins.md). A name already registered
+    (a built-in norm, another plugin's) is refused, naming both places, unless `replace=True` asks for it.
+    `params(channels, **options)`: its parameter count (default: γ and β per channel when affine; a norm-activation
+    layer's also gets `act`). `formula`, `statistic`, `modes`, `without_act`: what `normbench explain` says of it
+    (see NormSpec)."""
 
     def decorator(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         impls = [tuple(support.classes) for support in layouts.values()]
@@ -224,7 +251,8 @@ def register_norm(
                 f"...) with the same implementations for every layout; got {dict(layouts)}."
             )
         spec = NormSpec(name, summary, builder, dict(layouts), dict(refused or {}), batch_statistics, min_values,
-                        synced, activation, **({"params": params} if params else {}))  # fmt: skip
+                        synced, activation, **({"params": params} if params else {}), formula=formula,
+                        statistic=statistic, modes=modes, without_act=without_act)  # fmt: skip
         NORMS.register(name, spec, origin=origin_of(builder), replace=replace)
         return builder
 
