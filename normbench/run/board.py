@@ -23,6 +23,7 @@ directory holding one as a run, so an experiment at the sweep root would be a ru
 
 from __future__ import annotations
 
+import re
 import shlex
 import time
 from collections.abc import Mapping, Sequence
@@ -237,6 +238,9 @@ class _NoWriter:
 
 # Time Series' tag filter of the printed links: loss and accuracy, not the learning rate or the diagnostics.
 LOSS_AND_ACCURACY = "^(train/(loss|acc)|val/)"
+# A run name's norm (as compared: `gn+ws`) and images per worker (plan/naming.py): norm names may hold `_`
+# (evonorm_s0), so the norm is what precedes the first `_b` and three digits.
+NORM_OF_RUN = r"^(.+?)_b\d{3}"
 
 
 def timeseries_url(port: int = 6006, runs: str = "", color: str = "run", tags: str = LOSS_AND_ACCURACY) -> str:
@@ -246,7 +250,7 @@ def timeseries_url(port: int = 6006, runs: str = "", color: str = "run", tags: s
     query = {"tagFilter": tags}
     if runs:
         query["runFilter"] = runs
-    query["runColorGroup"] = "regex:^([^_]+)_" if color == "norm" else "run"
+    query["runColorGroup"] = f"regex:{NORM_OF_RUN}" if color == "norm" else "run"
     encoded = "&".join(f"{key}={quote(value, safe='')}" for key, value in query.items())
     return f"http://localhost:{port}/?{encoded}#timeseries"
 
@@ -263,10 +267,10 @@ def tensorboard_hint(log_dir: Path, runs: Sequence[str] = ()) -> str:
     ]
     if runs:
         first = sorted(runs)[0]
-        norm, rest = first.split("_", 1) if "_" in first else (first, "")
-        if rest:
-            batch = rest.split("_")[0]
+        named = re.match(NORM_OF_RUN + r"(x\d+)?", first)
+        norm, batch = (named.group(1), first[len(named.group(1)) + 1 : named.end()]) if named else (first, "")
+        if batch:
             lines.append(f"  every norm at {batch}: {timeseries_url(runs=f'_{batch}(_|$)', color='norm')}")
-        lines.append(f"  {norm} at every batch size: {timeseries_url(runs=f'^{norm}_')}")
+        lines.append(f"  {norm} at every batch size: {timeseries_url(runs=f'^{re.escape(norm)}_b')}")
         lines.append("  HParams (parallel coordinates, final metrics): http://localhost:6006/#hparams")
     return "\n".join(lines)

@@ -194,7 +194,8 @@ def _placeholder_model(spec: ModelSpec, fixed: dict[str, Any], options: dict[str
         module.slot_channels = channels
         return module
 
-    return spec.cls(**{**fixed, "norm_layer": slot, "act_layer": nn.Identity}, **options)
+    placeholders = {"norm_layer": slot, "act_layer": nn.Identity}
+    return spec.cls(**{**fixed, **{k: v for k, v in placeholders.items() if k in fixed}}, **options)
 
 
 def norm_inputs(model: nn.Module, in_channels: int, image_size: tuple[int, int]) -> dict[str, tuple[int, ...]]:

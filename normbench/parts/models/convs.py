@@ -36,7 +36,7 @@ class ConvOption:
     formula: str
 
 
-CONVS: Options[ConvOption] = Options("conv option")
+CONVS: Options[ConvOption] = Options("conv")
 
 
 def register_conv(name: str, factory: str, *, summary: str, formula: str, replace: bool = False) -> ConvOption:

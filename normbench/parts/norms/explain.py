@@ -1,5 +1,6 @@
-"""What a norm computes on an input of a given shape (`normbench explain`): axes, statistic counts, parameters,
-and with data-parallel workers what one worker share is and what syncbn averages."""
+"""What a norm computes on an input of a given shape (`normbench explain`): its formula, axes, statistic counts,
+parameters, how training and evaluation differ, for a norm-activation layer what it is without its activation, and
+with data-parallel workers what one worker share is and what syncbn averages. All of it read from the registry."""
 
 from __future__ import annotations
 
@@ -25,6 +26,12 @@ class NormExplanation:
     problem: str | None = None  # why the norm cannot normalize this shape in training (too few values), if so
     workers: int = 1  # data-parallel workers sharing the batch N: shares of N / workers samples
     synced: bool = False  # batch statistics over every worker's share (syncbn), else per share
+    statistic: str = "mean and variance"  # what each statistic over the axes is
+    formula: str = ""
+    train_vs_eval: str = ""
+    activation: bool = False  # a norm-activation layer: it includes the activation after it
+    without_act: str = ""  # what it is where a model puts no activation after its norm
+    params_without_act: int | None = None  # its parameters then
 
     @property
     def images_per_worker(self) -> int:
@@ -53,7 +60,8 @@ def explain(name: str, shape: tuple[int, ...], workers: int = 1, **options: Any)
     each = spec.statistic_size((shape[0] // workers, *shape[1:]) if per_share else shape, **options)
     if not each:
         return NormExplanation(name, shape, layout, "", 0, 0, 0, False, workers=workers)
-    params = spec.params(channels, **{**spec.options, **options})
+    given = {**spec.options, **options}
+    params = spec.params(channels, **given)
     axes = spec.layouts[layout].axes
     groups = options.get("groups", spec.options.get("groups")) if "/G" in axes else None
     share = (shape[0] // workers, *shape[1:]) if per_share else shape
@@ -71,4 +79,10 @@ def explain(name: str, shape: tuple[int, ...], workers: int = 1, **options: Any)
         problem,
         workers,
         spec.synced,
+        spec.statistic,
+        spec.formula,
+        spec.train_vs_eval,
+        spec.activation,
+        spec.without_act,
+        spec.params(channels, **given, act=False) if spec.activation else None,
     )
