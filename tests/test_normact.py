@@ -389,8 +389,8 @@ def test_the_small_batch_preset_plans_24_runs_with_distinct_names(tmp_path) -> N
 def test_precise_bn_and_frozen_buffers_take_a_running_variance_alone() -> None:
     """PreciseBN restarts EvoNorm-B0's running variance (no running mean to zero) and re-estimates it as the
     cumulative average of the unbiased batch variances; a train-mode pass inside frozen_buffers changes nothing."""
-    from normbench.parts.data.synthetic_images import make_synthetic
     from normbench.parts.data.batches import Batches
+    from normbench.parts.data.synthetic_images import make_synthetic
 
     data = make_synthetic(64, 8)
     batches = Batches(data.train_images, data.train_labels, 16, data.mean, data.std, torch.device("cpu"), train=True)

@@ -9,9 +9,9 @@ way every figure's x axis runs.
 `b` is the images per worker (the batch itself with one worker), zero-padded so that name order is numeric order,
 and `xW` the workers when there are several. The norm is named as the run compares it (`compared`): with the conv
 option its model has on, so that gn and gn + ws differ even where a cell sets `model.ws`. A sweep's `cell`
-(configs/cell/: a norm at a worker split) is not repeated, nor a conv option: the label already says them. The `normbench_run` resolver names a sweep's run directories
-(`hydra.sweep.subdir`), `normbench_split` a run's own (`hydra.run.dir`), and the pre-flight names runs with the same
-functions, so they agree.
+(configs/cell/: a norm at a worker split) is not repeated, nor a conv option: the label already says them. The
+`normbench_run` resolver names a sweep's run directories (`hydra.sweep.subdir`), `normbench_split` a run's own
+(`hydra.run.dir`), and the pre-flight names runs with the same functions, so they agree.
 """
 
 from __future__ import annotations

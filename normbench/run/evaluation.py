@@ -30,7 +30,6 @@ from normbench.base.errors import NormError
 from normbench.parts.data.batches import Batches
 from normbench.parts.norms.shares import PerShare, forward_in_shares
 
-
 RUNNING = {"running_mean": 0.0, "running_var": 1.0}  # the running statistics a norm may keep, and their start
 
 

@@ -200,26 +200,32 @@ def _placeholder_model(spec: ModelSpec, fixed: dict[str, Any], options: dict[str
 
 def norm_inputs(model: nn.Module, in_channels: int, image_size: tuple[int, int]) -> dict[str, tuple[int, ...]]:
     """The input shape of each norm layer of a built `model` (its name → shape, for one image), found by one
-    forward of a zero image in eval mode with hooks on the norm slots; the model's mode is restored."""
+    forward of a zero image in eval mode with every norm slot standing in as an identity that notes its input's
+    shape (a norm keeps its input's shape): the probe runs no norm, so a shape that a norm would refuse, such as
+    InstanceNorm on a 1×1 map, is found here and refused by `check_norm_shapes` with its reason. The norm layers
+    and the model's mode are restored."""
     import torch
 
     shapes: dict[str, tuple[int, ...]] = {}
 
-    def seen(name: str) -> Callable[[nn.Module, tuple[Any, ...]], None]:
-        def hook(module: nn.Module, args: tuple[Any, ...]) -> None:
-            shapes.setdefault(name, tuple(args[0].shape))
+    def noting(name: str) -> Callable[[Any], Any]:
+        def forward(x: Any) -> Any:
+            shapes.setdefault(name, tuple(x.shape))
+            return x
 
-        return hook
+        return forward
 
-    hooks = [m.register_forward_pre_hook(seen(n)) for n, m in model.named_modules() if getattr(m, NORM_SLOT, False)]
+    slots = [(n, m) for n, m in model.named_modules() if getattr(m, NORM_SLOT, False)]
     training = model.training
     try:
+        for name, module in slots:
+            module.forward = noting(name)  # an instance attribute: the class's forward is untouched
         with torch.no_grad():
             model.eval()(torch.zeros(1, in_channels, *image_size))
     finally:
         model.train(training)
-        for hook in hooks:
-            hook.remove()
+        for _, module in slots:
+            module.__dict__.pop("forward", None)
     return shapes
 
 

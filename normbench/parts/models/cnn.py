@@ -13,7 +13,6 @@ from collections.abc import Callable, Sequence
 from torch import nn
 
 
-
 class CNN(nn.Sequential):
     def __init__(
         self,
