@@ -20,7 +20,7 @@ from normbench.base.errors import ConfigError, NormError
 from normbench.parts.models import MODELS, NORM_SLOT, build_model
 from normbench.parts.models.convs import CONVS, compared, conv_layer, register_conv
 from normbench.parts.models.ws import StdConv2d, standardized
-from normbench.parts.norms import NORMS, build_norm, explain, get_norm
+from normbench.parts.norms import NORMS, build_norm, explain, get_norm, on, register_norm
 from normbench.parts.norms.shares import PerShare, worker_shares
 from normbench.plan.naming import run_name, split_label
 from normbench.run.evaluation import PRECISE_BN_DRAW, frozen_buffers, groupable, has_running_stats, precise_bn
@@ -294,6 +294,40 @@ def test_norm_act_layers_are_refused_where_the_registry_refuses_them_with_its_re
         if spec_.layout in refused:
             with pytest.raises(NormError, match=f"norm={name} cannot normalize {spec_.layout} features"):
                 build_model({"name": model}, {"name": name}, 3, (16, 16), 10)
+
+
+class BatchNormReLU(nn.BatchNorm2d):
+    """A norm-activation layer of the test's own: BatchNorm, then ReLU unless built without its activation."""
+
+    def __init__(self, num_features: int, act: bool = True) -> None:
+        super().__init__(num_features)
+        self.act = act
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = super().forward(x)
+        return torch.relu(y) if self.act else y
+
+
+@pytest.fixture
+def bn_relu(monkeypatch) -> Iterator[str]:
+    monkeypatch.setattr(NORMS, "_entries", dict(NORMS._entries))  # the registration is undone after the test
+    monkeypatch.setattr(NORMS, "_origins", dict(NORMS._origins))
+    register_norm(
+        "bn_relu", summary="BN + ReLU as one layer", layouts={"image": on("N,H,W", torch=BatchNormReLU)},
+        batch_statistics=True, activation=True,
+    )(lambda cls, num_features, act: cls(num_features, act))  # fmt: skip
+    yield "bn_relu"
+
+
+def test_a_norm_act_layer_is_one_registration(bn_relu: str) -> None:
+    """Registered with activation=True, a layer goes into every conv model's norm-act slot: the model's own
+    activation becomes an identity, and the layer is built without its activation where the model has none."""
+    net = build_model({"name": "resnet20"}, {"name": bn_relu}, 3, (8, 8), 10)
+    slots = [m for m in net.modules() if getattr(m, NORM_SLOT, False)]
+    assert all(isinstance(m, BatchNormReLU) for m in slots) and not any(isinstance(m, nn.ReLU) for m in net.modules())
+    assert sum(not m.act for m in slots) == 9 and get_norm(bn_relu).options == {"impl": "torch"}
+    with pytest.raises(NormError, match="bn_relu cannot normalize vector features"):
+        build_model({"name": "mlp"}, {"name": bn_relu}, 3, (8, 8), 10)
 
 
 def test_explain_reads_formula_axes_and_modes_from_the_registry() -> None:

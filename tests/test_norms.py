@@ -335,6 +335,18 @@ def test_explain_matches_the_notes_table(name, shape, axes, stats, each, params,
     )
 
 
+@pytest.mark.parametrize(("name", "layout"), [(n, lay) for n, spec in NORMS.items() for lay in spec.layouts])
+def test_the_registry_states_every_layers_parameter_count(name: str, layout: str) -> None:
+    """`params`, which `explain` reports without building anything, against the built layer: with and without its
+    activation for a norm-activation layer (`act=False`: where a model has no activation after its norm)."""
+    spec = get_norm(name)
+    e = explain(name, SHAPES[layout], **grouped(name))
+    for act in (True, False) if spec.activation else (True,):
+        layer = build_norm(name, 8, layout, act=act, **grouped(name))
+        stated = (e.params if act else e.params_without_act) if e.axes else 0
+        assert sum(p.numel() for p in layer.parameters()) == stated, (name, layout, act)
+
+
 @pytest.mark.parametrize(
     ("name", "stats", "each"), [("bn", 32, 32), ("brn", 32, 32), ("syncbn", 8, 128), ("ln", 8, 128), ("in", 64, 16)]
 )

@@ -364,9 +364,9 @@ def explain(
             )
         else:
             meaning = (
-                f"each share normalized with its own statistics ({e.workers} × "
-                f"{NORMS[norm].statistic_words(e.num_statistics // e.workers)}, {e.values_per_statistic} values "
-                "each); the running statistics follow worker 0's share "
+                f"each share normalized with its own statistics ({e.workers} × {e.num_statistics // e.workers} "
+                f"{e.statistic.split(' and ')[0]}s, {e.values_per_statistic} values each); the running statistics "
+                "follow worker 0's share "
                 "(DDP broadcasts rank 0's buffers); syncbn would average over all shares"
             )
         table.add_row("worker shares", f"{share}: {meaning}")
