@@ -9,6 +9,8 @@ layer against the formula and against timm to float32's 1e-5 (outputs) and 1e-4 
 from __future__ import annotations
 
 import copy
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -415,6 +417,8 @@ def test_the_small_batch_preset_plans_24_runs_with_distinct_names(tmp_path) -> N
     assert all(p.config.optim.lr == 0.02 and p.config.batch_size == 32 and p.budget.total_steps == 1248
                for p in plans.values())  # fmt: skip
     assert plans["gn+ws_b002x16_seed000"].config.model.ws and not plans["gn_b002x16_seed000"].config.model.ws
+    assert plans["gn+ws_b002x16_seed000"].hparams["norm"] == "gn+ws" and "/ gn+ws, batch 32" in plans[
+        "gn+ws_b002x16_seed000"].title  # fmt: skip
     assert plans["evonorm_b0_b002x16_seed000"].per_statistic == 2  # its batch variance: per worker share
     default = (ROOT / "configs" / "sweep" / "default.yaml").read_text()
     assert all(line in default for line in ("epochs: 4", "train_size: 10000", "lr: 0.02", "schedule: cosine"))
@@ -461,3 +465,15 @@ def test_reports_tell_gn_from_gn_with_ws(tmp_path) -> None:
         train(tmp_path / name, f"norm={norm}", "norm.groups=4" if norm == "gn" else "log.every=1", *extra)
     groups = {g["norm"]: g for g in summarize(tmp_path)["groups"]}
     assert list(groups) == ["gn", "gn+ws", "frn"] and all(g["runs"] == 1 for g in groups.values())
+
+
+def test_explain_and_list_of_the_new_norms_and_conv_options_import_no_torch() -> None:
+    code = (
+        "import sys; from typer.testing import CliRunner; from normbench.cli import app; "
+        "r = CliRunner().invoke(app, ['explain', 'evonorm_b0', '--shape', '8,16,4,4', '--workers', '4', '--conv', "
+        "'ws']); assert r.exit_code == 0 and 'running variance' in r.output, r.output; "
+        "r = CliRunner().invoke(app, ['list']); assert r.exit_code == 0 and 'frn' in r.output; "
+        "assert 'torch' not in sys.modules, 'torch imported'"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 0, done.stderr

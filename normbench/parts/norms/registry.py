@@ -15,6 +15,11 @@ The builder's keyword-only parameters are the norm's options: their defaults and
 only statement of them (`NormSpec.options`, `NormSpec.option_types`); `impl` is added by the registry. The
 built-in norms are registered in `catalog.py`.
 
+A norm-activation layer (FRN + TLU, EvoNorm: `activation=True`) is a norm and the nonlinearity after it in one
+layer. Its builder takes `act` after `num_features`, and the models put it where they put a norm followed by their
+activation, with no activation of their own; `act=False` builds it where a model has no activation after its norm
+(models/__init__.py). `formula`, `statistic`, `modes` and `without_act` are what `normbench explain` says of a norm.
+
 Conventions every built-in norm follows: the variance used to normalize is the biased one, eps sits inside the
 square root, γ and β are per channel. Batch norms keep running statistics with **PyTorch's momentum
 convention**, `running = (1 - m) * running + m * batch` with m = 0.1 and the *unbiased* batch variance going
