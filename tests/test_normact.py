@@ -477,3 +477,12 @@ def test_explain_and_list_of_the_new_norms_and_conv_options_import_no_torch() ->
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert done.returncode == 0, done.stderr
+
+
+def test_the_presets_split_cells_compute_what_one_worker_computes(tmp_path) -> None:
+    """sweep=small_batch's syncbn at 16 workers is bn over the total batch, and its per-sample norms do not depend on
+    the split: in one process their runs equal the one-worker runs to the last bit (here at 4 workers of 2 images)."""
+    for norm, reference in (("syncbn", "bn"), ("frn", "frn")):
+        split = train(tmp_path / f"{norm}_split", f"norm={norm}", "workers=4")
+        whole = train(tmp_path / f"{reference}_whole", f"norm={reference}", "workers=1")
+        assert split.metrics == whole.metrics and split.curve == whole.curve, norm
