@@ -414,14 +414,15 @@ def test_the_small_batch_preset_plans_24_runs_with_distinct_names(tmp_path) -> N
     assert cells == {"bn_b002x16", "syncbn_b002x16", "gn_b002x16", "gn+ws_b002x16", "frn_b002x16",
                      "evonorm_s0_b002x16", "evonorm_b0_b002x16", "bn_b032"}  # fmt: skip
     plans = check.plans
-    assert all(p.config.optim.lr == 0.02 and p.config.batch_size == 32 and p.budget.total_steps == 1248
+    # The default preset's design (sweep=default) at the lr of docs/science.md §13's rule.
+    assert all(p.config.optim.lr == 0.005 and p.config.batch_size == 32 and p.budget.total_steps == 1248
                for p in plans.values())  # fmt: skip
     assert plans["gn+ws_b002x16_seed000"].config.model.ws and not plans["gn_b002x16_seed000"].config.model.ws
     assert plans["gn+ws_b002x16_seed000"].hparams["norm"] == "gn+ws" and "/ gn+ws, batch 32" in plans[
         "gn+ws_b002x16_seed000"].title  # fmt: skip
     assert plans["evonorm_b0_b002x16_seed000"].per_statistic == 2  # its batch variance: per worker share
     default = (ROOT / "configs" / "sweep" / "default.yaml").read_text()
-    assert all(line in default for line in ("epochs: 4", "train_size: 10000", "lr: 0.02", "schedule: cosine"))
+    assert all(line in default for line in ("epochs: 4", "train_size: 10000", "val_size: 2000", "schedule: cosine"))
 
 
 def test_precise_bn_and_frozen_buffers_take_a_running_variance_alone() -> None:
@@ -482,7 +483,7 @@ def test_explain_and_list_of_the_new_norms_and_conv_options_import_no_torch() ->
 def test_the_presets_split_cells_compute_what_one_worker_computes(tmp_path) -> None:
     """sweep=small_batch's syncbn at 16 workers is bn over the total batch, and its per-sample norms do not depend on
     the split: in one process their runs equal the one-worker runs to the last bit (here at 4 workers of 2 images)."""
-    for norm, reference in (("syncbn", "bn"), ("frn", "frn")):
+    for norm, reference in (("syncbn", "bn"), ("gn", "gn"), ("frn", "frn")):
         split = train(tmp_path / f"{norm}_split", f"norm={norm}", "workers=4")
         whole = train(tmp_path / f"{reference}_whole", f"norm={reference}", "workers=1")
         assert split.metrics == whole.metrics and split.curve == whole.curve, norm
