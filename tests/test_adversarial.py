@@ -6,8 +6,6 @@ happened; shared files with the run directory's permissions."""
 
 from __future__ import annotations
 
-import pytest
-
 import json
 import os
 import re
@@ -18,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from conftest import events, normbench
 from test_records import EXE, MOMENTS, SMALL, Sweep, _ok, _stopped_cleanly, _wait, tree_hashes
 from test_records import completed as completed  # fixtures: re-exported, pytest finds them by name

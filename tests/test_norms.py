@@ -18,30 +18,20 @@ from typer.testing import CliRunner
 from normbench.base.errors import NormError
 from normbench.cli import app
 from normbench.launch.compose import compose_unchecked
-from normbench.parts.models import check_norm_shapes
-from normbench.parts.norms import NORMS, build_norm, explain, get_norm, on, register_norm
+from normbench.parts.models import build_model, check_norm_shapes
+from normbench.parts.norms import IMPLS, LAYOUTS, NORMS, build_norm, explain, get_norm, on, register_norm
 from normbench.parts.norms.layers import BatchRenorm
 
 SHAPES = {"vector": (6, 8), "image": (4, 8, 5, 3), "sequence": (3, 7, 8)}
-# The documented axes (norms/catalog.py table), as dims of the input, for an independent computation.
-# "group": (N, G, C/G, ...) view; "token": statistics per (n, l) over D.
-AXES = {
-    ("bn", "vector"): (0,),
-    ("bn", "image"): (0, 2, 3),
-    ("bn", "sequence"): (0, 1),
-    ("syncbn", "vector"): (0,),  # one process: bn's axes (tests/test_workers.py: across processes)
-    ("syncbn", "image"): (0, 2, 3),
-    ("syncbn", "sequence"): (0, 1),
-    ("ln", "vector"): (1,),
-    ("ln", "image"): (1, 2, 3),
-    ("ln", "sequence"): (2,),
-    ("rms", "vector"): (1,),
-    ("rms", "image"): (1, 2, 3),
-    ("rms", "sequence"): (2,),
-    ("in", "image"): (2, 3),
-    ("in", "sequence"): (1,),
-}
-PAIRS = [(n, lay) for n, spec in NORMS.items() for lay in spec.axes if n != "none"]
+GROUPS = 2  # grouped norms (gn) in these tests: 4 channels per group
+# Every (norm, layout) the registry declares; the norm-activation layers (a norm and its nonlinearity, no "normalize
+# over these axes" formula) are checked against theirs in tests/test_normact.py.
+PAIRS = [(n, lay) for n, spec in NORMS.items() for lay in spec.axes if spec.axes[lay] and not spec.activation]
+WITH_IMPL = [(n, lay, impl) for n, lay in PAIRS for impl in get_norm(n).impls]
+
+
+def grouped(name: str) -> dict[str, int]:
+    return {"groups": GROUPS} if "groups" in get_norm(name).options else {}
 
 
 def channel_view(v: torch.Tensor, layout: str, ndim: int) -> torch.Tensor:
@@ -49,41 +39,41 @@ def channel_view(v: torch.Tensor, layout: str, ndim: int) -> torch.Tensor:
     return v.view(-1) if layout == "sequence" else v.view(1, -1, *([1] * (ndim - 2)))
 
 
-def expected(name: str, layout: str, x: torch.Tensor, eps: float, groups: int = 2) -> torch.Tensor:
-    """Normalization written independently, in float64, from the notes' formulas (γ = 1, β = 0)."""
+def expected(name: str, layout: str, x: torch.Tensor, eps: float, groups: int = GROUPS) -> torch.Tensor:
+    """The norm's formula (γ = 1, β = 0) computed here in float64 over the axes the registry states for it, not by
+    its classes: `C/G` (or `D/G`) splits the channel axis into (G, C/G) and averages over the C/G part. A statistic
+    that is a mean and a variance standardizes, a mean square divides by its root (registry `statistic`)."""
+    spec = get_norm(name)
+    letters = list(LAYOUTS[layout])
+    axes = spec.layouts[layout].axes.split(",")
     x = x.double()
-    if name == "gn":
-        if layout in ("image", "vector"):  # (N, G, C/G, *spatial): per sample and group
-            n, c = x.shape[:2]
-            g = x.reshape(n, groups, c // groups, *x.shape[2:])
-            dims = tuple(range(2, g.dim()))
-        else:  # per token: (N, L, G, D/G)
-            g = x.reshape(*x.shape[:2], groups, x.shape[2] // groups)
-            dims = (3,)
+    shape = list(x.shape)
+    split = [a.split("/")[0] for a in axes if "/" in a]
+    if split:  # (…, C, …) as (…, G, C/G, …)
+        i = letters.index(split[0])
+        shape[i : i + 1] = [groups, shape[i] // groups]
+        letters[i : i + 1] = ["G", f"{split[0]}/G"]
+    g = x.reshape(shape)
+    dims = tuple(letters.index(a) for a in axes)
+    if spec.statistic == "mean square":
+        out = g / torch.sqrt((g * g).mean(dims, keepdim=True) + eps)
+    else:
         mu = g.mean(dims, keepdim=True)
-        var = ((g - mu) ** 2).mean(dims, keepdim=True)
-        return ((g - mu) / torch.sqrt(var + eps)).reshape(x.shape)
-    dims = AXES[(name, layout)]
-    if name == "rms":
-        return x / torch.sqrt((x**2).mean(dims, keepdim=True) + eps)
-    mu = x.mean(dims, keepdim=True)
-    var = ((x - mu) ** 2).mean(dims, keepdim=True)
-    return (x - mu) / torch.sqrt(var + eps)
+        out = (g - mu) / torch.sqrt(((g - mu) ** 2).mean(dims, keepdim=True) + eps)
+    return out.reshape(x.shape)
 
 
-@pytest.mark.parametrize("impl", ["torch", "reference"])
-@pytest.mark.parametrize(("name", "layout"), [p for p in PAIRS if p[0] != "brn"])
+@pytest.mark.parametrize(("name", "layout", "impl"), WITH_IMPL)
 def test_output_matches_formula_over_documented_axes(name: str, layout: str, impl: str) -> None:
     torch.manual_seed(0)
     x = torch.randn(SHAPES[layout]) * 3 + 1.5
-    options = {"groups": 2} if name == "gn" else {}
-    layer = build_norm(name, 8, layout, impl=impl, **options).train()
+    layer = build_norm(name, 8, layout, impl=impl, **grouped(name)).train()
     eps = layer.eps
     torch.testing.assert_close(layer(x).double(), expected(name, layout, x, eps), atol=1e-5, rtol=1e-5)
 
 
 def _pair(name: str, layout: str, **options: object) -> tuple[nn.Module, nn.Module]:
-    extra = {"groups": 2} if name == "gn" else {}
+    extra = grouped(name)
     fused = build_norm(name, 8, layout, impl="torch", **extra, **options)
     ref = build_norm(name, 8, layout, impl="reference", **extra, **options)
     torch.manual_seed(1)
@@ -94,7 +84,7 @@ def _pair(name: str, layout: str, **options: object) -> tuple[nn.Module, nn.Modu
     return fused, ref
 
 
-TWO_IMPLS = [p for p in PAIRS if p[0] != "brn"]  # Batch Renorm has only the reference implementation
+TWO_IMPLS = [p for p in PAIRS if set(IMPLS) <= set(get_norm(p[0]).impls)]  # brn: the formula code only
 PARITY = [(*p, {}) for p in TWO_IMPLS] + [("bn", lay, {"momentum": None}) for lay in SHAPES]  # + cumulative BN
 
 
@@ -213,19 +203,17 @@ def test_batch_renorm_in_eval_mode_is_batch_norm_with_its_running_statistics(lay
     assert all(torch.equal(before[k], v) for k, v in brn.state_dict().items())
 
 
-AFFINE = [(n, lay) for n, spec in NORMS.items() if "affine" in spec.options for lay in spec.axes]
+AFFINE = [(n, lay, impl) for n, lay, impl in WITH_IMPL if "affine" in get_norm(n).options]
 
 
-@pytest.mark.parametrize("impl", ["torch", "reference"])
-@pytest.mark.parametrize(("name", "layout"), AFFINE)
+@pytest.mark.parametrize(("name", "layout", "impl"), AFFINE)
 def test_affine_false_has_no_parameters_and_gives_the_bare_formula(name: str, layout: str, impl: str) -> None:
-    if impl not in get_norm(name).impls:
-        pytest.skip(f"{name} has no {impl} implementation")
-    layer = build_norm(name, 8, layout, impl=impl, affine=False, **({"groups": 2} if name == "gn" else {}))
+    layer = build_norm(name, 8, layout, impl=impl, affine=False, **grouped(name))
     assert list(layer.parameters()) == [] and not {"weight", "bias"} & set(layer.state_dict())
     x = torch.randn(SHAPES[layout], generator=torch.Generator().manual_seed(7)) * 3 + 1.5
-    formula = expected("bn" if name == "brn" else name, layout, x, layer.eps)  # brn at its start is bn
+    formula = expected(name, layout, x, layer.eps)  # brn at its start (clip limits r = 1, d = 0) is bn
     torch.testing.assert_close(layer.train()(x).double(), formula, atol=1e-5, rtol=1e-5)
+    assert get_norm(name).params(8, **{**get_norm(name).options, "affine": False}) == 0
 
 
 @pytest.mark.parametrize("impl", ["torch", "reference"])
@@ -247,7 +235,8 @@ def test_instance_norm_refuses_vector_features() -> None:
     message = str(error.value)
     assert "norm=in cannot normalize vector features (N, C)" in message
     assert "single value per sample" in message and "image (N, C, H, W)" in message
-    assert "Norms for vector features: bn, brn, gn, ln, rms" in message
+    usable = sorted(n for n, spec in NORMS.items() if "vector" in spec.layouts and n != "none")
+    assert f"Norms for vector features: {', '.join(usable)}." in message and "frn" not in usable
 
 
 @pytest.mark.parametrize("impl", ["torch", "reference"])
@@ -289,7 +278,7 @@ def test_refusals_name_the_bad_value_and_what_is_allowed() -> None:
         NormError, match=r"groups=3 does not divide the 32 channels.*Allowed for 32 channels: 1, 2, 4, 8, 16, 32"
     ):
         build_norm("gn", 32, "image", groups=3)
-    with pytest.raises(NormError, match=r"Unknown norm 'batchnorm'. Registered norms: bn, brn, gn, in, ln, none, rms"):
+    with pytest.raises(NormError, match=rf"Unknown norm 'batchnorm'. The norm options: {', '.join(NORMS)} "):
         build_norm("batchnorm", 8, "image")
     with pytest.raises(NormError, match=r"norm=bn has no option 'groups'. Its options: eps=1e-05, momentum=0.1"):
         build_norm("bn", 8, "image", groups=2)
@@ -346,6 +335,18 @@ def test_explain_matches_the_notes_table(name, shape, axes, stats, each, params,
     )
 
 
+@pytest.mark.parametrize(("name", "layout"), [(n, lay) for n, spec in NORMS.items() for lay in spec.layouts])
+def test_the_registry_states_every_layers_parameter_count(name: str, layout: str) -> None:
+    """`params`, which `explain` reports without building anything, against the built layer: with and without its
+    activation for a norm-activation layer (`act=False`: where a model has no activation after its norm)."""
+    spec = get_norm(name)
+    e = explain(name, SHAPES[layout], **grouped(name))
+    for act in (True, False) if spec.activation else (True,):
+        layer = build_norm(name, 8, layout, act=act, **grouped(name))
+        stated = (e.params if act else e.params_without_act) if e.axes else 0
+        assert sum(p.numel() for p in layer.parameters()) == stated, (name, layout, act)
+
+
 @pytest.mark.parametrize(
     ("name", "stats", "each"), [("bn", 32, 32), ("brn", 32, 32), ("syncbn", 8, 128), ("ln", 8, 128), ("in", 64, 16)]
 )
@@ -356,7 +357,7 @@ def test_explain_with_workers_counts_statistics_per_share(name: str, stats: int,
     assert (e.num_statistics, e.values_per_statistic, e.images_per_worker) == (stats, each, 2)
 
 
-@pytest.mark.parametrize("name", ["in"])
+@pytest.mark.parametrize("name", [n for n, spec in NORMS.items() if "vector" not in spec.layouts])
 def test_explain_refuses_vector_features_like_the_registry(name: str) -> None:
     with pytest.raises(NormError) as from_explain:
         explain(name, (4, 256))
@@ -440,17 +441,29 @@ def test_shape_check_by_mode_and_by_group() -> None:
     get_norm("gn").check((4, 8), training=True, groups=2)
 
 
+def _check(model: dict, norm: dict, images: int, size: int = 4) -> None:
+    net = build_model(model, norm, 3, (size, size), 10)
+    check_norm_shapes(net, model["name"], norm, 3, (size, size), images, f"batch_size={images}")
+
+
 def test_model_check_names_model_norm_layer_and_what_is_allowed() -> None:
-    with pytest.raises(NormError) as error:  # six stages halve 32 down to 1x1 at the sixth norm
-        check_norm_shapes({"name": "cnn", "widths": [8] * 6}, {"name": "in"}, batch_size=4)
+    resnet = {"name": "resnet20"}  # on 4x4 images its third stage works on 1x1 maps
+    with pytest.raises(NormError) as error:
+        _check(resnet, {"name": "in"}, 4)
     message = str(error.value)
-    # The CNN names each stage's norm by its place: the sixth stage's is stage6.norm.
-    assert "batch_size=4 with norm=in on model=cnn" in message and "'stage6.norm' gets (4, 8, 1, 1)" in message
-    assert "a norm whose statistics average more values here (bn, brn, syncbn, ln, rms)" in message
-    with pytest.raises(NormError, match=r"Use batch_size >= 2, or a norm that works per sample \(ln, rms\)"):
-        check_norm_shapes({"name": "cnn", "widths": [8] * 6}, {"name": "bn"}, batch_size=1)
-    check_norm_shapes({"name": "cnn", "widths": [8] * 5}, {"name": "in"}, batch_size=1)  # 2x2 maps are enough
-    check_norm_shapes({"name": "transformer"}, {"name": "bn"}, batch_size=1)  # bn averages over the tokens
+    # Layers are named by their place: the first block of the third stage halves 2x2 to 1x1.
+    assert "batch_size=4 with norm=in on model=resnet20" in message
+    assert "'stage3.block1.norm1' gets (4, 64, 1, 1)" in message
+    works = [n for n, spec in NORMS.items() if spec.normalizes((4, 64, 1, 1), True)]
+    assert {"bn", "ln", "gn"} <= set(works) and not {"in", "frn"} & set(works)  # frn: one value per statistic on 1x1
+    assert f"a norm whose statistics average more values here ({', '.join(works)})" in message
+    per_sample = [n for n, spec in NORMS.items() if not spec.batch_statistics and spec.normalizes((1, 64, 1, 1), True)]
+    with pytest.raises(
+        NormError, match=rf"Use batch_size >= 2, or a norm that works per sample \({', '.join(per_sample)}\)"
+    ):
+        _check(resnet, {"name": "bn"}, 1)
+    _check(resnet, {"name": "in"}, 1, size=8)  # 2x2 maps are enough
+    _check({"name": "transformer"}, {"name": "bn"}, 1, size=32)  # bn averages over the tokens
 
 
 class ScaleNorm(nn.Module):
@@ -465,15 +478,20 @@ class ScaleNorm(nn.Module):
 
 
 @pytest.fixture
-def scale_norm() -> Iterator[str]:
+def scale_norm(monkeypatch) -> Iterator[str]:
+    monkeypatch.setattr(NORMS, "_entries", dict(NORMS._entries))  # the registration is undone after the test
+    monkeypatch.setattr(NORMS, "_origins", dict(NORMS._origins))
+
     @register_norm(
-        "scale", summary="ScaleNorm: x / ||x|| · g over the features", layouts={"vector": on("C", torch=ScaleNorm)}
+        "scale",
+        summary="ScaleNorm: x / ||x|| · g over the features",
+        layouts={"vector": on("C", torch=ScaleNorm)},
+        params=lambda channels, **_: 1,  # one learned scalar
     )
     def build(cls: type[ScaleNorm], num_features: int, *, eps: float = 1e-5) -> nn.Module:
         return cls(num_features, eps=eps)
 
     yield "scale"
-    del NORMS["scale"]
 
 
 def test_a_new_norm_is_one_registration(scale_norm: str) -> None:

@@ -134,6 +134,7 @@ class MyScaleNorm(nn.Module):
     "scalenorm",
     summary="x / ||x|| · g (Nguyen & Salazar 2019)",
     layouts={"vector": on("C", torch=MyScaleNorm), "sequence": on("D", torch=MyScaleNorm)},
+    params=lambda channels, **options: 1,  # its parameter count, for `explain`: one learned scalar g
 )
 def scale_norm(cls, num_features: int, *, eps: float = 1e-5):
     return cls(num_features, eps=eps)
@@ -165,7 +166,7 @@ def test_a_plugin_module_adds_a_norm_to_an_installed_normbench(tmp_path) -> None
     listed = " ".join(normbench("list", cwd=tmp_path, **env).stdout.split())
     assert "│ norm │ scalenorm │ x / ||x|| · g (Nguyen & Salazar 2019) (layouts: vector, sequence)" in listed
     helped = normbench("--help", cwd=tmp_path, **env)
-    assert helped.returncode == 0 and "norm=bn|brn|syncbn|ln|in|gn|rms|none|scalenorm" in "".join(helped.stdout.split())
+    assert helped.returncode == 0 and f"norm={'|'.join(NORMS)}|scalenorm" in "".join(helped.stdout.split())
     explained = " ".join(normbench("explain", "scalenorm", "--shape", "4,16", cwd=tmp_path, **env).stdout.split())
     assert "values per statistic │ 16" in explained and "parameters │ 1" in explained
     refused = normbench("run", "--config-dir", str(mine), "model=cnn", "norm=scalenorm", cwd=tmp_path, **env)

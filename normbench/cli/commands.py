@@ -259,7 +259,7 @@ def report(
 
 @app.command("list")
 def list_() -> None:
-    """The registered norms, models, datasets and optimizers, with one line each."""
+    """The registered norms, models, datasets and optimizers, and the conv options of the conv models, one line each."""
     table = Table(title="normbench: what can be chosen", show_lines=False)
     table.add_column("group")
     table.add_column("name", style="bold")
@@ -267,6 +267,10 @@ def list_() -> None:
     for group, registry in GROUPS.items():
         for name, entry in registry.items():
             table.add_row(group, name, describe_option(entry))
+    from normbench.parts.models.convs import CONVS
+
+    for name, conv in CONVS.items():  # a setting of the models that take a conv_layer (cnn, resnets): model.NAME=true
+        table.add_row("conv", name, f"{conv.summary} [dim](model.{name}=true)[/]")
     console.print(table)
 
 
@@ -294,10 +298,15 @@ def explain(
     workers: int = typer.Option(
         1, "--workers", help="Data-parallel workers sharing the batch N (the `workers` setting): N / workers each."
     ),
+    conv: str = typer.Option(
+        None, "--conv", help="A conv option of the image models (`model.NAME=true`, e.g. ws): what it does before NORM."
+    ),
 ) -> None:
-    """What NORM computes on an input of SHAPE: the axes of its statistics, how many statistics and how many
-    values each averages, its parameters, and whether train and eval differ. With --workers W, the batch N is
-    shared by W workers: what one worker's share is, and what a batch norm (or syncbn) averages then.
+    """What NORM computes on an input of SHAPE: its formula, the axes of its statistics, how many statistics and
+    how many values each averages, its parameters, and whether train and eval differ; for a norm-activation layer
+    (frn, evonorm_s0, evonorm_b0) what it is where a model has no activation after its norm. With --workers W, the
+    batch N is shared by W workers: what one worker's share is, and what a batch norm (or syncbn) averages then.
+    With --conv ws, what Weight Standardization does to the convolutions before the norm (`model.ws=true`).
 
     With a run's OVERRIDES instead, the same for every norm layer of the model that run would build, on its data
     (the data's channels, image size and classes shape the model):
@@ -311,6 +320,8 @@ def explain(
     if overrides:
         _explain_run(norm, overrides)
         return
+    from normbench.parts.models.convs import CONVS
+    from normbench.parts.norms import NORMS
     from normbench.parts.norms import explain as explain_norm
 
     try:
@@ -319,20 +330,27 @@ def explain(
         raise _fail(NormbenchError(f"--shape {shape} is not a list of sizes such as 4,256 or 2,8,4,4.")) from None
     try:
         e = explain_norm(norm, dims, workers, **({"groups": groups} if groups is not None else {}))
+        conv_option = CONVS[conv] if conv is not None else None
     except NormbenchError as error:
         raise _fail(error) from None
     letters = {"vector": "N,C", "sequence": "N,L,D", "image": "N,C,H,W"}[e.layout]
     table = Table(title=f"{norm} on {e.layout} input ({letters}) = {','.join(map(str, dims))}", show_header=False)
     table.add_column(style="bold")
     table.add_column()
+    if conv_option is not None:
+        table.add_row(f"convolution ({conv_option.name})", f"{conv_option.summary}: {conv_option.formula}")
     if not e.axes:
         table.add_row("statistics", "none: identity")
     else:
+        spec = NORMS[norm]
         grouped = "/G" in e.axes
         kept = [a for a in letters.split(",") if a not in e.axes.split(",") and not (grouped and a in "CD")]
         per = ", ".join(kept + (["group of channels"] if grouped else [])) or "tensor"
-        table.add_row("statistics over", f"{e.axes}  (one mean and one variance per {per})")
-        table.add_row("number of statistics", f"{e.num_statistics} means and {e.num_statistics} variances")
+        if e.formula:
+            table.add_row("computes", e.formula)
+        one = " and one ".join(e.statistic.split(" and "))
+        table.add_row("statistics over", f"{e.axes}  (one {one} per {per})")
+        table.add_row("number of statistics", spec.statistic_words(e.num_statistics))
         table.add_row("values per statistic", str(e.values_per_statistic))
         if e.groups is not None:
             channels = dims[-1] if e.layout == "sequence" else dims[1]
@@ -349,12 +367,14 @@ def explain(
         if e.problem:
             table.add_row("[red]refused[/]", f"[red]{e.problem}[/]")
         table.add_row("parameters", str(e.params))
-        table.add_row(
-            "train vs eval",
-            "differ: batch statistics in training, running statistics in eval"
-            if e.batch_statistics
-            else "identical: statistics come from each sample alone",
-        )
+        if e.activation:
+            table.add_row(
+                "activation",
+                "included: it takes the place of the norm and the ReLU after it (the model's activation becomes an "
+                f"identity). Where a model has no activation after its norm (a ResNet block's second norm): "
+                f"{e.without_act}; {e.params_without_act} parameters",
+            )
+        table.add_row("train vs eval", e.train_vs_eval)
     if e.workers > 1:
         ipw = e.images_per_worker
         share = f"{e.workers} workers, each a contiguous share of {ipw} sample{'s' * (ipw != 1)} of the batch"
@@ -368,14 +388,13 @@ def explain(
         else:
             meaning = (
                 f"each share normalized with its own statistics ({e.workers} × {e.num_statistics // e.workers} "
-                f"means, {e.values_per_statistic} values each); the running statistics follow worker 0's share "
+                f"{e.statistic.split(' and ')[0]}s, {e.values_per_statistic} values each); the running statistics "
+                "follow worker 0's share "
                 "(DDP broadcasts rank 0's buffers); syncbn would average over all shares"
             )
         table.add_row("worker shares", f"{share}: {meaning}")
     console.print(table)
     options = {"groups": groups} if groups is not None else {}
-    from normbench.parts.norms import NORMS
-
     problem = NORMS[norm].shape_problem(dims, True, **options)
     if problem:  # what `normbench run` refuses before training, said here too
         console.print(

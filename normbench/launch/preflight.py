@@ -127,7 +127,7 @@ def plan_sweep(args: list[str], command: Callable[[Path], str], create: bool = T
             try:
                 refuse_cell_conflicts(task)
                 cfg, choices = grid.config(app_overrides(job))
-                name = run_name(cfg.norm.name, cfg.batch_size, cfg.workers, task, exclude)
+                name = run_name(cfg.norm.name, cfg.batch_size, cfg.workers, task, exclude, cfg.model)
                 run_dir = sweep_dir / name
                 rundir.refuse_unless_placed(run_dir)
                 plan = plan_run(cfg, run_dir, launch_of_job(cfg, hydra_node, again), name=name,

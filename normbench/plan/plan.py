@@ -26,6 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 from normbench.base.errors import ConfigError
 from normbench.base.files import write_atomic
 from normbench.parts.data import DataShape
+from normbench.parts.models.convs import compared
 from normbench.parts.norms import NORMS, NormSpec
 from normbench.plan import naming, schema
 from normbench.plan.schema import Budget as BudgetUnit
@@ -152,19 +153,20 @@ def make_budget(config: Config, train_images: int) -> Budget:
 
 
 def title(config: Config) -> str:
-    """`cnn / bn, batch 32` or `cnn / bn, batch 32 = 16 workers × 2 images`: a run's name in words."""
+    """`cnn / bn, batch 32` or `cnn / gn+ws, batch 32 = 16 workers × 2 images`: a run's name in words."""
     split = f"batch {config.batch_size}"
     if config.workers > 1:
         split += f" = {config.workers} workers × {naming.images_per_worker(config.batch_size, config.workers)} images"
-    return f"{config.model.name} / {config.norm.name}, {split}"
+    return f"{config.model.name} / {compared(config.norm.name, config.model)}, {split}"
 
 
 def hparams(config: Config, lr: float, data: DataShape, swept: Mapping[str, HValue] = {}) -> dict[str, HValue]:
     """A run's HParams row: the same columns for every run (norm, model, data with its image shape and classes,
     total batch, workers, images per worker, lr = the effective learning rate, seed), then the keys its sweep varies
-    (a config group by its choice)."""
+    (a config group by its choice). The norm is named as the run compares it: `gn+ws` in a model with Weight
+    Standardization (models/convs.py)."""
     row: dict[str, HValue] = {
-        "norm": config.norm.name,
+        "norm": compared(config.norm.name, config.model),
         "images_per_worker": naming.images_per_worker(config.batch_size, config.workers),
         "workers": config.workers,
         "batch_size": config.batch_size,
@@ -238,7 +240,7 @@ def plan_run(
     return RunPlan(
         config=config,
         directory=directory,
-        name=name or naming.split_label(config.norm.name, config.batch_size, config.workers),
+        name=name or naming.split_label(config.norm.name, config.batch_size, config.workers, config.model),
         title=title(config),
         launch=launch,
         data=data,

@@ -46,6 +46,7 @@ from torch import Tensor
 from torch.utils.tensorboard import SummaryWriter
 
 from normbench.base.commands import program
+from normbench.parts.models.convs import base_norm
 from normbench.parts.norms import NORMS
 from normbench.plan.naming import NAMED_BY_SPLIT
 from normbench.plan.plan import HValue, RunPlan, SweepPlan
@@ -271,6 +272,9 @@ LOSS_AND_ACCURACY = "^(train/(loss|acc)|val/)"
 # Time Series' colour groups (`runColorGroup=regex:...`): runs whose names match with the same capture groups share
 # a colour. This one groups a run name without its `_seedNNN` (plan/naming.py): a cell's seeds share a colour.
 CELL_COLOURS = r"^((?:(?!_seed\d).)*)(?:_seed\d+)?(.*)$"
+# A run name's norm (as compared: `gn+ws`) and images per worker (plan/naming.py): norm names may hold `_`
+# (evonorm_s0), so the norm is what precedes the first `_b` and three digits.
+NORM_OF_RUN = r"^(.+?)_b\d{3}"
 # TensorBoard's Time Series (2.x) colours colour groups from a palette of 7, in turn: the 8th group takes the 1st's.
 PALETTE = 7
 
@@ -283,7 +287,7 @@ def timeseries_url(port: int = 6006, runs: str = "", color: str = "run", tags: s
     query = {"tagFilter": tags}
     if runs:
         query["runFilter"] = runs
-    query["runColorGroup"] = {"cell": f"regex:{CELL_COLOURS}", "norm": "regex:^([^_]+)_"}.get(color, color)
+    query["runColorGroup"] = {"cell": f"regex:{CELL_COLOURS}", "norm": f"regex:{NORM_OF_RUN}"}.get(color, color)
     encoded = "&".join(f"{key}={quote(value, safe='')}" for key, value in query.items())
     return f"http://localhost:{port}/?{encoded}#timeseries"
 
@@ -300,7 +304,7 @@ def cell_key(hparams: Mapping[str, HValue]) -> tuple[tuple[str, str], ...]:
 
 def _split_free(norm: HValue) -> bool:
     """A norm whose training statistics do not depend on how the batch is split (per sample, or synced)."""
-    spec = NORMS.get(str(norm))
+    spec = NORMS.get(base_norm(str(norm)))
     return spec is not None and not spec.per_share
 
 
@@ -327,7 +331,7 @@ def colour_groups(runs: Mapping[str, Mapping[str, HValue]], only: str = "") -> t
         return f"regex:{guard}{CELL_COLOURS[1:]}", "a colour per cell: its seeds share one"
     norms = {n: str(h.get("norm")) for n, h in runs.items()}
     if all(n.startswith(f"{norm}_") for n, norm in norms.items()) and len(set(norms.values())) <= PALETTE:
-        return f"regex:{guard}([^_]+)_", "a colour per norm"
+        return f"regex:{guard}{NORM_OF_RUN[1:]}", "a colour per norm"
     return "run", "a colour per run"
 
 

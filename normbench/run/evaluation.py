@@ -30,10 +30,19 @@ from normbench.base.errors import NormError
 from normbench.parts.data.batches import Batches
 from normbench.parts.norms.shares import PerShare, forward_in_shares
 
+RUNNING = {"running_mean": 0.0, "running_var": 1.0}  # the running statistics a norm may keep, and their start
+
+
+def running_stats(module: nn.Module) -> dict[str, Tensor]:
+    """The running statistics `module` keeps (`running_mean`, `running_var`, or both): BatchNorm keeps both,
+    EvoNorm-B0 a variance only; a buffer set to None (BN with track_running_stats=false) is none."""
+    found = {name: getattr(module, name, None) for name in RUNNING}
+    return {name: value for name, value in found.items() if isinstance(value, Tensor)}
+
 
 def has_running_stats(module: nn.Module) -> bool:
-    """A BN-family layer: it keeps running statistics and updates them with a momentum."""
-    return getattr(module, "running_mean", None) is not None and hasattr(module, "momentum")
+    """A layer with running statistics, like BN: it keeps a running mean or variance and updates it with a momentum."""
+    return bool(running_stats(module)) and hasattr(module, "momentum")
 
 
 @torch.no_grad()
@@ -120,8 +129,8 @@ BATCH_STATS_CONTRACT = (
 )
 PRECISE_BN_CONTRACT = (
     "PreciseBN, which deep-copies the model, zeroes running_mean and num_batches_tracked, fills running_var with 1 "
-    "and sets momentum=None on every layer with running statistics (a norm with running_mean and momentum must "
-    "accept momentum=None as a cumulative average of the batches seen, as torch's BatchNorm does)"
+    "and sets momentum=None on every layer with running statistics (a norm with running_mean or running_var and "
+    "momentum must accept momentum=None as a cumulative average of the batches seen, as torch's BatchNorm does)"
 )
 
 
@@ -236,8 +245,8 @@ def precise_bn(model: nn.Module, batches: Batches, num_batches: int) -> nn.Modul
     model = copy.deepcopy(model)
     for m in model.modules():
         if has_running_stats(m):
-            m.running_mean.zero_()
-            m.running_var.fill_(1)
+            for name, statistic in running_stats(m).items():
+                statistic.fill_(RUNNING[name])
             m.num_batches_tracked.zero_()
             m.momentum = None
     model.train()

@@ -6,8 +6,9 @@ mean/std as scalars (`.../in_mean`, ...), on the first validation batch of each 
 at `log.hist_points` training steps spread over the run (`schedule`): the first step (the starting distribution),
 then the step that completes each k/N of the run, k = 1..N, so the last step is always one and every batch size
 is probed at the same fractions of its images (the same x when x counts examples).
-At the training steps, each BN-family layer's running mean/var is set against the current batch's statistics:
-`watch/bn/<layer>/mean/batch|running|gap` and `watch/bn/<layer>/var/batch|running|ratio`, side by side.
+At the training steps, each layer with running statistics has them set against the current batch's:
+`watch/bn/<layer>/mean/batch|running|gap` and `watch/bn/<layer>/var/batch|running|ratio`, side by side (a norm that
+keeps a running variance only, EvoNorm-B0, gets the `var` ones).
 Everything is written at the board's x of the step (examples seen or steps, `log.x_axis`). Hooks are attached
 only for the step that logs, tensors are subsampled to `log.hist_values` values on the device, and copied to the
 host only then.
@@ -27,7 +28,7 @@ from torch import Tensor, nn
 from normbench.parts.models import NORM_SLOT
 from normbench.parts.norms import shares
 from normbench.run.board import Board, act_tag, bn_tag
-from normbench.run.evaluation import has_running_stats
+from normbench.run.evaluation import has_running_stats, running_stats
 
 
 def norm_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -120,16 +121,22 @@ class Monitor:
         self.captured.clear()
 
     def write_bn(self, name: str, module: nn.Module, batch: tuple[Tensor, Tensor], x: int) -> None:
-        """Running statistics against this batch's: the gap BN pays for at eval time."""
-        batch_mean, batch_var = batch
-        run_mean, run_var = module.running_mean.float(), module.running_var.float()
-        gap = ((batch_mean - run_mean).abs() / torch.sqrt(run_var + module.eps)).mean()
-        ratio = (batch_var / run_var.clamp_min(1e-12)).mean()
-        for statistic, batch_value, running in (("mean", batch_mean, run_mean), ("var", batch_var, run_var)):
-            self.board.histogram(bn_tag(name, statistic, "batch"), batch_value, x)
+        """Running statistics against this batch's: the gap BN pays for at eval time. The mean's gap is in units of
+        the running standard deviation; the variance's ratio is batch over running. Only the statistics the layer
+        keeps: EvoNorm-B0 keeps a running variance alone."""
+        kept = {key.removeprefix("running_"): value.float() for key, value in running_stats(module).items()}
+        batch_values = dict(zip(("mean", "var"), batch, strict=True))
+        summaries: dict[str, Tensor] = {}
+        if "mean" in kept:
+            scale = torch.sqrt(kept["var"] + module.eps) if "var" in kept else torch.ones_like(kept["mean"])
+            summaries[bn_tag(name, "mean", "gap")] = ((batch_values["mean"] - kept["mean"]).abs() / scale).mean()
+        if "var" in kept:
+            summaries[bn_tag(name, "var", "ratio")] = (batch_values["var"] / kept["var"].clamp_min(1e-12)).mean()
+        for statistic, running in kept.items():
+            self.board.histogram(bn_tag(name, statistic, "batch"), batch_values[statistic], x)
             self.board.histogram(bn_tag(name, statistic, "running"), running, x)
-        gap_value, ratio_value = torch.stack([gap, ratio]).tolist()
-        self.board.scalars({bn_tag(name, "mean", "gap"): gap_value, bn_tag(name, "var", "ratio"): ratio_value}, x)
+        values = torch.stack(list(summaries.values())).tolist()
+        self.board.scalars(dict(zip(summaries, values, strict=True)), x)
 
     def close(self) -> None:
         self.detach()

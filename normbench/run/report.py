@@ -17,7 +17,8 @@ runs that differ only by seed into cells, and writes next to them:
 
 The x axis is images per worker = batch_size / workers: the batch one BN layer normalizes over. With one worker
 it is the batch size. A norm whose statistics do not depend on the split (ln, in, gn: per sample) trained at one
-worker is drawn at every x that has its total batch, and marked so: it is the same run there.
+worker is drawn at every x that has its total batch, and marked so: it is the same run there. A norm is named as the
+run compared it: `gn+ws` where the model had Weight Standardization on (a conv option, parts/models/convs.py).
 
 Several sweeps under DIR: runs with the same model, data and variant (what varies inside a sweep besides the
 table's axes) land in one table and figure. Where the sweeps' settings differ (their configs, compared key by
@@ -43,6 +44,7 @@ from rich.table import Table
 from normbench.base.errors import ConfigError
 from normbench.base.files import write_atomic, write_json
 from normbench.base.overrides import parse
+from normbench.parts.models.convs import base_norm, compared
 from normbench.parts.norms import NORMS
 from normbench.plan.schema import VOLATILE
 from normbench.run import record as R
@@ -205,6 +207,7 @@ def _row(name: str, rec: RunRecord, variant: str) -> dict[str, Any]:
     workers = rec.workers or 1  # records from before workers: one
     row |= {
         "run": name,
+        "norm": _compared(rec),
         "variant": variant,
         "val_acc": rec.metrics.val_acc if completed else None,
         "val_err": 1 - rec.metrics.val_acc if completed and rec.metrics.val_acc is not None else None,
@@ -247,7 +250,7 @@ def tuned(root: Path) -> list[dict[str, Any]]:
         out.append(
             {
                 "study": _run_name(root, study),
-                "norm": top.norm,
+                "norm": _compared(top),
                 "batch_size": top.batch_size,
                 "workers": top.workers or 1,
                 "images_per_worker": top.images_per_worker or top.batch_size,
@@ -261,15 +264,24 @@ def tuned(root: Path) -> list[dict[str, Any]]:
     return sorted(out, key=lambda t: (_norm_rank(t["norm"]), t["images_per_worker"] or 0))
 
 
+def _compared(rec: RunRecord) -> str | None:
+    """The norm as the run compared it: its name, with the conv option its model had on (`gn+ws`: models/convs.py),
+    so that gn and gn + ws are two cells of a table even where one sweep cell set `model.ws`."""
+    model = (rec.config or {}).get("model")
+    return compared(rec.norm, model) if rec.norm and isinstance(model, dict) else rec.norm
+
+
 def _norm_rank(norm: str | None) -> tuple[int, str]:
-    order = list(NORMS)  # registration order
-    return (order.index(norm) if norm in order else len(order), str(norm))
+    order = list(NORMS)  # registration order; `gn+ws` right after gn
+    base = base_norm(str(norm))
+    return (order.index(base) if base in order else len(order), str(norm))
 
 
 def split_free(norm: str | None) -> bool:
     """Whether the norm's training statistics do not depend on how the batch is split among workers: per-sample
-    norms (ln, in, gn, rms, none) and statistics synced over all workers."""
-    spec = NORMS.get(str(norm))
+    norms (ln, in, gn, rms, frn, evonorm_s0, none; with a conv option or not) and statistics synced over all
+    workers."""
+    spec = NORMS.get(base_norm(str(norm)))
     return spec is not None and not spec.per_share
 
 

@@ -5,7 +5,10 @@ Models take a `norm_layer(channels, act=True)` callable and an `act_layer()` cal
 
 * `norm_layer(c)`: the norm for c channels; where the model puts no activation after it, `norm_layer(c, act=False)`;
 * `act_layer()`: the activation after a norm: ReLU, or an identity when the norm is a norm-activation layer (FRN +
-  TLU, EvoNorm), which then includes its own (timm's norm-act slot, `create_norm_act`).
+  TLU, EvoNorm), which then includes its own (timm's norm-act slot, `create_norm_act`);
+* `conv_layer(in, out, kernel, ...)`, for the convolutional models: nn.Conv2d, or the class of the conv option set
+  true (`model.ws=true`: Weight Standardization). A model that takes `conv_layer` has every registered conv option
+  as a setting (convs.py), stated nowhere else.
 
 The data's shape and classes come in as `in_channels`, `image_size` (height, width) and `num_classes`, of which each
 model takes those its signature names. Its other keyword parameters are its options: their defaults and type hints
@@ -28,15 +31,16 @@ from typing import TYPE_CHECKING, Any
 
 from normbench.base.errors import ConfigError, NormError
 from normbench.base.options import Options
+from normbench.parts.models.convs import CONVS, conv_layer
 from normbench.parts.norms import NORMS, build_norm, get_norm
 from normbench.parts.norms.registry import Layout, shape_of
 
 if TYPE_CHECKING:
     from torch import nn
 
-# Constructor arguments a model does not take from its config: the norm and activation slots (from the norm registry)
-# and the data's shape and classes (from the data).
-FIXED_ARGS = ("norm_layer", "act_layer", "in_channels", "image_size", "num_classes")
+# Constructor arguments a model does not take from its config: the norm, activation and conv slots (from the norm and
+# conv option registries) and the data's shape and classes (from the data).
+FIXED_ARGS = ("norm_layer", "act_layer", "conv_layer", "in_channels", "image_size", "num_classes")
 NORM_SLOT = "normbench_norm"  # set on every module built as a model's norm layer, for the monitor's hooks
 
 
@@ -55,10 +59,13 @@ class ModelSpec:
         return getattr(importlib.import_module(module), attr)
 
     def options(self) -> dict[str, tuple[Any, Any]]:
-        """Option name -> (type hint, default): the class's keyword parameters other than the fixed ones."""
+        """Option name -> (type hint, default): the class's keyword parameters other than the fixed ones, then, for a
+        model that takes a `conv_layer`, each conv option (false by default)."""
         hints = typing.get_type_hints(self.cls.__init__)
         params = inspect.signature(self.cls).parameters.values()
-        return {p.name: (hints[p.name], p.default) for p in params if p.name not in FIXED_ARGS}
+        own = {p.name: (hints[p.name], p.default) for p in params if p.name not in FIXED_ARGS}
+        convs = {name: (bool, False) for name in CONVS} if "conv_layer" in self.fixed_args() else {}
+        return {**own, **convs}
 
     def fixed_args(self) -> list[str]:
         """The fixed arguments its class takes (FIXED_ARGS it names)."""
@@ -139,6 +146,9 @@ def build_model(
 
     given = {"norm_layer": norm_layer, "act_layer": act_layer, "in_channels": in_channels,
              "image_size": tuple(image_size), "num_classes": num_classes}  # fmt: skip
+    if "conv_layer" in spec.fixed_args():
+        given["conv_layer"] = conv_layer(options)
+        options = {k: v for k, v in options.items() if k not in CONVS}
     fixed = {k: given[k] for k in spec.fixed_args()}
     try:
         model = spec.cls(**fixed, **options)
@@ -184,21 +194,26 @@ def _placeholder_model(spec: ModelSpec, fixed: dict[str, Any], options: dict[str
         module.slot_channels = channels
         return module
 
-    placed = {**fixed, "norm_layer": slot, **({"act_layer": nn.Identity} if "act_layer" in fixed else {})}
-    return spec.cls(**placed, **options)
+    placeholders = {"norm_layer": slot, "act_layer": nn.Identity}
+    return spec.cls(**{**fixed, **{k: v for k, v in placeholders.items() if k in fixed}}, **options)
 
 
 def norm_inputs(
     model_cfg: Mapping[str, Any], in_channels: int, image_size: tuple[int, int], num_classes: int
 ) -> dict[str, tuple[int, ...]]:
     """The input shape of each norm layer of the model `model_cfg` describes (its name → shape, for one image): one
-    forward of a zero image through the model with identities in the norms' places, so no norm computes."""
+    forward of a zero image through the model with identities in the norms' places, so no norm computes (a shape
+    that a norm would refuse, such as InstanceNorm on a 1×1 map, is found here and refused by `check_norm_shapes`
+    with its reason)."""
     import torch
 
     name, options = split_name(model_cfg)
     spec = MODELS[name]
-    given = {"act_layer": None, "in_channels": in_channels, "image_size": tuple(image_size), "num_classes": num_classes}
-    fixed = {k: given.get(k) for k in spec.fixed_args() if k != "norm_layer"}
+    given = {"in_channels": in_channels, "image_size": tuple(image_size), "num_classes": num_classes}
+    if "conv_layer" in spec.fixed_args():
+        given["conv_layer"] = conv_layer(options)
+        options = {k: v for k, v in options.items() if k not in CONVS}
+    fixed = {k: given.get(k) for k in spec.fixed_args()}
     placeholder = _placeholder_model(spec, fixed, options).eval()
     shapes: dict[str, tuple[int, ...]] = {}
 

@@ -1,5 +1,5 @@
 """A small VGG-style CNN: stages of (Conv3×3 → Norm → activation) × convs, then 2×2 max-pool; any image size (the
-head pools globally).
+head pools globally). Every conv is a `conv_layer` (nn.Conv2d, or a conv option's class: `model.ws=true`).
 
 Modules are named by their place (`stage2.norm`, `head.fc`), so TensorBoard tags and state_dict keys say
 where a layer sits rather than its index in a flat list.
@@ -12,21 +12,18 @@ from collections.abc import Callable, Sequence
 
 from torch import nn
 
-from normbench.parts.models.ws import conv_class
-
 
 class CNN(nn.Sequential):
     def __init__(
         self,
         norm_layer: Callable[[int], nn.Module],
         act_layer: Callable[[], nn.Module],
+        conv_layer: Callable[..., nn.Conv2d],
         in_channels: int,
         num_classes: int,
         widths: Sequence[int] = (32, 64, 128),
         convs_per_stage: int = 1,
-        ws: bool = False,
     ) -> None:
-        conv = conv_class(ws)
         stages: OrderedDict[str, nn.Module] = OrderedDict()
         channels = in_channels
         for s, width in enumerate(widths, start=1):
@@ -34,7 +31,7 @@ class CNN(nn.Sequential):
             for c in range(1, convs_per_stage + 1):
                 suffix = str(c) if convs_per_stage > 1 else ""  # `norm` for one conv per stage, else norm1, norm2
                 # The norm's β makes a conv bias redundant; keep it anyway so norm=none stays a fair baseline.
-                stage[f"conv{suffix}"] = conv(channels, width, 3, padding=1)
+                stage[f"conv{suffix}"] = conv_layer(channels, width, 3, padding=1)
                 stage[f"norm{suffix}"] = norm_layer(width)
                 stage[f"act{suffix}"] = act_layer()
                 channels = width

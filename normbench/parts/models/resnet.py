@@ -11,7 +11,8 @@ so the parameter count and the norm layers (every one of them is in the residual
 a 1×1 projection (option B) would add a conv and a norm per downsampling block that the published CIFAR
 figures do not have.
 
-Convs have no bias (as in the paper and torchvision): the norm that follows has its own shift β.
+Convs have no bias (as in the paper and torchvision): the norm that follows has its own shift β. Every conv is a
+`conv_layer` (nn.Conv2d, or a conv option's class: `model.ws=true`).
 Modules are named by their place (`stage2.block1.norm1`): TensorBoard tags are built from module names.
 
 A norm-activation layer (FRN + TLU, EvoNorm) takes the place of a norm and the ReLU after it; the second norm of a
@@ -24,8 +25,6 @@ from collections.abc import Callable
 
 import torch.nn.functional as F
 from torch import Tensor, nn
-
-from normbench.parts.models.ws import conv_class
 
 WIDTHS = (16, 32, 64)
 
@@ -40,7 +39,7 @@ class BasicBlock(nn.Module):
         in_channels: int,
         channels: int,
         stride: int,
-        conv: type[nn.Conv2d] = nn.Conv2d,
+        conv: Callable[..., nn.Conv2d] = nn.Conv2d,
     ) -> None:
         super().__init__()
         self.conv1 = conv(in_channels, channels, 3, stride=stride, padding=1, bias=False)
@@ -75,13 +74,13 @@ class CifarResNet(nn.Module):
         self,
         norm_layer: Callable[..., nn.Module],
         act_layer: Callable[[], nn.Module],
+        conv_layer: Callable[..., nn.Conv2d],
         in_channels: int,
         num_classes: int,
-        ws: bool = False,
     ) -> None:
         super().__init__()
         blocks = (self.depth - 2) // 6
-        conv = conv_class(ws)
+        conv = conv_layer
         self.conv = conv(in_channels, WIDTHS[0], 3, padding=1, bias=False)
         self.norm = norm_layer(WIDTHS[0])
         self.act = act_layer()

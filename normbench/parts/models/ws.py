@@ -1,12 +1,12 @@
 """Weight Standardization (Qiao et al. 2019, "Micro-Batch Training with Batch-Channel Normalization and Weight
-Standardization"), the `ws` option of the convolutional models: each output filter's weights are standardized over
-its (in_channels, kh, kw) values in every forward,
+Standardization"), the conv option `ws` (`model.ws=true`, registered in convs.py): each output filter's weights are
+standardized over its (in_channels, kh, kw) values in every forward,
 
     Ŵ = (W - mean(W)) / sqrt(var(W) + eps)        (biased variance, per output filter)
 
 and the convolution uses Ŵ. It reparametrizes the conv, not the features, so it pairs with any norm; with GroupNorm
 it is BiT's choice for small batches. The convention is timm's `StdConv2d` (biased variance, eps inside the square
-root, eps = 1e-6), which tests/test_norms.py holds it against; the paper's code adds eps to the unbiased standard
+root, eps = 1e-6), which tests/test_normact.py holds it against; the paper's code adds eps to the unbiased standard
 deviation instead, a difference of order 1/(fan-in) in the scale.
 """
 
@@ -33,7 +33,3 @@ class StdConv2d(nn.Conv2d):
 
     def forward(self, x: Tensor) -> Tensor:
         return F.conv2d(x, standardized(self.weight), self.bias, self.stride, self.padding, self.dilation, self.groups)
-
-
-def conv_class(ws: bool) -> type[nn.Conv2d]:
-    return StdConv2d if ws else nn.Conv2d

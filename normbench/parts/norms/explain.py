@@ -1,5 +1,6 @@
-"""What a norm computes on an input of a given shape (`normbench explain`): axes, statistic counts, parameters,
-and with data-parallel workers what one worker share is and what syncbn averages."""
+"""What a norm computes on an input of a given shape (`normbench explain`): its formula, axes, statistic counts,
+parameters, how training and evaluation differ, for a norm-activation layer what it is without its activation, and
+with data-parallel workers what one worker share is and what syncbn averages. All of it read from the registry."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from normbench.base.errors import NormError
-from normbench.parts.norms.registry import LAYOUTS, get_norm, layout_of
+from normbench.parts.norms.registry import LAYOUTS, NormSpec, get_norm, layout_of
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,12 @@ class NormExplanation:
     problem: str | None = None  # why the norm cannot normalize this shape in training (too few values), if so
     workers: int = 1  # data-parallel workers sharing the batch N: shares of N / workers samples
     synced: bool = False  # batch statistics over every worker's share (syncbn), else per share
+    statistic: str = "mean and variance"  # what each statistic over the axes is
+    formula: str = ""
+    train_vs_eval: str = ""
+    activation: bool = False  # a norm-activation layer: it includes the activation after it
+    without_act: str = ""  # what it is where a model puts no activation after its norm
+    params_without_act: int | None = None  # its parameters then
 
     @property
     def images_per_worker(self) -> int:
@@ -53,12 +60,8 @@ def explain(name: str, shape: tuple[int, ...], workers: int = 1, **options: Any)
     each = spec.statistic_size((shape[0] // workers, *shape[1:]) if per_share else shape, **options)
     if not each:
         return NormExplanation(name, shape, layout, "", 0, 0, 0, False, workers=workers)
-    if spec.params is not None:
-        params = spec.params(channels, **{**spec.options, **options})
-    else:  # a plugin's norm that does not state its count: a built layer's (imports torch)
-        from normbench.parts.norms.registry import build_norm
-
-        params = sum(p.numel() for p in build_norm(name, channels, layout, **options).parameters())
+    given = {**spec.options, **options}
+    params = _params(spec, name, channels, layout, given, act=True)
     axes = spec.layouts[layout].axes
     groups = options.get("groups", spec.options.get("groups")) if "/G" in axes else None
     share = (shape[0] // workers, *shape[1:]) if per_share else shape
@@ -76,4 +79,20 @@ def explain(name: str, shape: tuple[int, ...], workers: int = 1, **options: Any)
         problem,
         workers,
         spec.synced,
+        spec.statistic,
+        spec.formula,
+        spec.train_vs_eval,
+        spec.activation,
+        spec.without_act,
+        _params(spec, name, channels, layout, given, act=False) if spec.activation else None,
     )
+
+
+def _params(spec: NormSpec, name: str, channels: int, layout: str, given: dict[str, Any], act: bool) -> int:
+    """The layer's parameter count, as its spec states it, or for a plugin's norm that does not state it, a built
+    layer's (which imports torch)."""
+    if spec.params is not None:
+        return spec.params(channels, **given, **({"act": act} if spec.activation else {}))
+    from normbench.parts.norms.registry import build_norm
+
+    return sum(p.numel() for p in build_norm(name, channels, layout, act=act, **given).parameters())

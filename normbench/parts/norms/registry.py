@@ -15,6 +15,11 @@ The builder's keyword-only parameters are the norm's options: their defaults and
 only statement of them (`NormSpec.options`, `NormSpec.option_types`); `impl` is added by the registry. The
 built-in norms are registered in `catalog.py`.
 
+A norm-activation layer (FRN + TLU, EvoNorm: `activation=True`) is a norm and the nonlinearity after it in one
+layer. Its builder takes `act` after `num_features`, and the models put it where they put a norm followed by their
+activation, with no activation of their own; `act=False` builds it where a model has no activation after its norm
+(models/__init__.py). `formula`, `statistic`, `modes` and `without_act` are what `normbench explain` says of a norm.
+
 Conventions every built-in norm follows: the variance used to normalize is the biased one, eps sits inside the
 square root, γ and β are per channel. Batch norms keep running statistics with **PyTorch's momentum
 convention**, `running = (1 - m) * running + m * batch` with m = 0.1 and the *unbiased* batch variance going
@@ -78,10 +83,30 @@ class NormSpec:
     # A norm-activation layer (FRN + TLU, EvoNorm): it takes the place of the norm *and* the activation after it,
     # and is built with act=False where a model puts no activation after its norm (a residual branch's last norm).
     activation: bool = False
-    # Its parameter count for `channels` channels and its options, said without building it (so `explain` of a
-    # built-in norm imports no torch; tests/test_norms.py holds it against every built layer). None: count the
-    # parameters of a built layer (a plugin's norm that does not say).
+    # Its parameter count for `channels` channels and its options (and `act` for a norm-activation layer), said
+    # without building it (so `explain` of a built-in norm imports no torch; tests/test_norms.py holds it against
+    # every built layer). None: count the parameters of a built layer (a plugin's norm that does not say).
     params: Callable[..., int] | None = None
+    # What `normbench explain` says of it: the formula, what each statistic over the axes is ("mean and variance",
+    # "mean square", "variance"), how training and evaluation differ (default: from `batch_statistics`), and for
+    # a norm-activation layer what it is where a model puts no activation after its norm.
+    formula: str = ""
+    statistic: str = "mean and variance"
+    modes: str = ""
+    without_act: str = ""
+
+    @property
+    def train_vs_eval(self) -> str:
+        """How training and evaluation differ, in words."""
+        if self.modes:
+            return self.modes
+        if self.batch_statistics:
+            return "differ: batch statistics in training, running statistics in eval"
+        return "identical: statistics come from each sample alone"
+
+    def statistic_words(self, count: int) -> str:
+        """`8 means and 8 variances`, `8 mean squares`: `count` of each statistic it takes."""
+        return " and ".join(f"{count} {word}{'s' * (count != 1)}" for word in self.statistic.split(" and "))
 
     @property
     def axes(self) -> dict[str, str]:
@@ -162,8 +187,8 @@ class NormSpec:
         one_channel = "/G" in axes and each == 1 and axes.count(",") == 0  # groups = channels on (N, C) or tokens
         return (
             f"{'In training, ' if self.batch_statistics else ''}norm={self.name} takes each statistic over "
-            f"{axes}, which gives {each} value{'s' * (each != 1)} per statistic on {tuple(shape)}: a variance "
-            f"needs {self.min_values}."
+            f"{axes}, which gives {each} value{'s' * (each != 1)} per statistic on {tuple(shape)}: a "
+            f"{self.statistic.split(' and ')[-1]} needs {self.min_values}."
             + (" With as many groups as channels each group is one channel (InstanceNorm), which has one value "
                "per sample here; use fewer groups." if one_channel else "")
         )  # fmt: skip
@@ -209,13 +234,20 @@ def register_norm(
     synced: bool = False,
     activation: bool = False,
     params: Callable[..., int] | None = None,
+    formula: str = "",
+    statistic: str = "mean and variance",
+    modes: str = "",
+    without_act: str = "",
     replace: bool = False,
 ) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
     """Register `builder(cls, num_features, *, **options) -> nn.Module` under `name`; `cls` is the class that
     `layouts` names for the layout and implementation being built. A norm-activation layer (`activation=True`)
-    has `builder(cls, num_features, act, *, **options)`, `act` saying whether it includes its activation. A name
-    already registered (a built-in norm, another plugin's) is refused, naming both places, unless `replace=True`
-    asks for it. `params(channels, **options)`: its parameter count (None: counted on a built layer when asked)."""
+    has `builder(cls, num_features, act, *, **options)`, `act` saying whether it includes its activation, and takes
+    the place of the norm and the activation after it in every model (docs/plugins.md). A name already registered
+    (a built-in norm, another plugin's) is refused, naming both places, unless `replace=True` asks for it.
+    `params(channels, **options)`: its parameter count (a norm-activation layer's also gets `act`; None: counted on
+    a built layer when asked). `formula`, `statistic`, `modes`, `without_act`: what `normbench explain` says of it
+    (see NormSpec)."""
 
     def decorator(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         impls = [tuple(support.classes) for support in layouts.values()]
@@ -225,7 +257,8 @@ def register_norm(
                 f"...) with the same implementations for every layout; got {dict(layouts)}."
             )
         spec = NormSpec(name, summary, builder, dict(layouts), dict(refused or {}), batch_statistics, min_values,
-                        synced, activation, params)  # fmt: skip
+                        synced, activation, params, formula=formula, statistic=statistic, modes=modes,
+                        without_act=without_act)  # fmt: skip
         NORMS.register(name, spec, origin=origin_of(builder), replace=replace)
         return builder
 
