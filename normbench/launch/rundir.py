@@ -230,7 +230,8 @@ def _listed(entries: list[str]) -> str:
 def check_sweep_dir(sweep_dir: Path, runs: list[str]) -> None:
     """Refuse a sweep directory that holds a run (a sweep would write its runs inside another run) or, when it is
     no sweep's (neither multirun.yaml nor sweep_plan.json), anything besides a sweep's own files and the
-    directories of its grid's `runs`; read-only. Which runs of an earlier sweep may be continued is `preflight.check_rerun`'s question."""
+    directories of its grid's `runs`; read-only. Which runs of an earlier sweep may be continued is
+    `preflight.check_rerun`'s question."""
     entries = _entries(sweep_dir)
     marks = [e for e in entries if e in RUN_MARKS]
     if marks:
