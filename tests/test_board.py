@@ -32,6 +32,7 @@ from normbench.plan.plan import SWEEP_PLAN_FILE, Launch, RunPlan, SweepPlan
 from normbench.run import record as R
 from normbench.run.board import (
     LAYOUT,
+    NORM_OF_RUN,
     PALETTE,
     Board,
     act_tag,
@@ -218,7 +219,7 @@ def test_a_run_alone_and_names_that_do_not_tell_cells_apart(tmp_path) -> None:
             "bn_b004_seed001": {"norm": "bn", "images_per_worker": 4, "workers": 1, "batch_size": 4, "seed": 1,
                                 "optim.lr": 0.2}}  # fmt: skip
     words, query = _links(tensorboard_hint(Path("m"), runs))["loss and accuracy of every run"]
-    assert words == "a colour per norm" and query["runColorGroup"] == ["regex:^([^_]+)_"]
+    assert words == "a colour per norm" and query["runColorGroup"] == [f"regex:{NORM_OF_RUN}"]
 
 
 @pytest.mark.process

@@ -70,7 +70,7 @@ def test_explain_says_what_a_worker_share_is_and_what_syncbn_averages() -> None:
 BAD = [
     (
         ["norm=batchnorm"],
-        "Could not find 'norm/batchnorm' Available options in 'norm': bn brn gn in ln none rms syncbn",
+        "Could not find 'norm/batchnorm' Available options in 'norm': " + " ".join(sorted(NORMS)),
     ),
     (["model=mlp", "norm=gn", "norm.groups=512"], "With as many groups as channels each group is one channel"),
     (["model=mlp", "norm=in"], "norm=in cannot normalize vector features (N, C)"),

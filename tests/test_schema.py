@@ -116,12 +116,13 @@ def test_a_real_process_refuses_each_kind_of_bad_value_and_writes_nothing(tmp_pa
 
 
 def test_model_defaults_are_the_model_classes_signature_defaults() -> None:
-    from normbench.parts.models import MODELS
+    from normbench.parts.models import FIXED_ARGS, MODELS
+    from normbench.parts.models.convs import CONVS
 
-    given = {"norm_layer", "act_layer", "num_classes", "in_channels", "image_size"}  # by the norm and the data
-    for name, spec in MODELS.items():
-        params = inspect.signature(spec.cls).parameters.values()
-        expected = {p.name: p.default for p in params if p.name not in given}
+    for name, spec in MODELS.items():  # the slots and the data's shape are given by the norm, convs and data
+        params = inspect.signature(spec.cls).parameters
+        expected = {p.name: p.default for p in params.values() if p.name not in FIXED_ARGS}
+        expected |= {option: False for option in CONVS} if "conv_layer" in params else {}  # each conv option, off
         composed = OmegaConf.to_container(compose_unchecked([f"model={name}", "norm=ln"]).model)
         assert composed.pop("name") == name
         assert composed == {k: list(v) if isinstance(v, tuple) else v for k, v in expected.items()}, name

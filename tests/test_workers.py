@@ -182,7 +182,7 @@ def test_one_worker_is_todays_batch_norm_bit_for_bit() -> None:
     widths = {"widths": [4, 8]}
     torch.manual_seed(4)
     today = CNN(norm_layer=lambda c, act=True: nn.BatchNorm2d(c), act_layer=lambda: nn.ReLU(inplace=True),
-                in_channels=3, num_classes=10, **widths)  # type: ignore[arg-type]  # fmt: skip
+                conv_layer=nn.Conv2d, in_channels=3, num_classes=10, **widths)  # type: ignore[arg-type]  # fmt: skip
     torch.manual_seed(4)
     ours = built({"name": "cnn", **widths}, {"name": "bn"})
     assert all(torch.equal(a, b) for a, b in zip(train_steps(today), train_steps(ours), strict=True))

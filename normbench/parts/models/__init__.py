@@ -271,7 +271,7 @@ def check_norm_shapes(
                 raise NormError(
                     f"norm={norm_name} on model={model_name}: its layer '{layer}' ({type(module).__name__}) returned "
                     f"{tuple(getattr(out, 'shape', ()))} for an input of {tuple(args[0].shape)}. A norm layer returns "
-                    "a tensor of its input's shape (see \"What normbench asks of a norm\" in docs/plugins.md)."
+                    'a tensor of its input\'s shape (see "What normbench asks of a norm" in docs/plugins.md).'
                 )
 
         return hook
