@@ -1,4 +1,4 @@
-"""Worker processes against emulated workers (docs/workers-processes.md): ratios measured on this machine.
+"""Worker processes against emulated workers (docs/workers.md, "Real processes"): ratios measured on this machine.
 
 1. step:  training time per step (results.json `wall_s` / `steps`: start-up and validation excluded) of
           `workers=2 launch=processes` (two processes of `threads` // 2 threads each) against `workers=2` emulated in

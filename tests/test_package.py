@@ -143,16 +143,15 @@ def scale_norm(cls, num_features: int, *, eps: float = 1e-5):
 
 @pytest.mark.process
 def test_a_plugin_module_adds_a_norm_to_an_installed_normbench(tmp_path) -> None:
-    """docs/norms.md's story, word for word: a module outside the package registers `scalenorm` (one learned scalar
-    per layer), a config folder of the user's own selects it; it trains, is probed by the monitor, and is listed by
-    `list`, `--help` and `explain`, and refused on the layouts it does not declare."""
+    """docs/plugins.md's story, word for word: a module outside the package registers `scalenorm` (one learned
+    scalar per layer), with no config file of its own; it trains, is probed by the monitor, and is listed by `list`,
+    `--help` and `explain`, and refused on the layouts it does not declare."""
     mine = tmp_path / "my-normbench"
-    (mine / "norm").mkdir(parents=True)
+    mine.mkdir()
     (mine / "scalenorm.py").write_text(SCALENORM)
-    (mine / "norm" / "scalenorm.yaml").write_text("# ScaleNorm\ndefaults:\n  - /schema/norm/scalenorm@_here_\n")
     env = {"NORMBENCH_PLUGINS": str(mine / "scalenorm.py")}
     run_dir = tmp_path / "run"
-    done = normbench("run", "--config-dir", str(mine), "model=mlp", "norm=scalenorm", "model.width=16", "max_steps=1",
+    done = normbench("run", "model=mlp", "norm=scalenorm", "model.width=16", "max_steps=1",
                      *TINY_RUN[:-1], f"hydra.run.dir={run_dir}", cwd=tmp_path, **env)  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
     record = json.loads((run_dir / "results.json").read_text())
@@ -169,7 +168,7 @@ def test_a_plugin_module_adds_a_norm_to_an_installed_normbench(tmp_path) -> None
     assert helped.returncode == 0 and f"norm={'|'.join(NORMS)}|scalenorm" in "".join(helped.stdout.split())
     explained = " ".join(normbench("explain", "scalenorm", "--shape", "4,16", cwd=tmp_path, **env).stdout.split())
     assert "values per statistic │ 16" in explained and "parameters │ 1" in explained
-    refused = normbench("run", "--config-dir", str(mine), "model=cnn", "norm=scalenorm", cwd=tmp_path, **env)
+    refused = normbench("run", "model=cnn", "norm=scalenorm", cwd=tmp_path, **env)
     assert refused.returncode == 2 and "norm=scalenorm cannot normalize image features" in " ".join(
         refused.stdout.split()
     )

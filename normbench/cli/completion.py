@@ -4,7 +4,7 @@ so far (`norm=gn` before `norm.<TAB>` offers GroupNorm's keys). Nothing is compo
 for a model's keys (they are its class's signature).
 
 Typer's completion scripts hand over the words typed so far. bash splits words at `=` (COMP_WORDBREAKS), which
-Typer's script does not undo: the README's install note removes `=` from COMP_WORDBREAKS for bash.
+Typer's script does not undo: docs/configuration.md (shell completion) removes `=` from COMP_WORDBREAKS for bash.
 """
 
 from __future__ import annotations

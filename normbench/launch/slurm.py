@@ -1,7 +1,8 @@
 """SLURM through Hydra's submitit launcher (`hydra/launcher=slurm`): the preset's resolvers, what a job does when
 it starts, and what normbench's launcher (hydra_plugins/normbench_launcher) adds to submitit's: sbatch's refusals
-as one paragraph, and jobs that stop with the sweep. Resolvers are registered on import; `app` imports this
-module, so the sweep process has them before Hydra resolves `hydra.launcher`."""
+as one paragraph, and jobs that stop with the sweep. Resolvers are registered on import; launch/task.py imports
+this module (and launch/start.py imports task.py), so the sweep process has them before Hydra resolves
+`hydra.launcher`."""
 
 from __future__ import annotations
 
@@ -137,7 +138,7 @@ def stopped_with_the_sweep(params: Mapping[str, Any]) -> Iterator[None]:
         for sig, handler in previous.items():  # once: the sweep's own handling from here on
             signal.signal(sig, handler)
         if callable(previous[signum]):
-            previous[signum](signum, frame)  # sweeps.SweepStop: the sweep is stopping, exit code 130
+            previous[signum](signum, frame)  # launch/stop.SweepStop: the sweep is stopping, exit code 130
         raise _SweepStopped
 
     for sig in previous:

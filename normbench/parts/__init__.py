@@ -1,2 +1,2 @@
-"""The parts layer: normalization layers (norms/), models (models/) and datasets with their data path (data.py).
-Imports only the base layer."""
+"""The parts layer: normalization layers (norms/), models and conv options (models/), datasets with their data path
+(data/), optimizers and schedules (optim.py). Imports only the base layer."""

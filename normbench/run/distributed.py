@@ -1,4 +1,4 @@
-"""Real workers: one run across `workers` processes through torch.distributed (docs/workers-processes.md).
+"""Real workers: one run across `workers` processes through torch.distributed (docs/workers.md, "Real processes").
 
 A process started by torchrun (or by normbench's `launch=processes`, which starts torchrun's agent) finds RANK,
 WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT in its environment and is one worker of the run (`join`):
