@@ -186,3 +186,32 @@ def test_the_default_and_quick_grids_are_the_runs_their_yaml_lists(preset, tmp_p
         assert cfg.eval.precise_bn_images == stated.get("eval", {}).get("precise_bn_images", default)
     splits = {cfg_split for cfg_split in (stated["batch_size"] // int(c.split("_w")[1]) for c, _ in grid if "_w" in c)}
     assert splits == {2, 4, 8, 16, 32}  # BN at 2 … 32 images per worker
+
+
+@pytest.mark.parametrize(
+    "given",
+    [["--multirun"], ["--config-dir", "{conf}", "sweep=mine"], ["hydra.searchpath=[file://{conf}]", "sweep=mine"]],
+)
+def test_a_grid_from_flags_or_your_own_config_folder_is_every_run(given, tmp_path, monkeypatch) -> None:
+    """`sweep --multirun` (a sweep is always one) and a preset from your own config folder (`--config-dir`, or
+    Hydra's search path) reach Hydra's multirun with the whole grid, every run checked; the printed command keeps
+    the flag. Only Hydra's multirun is replaced, by a recorder."""
+    import normbench.launch.task
+
+    conf = tmp_path / "my configs"
+    (conf / "sweep").mkdir(parents=True)
+    (conf / "sweep" / "mine.yaml").write_text(
+        "# @package _global_\ndefaults:\n  - override /model: mlp\nhydra:\n  sweeper:\n    params:\n      norm: bn,ln\n"
+    )
+    given = [g.format(conf=conf) for g in given]
+    grid = ["norm=bn,gn"] if "--multirun" in given else []
+    handed: list[list[str]] = []
+    monkeypatch.setattr(normbench.launch.task, "hydra_main", lambda args: handed.append(args) or 0)
+    done = CliRunner().invoke(app, ["sweep", *given, *grid, "device=cpu", f"hydra.sweep.dir={tmp_path / 's'}"],
+                              env={"COLUMNS": "200"})  # fmt: skip
+    assert done.exit_code == EXIT_SWEEP_INCOMPLETE, done.output  # the recorder trains nothing
+    said = " ".join(done.output.split())
+    assert "Sweeping 2 runs." in said and said.count("(not started)") == 2, said
+    assert ("gn_b128" if grid else "ln_b128") in said
+    rerun = said.split("Rerun `", 1)[1].split("`", 1)[0]
+    assert all(g in rerun.replace("'", "") for g in given if g != "--multirun"), rerun

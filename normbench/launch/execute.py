@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig
+from rich.markup import escape
 from rich.table import Table
 
 from normbench.base import signals
@@ -239,11 +240,11 @@ def train(
             )
         else:
             print_summary(record)
-            console.print(tensorboard_hint(run_dir), highlight=False, soft_wrap=True)
+            console.print(escape(tensorboard_hint(run_dir)), highlight=False, soft_wrap=True)
         return record
     except signals.StoppedBeforeStart as error:
         if speaks:
-            console.print(f"[yellow]Interrupted[/] {error}", highlight=False)
+            console.print(f"[yellow]Interrupted[/] {escape(str(error))}", highlight=False)
         if not multirun:
             raise SystemExit(error.exit_code) from None
         STOP.request(signals.requested or signal.SIGINT)
@@ -262,7 +263,8 @@ def train(
             if speaks:
                 record = read_quietly(run_dir)
                 why = record.reason if record is not None and record.status == R.INTERRUPTED else "Interrupted."
-                console.print(f"[yellow]Interrupted[/] at once (second Ctrl-C). {why}", highlight=False, soft_wrap=True)
+                console.print(f"[yellow]Interrupted[/] at once (second Ctrl-C). {escape(why)}", highlight=False,
+                              soft_wrap=True)  # fmt: skip
             raise SystemExit(signals.EXIT_INTERRUPTED) from None
         console.print(f"[bold]{plan.name}[/] | [yellow]interrupted[/] at once (second Ctrl-C).", highlight=False)
         STOP.request(signal.SIGINT)

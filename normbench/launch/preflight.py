@@ -170,13 +170,15 @@ class Grid:
         parsed = parse(overrides)
         if any(o.is_add() or o.is_delete() or o.is_force_add() for o in parsed):
             return self._composed(overrides)  # `+key`, `~key`: Hydra's own composition, as it is
-        groups = tuple(o.input_line for o in parsed if o.key_or_group in self.groups)
+        # Config groups and Hydra's own keys (hydra.searchpath decides which configs exist) shape the composition.
+        composing = [o for o in parsed if o.key_or_group in self.groups or o.key_or_group.split(".")[0] == "hydra"]
+        groups = tuple(o.input_line for o in composing)
         base, choices = self.composed.get(groups) or self._composed(list(groups))
         self.composed[groups] = (base, choices)
         cfg = copy.deepcopy(base)
         with hydra_errors():
             for o in parsed:
-                if o.key_or_group not in self.groups:
+                if o not in composing:
                     OmegaConf.update(cfg, o.key_or_group, _value(o), merge=False)
         return cfg, choices
 

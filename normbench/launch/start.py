@@ -16,6 +16,7 @@ from pathlib import Path
 # Hydra reads them (no public API exposes it); tests/test_adversarial.py fails if it changes.
 from hydra._internal.utils import get_args_parser
 from omegaconf import DictConfig
+from rich.markup import escape
 
 from normbench.base import signals
 from normbench.base.commands import program
@@ -160,7 +161,7 @@ def run_once(overrides: list[str]) -> int:
     except SystemExit as exit_:
         return exit_.code if isinstance(exit_.code, int) else EXIT_CRASH
     except StoppedBeforeStart as error:
-        console.print(f"[yellow]Interrupted[/] {error}", highlight=False)
+        console.print(f"[yellow]Interrupted[/] {escape(str(error))}", highlight=False)
         return error.exit_code
     except NormbenchError:
         raise  # one paragraph, by the command

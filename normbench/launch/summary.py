@@ -10,6 +10,7 @@ from typing import Any
 import yaml
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
+from rich.markup import escape
 
 from normbench.base.commands import program
 from normbench.base.console import console
@@ -46,9 +47,11 @@ class SweepSummary(Callback):
             words = "nothing to flag: no run completed"
         console.print(f"Flagged: {words}.", highlight=False)
         console.print(
-            f"Summary: {sweep_dir / 'summary.csv'}, {sweep_dir / 'summary.json'}. Figures: "
-            f"{program('normbench', 'normbench')} report {shlex.quote(str(sweep_dir))}.\n"
-            f"{tensorboard_hint(sweep_dir, sweep_hparams(sweep_dir))}",
+            escape(
+                f"Summary: {sweep_dir / 'summary.csv'}, {sweep_dir / 'summary.json'}. Figures: "
+                f"{program('normbench', 'normbench')} report {shlex.quote(str(sweep_dir))}.\n"
+                f"{tensorboard_hint(sweep_dir, sweep_hparams(sweep_dir))}"
+            ),
             highlight=False,
             soft_wrap=True,
         )
@@ -89,7 +92,8 @@ def sweep_outcome(sweep_dir: Path, runs: list[str], again: str, interrupted: boo
     """The sweep's exit code from its records: 0 when every run completed, EXIT_INTERRUPTED after a signal,
     EXIT_SWEEP_INCOMPLETE otherwise; the runs that did not complete are named, with the command that goes on."""
     others = unfinished(sweep_dir, runs)
-    listed = ", ".join(f"{name} ({status})" for name, status in sorted(others.items()))
+    listed = escape(", ".join(f"{name} ({status})" for name, status in sorted(others.items())))
+    again = escape(again)  # a command's `[...]` (a list value) is text, not rich's markup
     if interrupted:
         console.print(
             f"[yellow]Sweep interrupted.[/] {'Not completed: ' + listed + '. ' if listed else ''}Continue it "
