@@ -16,6 +16,7 @@ from conftest import events, normbench, saved_model_scores, train
 
 from normbench.base.errors import EXIT_DIVERGED, EXIT_INTERRUPTED, DivergedError
 from normbench.base.files import write_atomic, write_json
+from normbench.base.signals import SAME_STOP_S
 from normbench.run import record as R
 from normbench.run.checkpoint import CHECKPOINT_FILE
 from normbench.run.record import RunRecord
@@ -83,10 +84,11 @@ def test_a_second_ctrl_c_ends_at_once_and_records_interrupted(tmp_path) -> None:
     proc = _start(run_dir, "epochs=1000")
     _wait_for_training(run_dir, proc)
     proc.send_signal(signal.SIGINT)
+    time.sleep(SAME_STOP_S + 0.2)  # sooner, it is the same Ctrl-C forwarded by a parent (base/signals.py)
     proc.send_signal(signal.SIGINT)
     output, _ = proc.communicate(timeout=30)
     assert proc.returncode == EXIT_INTERRUPTED, output
-    assert RunRecord.read(run_dir).status == "interrupted"
+    assert RunRecord.read(run_dir).status == "interrupted" and "second Ctrl-C" in output
 
 
 def test_divergence_stops_the_run_with_its_step(tmp_path) -> None:

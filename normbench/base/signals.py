@@ -7,12 +7,17 @@ While a command sets up (imports, composition, plans, the model, the run directo
 the job is about to reach its time limit or be preempted (submitit's pre-timeout signal): the run ends
 `requeued`, and then the handler normbench replaced for the run gets the signal after all. Under submitit that
 handler requeues the job and exits the process; the next attempt resumes from the checkpoint.
+
+One Ctrl-C can reach a worker twice: a terminal signals its whole process group, and the worker's parent (torchrun's
+agent, or normbench's with `launch=processes`) forwards the signal it got as well, milliseconds later. So a second
+signal counts as a second Ctrl-C only when it comes SAME_STOP_S or more after the first.
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
@@ -26,14 +31,29 @@ REQUEUE_SIGNAL = signal.SIGUSR2  # submitit's default (its SUBMITIT_PREEMPT_SIGN
 # up (`noted`), a run's StopRequest, or a sweep's handler between runs (launch/stop.SweepStop). A sweep's process
 # starts no run after it, and a run whose handlers are installed after it stops at its first step boundary.
 requested: int | None = None
+requested_at = 0.0  # when (time.monotonic())
+SAME_STOP_S = 1.0  # a signal sooner after the first is the same stop, forwarded (module doc)
+
+
+def mark(signum: int) -> None:
+    """Keep the first stop signal this process received, and when."""
+    global requested, requested_at
+    if requested is None:
+        requested, requested_at = signum, time.monotonic()
+
+
+def _again(signum: int) -> bool:
+    """Whether a stop signal after the first is the user's second: it comes SAME_STOP_S or more after it."""
+    return signum in STOP_SIGNALS and time.monotonic() - requested_at >= SAME_STOP_S
 
 
 def note(signum: int, frame: Any) -> None:
     """The handler while a command sets up: the first stop signal is noted (`requested`), a second one ends the
     process at once. Installed by the CLI when it starts, and by a run's worker processes."""
-    global requested
     if requested is None:
-        requested = signum
+        mark(signum)
+        return
+    if not _again(signum):
         return
     os.write(2, b"Interrupted at once (second signal) before training started: nothing was trained.\n")
     os._exit(EXIT_INTERRUPTED)
@@ -79,7 +99,8 @@ def deferred(sig: int = signal.SIGINT) -> Iterator[None]:
 
 @dataclass
 class StopRequest:
-    """Set by a signal; the loop stops at the next step boundary. A second Ctrl-C ends at once."""
+    """Set by a signal; the loop stops at the next step boundary. A second Ctrl-C (SAME_STOP_S after the first or
+    later) ends at once."""
 
     signum: int | None = None
     replaced: dict[int, Any] = field(default_factory=dict)  # the handlers in place before the run's
@@ -89,11 +110,13 @@ class StopRequest:
         return self.signum == REQUEUE_SIGNAL
 
     def handle(self, signum: int, frame: Any) -> None:
-        global requested
+        if self.signum is not None and signum == signal.SIGINT and requested is not None:
+            if _again(signum):
+                raise KeyboardInterrupt  # the second Ctrl-C: at once
+            return  # the first one, forwarded by the parent
         self.signum = signum
         if signum in STOP_SIGNALS:
-            requested = requested or signum
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+            mark(signum)
 
     @contextmanager
     def installed(self) -> Iterator[StopRequest]:

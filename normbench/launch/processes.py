@@ -18,11 +18,13 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import multiprocessing
 import os
 import signal
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from multiprocessing import reduction
 from pathlib import Path
 from typing import Any, NoReturn
@@ -85,7 +87,8 @@ def start(plan: RunPlan, claim: rundir.Claim, resume: bool) -> RunRecord | None:
     )  # fmt: skip
     assert claim.fd is not None
     try:
-        elastic_launch(config, worker)(plan, HeldLock(claim.fd), resume, os.getpid())
+        with _spawned_as_spawn():
+            elastic_launch(config, worker)(plan, HeldLock(claim.fd), resume, os.getpid())
     except ChildFailedError as failed:
         raise outcome(failed.failures, plan) from None
     except SignalException as stopped:  # the workers were given the signal and have stopped
@@ -94,6 +97,23 @@ def start(plan: RunPlan, claim: rundir.Claim, resume: bool) -> RunRecord | None:
             return record
         raise stopped_without_a_word(plan, record, signal.Signals(stopped.sigval).name) from None
     return RunRecord.read(plan.directory)
+
+
+@contextlib.contextmanager
+def _spawned_as_spawn() -> Iterator[None]:
+    """Workers started from a job of Hydra's parallel launcher: its loky worker process has made `loky`
+    multiprocessing's start method, which a spawned child is told to take and cannot find (loky is not imported
+    there); while the workers start, it is `spawn`, which they are."""
+    method = multiprocessing.get_start_method(allow_none=True)
+    if method in (None, *multiprocessing.get_all_start_methods()):
+        yield
+        return
+    multiprocessing.set_start_method("spawn", force=True)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(ValueError):
+            multiprocessing.set_start_method(method, force=True)
 
 
 def stopped_without_a_word(plan: RunPlan, record: RunRecord | None, name: str) -> NormbenchError:
@@ -126,7 +146,10 @@ def said(failure: ProcessFailure) -> str:
     """A worker's last words: the message of its error file ("Type: text", as `end` recorded it), or the agent's
     words for a worker that left none (killed by a signal)."""
     message = failure.message
-    return str(message["message"] if isinstance(message, dict) else message)
+    text = str(message["message"] if isinstance(message, dict) else message)
+    if text.startswith("To enable traceback"):  # the agent's default: the worker ended before it could say why
+        return f"exit code {failure.exitcode}, before it could record why: its output above says"
+    return text
 
 
 def collateral(failure: ProcessFailure) -> bool:

@@ -50,7 +50,7 @@ class SweepStop:
 
     def request(self, signum: int) -> None:
         """Mark this process's sweep stopped: it starts no further run."""
-        signals.requested = signals.requested or signum
+        signals.mark(signum)
 
     def stopping(self) -> bool:
         """Whether the sweep this process works for is stopping: a signal here, or one the main process had
