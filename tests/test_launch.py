@@ -209,8 +209,9 @@ def test_a_sweep_stopped_by_ctrl_c_continues_by_its_printed_command(launcher, mo
 
 
 def test_a_sweep_under_torchrun_is_refused_and_writes_nothing(tmp_path) -> None:
-    """torchrun starts the processes of one run; a sweep is many runs. Each rank refuses with one paragraph and
-    exit 2 (torchrun then reports that its processes failed); an earlier sweep's directory is left as it was."""
+    """torchrun starts the processes of one run; a sweep is many runs. Each rank refuses with exit 2, rank 0 with
+    one paragraph (torchrun then reports that its processes failed, and exits 1: its code, not normbench's); an
+    earlier sweep's directory is left as it was."""
     sweep_dir = tmp_path / "sweep"
     done = subprocess.run([EXE, "sweep", "norm=bn,gn", *TINY, f"hydra.sweep.dir={sweep_dir}"], cwd=tmp_path,
                           capture_output=True, text=True, timeout=300)  # fmt: skip
@@ -219,7 +220,7 @@ def test_a_sweep_under_torchrun_is_refused_and_writes_nothing(tmp_path) -> None:
     refused = subprocess.run([*TORCHRUN, "sweep", "norm=bn,gn", *TINY, f"hydra.sweep.dir={sweep_dir}"], cwd=tmp_path,
                              capture_output=True, text=True, timeout=300)  # fmt: skip
     said = refused.stdout + refused.stderr
-    assert refused.returncode != 0 and said.count("`normbench sweep` under torchrun") == 2, said
+    assert refused.returncode != 0 and said.count("`normbench sweep` under torchrun") == 1, said  # rank 0 says it
     assert re.search(r"exitcode\s*:\s*2", said), said  # torchrun's report of its ranks' exit codes
     assert tree_hashes(tmp_path) == before
 
@@ -268,3 +269,26 @@ def test_a_hung_worker_then_ctrl_c_ends_the_run_recorded_and_no_process_left(tmp
     said = " ".join(output.split())
     assert f"after {record.steps} steps: the workers did not all reach a step boundary" in said, output
     assert said.count("Error") == 1, output
+
+
+def test_torchrun_into_a_directory_another_run_holds_is_refused_by_every_rank(tmp_path) -> None:
+    """A second run into a directory whose lock is held (here by this test, as a running run holds it) under
+    torchrun: rank 0 finds the lock taken and says so in one paragraph; the ranks end with exit 2 (or torchrun's
+    SIGTERM once one has), none aborts (no SIGABRT), nothing in the directory changed."""
+    import fcntl
+
+    run_dir = tmp_path / "run"
+    train(run_dir, *TINY[:-1], "model=mlp", "workers=2")
+    with (run_dir / rundir.LOCK_FILE).open("a") as lock:
+        before = tree_hashes(run_dir)
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        done = subprocess.run([*TORCHRUN, "run", *TINY[:-1], "model=mlp", "workers=2", "resume=true",
+                               f"hydra.run.dir={run_dir}"], cwd=tmp_path, capture_output=True, text=True,
+                              timeout=300)  # fmt: skip
+    said = done.stdout + done.stderr
+    assert said.count("is in use: another normbench process is running this run now") == 1, said
+    # torchrun's report of how each rank ended: 2, or -15 where torchrun stopped a rank after the first one's exit
+    codes = re.findall(r"exitcode\s*:\s*(-?\d+)", said)
+    assert "2" in codes and set(codes) <= {"2", "-15"}, said
+    assert "terminate called" not in said and "SIGABRT" not in said, said
+    assert tree_hashes(run_dir) == before

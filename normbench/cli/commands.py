@@ -60,7 +60,9 @@ app = typer.Typer(
 def _fail(error: NormbenchError) -> typer.Exit:
     if debugging():
         traceback.print_exc()
-    console.print(f"[bold red]Error:[/] {escape(str(error))}", highlight=False, soft_wrap=True)
+    # Under torchrun every process refuses alike: rank 0 alone says so (each exits with the code).
+    if not (os.environ.get("WORLD_SIZE") and os.environ.get("RANK", "0") != "0"):
+        console.print(f"[bold red]Error:[/] {escape(str(error))}", highlight=False, soft_wrap=True)
     return typer.Exit(error.exit_code)
 
 
