@@ -292,3 +292,36 @@ def test_torchrun_into_a_directory_another_run_holds_is_refused_by_every_rank(tm
     assert "2" in codes and set(codes) <= {"2", "-15"}, said
     assert "terminate called" not in said and "SIGABRT" not in said, said
     assert tree_hashes(run_dir) == before
+
+
+@pytest.mark.parametrize("launcher", ["basic", "parallel"])
+def test_a_tuning_study_stopped_by_ctrl_c_continues_by_its_printed_command(launcher, tmp_path) -> None:
+    """An Optuna study (Hydra's Optuna sweeper, its trials in `study.db`) stopped while its first trial trains:
+    its printed command continues the same study to all its trials, and the same command once more has nothing to
+    run. The stopped trial's record says `interrupted` (a failed trial of the study: the study samples new ones),
+    and the study's results say whether it is partial."""
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    import yaml
+
+    sweep_dir = tmp_path / "study"
+    study = Started([EXE, "sweep", "hydra/sweeper=optuna", "hydra.sweeper.n_trials=2", "hydra.sweeper.n_jobs=1",
+                     "optim.lr=interval(0.01,0.1)", *LONG, f"hydra/launcher={launcher}",
+                     f"hydra.sweep.dir={sweep_dir}"], cwd=tmp_path)  # fmt: skip
+    study.wait_for(lambda: any(sweep_dir.glob(f"*/{R.RESULTS_FILE}")))
+    study.ctrl_c()
+    output = study.output()
+    assert study.proc.returncode == EXIT_INTERRUPTED and "Traceback" not in output, output
+    assert "Study interrupted: 0 of its 2 trials completed" in " ".join(output.split()), output
+    assert study.survivors() == [], output
+    stopped = [RunRecord.read(p.parent) for p in sweep_dir.glob(f"*/{R.RESULTS_FILE}")]
+    assert [r.status for r in stopped] == [R.INTERRUPTED], output
+    command = printed_command(output)
+    assert command[1] == "sweep" and {"hydra/sweeper=optuna", f"hydra/launcher={launcher}"} <= set(command), command
+    continued(command, cwd=tmp_path)
+    records = [RunRecord.read(p.parent) for p in sweep_dir.glob(f"*/{R.RESULTS_FILE}")]
+    assert sorted(r.status for r in records) == sorted([R.COMPLETED, R.COMPLETED, R.INTERRUPTED])
+    final = yaml.safe_load((sweep_dir / "optimization_results.yaml").read_text())
+    assert final["normbench"] == {"trials_completed": 2, "partial": False}, final
+    assert len(list(sweep_dir.glob(f"*/{R.RESULTS_FILE}"))) == 3  # the stopped trial stays, a failed one of the study
+    again = continued(command, cwd=tmp_path)
+    assert "nothing to run" in again.stdout, again.stdout

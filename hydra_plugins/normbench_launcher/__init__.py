@@ -24,7 +24,9 @@ class NormbenchSlurmLauncher(SlurmLauncher):
 
 class NormbenchJoblibLauncher(JoblibLauncher):
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
-        from normbench.launch.stop import workers_watched  # deferred: Hydra imports every plugin
+        from normbench.launch.jobs import pool_for  # deferred: Hydra imports every plugin
+        from normbench.launch.stop import workers_watched
 
+        self.joblib = pool_for(self.joblib, len(job_overrides))
         with workers_watched():
             return super().launch(job_overrides, initial_job_idx)

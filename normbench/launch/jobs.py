@@ -21,10 +21,21 @@ def jobs_threads(hydra_cfg: Any) -> int | None:
     launcher = hydra_cfg.launcher
     if "joblib" not in str(launcher.get("_target_", "")).lower():
         return None
-    cores = available_cores()
-    n_jobs = launcher.get("n_jobs", -1) or 1
-    n_jobs = cores if n_jobs < 0 else n_jobs
-    return max(1, cores // n_jobs)
+    return max(1, available_cores() // parallel_jobs(launcher.get("n_jobs", -1)))
+
+
+def parallel_jobs(n_jobs: int | None) -> int:
+    """The processes joblib runs for its `n_jobs` (negative: every core, as joblib reads -1)."""
+    n_jobs = int(n_jobs or 1)
+    return available_cores() if n_jobs < 0 else n_jobs
+
+
+def pool_for(joblib_settings: dict[str, Any], jobs: int) -> dict[str, Any]:
+    """The joblib launcher's settings for a batch of `jobs`: no more worker processes than jobs. A worker that has
+    not run a job has Python's own Ctrl-C (normbench's handler comes with its first job): a Ctrl-C ends it with a
+    KeyboardInterrupt, and loky then kills the workers that are saving their runs. An optimizing sweeper launches
+    its trials in batches of its own `n_jobs`, often fewer than the launcher's."""
+    return {**joblib_settings, "n_jobs": max(1, min(parallel_jobs(joblib_settings.get("n_jobs")), jobs))}
 
 
 def job_gpu(hydra_cfg: Any) -> int | None:

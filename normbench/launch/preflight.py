@@ -91,6 +91,11 @@ class SweepCheck:
     plans: dict[str, RunPlan] = field(default_factory=dict)
     sweeper: str = "basic"
     trials: int = 0  # an optimizing sweeper's trials still to run (0: the study is complete)
+    study: dict[str, str] = field(default_factory=dict)  # an optimizing sweeper's study settings (study_settings)
+    n_trials: int = 0  # the trials the study is asked for, in all its sittings
+
+    def completed_trials(self) -> int:
+        return completed_trials(self.study["storage"], self.study["study_name"])
 
     @property
     def runs(self) -> list[str]:
@@ -114,7 +119,10 @@ def plan_sweep(args: list[str], command: Callable[[Path], str], create: bool = T
             base = without_hydra(settings)
             refuse_cell_conflicts(fixed(args))
             plan_run(base, sweep_dir / "trial", launch_of_job(base, hydra_node, again))  # the config, the objective
-            check.trials = optimizing(hydra_node, base, sweep_dir)
+            check.study = study_settings(hydra_node.sweeper, base, sweep_dir, {override_key(a) for a in args})
+            check.trials = optimizing(hydra_node.sweeper, check.study, str(base.sweep.objective))
+            check.n_trials = int(hydra_node.sweeper.n_trials)
+            check.args += [f"hydra.sweeper.{key}={hydra_value(value)}" for key, value in check.study.items()]
             rundir.check_sweep_dir(sweep_dir, [])
             if create:
                 rundir.prepare(sweep_dir)
@@ -215,41 +223,53 @@ def _value(override: Override) -> Any:
     return OmegaConf.to_container(OmegaConf.create({"v": value}))["v"] if isinstance(value, list | dict) else value
 
 
-def optimizing(hydra_node: DictConfig, cfg: DictConfig, sweep_dir: Path) -> int:
-    """Check an optimizing sweeper's settings against the objective the runs return (`sweep.objective`: its
-    direction, at least one trial) and return the trials still to run: a study stored in the sweep directory
-    continues where it stopped."""
-    sweeper = hydra_node.sweeper
-    objective = str(cfg.sweep.objective)
-    wanted = schema.DIRECTION[cfg.sweep.objective]
-    direction = str(sweeper.get("direction", wanted))
+def study_settings(sweeper: DictConfig, cfg: DictConfig, sweep_dir: Path, given: set[str]) -> dict[str, str]:
+    """What an optimizing sweep's study is set to where the command line leaves it to normbench: the direction the
+    objective (`sweep.objective`) is better in, and a storage in the sweep directory under one name, so that the
+    sweep's printed command continues the study; and a failed trial (a refused setting, or one the stopped sweep did
+    not train) a failed trial of the study, which goes on (`max_failure_rate` 1, not the sweeper's 0, with which one
+    failure ends the study in a traceback). A preset's storage and name stand; a direction the user gave is checked
+    against the objective (`optimizing`)."""
+
+    def given_or(key: str, default: str) -> str:
+        return str(sweeper.get(key)) if f"hydra.sweeper.{key}" in given else default
+
+    return {
+        "direction": given_or("direction", schema.DIRECTION[cfg.sweep.objective]),
+        "storage": str(sweeper.get("storage") or f"sqlite:///{sweep_dir / rundir.STUDY_DB}"),
+        "study_name": str(sweeper.get("study_name") or "normbench"),
+        "max_failure_rate": given_or("max_failure_rate", "1.0"),
+    }
+
+
+def optimizing(sweeper: DictConfig, study: dict[str, str], objective: str) -> int:
+    """Check an optimizing sweeper's settings against the objective the runs return (its direction, at least one
+    trial) and return the trials still to run: a study stored in the sweep directory continues where it stopped."""
+    wanted = schema.DIRECTION[objective]
+    direction = study["direction"].removeprefix("Direction.")  # the Optuna sweeper's enum node, as str() gives it
     if direction not in ("minimize", "maximize"):
         raise ConfigError(f"hydra.sweeper.direction={direction} is not valid: it must be minimize or maximize.")
     if direction != wanted:
         raise ConfigError(
             f"hydra.sweeper.direction={direction} with sweep.objective={objective}: {objective} is better "
             f"{'higher' if wanted == 'maximize' else 'lower'}, so the study must {wanted} it. Give "
-            f"hydra.sweeper.direction={wanted}, or leave it out: sweep=tune_lr derives it from the objective."
+            f"hydra.sweeper.direction={wanted}, or leave it out: normbench derives it from the objective."
         )
     n_trials = sweeper.get("n_trials", 0)
     if not isinstance(n_trials, int) or n_trials < 1:
         raise ConfigError(f"hydra.sweeper.n_trials={n_trials} is not valid: it must be a whole number >= 1.")
-    done = completed_trials(sweeper, sweep_dir)
-    return max(0, n_trials - done)
+    return max(0, n_trials - completed_trials(study["storage"], study["study_name"]))
 
 
-def completed_trials(sweeper: DictConfig, sweep_dir: Path) -> int:
-    """The completed trials of the sweeper's study in its storage (0: no storage, or no study there yet)."""
-    storage, name = sweeper.get("storage"), sweeper.get("study_name")
-    if not storage or not str(storage).startswith("sqlite:///"):
-        return 0
-    if not Path(str(storage).removeprefix("sqlite:///")).exists():
+def completed_trials(storage: str, name: str) -> int:
+    """The completed trials of the study `name` in `storage` (0: not a file that exists, or no study there yet)."""
+    if not storage.startswith("sqlite:///") or not Path(storage.removeprefix("sqlite:///")).exists():
         return 0
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     try:
-        study = optuna.load_study(study_name=name, storage=str(storage))
+        study = optuna.load_study(study_name=name, storage=storage)
     except (KeyError, ValueError):  # no study of that name yet
         return 0
     return sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.get_trials(deepcopy=False))

@@ -202,6 +202,7 @@ SWEEP_FILE = "multirun.yaml"  # what Hydra's basic sweeper writes at a sweep's r
 SWEEP_MARKS = (SWEEP_FILE, SWEEP_PLAN_FILE)  # either says a directory holds a sweep
 # At a sweep's root besides its runs' directories: Hydra's file, the HParams experiment, the summary and report,
 # submitit's folder.
+STUDY_DB = "study.db"  # an optimizing sweep's study, kept for its command to continue it
 SWEEP_ROOT_FILES = (
     SWEEP_FILE,
     SWEEP_PLAN_FILE,
@@ -213,7 +214,7 @@ SWEEP_ROOT_FILES = (
     "error_vs_batch.png",
     "curves.png",
     "optimization_results.yaml",
-    "study.db",
+    STUDY_DB,
 )
 RUN_MARKS = (R.RESULTS_FILE, CHECKPOINT_FILE, HYDRA_DIR)  # what says a directory holds a run
 

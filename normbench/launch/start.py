@@ -35,7 +35,7 @@ from normbench.launch.compose import compose_run, hydra_errors, sweep_jobs
 from normbench.launch.execute import env_set, execute, launch_of_run, torchrun_processes
 from normbench.launch.preflight import has_grid, placed, plan_sweep, refuse_cell_conflicts, without_hydra
 from normbench.launch.stop import STOP
-from normbench.launch.summary import mark_study, sweep_outcome
+from normbench.launch.summary import study_outcome, sweep_outcome
 from normbench.plan.plan import RunPlan, plan_run
 
 MULTIRUN_FLAGS = ("-m", "--multirun")
@@ -211,8 +211,10 @@ def start_sweep(given: list[str]) -> int:
                     console.print(f"Sweeping {len(check.runs)} runs.", highlight=False)
                 code = task.hydra_main(["--multirun", *hydra_args(check.args)])
         interrupted = code == EXIT_INTERRUPTED or STOP.stopping()
+        if code not in (0, EXIT_INTERRUPTED, EXIT_SWEEP_INCOMPLETE):  # 4: a parallel worker died (stop.py)
+            return code
         if check.sweeper != "basic":
-            mark_study(check.sweep_dir, interrupted)
-        if code in (0, EXIT_INTERRUPTED, EXIT_SWEEP_INCOMPLETE):  # 4: a parallel worker died (stop.py)
-            code = sweep_outcome(check.sweep_dir, check.runs, again(check.sweep_dir), interrupted=interrupted)
+            return study_outcome(check.sweep_dir, check.completed_trials(), check.n_trials, again(check.sweep_dir),
+                                 interrupted)  # fmt: skip
+        code = sweep_outcome(check.sweep_dir, check.runs, again(check.sweep_dir), interrupted=interrupted)
     return code

@@ -3,6 +3,7 @@ launcher), a study's account of its trials, and the exit code its records give."
 
 from __future__ import annotations
 
+import contextlib
 import shlex
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ from normbench.base.errors import EXIT_INTERRUPTED, EXIT_SWEEP_INCOMPLETE, Normb
 from normbench.base.files import write_atomic
 from normbench.launch.rundir import CHECKPOINT_FILE, HYDRA_DIR, in_use
 from normbench.run.board import EVENTS_PREFIX, sweep_hparams, tensorboard_hint
-from normbench.run.record import COMPLETED, RUNNING, RunRecord, UnreadableRecord, find_records
+from normbench.run.record import COMPLETED, RUNNING, UnreadableRecord, find_records
 from normbench.run.report import STUDY_FILE, flagged_count, print_tables, write_summary
 
 
@@ -112,18 +113,27 @@ def sweep_outcome(sweep_dir: Path, runs: list[str], again: str, interrupted: boo
     return EXIT_SWEEP_INCOMPLETE
 
 
-def mark_study(sweep_dir: Path, interrupted: bool) -> None:
-    """Say in an optimizing sweep's results (Hydra's Optuna sweeper writes `optimization_results.yaml` whatever
-    happened) how many of its trials completed, and whether the study stopped before its end: a partial study's
-    best value is the best of fewer trials. The same sweep command continues it."""
+def study_outcome(sweep_dir: Path, completed: int, n_trials: int, again: str, interrupted: bool) -> int:
+    """An optimizing sweep's exit code from its study (`completed` of the `n_trials` it is asked for): 0 when it
+    has them all, EXIT_INTERRUPTED after a signal, EXIT_SWEEP_INCOMPLETE when trials failed. A trial that was
+    stopped or failed is the study's failed trial, not a run to retry: the same command asks the study for the
+    trials it lacks. Its results (Hydra's Optuna sweeper writes `optimization_results.yaml`) say so: a partial
+    study's best value is the best of fewer trials."""
+    partial = completed < n_trials
     path = sweep_dir / STUDY_FILE
-    try:
+    with contextlib.suppress(OSError, yaml.YAMLError):
         results = yaml.safe_load(path.read_text()) or {}
-    except (OSError, yaml.YAMLError):
-        return
-    completed = sum(1 for _, r in find_records(sweep_dir) if isinstance(r, RunRecord) and r.status == COMPLETED)
-    results["normbench"] = {"trials_completed": completed, "partial": interrupted}
-    write_atomic(path, lambda f: yaml.safe_dump(results, f, sort_keys=False))
+        results["normbench"] = {"trials_completed": completed, "partial": partial}
+        write_atomic(path, lambda f: yaml.safe_dump(results, f, sort_keys=False))
+    again = escape(again)
     if interrupted:
-        console.print(f"The study is partial: {completed} trials completed; its best value is the best of those.",
-                      highlight=False)  # fmt: skip
+        console.print(f"[yellow]Study interrupted:[/] {completed} of its {n_trials} trials completed; its best "
+                      f"value so far is the best of those. Continue it with:\n  {again}", highlight=False,
+                      soft_wrap=True)  # fmt: skip
+        return EXIT_INTERRUPTED
+    if not partial:
+        return 0
+    console.print(f"[bold red]The study is incomplete:[/] {completed} of its {n_trials} trials completed (the "
+                  f"others failed: their records say why). Rerun `{again}` to ask it for the {n_trials - completed} "
+                  "it lacks.", highlight=False, soft_wrap=True)  # fmt: skip
+    return EXIT_SWEEP_INCOMPLETE

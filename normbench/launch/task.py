@@ -39,9 +39,11 @@ schema.register_resolvers()  # a launcher's job process resolves its run directo
 WORST = {"val_acc": 0.0, "val_loss": math.inf}
 
 
-class NotTrained(Exception):
-    """An optimizing sweeper's trial that did not train (the sweep was stopping, or it was interrupted): raised to the
-    sweeper, which records the trial as failed rather than scored, so that a continued study runs it again."""
+class StudyStopped(BaseException):
+    """An optimizing sweeper's trial that did not train to its end because the sweep is stopping: it ends the study's
+    sitting (a BaseException passes Hydra's job runner, launchers and the Optuna sweeper, which would otherwise ask
+    for the rest of its trials and then fail on a study with none completed). The trial is neither scored nor
+    failed in the study; the sweep's command continues the study with the trials it lacks."""
 
 
 def job_plan(cfg: DictConfig, hydra_cfg: DictConfig) -> RunPlan:
@@ -103,7 +105,7 @@ def scored_task(cfg: DictConfig) -> float:
         record = task(cfg)
         optimizing = HydraConfig.get().runtime.choices.get("hydra/sweeper") != "basic"
         if optimizing and (record is None or record.status in (R.INTERRUPTED, R.REQUEUED)) and STOP.stopping():
-            raise NotTrained("the sweep stopped before this trial trained to its end")
+            raise StudyStopped
         return objective(record, cfg.sweep.objective)
     finally:
         STOP.busy = False
@@ -122,6 +124,8 @@ def hydra_main(argv: list[str]) -> int:
                 code = 0
             except SystemExit as exit_:
                 code = exit_.code if isinstance(exit_.code, int) else EXIT_CRASH
+            except StudyStopped:
+                code = EXIT_INTERRUPTED
             return EXIT_INTERRUPTED if STOP.signum is not None else code
     finally:
         sys.argv = saved
