@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -156,3 +159,41 @@ def test_debug_shows_the_traceback(tmp_path) -> None:
     assert shown.returncode == 2
     assert "Traceback" in shown.stderr and "NormError" in shown.stderr
     assert "norm=in cannot normalize vector features" in shown.stdout
+
+
+ANSWERS = {  # what a user types to ask, and whether it may import Hydra (completion asks Hydra for its groups)
+    "help": (["--help"], False),
+    "version": (["--version"], False),
+    "list": (["list"], False),
+    "explain": (["explain", "bn"], False),
+    "run-help": (["run", "--help"], False),
+    "sweep-help": (["sweep", "--help"], False),
+    "completion": (["run", "norm="], True),
+}
+
+
+@pytest.mark.parametrize("asked", ANSWERS)
+def test_commands_that_only_answer_import_no_torch(asked) -> None:
+    """help, --version, list, explain and a TAB answer without importing torch (seconds on a small machine), and
+    without Hydra except completion: in a fresh interpreter, as the console script runs them. Their time is
+    `make bench BENCH="--sections cli"`'s, not a test's."""
+    words, hydra_too = ANSWERS[asked]
+    env = {**os.environ, "COLUMNS": "120"}
+    if asked == "completion":  # as bash asks for it on a TAB
+        env |= {"_NORMBENCH_COMPLETE": "complete_bash", "COMP_WORDS": " ".join(["normbench", *words]),
+                "COMP_CWORD": str(len(words))}  # fmt: skip
+    code = (
+        "import sys\n"
+        f"sys.argv = {['normbench', *words]!r}\n"
+        "from normbench.cli import app\n"
+        "try:\n"
+        "    app(prog_name='normbench')\n"
+        "except SystemExit as exit_:\n"
+        "    assert exit_.code in (0, None), exit_.code\n"
+        "print('LOADED', sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'hydra'}))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, env=env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    answer, loaded = done.stdout.rsplit("LOADED", 1)
+    assert ("norm=bn" if asked == "completion" else "bn" if asked in ("list", "explain") else "normbench") in answer
+    assert loaded.strip() in ({"[]", "['hydra']"} if hydra_too else {"[]"}), done.stdout

@@ -19,7 +19,7 @@ from normbench.base.errors import EXIT_INTERRUPTED, EXIT_SWEEP_INCOMPLETE, Normb
 from normbench.base.files import write_atomic
 from normbench.launch.rundir import CHECKPOINT_FILE, HYDRA_DIR, in_use
 from normbench.run.board import EVENTS_PREFIX, sweep_hparams, tensorboard_hint
-from normbench.run.record import COMPLETED, RUNNING, UnreadableRecord, find_records
+from normbench.run.record import COMPLETED, DIVERGED, FAILED, RUNNING, UnreadableRecord, find_records
 from normbench.run.report import STUDY_FILE, flagged_count, print_tables, write_summary
 
 
@@ -114,11 +114,12 @@ def sweep_outcome(sweep_dir: Path, runs: list[str], again: str, interrupted: boo
 
 
 def study_outcome(sweep_dir: Path, completed: int, n_trials: int, again: str, interrupted: bool) -> int:
-    """An optimizing sweep's exit code from its study (`completed` of the `n_trials` it is asked for): 0 when it
-    has them all, EXIT_INTERRUPTED after a signal, EXIT_SWEEP_INCOMPLETE when trials failed. A trial that was
-    stopped or failed is the study's failed trial, not a run to retry: the same command asks the study for the
-    trials it lacks. Its results (Hydra's Optuna sweeper writes `optimization_results.yaml`) say so: a partial
-    study's best value is the best of fewer trials."""
+    """An optimizing sweep's exit code from its study (`completed` of the `n_trials` it is asked for): EXIT_INTERRUPTED
+    after a signal; EXIT_SWEEP_INCOMPLETE when a trial's run failed or diverged (it was scored the objective's worst
+    value, so the study went on) or the study lacks trials; 0 otherwise. A trial a stop left `interrupted` is not
+    retried: the study samples new trials, and the same command asks it for those it lacks. Its results (Hydra's
+    Optuna sweeper writes `optimization_results.yaml`) say whether it is partial: a partial study's best value is the
+    best of fewer trials."""
     partial = completed < n_trials
     path = sweep_dir / STUDY_FILE
     with contextlib.suppress(OSError, yaml.YAMLError):
@@ -131,9 +132,13 @@ def study_outcome(sweep_dir: Path, completed: int, n_trials: int, again: str, in
                       f"value so far is the best of those. Continue it with:\n  {again}", highlight=False,
                       soft_wrap=True)  # fmt: skip
         return EXIT_INTERRUPTED
-    if not partial:
-        return 0
-    console.print(f"[bold red]The study is incomplete:[/] {completed} of its {n_trials} trials completed (the "
-                  f"others failed: their records say why). Rerun `{again}` to ask it for the {n_trials - completed} "
-                  "it lacks.", highlight=False, soft_wrap=True)  # fmt: skip
-    return EXIT_SWEEP_INCOMPLETE
+    bad = {name: status for name, status in unfinished(sweep_dir, []).items() if status in (FAILED, DIVERGED)}
+    if bad:
+        listed = escape(", ".join(f"{name} ({status})" for name, status in sorted(bad.items())))
+        console.print(f"[bold red]Not every trial's run completed:[/] {listed}; each was scored the objective's "
+                      "worst value. Their records say why.", highlight=False, soft_wrap=True)  # fmt: skip
+    if partial:
+        console.print(f"[bold red]The study is incomplete:[/] {completed} of its {n_trials} trials completed. "
+                      f"Rerun `{again}` to ask it for the {n_trials - completed} it lacks.", highlight=False,
+                      soft_wrap=True)  # fmt: skip
+    return EXIT_SWEEP_INCOMPLETE if bad or partial else 0

@@ -280,7 +280,6 @@ def register_resolvers() -> None:
     imports launch/task.py."""
     naming.register_resolvers()
     OmegaConf.register_new_resolver("normbench.volatile_and", _volatile_and, replace=True)
-    OmegaConf.register_new_resolver("normbench_direction", lambda objective: DIRECTION[objective], replace=True)
 
 
 # --- checks ---------------------------------------------------------------------------------------------
