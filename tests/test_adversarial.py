@@ -280,6 +280,19 @@ def test_every_printed_recovery_command_works_when_pasted(tmp_path, tmpfs) -> No
     assert again.status == "completed" and again.config["optim"]["lr"] == 0.05
 
 
+@pytest.mark.process
+def test_a_full_disk_during_a_tensorboard_write_is_one_paragraph(tmpfs) -> None:
+    """TensorBoard writes from a thread of its own: the disk filling up there is normbench's paragraph, exit 2,
+    with no thread traceback before it (the histograms of log.every=1 fill the 40 KiB left)."""
+    (tmpfs / "fill").write_bytes(bytes(512 * 1024 - 40 * 1024))
+    run_dir = tmpfs / "run"
+    done = normbench("run", *SMALL, "model=mlp", "log.activations=true", "log.every=1", f"hydra.run.dir={run_dir}",
+                     cwd=tmpfs.parent)  # fmt: skip
+    said = _ok(done, EXIT_BAD_INPUT)
+    assert "Exception in thread" not in said and f"No space left on device while writing {run_dir}" in said
+    assert any(run_dir.glob("events.out.tfevents.*"))  # it failed writing events, not earlier
+
+
 # --- 5. The sweep's main process killed outright: its parallel workers stop and go ---------------------------------
 
 

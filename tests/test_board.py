@@ -513,3 +513,28 @@ def test_the_order_marker_dates_a_new_run_only(tmp_path) -> None:
     Board(tmp_path / "new", resumed_at=1, first_event=2000.0).close()
     assert len(list((tmp_path / "new").glob("events.0.tfevents.*"))) == 1
     assert events(tmp_path / "new").FirstEventTimestamp() == 1000.5
+
+
+def test_a_failed_event_write_is_raised_by_the_run_and_not_printed_by_the_writer_thread(tmp_path, monkeypatch) -> None:
+    """A full disk during a TensorBoard write: the run's own write or flush raises the OSError (normbench's one
+    paragraph); the writer thread, which re-raises it too, leaves it unprinted (issue: ENOSPC)."""
+    import errno
+    import threading
+
+    from tensorboard.summary.writer.event_file_writer import _AsyncWriterThread
+    from tensorboard.summary.writer.record_writer import RecordWriter
+
+    def full(self: RecordWriter, data: bytes) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    printed: list[BaseException | None] = []
+    monkeypatch.setattr(RecordWriter, "write", full)
+    monkeypatch.setattr(threading, "excepthook", lambda args: printed.append(args.exc_value))
+    with pytest.raises(OSError, match="No space left on device"):
+        board = Board(tmp_path)
+        board.scalar("train/loss", 1.0, 8)
+        board.flush()
+    for thread in threading.enumerate():
+        if isinstance(thread, _AsyncWriterThread):
+            thread.join(timeout=10)
+    assert printed == []

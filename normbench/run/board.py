@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import re
 import shlex
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -41,6 +42,7 @@ from google.protobuf import struct_pb2
 from tensorboard.compat.proto.event_pb2 import Event
 from tensorboard.compat.proto.summary_pb2 import Summary
 from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
+from tensorboard.summary.writer.event_file_writer import _AsyncWriterThread
 from tensorboard.summary.writer.record_writer import RecordWriter
 from torch import Tensor
 from torch.utils.tensorboard import SummaryWriter
@@ -172,6 +174,25 @@ def write_order_marker(log_dir: Path, wall_time: float) -> None:
         RecordWriter(f).write(Event(wall_time=wall_time, file_version="brain.Event:2").SerializeToString())
 
 
+def _writer_thread_error(args: threading.ExceptHookArgs) -> None:
+    """TensorBoard's writer thread keeps a failed write's OSError (a full disk) for the run's next write or flush,
+    which raises it as normbench's one paragraph, and re-raises it in the thread, whose traceback Python would print
+    before that paragraph: that one is left unprinted."""
+    if isinstance(args.thread, _AsyncWriterThread) and isinstance(args.exc_value, OSError):
+        return
+    _thread_excepthook(args)
+
+
+_thread_excepthook = threading.excepthook
+
+
+def _quiet_writer_thread() -> None:
+    """`_writer_thread_error` in front of whatever hook is in place when a run starts writing events."""
+    global _thread_excepthook
+    if threading.excepthook is not _writer_thread_error:
+        _thread_excepthook, threading.excepthook = threading.excepthook, _writer_thread_error
+
+
 class Board:
     """The TensorBoard events of one run. Every method takes `x`, the caller's x value; `x(step)` is the x of a
     training step: step · `x_per_step` (the batch size for examples seen: incomplete batches are dropped, so that
@@ -196,6 +217,8 @@ class Board:
         if purge is None and any(log_dir.glob(f"{EVENTS_PREFIX}*")):
             purge = 0
         # writes=False: a worker process other than rank 0, which writes nothing (run/distributed.py).
+        if writes:
+            _quiet_writer_thread()
         self.writer: Any = SummaryWriter(str(log_dir), purge_step=purge) if writes else _NoWriter()
 
     def x(self, step: int) -> int:
