@@ -405,3 +405,17 @@ def test_curves_are_smoothed_by_a_trailing_moving_average() -> None:
 
     assert smoothed([1.0, 2.0, 3.0, 4.0, 5.0], 2) == [1.0, 1.5, 2.5, 3.5, 4.5]
     assert smoothed([4.0, 2.0, 6.0], 1) == [4.0, 2.0, 6.0]  # 1: the raw curve
+
+
+def test_a_sweep_whose_runs_all_diverged_before_an_epoch_ended_draws_without_a_warning(tmp_path) -> None:
+    """No curve to draw in any panel: the panels get no legend, and matplotlib no "No artists with labels" warning
+    (the CLI printed it)."""
+    import warnings
+
+    for norm in ("bn", "gn"):
+        rec = record(0.1, math.nan, [], status=R.DIVERGED, norm=norm, config={}, history=[], effective_lr=1e28)
+        rec.write(tmp_path / f"{norm}_b032")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        write_report(tmp_path)
+    assert (tmp_path / "curves.png").exists()

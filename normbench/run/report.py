@@ -925,7 +925,8 @@ def _curves_figure(
             ax.set_title(f"{x} images per worker ({_split(groups, x)})" + (f" — {name}" if name else ""), fontsize=10)
             ax.set_xlabel("examples seen")
             ax.grid(alpha=0.3)
-            ax.legend(fontsize=8)
+            if ax.get_legend_handles_labels()[1]:  # a panel without a curve (no run got to an epoch's end): none
+                ax.legend(fontsize=8)
         for ax in list(panels)[len(xs) :]:
             ax.axis("off")
     for row in axes:
