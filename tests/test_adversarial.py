@@ -381,6 +381,17 @@ def test_messages_say_what_happened(tmp_path) -> None:
     assert f"tensorboard --logdir '{run_dir}'" in said
 
 
+@pytest.mark.process
+def test_a_validation_too_small_for_batch_statistics_is_refused_with_advice_that_applies(tmp_path) -> None:
+    """BN's batch-statistics validation over 1 validation image cannot work: refused before anything is written,
+    with advice about that validation (not the batch_size the run already has), which then works."""
+    tiny = [*SMALL, "model=mlp", "data.val_size=1"]
+    said = _ok(normbench("run", *tiny, f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path), EXIT_BAD_INPUT)
+    assert "at most the 1 validation images" in said and "eval.bn_modes=false" in said
+    assert "batch_size >= 2" not in said and not (tmp_path / "run").exists()
+    _ok(normbench("run", *tiny, "eval.bn_modes=false", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path), 0)
+
+
 # --- 8. Shared files get the run directory's permissions ------------------------------------------------------
 
 

@@ -49,7 +49,7 @@ def build_model(plan: RunPlan) -> nn.Module:
         if plan.norm.batch_statistics and config.eval.bn_modes and plan.eval_per_statistic < plan.per_statistic:
             setting = (
                 f"eval.bn_modes=true (validation with batch statistics, over batches of at most the "
-                f"{plan.data.val_images} validation images; eval.bn_modes=false skips it, or more validation images)"
+                f"{plan.data.val_images} validation images)"
             )
             check_norm_shapes(model, config.model.name, plan.options("norm"), *shape, plan.eval_per_statistic, setting)
     except NormbenchError:

@@ -292,6 +292,11 @@ def check_norm_shapes(
 def _advice(spec: Any, shape: tuple[int, ...], options: Mapping[str, Any], setting: str) -> str:
     """What to change instead, for a norm that cannot normalize `shape`."""
     per_sample = [n for n, s in NORMS.items() if not s.batch_statistics and s.normalizes(shape, True)]
+    if setting.startswith("eval.bn_modes"):  # the validation's batches are short of images, not training's
+        return (
+            "Skip that validation with eval.bn_modes=false, give the validation more images, or use a norm that works "
+            f"per sample ({', '.join(per_sample)})."
+        )
     if spec.batch_statistics and "worker" in setting:
         return (
             f"Each worker's BatchNorm needs >= 2 images: a larger batch_size, fewer workers, a norm whose statistics "
