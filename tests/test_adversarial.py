@@ -131,6 +131,27 @@ def test_bad_input_is_one_paragraph_with_exit_code_2_and_changes_nothing(complet
 
 
 @pytest.mark.process
+def test_a_primary_config_of_your_own_that_cannot_be_composed_is_one_paragraph(tmp_path) -> None:
+    """--config-name goes to Hydra unchecked: a YAML error, defaults in a circle (a 2,500-line traceback) or a
+    missing file is still one paragraph, exit 2, and nothing is written."""
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "broken.yaml").write_text("batch_size: [8\n")
+    (mine / "a.yaml").write_text("defaults:\n  - b\n")
+    (mine / "b.yaml").write_text("defaults:\n  - a\n")
+    before = tree_hashes(tmp_path)
+    for command, name, says in (
+        ("run", "broken", "A YAML config file could not be read at line 2, column 1: expected ',' or ']'"),
+        ("run", "a", "The config's defaults lists refer to each other in a circle"),
+        ("run", "none", "Cannot find primary config 'none'"),
+        ("sweep", "a", "The config's defaults lists refer to each other in a circle"),
+    ):
+        said = _ok(normbench(command, "--config-dir", str(mine), "--config-name", name, cwd=tmp_path), EXIT_BAD_INPUT)
+        assert says in said
+    assert tree_hashes(tmp_path) == before and [p.name for p in tmp_path.iterdir()] == ["mine"]
+
+
+@pytest.mark.process
 def test_a_plugin_norm_that_breaks_the_contract_is_named_with_its_step(tmp_path) -> None:
     plugins = _plugin(tmp_path / "mine", "strictbn", STRICT_BN)
     env = {"NORMBENCH_PLUGINS": str(plugins / "strictbn.py")}

@@ -8,8 +8,11 @@ only print (`--cfg`, `--info`, ...) go to Hydra's entry point after the same che
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 # The one use of Hydra's internals in normbench: Hydra's own argparse parser, so that flags are read exactly as
@@ -101,6 +104,27 @@ def _passes_through(flags: argparse.Namespace) -> bool:
     return bool(flags.help or flags.hydra_help or flags.shell_completion or flags.config_path or flags.config_name)
 
 
+@contextmanager
+def _raised_by_hydra(flags: argparse.Namespace) -> Iterator[None]:
+    """A primary config of the user's own (--config-name, --config-path) is composed by Hydra alone, which prints
+    its errors with a traceback (thousands of lines for defaults in a circle) and exits 1: with HYDRA_FULL_ERROR it
+    raises them instead, and `hydra_errors` says them as one paragraph, as it does for normbench's own config."""
+    if not (flags.config_name or flags.config_path):
+        with nullcontext():
+            yield
+        return
+    saved = os.environ.get("HYDRA_FULL_ERROR")
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    try:
+        with hydra_errors():
+            yield
+    finally:
+        if saved is None:
+            del os.environ["HYDRA_FULL_ERROR"]
+        else:
+            os.environ["HYDRA_FULL_ERROR"] = saved
+
+
 def _shows(flags: argparse.Namespace) -> bool:
     """Flags with which Hydra prints a config or what it composed instead of running."""
     return bool(flags.cfg or flags.info or flags.multirun or flags.experimental_rerun or flags.package or flags.resolve)
@@ -122,7 +146,8 @@ def start_run(args: list[str]) -> int:
             f"`{shlex.join(['normbench', 'sweep', *(a for a in args if a not in MULTIRUN_FLAGS)])}`."
         )
     if _passes_through(flags):
-        return task.hydra_main(hydra_args(args))
+        with _raised_by_hydra(flags):
+            return task.hydra_main(hydra_args(args))
     overrides = with_config_dir(flags.overrides, flags.config_dir)
     if has_grid(overrides):
         axes = [o for o in overrides if has_grid([o])]
@@ -183,7 +208,8 @@ def start_sweep(given: list[str]) -> int:
         )
     flags = parse_flags(given)
     if _passes_through(flags):
-        return task.hydra_main(["--multirun", *hydra_args(given)])
+        with _raised_by_hydra(flags):
+            return task.hydra_main(["--multirun", *hydra_args(given)])
     overrides = with_config_dir(flags.overrides, flags.config_dir)
     default = [] if has_grid(overrides) else ["sweep=default"]  # no grid given: the named default grid
     args = [*default, *overrides]
