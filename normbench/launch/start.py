@@ -12,7 +12,7 @@ import os
 import shlex
 import traceback
 from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from pathlib import Path
 
 # The one use of Hydra's internals in normbench: Hydra's own argparse parser, so that flags are read exactly as
@@ -110,8 +110,7 @@ def _raised_by_hydra(flags: argparse.Namespace) -> Iterator[None]:
     its errors with a traceback (thousands of lines for defaults in a circle) and exits 1: with HYDRA_FULL_ERROR it
     raises them instead, and `hydra_errors` says them as one paragraph, as it does for normbench's own config."""
     if not (flags.config_name or flags.config_path):
-        with nullcontext():
-            yield
+        yield
         return
     saved = os.environ.get("HYDRA_FULL_ERROR")
     os.environ["HYDRA_FULL_ERROR"] = "1"
