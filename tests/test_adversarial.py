@@ -171,6 +171,35 @@ def test_a_plugin_norm_that_breaks_the_contract_is_named_with_its_step(tmp_path)
     _ok(done, 0)
 
 
+HALF_IN_TRAINING = """
+from torch import nn
+from normbench.parts.norms.registry import on, register_norm
+
+
+class Half(nn.Module):
+    \"\"\"Half its channels in train mode: the eval-mode check alone passes it.\"\"\"
+
+    def forward(self, x):
+        return x[:, : x.shape[1] // 2] if self.training else x
+
+
+@register_norm("half", summary="the wrong shape in training", layouts={"vector": on("C", torch=Half)})
+def half(cls, num_features: int, *, eps: float = 1e-5) -> nn.Module:
+    return cls()
+"""
+
+
+@pytest.mark.process
+def test_a_plugin_norm_of_the_wrong_shape_in_training_is_refused_before_it_trains(tmp_path) -> None:
+    (tmp_path / "half.py").write_text(HALF_IN_TRAINING)
+    run_dir = tmp_path / "run"
+    done = normbench("run", *SMALL, "model=mlp", "norm=half", f"hydra.run.dir={run_dir}", cwd=tmp_path,
+                     NORMBENCH_PLUGINS=str(tmp_path / "half.py"))  # fmt: skip
+    said = _ok(done, EXIT_BAD_INPUT)
+    assert "its layer 'layer1.norm' (Half) returned (2, 256) for an input of (2, 512) in train mode" in said
+    assert "What normbench asks of a norm" in said and not run_dir.exists()
+
+
 # --- 2. Never write into a directory that holds something else -------------------------------------------------
 
 

@@ -21,10 +21,12 @@ A model is registered by its import path, so that this module, `normbench list` 
 
 from __future__ import annotations
 
+import copy
 import importlib
 import inspect
 import typing
 from collections.abc import Callable, Mapping
+from contextlib import suppress
 from dataclasses import dataclass
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
@@ -270,7 +272,8 @@ def check_norm_shapes(
             if getattr(out, "shape", None) != args[0].shape:
                 raise NormError(
                     f"norm={norm_name} on model={model_name}: its layer '{layer}' ({type(module).__name__}) returned "
-                    f"{tuple(getattr(out, 'shape', ()))} for an input of {tuple(args[0].shape)}. A norm layer returns "
+                    f"{tuple(getattr(out, 'shape', ()))} for an input of {tuple(args[0].shape)}"
+                    f"{' in train mode' if module.training else ''}. A norm layer returns "
                     'a tensor of its input\'s shape (see "What normbench asks of a norm" in docs/plugins.md).'
                 )
 
@@ -283,6 +286,11 @@ def check_norm_shapes(
     try:
         with torch.no_grad():
             model.eval()(torch.zeros(1, in_channels, *image_size))
+            # A norm may return another shape in training only: a copy in train mode (the model's statistics and the
+            # RNG untouched), with the images of one statistic, at most 2 (a quick forward). Any other error there
+            # is left to the run's first step, which says it as before (zero images are not the run's data).
+            with torch.random.fork_rng(devices=[]), suppress(ValueError, TypeError, RuntimeError):
+                copy.deepcopy(model).train()(torch.zeros(min(images, 2), in_channels, *image_size))
     finally:
         model.train(training)
         for hook in hooks:
