@@ -245,6 +245,25 @@ def test_no_directory_that_holds_something_else_is_written(completed, tmp_path) 
     assert said.count("already completed") == 2
 
 
+@pytest.mark.process
+def test_a_directory_name_the_file_system_cannot_hold_or_a_subdir_of_ones_own_is_refused(tmp_path) -> None:
+    """A name over 255 bytes (the run's, the sweep's, or one a swept key makes) and a hydra.sweep.subdir of the
+    user's (one name for every run, or one too long: a traceback after the first run) are refused before anything
+    is written."""
+    long = "x" * 300
+    milestones = "[" + ",".join(["0.01"] * 60) + "]"  # bn_b008_milestones0.01-0.01-…: over 255 bytes
+    sweep = f"hydra.sweep.dir={tmp_path / 's'}"
+    for command, args, says in (
+        ("run", [f"hydra.run.dir={tmp_path / long}"], "is 300 bytes long; the file system takes names of at most 255"),
+        ("sweep", [f"optim.milestones=[0.5],{milestones}", sweep], "bytes long"),
+        ("sweep", ["norm=bn,gn", "hydra.sweep.subdir=x", sweep], "hydra.sweep.subdir=x:"),
+        ("sweep", ["norm=bn,gn", f"hydra.sweep.subdir={long}", sweep], "Leave hydra.sweep.subdir out"),
+    ):
+        said = _ok(normbench(command, *SMALL, "model=mlp", *args, cwd=tmp_path), EXIT_BAD_INPUT)
+        assert says in said and "Traceback" not in said
+    assert list(tmp_path.iterdir()) == []
+
+
 # --- 3. A run started again from scratch leaves no trace of its earlier attempt in TensorBoard --------------------
 
 

@@ -28,7 +28,7 @@ from normbench.launch import rundir
 from normbench.launch.compose import composing, exclude_fixed, expand_grid, hydra_errors
 from normbench.launch.execute import launch_of_job
 from normbench.plan import schema
-from normbench.plan.naming import run_name, swept_keys
+from normbench.plan.naming import RUN_NAME_RESOLVER, run_name, swept_keys
 from normbench.plan.plan import RunPlan, SweepPlan, plan_run
 from normbench.run.record import RunRecord
 
@@ -56,6 +56,20 @@ def placed(value: str, key: str) -> Path:
     directory = Path(value).absolute()
     rundir.refuse_unless_placed(directory)
     return directory
+
+
+def refuse_own_subdir(hydra_node: DictConfig) -> None:
+    """The pre-flight checks and plans each run in the directory `run_name` names, which is what configs/config.yaml's
+    `hydra.sweep.subdir` resolves to: another subdir would put the runs elsewhere (one name for all of them, or one
+    too long for the file system, found only when Hydra makes it)."""
+    subdir = str(OmegaConf.to_container(hydra_node.sweep, resolve=False)["subdir"])  # type: ignore[index]
+    if not subdir.startswith(f"${{{RUN_NAME_RESOLVER}:"):
+        shown = subdir if len(subdir) <= 80 else f"{subdir[:60]}…"
+        raise ConfigError(
+            f"hydra.sweep.subdir={shown}: normbench names a sweep's run directories itself (the norm and images per "
+            "worker, then the swept keys: bn_b008_seed001) and checks each before anything trains. Leave "
+            "hydra.sweep.subdir out; hydra.sweep.dir=DIR chooses where the sweep goes."
+        )
 
 
 def has_grid(args: list[str]) -> bool:
@@ -110,6 +124,7 @@ def plan_sweep(args: list[str], command: Callable[[Path], str], create: bool = T
         settings = compose(fixed(args), with_hydra=True)  # the sweep's one composition of Hydra's settings
         hydra_node = settings.hydra
         sweep_dir = placed(str(hydra_node.sweep.dir), "hydra.sweep.dir")  # resolved once: checked and resumed
+        refuse_own_subdir(hydra_node)
         args, exclude = exclude_fixed(args, hydra_node.job.config.override_dirname.exclude_keys)
         args = replaced(args, "hydra.sweep.dir", hydra_value(str(sweep_dir)))
         again = command(sweep_dir)
