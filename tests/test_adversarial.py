@@ -152,6 +152,24 @@ def test_a_primary_config_of_your_own_that_cannot_be_composed_is_one_paragraph(t
 
 
 @pytest.mark.process
+def test_an_interpolation_that_cannot_resolve_is_one_paragraph_and_one_that_can_resumes(tmp_path) -> None:
+    """`normbench run` resolves its config lazily: an override that refers to itself or to nothing is one
+    paragraph, exit 2, as in a sweep's pre-flight; one that resolves keeps the user's text in the resume command."""
+    for value, says in (("${optim.lr}", "Recursive interpolation detected full_key: optim.lr"),
+                        ("${oc.env:NORMBENCH_NO_SUCH_VARIABLE}", "NORMBENCH_NO_SUCH_VARIABLE' not found")):  # fmt: skip
+        for command in ("run", "sweep"):
+            grid = ["norm=bn,gn"] if command == "sweep" else []
+            done = normbench(command, *SMALL, "model=mlp", *grid, f"optim.lr={value}", cwd=tmp_path)
+            assert says in _ok(done, EXIT_BAD_INPUT)
+    assert list(tmp_path.iterdir()) == []
+    run_dir = tmp_path / "run"
+    _ok(normbench("run", *SMALL, "model=mlp", "optim.lr=${optim.weight_decay}", f"hydra.run.dir={run_dir}",
+                  cwd=tmp_path), 0)  # fmt: skip
+    record = RunRecord.read(run_dir)
+    assert "'optim.lr=${optim.weight_decay}'" in record.resume_command and record.config["optim"]["lr"] == 0.0005
+
+
+@pytest.mark.process
 def test_a_plugin_norm_that_breaks_the_contract_is_named_with_its_step(tmp_path) -> None:
     plugins = _plugin(tmp_path / "mine", "strictbn", STRICT_BN)
     env = {"NORMBENCH_PLUGINS": str(plugins / "strictbn.py")}

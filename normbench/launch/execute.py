@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from rich.markup import escape
 from rich.table import Table
 
@@ -71,8 +71,11 @@ def torchrun_processes() -> int | None:
 def run_command(hydra_cfg: DictConfig, directory: Path | None, processes: int | None = None) -> str:
     """`normbench run` with this run's own overrides, resume=true, in `directory` (None: the same run from step 0 in
     a new dated directory), shell-quoted; under torchrun (`processes`), through torchrun with as many processes."""
-    own = [o for o in hydra_cfg.overrides.task if override_key(o) not in ("resume", "hydra.run.dir")]
-    kept = [o for o in hydra_cfg.overrides.hydra if override_key(o).startswith(KEPT_HYDRA_KEYS)]
+    # As given: an override's value `${...}` is the user's text, not an interpolation of Hydra's node to resolve.
+    task = OmegaConf.to_container(hydra_cfg.overrides.task, resolve=False)
+    hydra = OmegaConf.to_container(hydra_cfg.overrides.hydra, resolve=False)
+    own = [str(o) for o in task if override_key(str(o)) not in ("resume", "hydra.run.dir")]  # type: ignore[union-attr]
+    kept = [str(o) for o in hydra if override_key(str(o)).startswith(KEPT_HYDRA_KEYS)]  # type: ignore[union-attr]
     where = ["resume=true", f"hydra.run.dir={hydra_value(str(directory.resolve()))}"] if directory else []
     start = program("normbench", "normbench")  # as it runs from here, whether or not the environment is active
     if processes:

@@ -167,12 +167,13 @@ def start_run(args: list[str]) -> int:
 def plan_once(overrides: list[str]) -> tuple[RunPlan, DictConfig]:
     """The run's config composed once (with Hydra's node) and planned: (plan, Hydra's node). Raises NormbenchError
     for anything the schema, the data or the launch refuses."""
-    with hydra_errors():
+    with hydra_errors():  # the config resolves lazily: an interpolation that cannot resolve fails in the plan
         cfg = compose_run(overrides)
         env_set(list(cfg.hydra.job.env_set.items()))
         directory = placed(str(cfg.hydra.run.dir), "hydra.run.dir")
-    launch = launch_of_run(cfg, directory)
-    return plan_run(without_hydra(cfg), directory, launch), cfg.hydra
+        launch = launch_of_run(cfg, directory)
+        plan = plan_run(without_hydra(cfg), directory, launch)
+    return plan, cfg.hydra
 
 
 def run_once(overrides: list[str]) -> int:
