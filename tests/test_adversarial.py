@@ -170,6 +170,17 @@ def test_an_interpolation_that_cannot_resolve_is_one_paragraph_and_one_that_can_
 
 
 @pytest.mark.process
+def test_a_comma_in_a_setting_of_hydras_is_text_to_quote_not_a_sweep(tmp_path) -> None:
+    """Hydra sweeps none of its own settings: `run` does not send such a comma list to `sweep`, and `sweep` refuses
+    it before it makes a sweep directory (it stopped with Hydra's message, exit 1, after making one)."""
+    for command in ("run", "sweep"):
+        said = _ok(normbench(command, *SMALL, f"hydra.run.dir={tmp_path / 'a,b'}", cwd=tmp_path), EXIT_BAD_INPUT)
+        assert "Hydra's own settings (hydra.*, hydra/*) cannot be swept" in said and "\"key='a,b'\"" in said
+        assert "normbench sweep" not in said
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.process
 def test_a_plugin_norm_that_breaks_the_contract_is_named_with_its_step(tmp_path) -> None:
     plugins = _plugin(tmp_path / "mine", "strictbn", STRICT_BN)
     env = {"NORMBENCH_PLUGINS": str(plugins / "strictbn.py")}

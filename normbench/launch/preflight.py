@@ -82,6 +82,20 @@ def has_grid(args: list[str]) -> bool:
     return any(override_key(a) == "sweep" for a in candidates) or any(o.is_sweep_override() for o in parsed)
 
 
+def refuse_hydra_axes(args: list[str]) -> None:
+    """Hydra sweeps no setting of its own (`hydra.run.dir=a,b`): it would stop with its message, exit 1, after the
+    sweep directory was made. A comma in such a value is text to quote."""
+    with hydra_errors():
+        parsed = parse([a for a in args if "=" in a and not a.startswith("-")])
+    axes = [o.input_line for o in parsed if o.is_sweep_override() and o.is_hydra_override()]
+    if axes:
+        raise ConfigError(
+            f"{' '.join(axes)}: a comma list, range() or interval() is a sweep axis, and Hydra's own settings "
+            "(hydra.*, hydra/*) cannot be swept: sweep the run's keys (norm=bn,gn). Quote a value that holds commas: "
+            "\"key='a,b'\" (in a shell, inside its own quotes)."
+        )
+
+
 def refuse_cell_conflicts(job: list[str]) -> None:
     """A `cell` is a norm at a worker split: refuse `norm` or `workers` given beside it (the run would be neither)."""
     keys = {override_key(o) for o in job}
@@ -120,6 +134,7 @@ def plan_sweep(args: list[str], command: Callable[[Path], str], create: bool = T
     """Check every run of the sweep before anything trains (raises NormbenchError); `command(sweep_dir)` is the
     command that continues the sweep. The sweep directory must be empty, an earlier sweep's or hold only this grid's
     runs (`rundir.check_sweep_dir`); with `create`, it is created after the checks and the plans written there."""
+    refuse_hydra_axes(args)
     with composing() as compose:  # Hydra set up once for the sweep's compositions
         settings = compose(fixed(args), with_hydra=True)  # the sweep's one composition of Hydra's settings
         hydra_node = settings.hydra

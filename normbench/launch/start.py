@@ -36,7 +36,14 @@ from normbench.base.overrides import hydra_value, override_key, parse
 from normbench.launch import task
 from normbench.launch.compose import compose_run, hydra_errors, sweep_jobs
 from normbench.launch.execute import env_set, execute, launch_of_run, torchrun_processes
-from normbench.launch.preflight import has_grid, placed, plan_sweep, refuse_cell_conflicts, without_hydra
+from normbench.launch.preflight import (
+    has_grid,
+    placed,
+    plan_sweep,
+    refuse_cell_conflicts,
+    refuse_hydra_axes,
+    without_hydra,
+)
 from normbench.launch.stop import STOP
 from normbench.launch.summary import study_outcome, sweep_outcome
 from normbench.plan.plan import RunPlan, plan_run
@@ -148,6 +155,7 @@ def start_run(args: list[str]) -> int:
         with _raised_by_hydra(flags):
             return task.hydra_main(hydra_args(args))
     overrides = with_config_dir(flags.overrides, flags.config_dir)
+    refuse_hydra_axes(overrides)  # not a grid to run with `normbench sweep` either
     if has_grid(overrides):
         axes = [o for o in overrides if has_grid([o])]
         raise ConfigError(
