@@ -409,7 +409,7 @@ def test_a_presets_parallel_coordinates_draw_every_run_by_norm_and_split(quick, 
     by_name = {g["name"]: g["hparams"] for g in groups}
     assert by_name["bn_b002x16_seed001"] | {"lr": 0.02} == {
         "norm": "bn", "images_per_worker": 2, "workers": 16, "batch_size": 32, "lr": 0.02, "model": "cnn",
-        "data": "synthetic", "seed": 1, "cell": "bn_w16"}  # fmt: skip
+        "data": "synthetic", "image": "3×32×32", "classes": 10, "seed": 1, "cell": "bn_w16"}  # fmt: skip
     assert sweep_hparams(sweep_dir) == {name: plan.hparams for name, plan in sorted(quick.items())}
 
 
