@@ -224,8 +224,8 @@ def test_a_run_alone_and_names_that_do_not_tell_cells_apart(tmp_path) -> None:
 
 @pytest.mark.process
 def test_the_printed_tensorboard_command_runs_where_normbench_was_started(tmp_path, monkeypatch) -> None:
-    """Not `tensorboard` unless the shell finds the one installed with normbench: its path (relative below the
-    working directory), else Python's module. The printed command runs with the environment not active."""
+    """Not `tensorboard` unless the shell finds the one installed with normbench: its whole path, else Python's
+    module. The printed command runs with the environment not active."""
     here = Path(sys.executable).with_name("tensorboard")
     inactive = os.pathsep.join(
         p for p in os.environ.get("PATH", "").split(os.pathsep) if p and Path(p).resolve() != here.parent.resolve()
@@ -238,7 +238,7 @@ def test_the_printed_tensorboard_command_runs_where_normbench_was_started(tmp_pa
                           env={**os.environ, "PATH": inactive})  # fmt: skip
     assert done.returncode == 0 and re.fullmatch(r"\d+\.\d+\S*", done.stdout.strip()), done.stdout + done.stderr
     monkeypatch.chdir(here.parents[2])
-    assert tensorboard_command() == os.path.relpath(here, here.parents[2])  # e.g. .venv/bin/tensorboard
+    assert tensorboard_command() == str(here)  # also below the working directory: pasted elsewhere, it still runs
     monkeypatch.setenv("PATH", f"{here.parent}{os.pathsep}{inactive}")
     assert tensorboard_command() == "tensorboard"  # the environment is active: its name alone
     monkeypatch.setattr(sys, "executable", str(tmp_path / "my python" / "python"))

@@ -227,26 +227,29 @@ def test_a_sweep_under_torchrun_is_refused_and_writes_nothing(tmp_path) -> None:
 
 def test_a_killed_parent_takes_its_workers_with_it_and_they_keep_the_lock_until_they_stop(tmp_path, references) -> None:
     """SIGKILL to `launch=processes`' parent: its workers notice (they watch their parent), stop at a step
-    boundary with a checkpoint and an `interrupted` record, and hold the run's lock until they have, so that a
-    resume started meanwhile is refused; then the printed command continues the run to the uninterrupted numbers."""
+    boundary with a checkpoint and an `interrupted` record, holding the run's lock until they have; the printed
+    command continues the run to the uninterrupted numbers."""
     run_dir = tmp_path / "run"
     run = Started([EXE, "run", *LONG, "launch=processes", f"hydra.run.dir={run_dir}"], cwd=tmp_path)
     run.wait_for(lambda: (run_dir / R.RESULTS_FILE).exists())
     os.kill(run.proc.pid, signal.SIGKILL)
     run.proc.wait(timeout=30)
-    if rundir.in_use(run_dir):  # the workers still hold the lock: a second run into the directory is refused
-        second = subprocess.run([EXE, "run", *LONG, "launch=processes", "resume=true", f"hydra.run.dir={run_dir}"],
-                                cwd=tmp_path, capture_output=True, text=True, timeout=300)  # fmt: skip
-        assert (
-            second.returncode == EXIT_BAD_INPUT
-            and "is in use: another normbench process is running this run now" in " ".join(second.stdout.split())
-        ), second.stdout + second.stderr
+    # A second run into the directory meanwhile: refused while the workers hold the lock, or, once they have stopped
+    # with their checkpoint and released it, a resume that continues from there. Which one depends on the machine's
+    # speed; both are right, and never do two sets of workers train the run at once (one event file per attempt).
+    second = subprocess.run([EXE, "run", *LONG, "launch=processes", "resume=true", f"hydra.run.dir={run_dir}"],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=300)  # fmt: skip
+    said = " ".join(second.stdout.split())
+    refused = second.returncode == EXIT_BAD_INPUT and "is in use: another normbench process is running" in said
+    assert refused or (second.returncode == 0 and "Resuming from step" in said), second.stdout + second.stderr
     assert run.survivors() == []  # none outlives its parent
     assert not rundir.in_use(run_dir)
     record = RunRecord.read(run_dir)
-    assert record.status == R.INTERRUPTED and (run_dir / CHECKPOINT_FILE).exists(), record
-    continued(shlex.split(record.resume_command), cwd=tmp_path)
+    if refused:
+        assert record.status == R.INTERRUPTED and (run_dir / CHECKPOINT_FILE).exists(), record
+        continued(shlex.split(record.resume_command), cwd=tmp_path)
     same_numbers(run_dir, references("processes", "bn"))
+    assert len(list(run_dir.glob("events.out.tfevents.*"))) == RunRecord.read(run_dir).attempt
 
 
 def test_a_hung_worker_then_ctrl_c_ends_the_run_recorded_and_no_process_left(tmp_path) -> None:

@@ -83,8 +83,12 @@ def test_shell_completion_offers_commands_groups_options_and_keys() -> None:
     assert "hydra/sweeper=optuna" in complete("sweep", "hydra/sweeper=")
     assert complete("run", "norm=gn", "norm.gr") == ["norm.groups="]  # keys of the chosen option
     assert complete("run", "train.compile=") == ["train.compile=true", "train.compile=false"]
-    shown = normbench("--show-completion", "bash", cwd=ROOT).stdout  # the script `--install-completion` installs
-    assert "_NORMBENCH_COMPLETE=complete_bash" in shown and "complete -o default -F" in shown
+    done = normbench("--show-completion", "bash", cwd=ROOT)  # the script `--install-completion` installs
+    shown = done.stdout
+    assert "_NORMBENCH_COMPLETE=complete_bash" in shown and "complete -o default -F" in shown, (
+        done.returncode,
+        done.stderr,
+    )
 
 
 def test_run_help_explains_the_grammar_and_keeps_examples_whole() -> None:

@@ -39,7 +39,8 @@ def test_joblib_sweep_summary_report_and_rerun(tmp_path) -> None:
     assert set(records) == RUNS  # one directory per run, named by what varies
     content = events(sweep_dir / "bn_b004").PluginTagToContent("hparams")  # the grid's HParams experiment, in a run
     infos = HParamsPluginData.FromString(content["_hparams_/experiment"]).experiment.hparam_infos
-    assert {i.name for i in infos if i.differs} == {"norm", "batch_size", "images_per_worker", "lr"}
+    # Shown by default: the split (norm, images per worker, workers, total batch), then what the sweep varies.
+    assert {i.name for i in infos if i.differs} == {"norm", "batch_size", "images_per_worker", "workers", "lr"}
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()  # macOS: no affinity
     assert all(
         r.status == "completed" and r.threads == max(1, cores // 2) for r in records.values()
