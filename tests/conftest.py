@@ -10,8 +10,11 @@ from __future__ import annotations
 import functools
 import json
 import os
+import signal
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -141,3 +144,42 @@ def saved_model_scores(run_dir: Path, batch_stats: bool = False, precise_bn: int
         torch.optim.swa_utils.update_bn([first], model)
         scores["precise_bn"] = (model.eval()(x).argmax(1) == y).sum().item() / len(y)
     return scores
+
+
+class Started:
+    """A real command in a session of its own (so that `ps -s` finds every process it started, also those
+    orphaned), its output collected as it comes."""
+
+    def __init__(self, command: list[str], cwd: Path | None = None) -> None:
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "200"}
+        self.proc = subprocess.Popen(command, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                     env=env, start_new_session=True)  # fmt: skip
+        self.lines: list[str] = []
+        self.reader = threading.Thread(target=lambda: self.lines.extend(self.proc.stdout or []), daemon=True)
+        self.reader.start()
+
+    def wait_for(self, predicate, timeout: float = 240) -> None:
+        deadline = time.monotonic() + timeout
+        while not predicate():
+            assert self.proc.poll() is None, self.output()
+            assert time.monotonic() < deadline, "timed out"
+            time.sleep(0.01)
+
+    def ctrl_c(self) -> None:
+        os.killpg(self.proc.pid, signal.SIGINT)
+
+    def output(self, timeout: float = 180) -> str:
+        self.proc.wait(timeout=timeout)
+        self.reader.join(timeout=10)
+        return "".join(self.lines)
+
+    def survivors(self, timeout: float = 30) -> list[str]:
+        """What `ps` lists in the command's session (zombies aside) once it lists nothing or `timeout` passed."""
+        deadline = time.monotonic() + timeout
+        while True:
+            listed = subprocess.run(["ps", "-o", "pid=,stat=,args=", "-s", str(self.proc.pid)], capture_output=True,
+                                    text=True).stdout.splitlines()  # fmt: skip
+            alive = [line for line in listed if line.split()[1][0] != "Z"]
+            if not alive or time.monotonic() > deadline:
+                return alive
+            time.sleep(0.2)

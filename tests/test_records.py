@@ -15,13 +15,12 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import pytest
 import yaml
-from conftest import events, normbench
+from conftest import Started, events, normbench
 
 from normbench.base.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_SWEEP_INCOMPLETE
 from normbench.run.record import RunRecord
@@ -132,45 +131,12 @@ def _sweep(sweep_dir: Path, *extra: str) -> list[str]:
     return [EXE, "sweep", "norm=bn,ln,rms", *SLOW, *extra, f"hydra.sweep.dir={sweep_dir}"]
 
 
-class Sweep:
+class Sweep(Started):
     """A real `normbench sweep` in a session of its own (so that `ps -s` finds every process it started, also
     those orphaned after it ends), its output lines collected as they come."""
 
     def __init__(self, sweep_dir: Path, *extra: str) -> None:
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "200"}
-        self.proc = subprocess.Popen(_sweep(sweep_dir, *extra), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                     text=True, env=env, start_new_session=True)  # fmt: skip
-        self.lines: list[str] = []
-        self.reader = threading.Thread(target=self._read, daemon=True)
-        self.reader.start()
-
-    def _read(self) -> None:
-        for line in self.proc.stdout:
-            self.lines.append(line)
-
-    def wait_for(self, predicate, timeout: float = 180) -> None:
-        deadline = time.monotonic() + timeout
-        while not predicate():
-            assert self.proc.poll() is None, self.output()
-            assert time.monotonic() < deadline, "timed out"
-            time.sleep(0.02)
-
-    def output(self, timeout: float = 120) -> str:
-        self.proc.wait(timeout=timeout)
-        self.reader.join(timeout=10)
-        return "".join(self.lines)
-
-    def survivors(self, timeout: float = 30) -> list[str]:
-        """What `ps` still lists in the sweep's session (zombies aside) once `timeout` seconds have passed, or
-        sooner when it lists nothing."""
-        deadline = time.monotonic() + timeout
-        while True:
-            listed = subprocess.run(["ps", "-o", "pid=,stat=,args=", "-s", str(self.proc.pid)], capture_output=True,
-                                    text=True).stdout.splitlines()  # fmt: skip
-            alive = [line for line in listed if line.split()[1][0] != "Z"]
-            if not alive or time.monotonic() > deadline:
-                return alive
-            time.sleep(0.2)
+        super().__init__(_sweep(sweep_dir, *extra))
 
 
 def _records(sweep_dir: Path) -> dict[str, RunRecord]:
