@@ -83,7 +83,11 @@ def test_shell_completion_offers_commands_groups_options_and_keys() -> None:
     assert "hydra/sweeper=optuna" in complete("sweep", "hydra/sweeper=")
     assert complete("run", "norm=gn", "norm.gr") == ["norm.groups="]  # keys of the chosen option
     assert complete("run", "train.compile=") == ["train.compile=true", "train.compile=false"]
-    done = normbench("--show-completion", "bash", cwd=ROOT)  # the script `--install-completion` installs
+    # The script `--install-completion` installs. Typer takes the shell from the process tree (the flag takes no
+    # value), so it is asked from a bash, as a user's terminal would: under `make` in CI the parent is `sh`.
+    exe = Path(sys.executable).with_name("normbench")
+    done = subprocess.run(["bash", "-c", f"'{exe}' --show-completion; exit $?"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)  # fmt: skip
     shown = done.stdout
     assert "_NORMBENCH_COMPLETE=complete_bash" in shown and "complete -o default -F" in shown, (
         done.returncode,
