@@ -325,13 +325,17 @@ def test_two_identical_sweeps_at_once_train_each_run_once(tmp_path, launcher) ->
 
 
 @pytest.mark.process
-def test_a_run_whose_lock_is_held_is_skipped_by_a_sweep(tmp_path) -> None:
-    """The interleaving forced: the test holds one run's lock, as a second sweep's process training it would."""
+@pytest.mark.parametrize("holder_wrote", [[], [".hydra"]])
+def test_a_run_whose_lock_is_held_is_skipped_by_a_sweep(tmp_path, holder_wrote) -> None:
+    """The interleaving forced: the test holds one run's lock, as a second sweep's process training it would, at
+    its start or half-way through writing `.hydra/` (the folder made, its config not yet renamed in)."""
     import fcntl
 
     sweep_dir = tmp_path / "sweep"
     held = sweep_dir / "ln_b008"
     held.mkdir(parents=True)
+    for name in holder_wrote:
+        (held / name).mkdir()
     fd = os.open(held / ".normbench.lock", os.O_RDONLY | os.O_CREAT, 0o644)
     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     try:
@@ -342,7 +346,7 @@ def test_a_run_whose_lock_is_held_is_skipped_by_a_sweep(tmp_path) -> None:
     assert done.returncode == EXIT_SWEEP_INCOMPLETE, said
     assert "ln_b008 | skipped: another normbench process is running it." in said
     assert "ln_b008 (running in another process)" in said and "Traceback" not in said + done.stderr
-    assert [p.name for p in held.iterdir()] == [".normbench.lock"]  # nothing of its own written there
+    assert sorted(p.name for p in held.iterdir()) == sorted([".normbench.lock", *holder_wrote])  # nothing written
     assert {n: r.status for n, r in _records(sweep_dir).items()} == {"bn_b008": "completed", "rms_b008": "completed"}
 
 

@@ -325,7 +325,12 @@ def claim(run_dir: Path, settings: dict[str, Any], resume: bool, multirun: bool,
     pass; the checks are repeated under the lock, since another process may have written the directory in between.
     A single run's checkpoint to resume from must fit its built `model` (`read_checkpoint`) before the lock file is
     created; a sweep's job reads its checkpoint once it holds the claim, and records a failure to load it."""
-    previous = check(run_dir, settings, resume, multirun)
+    try:
+        previous = check(run_dir, settings, resume, multirun)
+    except RunDirError:
+        if in_use(run_dir):  # its holder is writing it (e.g. `.hydra/` made, its config not yet renamed in)
+            raise _in_use(run_dir) from None
+        raise
     resuming = resume and not multirun and not (previous is not None and previous.status == R.COMPLETED)
     saved = read_checkpoint(run_dir, model, settings) if resuming else None
     read_as = _stat(run_dir / CHECKPOINT_FILE)
@@ -338,10 +343,7 @@ def claim(run_dir: Path, settings: dict[str, Any], resume: bool, multirun: bool,
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         os.close(fd)
-        raise RunInUse(
-            f"{run_dir} is in use: another normbench process is running this run now (it holds the lock "
-            f"{lock}). Wait for it to finish, or {ELSEWHERE}."
-        ) from None
+        raise _in_use(run_dir) from None
     try:
         previous = check(run_dir, settings, resume, multirun)
         if resuming and _stat(run_dir / CHECKPOINT_FILE) != read_as:  # another process saved one meanwhile
@@ -350,6 +352,13 @@ def claim(run_dir: Path, settings: dict[str, Any], resume: bool, multirun: bool,
         os.close(fd)
         raise
     return Claim(run_dir, previous, fd, saved)
+
+
+def _in_use(run_dir: Path) -> RunInUse:
+    return RunInUse(
+        f"{run_dir} is in use: another normbench process is running this run now (it holds the lock "
+        f"{run_dir / LOCK_FILE}). Wait for it to finish, or {ELSEWHERE}."
+    )
 
 
 def _stat(path: Path) -> tuple[int, int] | None:
