@@ -247,8 +247,8 @@ def test_the_printed_tensorboard_command_runs_where_normbench_was_started(tmp_pa
 
 
 def test_custom_scalar_patterns_match_exactly_one_tag() -> None:
-    tags = ["val/acc", "val/acc_batch_stats", "val/acc_precise_bn", "val/loss", "train/acc", "train/loss",
-            "train/loss_epoch"]  # fmt: skip
+    tags = ["val/acc", "val/acc_running_stats", "val/acc_batch_stats", "val/acc_precise_bn", "val/loss", "train/acc",
+            "train/loss", "train/loss_epoch"]  # fmt: skip
     patterns = [p for charts in LAYOUT.values() for _, (_, ps) in charts.items() for p in ps]
     assert all(len([t for t in tags if re.search(p, t)]) == 1 for p in patterns)
 

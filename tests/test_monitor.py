@@ -67,8 +67,9 @@ def test_the_three_ways_to_evaluate_batch_norm(tmp_path) -> None:
     (8); statistics re-estimated by torch's own update_bn over PreciseBN's 16 training images."""
     record = train(tmp_path, "max_steps=6", "data.train_size=48", "epochs=2", "data.val_size=256")
     ea = events(tmp_path)
-    for tag in ("val/acc", "val/acc_batch_stats", "val/acc_precise_bn"):
+    for tag in ("val/acc", "val/acc_running_stats", "val/acc_batch_stats", "val/acc_precise_bn"):
         assert [e.step for e in ea.Scalars(tag)] == [48]  # 6 steps of 8 examples
+    assert ea.Scalars("val/acc_running_stats")[0].value == ea.Scalars("val/acc")[0].value  # for BN's chart alone
     scores = saved_model_scores(tmp_path, batch_stats=True, precise_bn=16)
     assert len({scores["acc"], scores["batch_stats"], scores["precise_bn"]}) == 3  # the test tells them apart
     m = record.metrics
@@ -85,8 +86,8 @@ def test_bn_modes_follow_eval_bn_modes_not_activation_logging(tmp_path) -> None:
     assert off.metrics.val_acc_batch_stats is None and off.metrics.val_acc_precise_bn is None
     assert [(h.val_acc_batch_stats, h.val_acc_precise_bn) for h in off.history] == [(None, None)]
     assert off.precise_bn_images is None
-    scalars = events(tmp_path / "b").Tags()["scalars"]
-    assert "val/acc" in scalars and not {"val/acc_batch_stats", "val/acc_precise_bn"} & set(scalars)
+    scalars = set(events(tmp_path / "b").Tags()["scalars"])
+    assert "val/acc" in scalars and not {"val/acc_running_stats", "val/acc_batch_stats", "val/acc_precise_bn"} & scalars
 
 
 def test_norm_none_is_probed_at_the_same_places_and_has_no_bn_extras(tmp_path) -> None:

@@ -6,9 +6,10 @@ directory holding one as a run, so an experiment at the sweep root would be a ru
   (`log.x_axis=examples`), so runs of any batch size line up; `log.x_axis=steps` uses optimizer steps.
   TensorBoard labels it "Step" whatever it counts.
 * Tags: `train/loss`, `train/loss_epoch`, `train/acc`, `train/lr`, `val/loss`, `val/acc` (and for BN-family runs
-  `val/acc_batch_stats`, `val/acc_precise_bn`). Diagnostics all sit under `watch/` (`watch/act/<layer>/in|out`,
-  `watch/act_eval/...`, `watch/bn/...`), one group that TensorBoard sorts after `train` and `val`, layers named by
-  their place in the model (`stage2.norm`); `in` sorts before `out`, so a layer's input and output are neighbours.
+  `val/acc_running_stats`, `val/acc_batch_stats`, `val/acc_precise_bn`). Diagnostics all sit under `watch/`
+  (`watch/act/<layer>/in|out`, `watch/act_eval/...`, `watch/bn/...`), one group that TensorBoard sorts after `train`
+  and `val`, layers named by their place in the model (`stage2.norm`); `in` sorts before `out`, so a layer's input
+  and output are neighbours.
 * Run order: TensorBoard's Scalars, Histograms, Distributions and Custom Scalars list runs by their first event's
   time (Time Series and HParams sort by name). A sweep run's events therefore begin with one marker event dated
   by its place in the sorted grid (the sweep's start plus 1 ms per rank), so every tab lists norm, then batch.
@@ -73,7 +74,7 @@ LAYOUT = {
     "BatchNorm: three evaluations (BN-family runs)": {
         "val accuracy: running stats, batch stats, PreciseBN": [
             "Multiline",
-            ["^val/acc$", "^val/acc_batch_stats$", "^val/acc_precise_bn$"],
+            ["^val/acc_running_stats$", "^val/acc_batch_stats$", "^val/acc_precise_bn$"],
         ],
     },
 }

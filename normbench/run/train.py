@@ -307,6 +307,9 @@ def end_epoch(
             setup.autocast,
         )  # fmt: skip
         s.bn_modes_s += time.perf_counter() - started
+        # val/acc again under a tag only BN-family runs write, at the same points: Custom Scalars selects tags, not
+        # runs, so a chart of the three evaluations on `val/acc` would draw every other norm's accuracy too.
+        board.scalar("val/acc_running_stats", val_acc, board.x(s.step))
         board.scalar("val/acc_batch_stats", batch_stats, board.x(s.step))
         if precise is not None:
             board.scalar("val/acc_precise_bn", precise, board.x(s.step))
