@@ -1,7 +1,8 @@
-"""Screenshots of TensorBoard for the README: a tiny real sweep (2 norms × 2 batch sizes), TensorBoard on loopback,
-and headless Chromium driven over the DevTools protocol, writing docs/tensorboard/*.png.
+"""Screenshots of TensorBoard for the README: the quick preset (24 runs, what a user sees after `make sweep-quick`;
+about 7 minutes on 2 CPU cores), TensorBoard on loopback, and headless Chromium driven over the DevTools protocol,
+writing docs/tensorboard/*.png.
 
-    .venv/bin/python scripts/screenshots.py                       # train the tiny sweep, then shoot
+    .venv/bin/python scripts/screenshots.py                       # train the quick preset, then shoot
     .venv/bin/python scripts/screenshots.py --sweep-dir DIR       # shoot an existing sweep
 
 Needs `chromium-headless-shell` (or Debian's `chromium`) on PATH: `apt-get install -y chromium-headless-shell`.
@@ -31,9 +32,7 @@ sys.path.insert(0, str(ROOT))  # this checkout's normbench, whatever the environ
 from normbench.run.board import timeseries_url  # noqa: E402
 
 BIN = Path(sys.executable).parent
-SWEEP = ["norm=bn,gn", "batch_size=4,32", "epochs=3", "data.train_size=768", "data.val_size=256",
-         "eval.precise_bn_images=128", "quiet=true",
-         "hydra/launcher=parallel"]  # fmt: skip
+SWEEP = ["sweep=quick", "hydra/launcher=parallel"]  # as `make sweep-quick`
 LAYER = r"^watch/act/stage2\.norm/(in|out)$"  # one layer's input and output
 # JavaScript run on a page before its screenshot: clicks the tab whose label matches, searching shadow roots
 # (TensorBoard's HParams dashboard is a Polymer element; its views are tabs without a URL).
@@ -58,7 +57,7 @@ PAGES = [
     ("hparams.png", lambda port: f"http://localhost:{port}/#hparams", CLICK_TAB % "parallel coordinates"),
     ("scalars.png", lambda port: f"http://localhost:{port}/#scalars", None),
     ("histograms.png", lambda port: f"http://localhost:{port}/#histograms&tagFilter=" + quote(LAYER), None),
-    ("layer_in_out.png", lambda port: timeseries_url(port, runs="^bn_b004$", tags=LAYER), None),
+    ("layer_in_out.png", lambda port: timeseries_url(port, runs="^bn_b002x16_seed000$", tags=LAYER), None),
     ("custom_scalars.png", lambda port: f"http://localhost:{port}/#custom_scalars", None),
 ]  # fmt: skip
 # TensorBoard's stored settings, read before its scripts run: Time Series' settings pane closed (open by default).
@@ -174,7 +173,7 @@ class Chromium:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sweep-dir", type=Path, help="an existing sweep to show (default: train a tiny one)")
+    parser.add_argument("--sweep-dir", type=Path, help="an existing sweep to show (default: train the quick preset)")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "tensorboard")
     parser.add_argument("--wait", type=float, default=15.0, help="seconds each page gets to draw")
     args = parser.parse_args()

@@ -23,6 +23,10 @@ import torch
 import torch.nn.functional as F
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+# Rich fixes a console's width at its creation where COLUMNS is set (pytest-xdist's workers set 80), and normbench's
+# console is made when normbench is imported here: without it, each command the tests run gets the width they give.
+os.environ.pop("COLUMNS", None)
+
 from normbench.base.overrides import hydra_value
 from normbench.launch.start import plan_once
 from normbench.parts.data import DATASETS, ImageData
