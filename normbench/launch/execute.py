@@ -258,7 +258,8 @@ def train(
                 print_error(error)
             raise SystemExit(error.exit_code) from None
         # The sweep's resume command is printed by `normbench sweep`: the same sweep command.
-        console.print(f"[bold]{plan.name}[/] | [yellow]interrupted[/]: checkpoint saved.", highlight=False)
+        saved = "checkpoint saved" if (run_dir / rundir.CHECKPOINT_FILE).exists() else "before its first checkpoint"
+        console.print(f"[bold]{plan.name}[/] | [yellow]interrupted[/]: {saved}.", highlight=False)
         STOP.request(signal.SIGTERM)
         return read_quietly(run_dir)
     except KeyboardInterrupt:  # a second Ctrl-C: the loop stopped mid-step and recorded it

@@ -121,6 +121,11 @@ def stopped_without_a_word(plan: RunPlan, record: RunRecord | None, name: str) -
     (a worker that hung in a collective and was killed), the record set to `interrupted` here."""
     if record is not None and record.status == R.INTERRUPTED:
         return WorkerStopped(record.reason or f"Interrupted by {name}.")
+    if record is None:  # stopped while the workers started (they record once they have joined): nothing trained
+        return WorkerStopped(
+            f"Interrupted by {name} while the worker processes started: nothing was trained. `{plan.launch.command}` "
+            "starts the run again."
+        )
     steps = f" after {record.steps} steps" if record is not None else ""
     reason = (
         f"Interrupted by {name}{steps}: the workers did not all reach a step boundary (one had stopped answering) "
