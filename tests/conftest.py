@@ -177,13 +177,17 @@ class Started:
         self.reader.join(timeout=10)
         return "".join(self.lines)
 
+    def processes(self) -> list[str]:
+        """What `ps` lists in the command's session now ("pid stat args" lines, whole), zombies aside."""
+        listed = subprocess.run(["ps", "-ww", "-o", "pid=,stat=,args=", "-s", str(self.proc.pid)], capture_output=True,
+                                text=True).stdout.splitlines()  # fmt: skip
+        return [line for line in listed if line.split()[1][0] != "Z"]
+
     def survivors(self, timeout: float = 30) -> list[str]:
         """What `ps` lists in the command's session (zombies aside) once it lists nothing or `timeout` passed."""
         deadline = time.monotonic() + timeout
         while True:
-            listed = subprocess.run(["ps", "-o", "pid=,stat=,args=", "-s", str(self.proc.pid)], capture_output=True,
-                                    text=True).stdout.splitlines()  # fmt: skip
-            alive = [line for line in listed if line.split()[1][0] != "Z"]
+            alive = self.processes()
             if not alive or time.monotonic() > deadline:
                 return alive
             time.sleep(0.2)

@@ -196,12 +196,7 @@ def test_ctrl_c_while_the_workers_start_says_nothing_was_trained(tmp_path) -> No
     still prints Python's KeyboardInterrupt traceback from inside its import: not asserted, left open.)"""
     run_dir = tmp_path / "run"
     run = Started([EXE, "run", *LONG, "launch=processes", f"hydra.run.dir={run_dir}"], cwd=tmp_path)
-
-    def starting_workers() -> bool:
-        listed = subprocess.run(["ps", "-o", "args=", "-s", str(run.proc.pid)], capture_output=True, text=True)
-        return sum("spawn_main" in line for line in listed.stdout.splitlines()) == 2
-
-    run.wait_for(starting_workers)
+    run.wait_for(lambda: sum("spawn_main" in line for line in run.processes()) == 2)
     run.ctrl_c()
     output = run.output()
     assert run.proc.returncode == EXIT_INTERRUPTED, output

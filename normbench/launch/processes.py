@@ -119,19 +119,18 @@ def _spawned_as_spawn() -> Iterator[None]:
 def stopped_without_a_word(plan: RunPlan, record: RunRecord | None, name: str) -> NormbenchError:
     """The run's end when the workers were stopped by a signal: what rank 0 recorded, or, when it could not record
     (a worker that hung in a collective and was killed), the record set to `interrupted` here."""
-    if record is not None and record.status == R.INTERRUPTED:
-        return WorkerStopped(record.reason or f"Interrupted by {name}.")
     if record is None:  # stopped while the workers started (they record once they have joined): nothing trained
         return WorkerStopped(
             f"Interrupted by {name} while the worker processes started: nothing was trained. `{plan.launch.command}` "
             "starts the run again."
         )
-    steps = f" after {record.steps} steps" if record is not None else ""
+    if record.status == R.INTERRUPTED:
+        return WorkerStopped(record.reason or f"Interrupted by {name}.")
     reason = (
-        f"Interrupted by {name}{steps}: the workers did not all reach a step boundary (one had stopped answering) "
-        f"and were ended. The last epoch's checkpoint stands; continue with `{plan.launch.command}`."
+        f"Interrupted by {name} after {record.steps} steps: the workers did not all reach a step boundary (one had "
+        f"stopped answering) and were ended. The last epoch's checkpoint stands; continue with `{plan.launch.command}`."
     )
-    if record is not None and record.status == R.RUNNING:
+    if record.status == R.RUNNING:
         with contextlib.suppress(OSError):
             dataclasses.replace(record, status=R.INTERRUPTED, reason=reason).write(plan.directory)
     return WorkerStopped(reason)
